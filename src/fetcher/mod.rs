@@ -1,0 +1,359 @@
+//! How grants are made. [`TokenFetcher`] is the one thing the token cache needs:
+//! turn a [`GrantRequest`] into a [`TokenPair`]. Implement it with one async fn,
+//! wrap a closure with [`from_fn`], wrap any tower `Service` with
+//! [`from_service`] (so tower's timeout, rate limit and tracing layers compose
+//! onto the token endpoint), or use [`HttpFetcher`] for the Daxium endpoint.
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+use tower::{Service, ServiceExt};
+
+use crate::{
+    credentials::Credentials,
+    error::{BoxError, TokenError},
+    token::{RefreshToken, TokenPair},
+};
+
+mod http;
+
+pub use self::http::HttpFetcher;
+#[cfg(feature = "rustls")]
+pub use self::http::HttpsClient;
+
+/// The two grants the Daxium token endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GrantType {
+    /// `grant_type=password`: client id and secret, username and password.
+    Password,
+    /// `grant_type=refresh_token`: client id and secret and a refresh token.
+    RefreshToken,
+}
+
+impl GrantType {
+    /// The `grant_type` form value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Password => "password",
+            Self::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+impl fmt::Display for GrantType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One grant to make. `Debug` shows the grant type and the client id only.
+#[derive(Clone)]
+pub struct GrantRequest {
+    credentials: Arc<Credentials>,
+    refresh_token: Option<RefreshToken>,
+}
+
+impl GrantRequest {
+    /// A password grant.
+    pub fn password(credentials: Arc<Credentials>) -> Self {
+        Self {
+            credentials,
+            refresh_token: None,
+        }
+    }
+
+    /// A refresh-token grant.
+    pub fn refresh(credentials: Arc<Credentials>, refresh_token: RefreshToken) -> Self {
+        Self {
+            credentials,
+            refresh_token: Some(refresh_token),
+        }
+    }
+
+    /// Which grant this is.
+    pub fn grant_type(&self) -> GrantType {
+        if self.refresh_token.is_some() {
+            GrantType::RefreshToken
+        } else {
+            GrantType::Password
+        }
+    }
+
+    /// The login the grant is made for.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// The refresh token, for a refresh grant.
+    pub fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The `application/x-www-form-urlencoded` body of the grant, as the Daxium
+    /// endpoint expects it. It holds secrets: send it in a request body only.
+    pub fn form_body(&self) -> String {
+        use secrecy::ExposeSecret;
+        let creds = &*self.credentials;
+        let mut fields: Vec<(&str, &str)> = vec![
+            ("grant_type", self.grant_type().as_str()),
+            ("client_id", creds.client_id()),
+            ("client_secret", creds.client_secret().expose_secret()),
+        ];
+        match &self.refresh_token {
+            Some(refresh) => fields.push(("refresh_token", refresh.expose_secret())),
+            None => {
+                fields.push(("username", creds.username()));
+                fields.push(("password", creds.password().expose_secret()));
+            }
+        }
+        // Serializing a list of string pairs cannot fail.
+        serde_urlencoded::to_string(&fields).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for GrantRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrantRequest")
+            .field("grant_type", &self.grant_type())
+            .field("client_id", &self.credentials.client_id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes grants for the token cache.
+///
+/// One async fn is enough:
+///
+/// ```
+/// use daxium_auth::{GrantRequest, TokenError, TokenFetcher, TokenPair, AccessToken};
+/// use std::time::Duration;
+///
+/// struct Fixed;
+///
+/// impl TokenFetcher for Fixed {
+///     async fn fetch(&self, _grant: GrantRequest) -> Result<TokenPair, TokenError> {
+///         let access = AccessToken::new("static-token")?;
+///         Ok(TokenPair::new(access, None, Duration::from_secs(3600)))
+///     }
+/// }
+/// ```
+///
+/// The cache runs each grant in a task of its own, so a fetch is never
+/// cancelled by a caller going away. A fetcher should classify its failures
+/// (see [`TokenError::connect`], [`TokenError::transport`],
+/// [`TokenError::rejected`]): the cache keeps a refresh token only when the
+/// request carrying it was never sent.
+pub trait TokenFetcher: Send + Sync + 'static {
+    /// Makes one grant.
+    fn fetch(
+        &self,
+        grant: GrantRequest,
+    ) -> impl Future<Output = Result<TokenPair, TokenError>> + Send;
+}
+
+/// A boxed grant future.
+pub(crate) type FetchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<TokenPair, TokenError>> + Send + 'a>>;
+
+/// The object-safe face of [`TokenFetcher`], so the cache is not generic.
+pub(crate) trait DynFetcher: Send + Sync + 'static {
+    fn fetch_boxed(&self, grant: GrantRequest) -> FetchFuture<'_>;
+}
+
+impl<F: TokenFetcher> DynFetcher for F {
+    fn fetch_boxed(&self, grant: GrantRequest) -> FetchFuture<'_> {
+        Box::pin(self.fetch(grant))
+    }
+}
+
+/// A [`TokenFetcher`] made of a closure; see [`from_fn`].
+#[derive(Clone)]
+pub struct FnFetcher<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for FnFetcher<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnFetcher").finish_non_exhaustive()
+    }
+}
+
+/// A fetcher from a closure that returns a future.
+///
+/// ```
+/// use daxium_auth::{fetcher, AccessToken, TokenPair};
+/// use std::time::Duration;
+///
+/// let fetcher = fetcher::from_fn(|_grant| async {
+///     Ok(TokenPair::new(AccessToken::new("tok")?, None, Duration::from_secs(60)))
+/// });
+/// # let _ = fetcher;
+/// ```
+pub fn from_fn<F, Fut>(f: F) -> FnFetcher<F>
+where
+    F: Fn(GrantRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<TokenPair, TokenError>> + Send,
+{
+    FnFetcher { f }
+}
+
+impl<F, Fut> TokenFetcher for FnFetcher<F>
+where
+    F: Fn(GrantRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<TokenPair, TokenError>> + Send,
+{
+    fn fetch(
+        &self,
+        grant: GrantRequest,
+    ) -> impl Future<Output = Result<TokenPair, TokenError>> + Send {
+        (self.f)(grant)
+    }
+}
+
+/// A [`TokenFetcher`] made of a tower `Service`; see [`from_service`].
+#[derive(Clone, Debug)]
+pub struct ServiceFetcher<S> {
+    service: S,
+}
+
+/// A fetcher from a tower `Service<GrantRequest, Response = TokenPair>`.
+///
+/// The service is cloned for each grant and driven ready first. Its error may
+/// be a [`TokenError`] (kept as it is), tower's timeout `Elapsed` (a
+/// [timeout](TokenError::is_timeout)), or anything else (a transient failure
+/// that may have reached the endpoint).
+///
+/// ```
+/// use daxium_auth::{fetcher, AccessToken, GrantRequest, TokenError, TokenPair};
+/// use std::time::Duration;
+/// use tower::{ServiceBuilder, service_fn};
+///
+/// let grants = service_fn(|_grant: GrantRequest| async {
+///     Ok::<_, TokenError>(TokenPair::new(AccessToken::new("tok")?, None, Duration::from_secs(60)))
+/// });
+/// let fetcher = fetcher::from_service(
+///     ServiceBuilder::new().timeout(Duration::from_secs(10)).service(grants),
+/// );
+/// # let _ = fetcher;
+/// ```
+pub fn from_service<S>(service: S) -> ServiceFetcher<S>
+where
+    S: Service<GrantRequest, Response = TokenPair> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    ServiceFetcher { service }
+}
+
+impl<S> TokenFetcher for ServiceFetcher<S>
+where
+    S: Service<GrantRequest, Response = TokenPair> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    async fn fetch(&self, grant: GrantRequest) -> Result<TokenPair, TokenError> {
+        let grant_type = grant.grant_type();
+        self.service
+            .clone()
+            .oneshot(grant)
+            .await
+            .map_err(|e| service_error(e.into()).with_grant(grant_type))
+    }
+}
+
+fn service_error(err: BoxError) -> TokenError {
+    let err = match err.downcast::<TokenError>() {
+        Ok(token) => return *token,
+        Err(err) => err,
+    };
+    if err.is::<tower::timeout::error::Elapsed>() {
+        return TokenError::timeout();
+    }
+    TokenError::transport(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::AccessToken;
+    use std::time::Duration;
+
+    fn creds() -> Arc<Credentials> {
+        Arc::new(Credentials::new(
+            "cid",
+            "c&s=cr+t",
+            "me@example.com",
+            "p&ss=w+rd%é",
+        ))
+    }
+
+    #[test]
+    fn password_form_body_is_exact() {
+        let body = GrantRequest::password(creds()).form_body();
+        assert_eq!(
+            body,
+            "grant_type=password&client_id=cid&client_secret=c%26s%3Dcr%2Bt\
+             &username=me%40example.com&password=p%26ss%3Dw%2Brd%25%C3%A9"
+        );
+    }
+
+    #[test]
+    fn refresh_form_body_is_exact() {
+        let refresh = RefreshToken::new("r/1+2=").unwrap();
+        let body = GrantRequest::refresh(creds(), refresh).form_body();
+        assert_eq!(
+            body,
+            "grant_type=refresh_token&client_id=cid&client_secret=c%26s%3Dcr%2Bt&refresh_token=r%2F1%2B2%3D"
+        );
+    }
+
+    #[test]
+    fn grant_request_debug_has_no_secret() {
+        let refresh = RefreshToken::new("refresh-sentinel").unwrap();
+        let text = format!("{:?}", GrantRequest::refresh(creds(), refresh));
+        assert!(text.contains("RefreshToken") && text.contains("cid"));
+        assert!(!text.contains("sentinel") && !text.contains("p&ss"));
+    }
+
+    #[tokio::test]
+    async fn service_errors_are_classified() {
+        let elapsed = tower::service_fn(|_: GrantRequest| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<TokenPair, TokenError>(TokenPair::new(
+                AccessToken::new("x")?,
+                None,
+                Duration::ZERO,
+            ))
+        });
+        tokio::time::pause();
+        let fetcher = from_service(
+            tower::ServiceBuilder::new()
+                .timeout(Duration::from_secs(1))
+                .service(elapsed),
+        );
+        let err = fetcher
+            .fetch(GrantRequest::password(creds()))
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout());
+        assert_eq!(err.grant_type(), Some(GrantType::Password));
+
+        let rejecting = from_service(tower::service_fn(|_: GrantRequest| async {
+            Err::<TokenPair, _>(TokenError::rejected(::http::StatusCode::UNAUTHORIZED, None))
+        }));
+        let err = rejecting
+            .fetch(GrantRequest::password(creds()))
+            .await
+            .unwrap_err();
+        assert!(err.is_grant_rejected());
+
+        let other = from_service(tower::service_fn(|_: GrantRequest| async {
+            Err::<TokenPair, BoxError>("boom".into())
+        }));
+        let err = other
+            .fetch(GrantRequest::password(creds()))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient() && err.may_have_been_sent());
+    }
+}

@@ -1,0 +1,249 @@
+//! [`ResponseFuture`]: the state machine of one request. The common path polls
+//! the inner future and looks at the status; waiting for a grant and the one
+//! replay after a 401 are the rare paths, and only they allocate.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use http::{
+    Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
+    header::AUTHORIZATION,
+};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower::util::Oneshot;
+use tower_service::Service;
+
+use crate::{
+    body::{Replay, ReplayBody},
+    cache::Slot,
+    error::{Error, TokenError},
+    service::{Local, dispatch, slot_header},
+};
+
+type Acquire = Pin<Box<dyn Future<Output = Result<Slot, TokenError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`AuthService`](crate::AuthService).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        #[pin]
+        state: State<S, B, S::Future>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, F>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        // A request for another origin: no token, no replay.
+        Passthrough { #[pin] fut: F },
+        // No token, and the cache says why.
+        Failed { err: Option<TokenError> },
+        // No valid token yet: wait for the grant, then call the service made ready.
+        Acquire { token: Acquire, pending: Option<Pending<S, B>> },
+        // The first attempt.
+        Sent { #[pin] fut: F, id: u64, local: Arc<Local>, retry: Option<Retry<S, B>> },
+        // After a 401: wait for a token other than the refused one.
+        Reacquire { token: Acquire, replay: Option<(S, Request<ReplayBody<B>>)> },
+        // The one replay; its answer goes back as it is.
+        Replay { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>> },
+    }
+}
+
+pub(crate) struct Pending<S, B> {
+    inner: S,
+    req: Request<B>,
+    local: Arc<Local>,
+    replay: bool,
+}
+
+/// What a replay needs: the request without its body, how to replay the body,
+/// and a clone of the service (driven ready by `Oneshot` before the call).
+pub(crate) struct Retry<S, B> {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+    body: Replay,
+    service: S,
+    _body: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<S, B> Retry<S, B> {
+    pub(crate) fn new(parts: &http::request::Parts, body: Replay, service: S) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+            body,
+            service,
+            _body: std::marker::PhantomData,
+        }
+    }
+
+    /// The replay request, or `None` when the body cannot be sent again.
+    fn into_request(self) -> Option<(S, Request<ReplayBody<B>>)> {
+        let body = self.body.body()?;
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        *req.extensions_mut() = self.extensions;
+        Some((self.service, req))
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    pub(crate) fn passthrough(fut: S::Future) -> Self {
+        Self {
+            state: State::Passthrough { fut },
+        }
+    }
+
+    pub(crate) fn failed(err: TokenError) -> Self {
+        Self {
+            state: State::Failed { err: Some(err) },
+        }
+    }
+
+    pub(crate) fn acquire(inner: S, req: Request<B>, local: Arc<Local>, replay: bool) -> Self {
+        let shared = Arc::clone(local.shared());
+        Self {
+            state: State::Acquire {
+                token: Box::pin(async move { shared.acquire(None).await }),
+                pending: Some(Pending {
+                    inner,
+                    req,
+                    local,
+                    replay,
+                }),
+            },
+        }
+    }
+
+    pub(crate) fn sent(
+        fut: S::Future,
+        id: u64,
+        local: Arc<Local>,
+        retry: Option<Retry<S, B>>,
+    ) -> Self {
+        Self {
+            state: State::Sent {
+                fut,
+                id,
+                local,
+                retry,
+            },
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Passthrough { .. } => "passthrough",
+            State::Failed { .. } => "failed",
+            State::Acquire { .. } => "acquire",
+            State::Sent { .. } => "sent",
+            State::Reacquire { .. } => "reacquire",
+            State::Replay { .. } => "replay",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    type Output = Result<Response<ResBody>, Error<S::Error>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Passthrough { fut } => return fut.poll(cx).map_err(Error::Inner),
+                StateProj::Failed { err } => {
+                    let err = err.take().expect("polled after completion");
+                    return Poll::Ready(Err(Error::Token(err)));
+                }
+                StateProj::Acquire { token, pending } => {
+                    let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
+                    let Pending {
+                        mut inner,
+                        req,
+                        local,
+                        replay,
+                    } = pending.take().expect("polled after completion");
+                    let header = slot_header(&slot);
+                    dispatch(&mut inner, req, slot.id, header, &local, replay).state
+                }
+                StateProj::Sent {
+                    fut,
+                    id,
+                    local,
+                    retry,
+                } => {
+                    let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
+                    if res.status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(res));
+                    }
+                    let shared = local.shared();
+                    // Refreshes only if this token is still the current one.
+                    shared.invalidate(*id);
+                    let Some(replay) = retry.take().and_then(Retry::into_request) else {
+                        shared
+                            .counters
+                            .replays_skipped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return Poll::Ready(Ok(res));
+                    };
+                    shared
+                        .counters
+                        .replays
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(target: "daxium_auth", method = %replay.1.method(), "401: replaying the request once with a new token");
+                    let refused = *id;
+                    let shared = Arc::clone(shared);
+                    State::Reacquire {
+                        token: Box::pin(async move { shared.acquire(Some(refused)).await }),
+                        replay: Some(replay),
+                    }
+                }
+                StateProj::Reacquire { token, replay } => {
+                    let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
+                    let (service, mut req) = replay.take().expect("polled after completion");
+                    req.headers_mut().insert(AUTHORIZATION, slot_header(&slot));
+                    State::Replay {
+                        fut: Oneshot::new(service, req),
+                    }
+                }
+                StateProj::Replay { fut } => return fut.poll(cx).map_err(Error::Inner),
+            };
+            this.state.set(next);
+        }
+    }
+}

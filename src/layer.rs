@@ -1,0 +1,280 @@
+//! [`AuthLayer`] and its builder: the settings of one token cache and of the
+//! services that share it.
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use tower_layer::Layer;
+
+use crate::{
+    cache::{CacheConfig, TokenCache},
+    credentials::Credentials,
+    error::BuildError,
+    fetcher::{DynFetcher, TokenFetcher},
+    origin::{Origin, check_url},
+    service::AuthService,
+    stats::Stats,
+};
+
+/// The default cap on a request body kept for a replay: 64 KiB.
+pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
+
+/// Settings the services read on every request.
+#[derive(Debug)]
+pub(crate) struct LayerConfig {
+    pub(crate) replay: bool,
+    pub(crate) replay_limit: usize,
+    /// `None`: every origin gets the token.
+    pub(crate) origins: Option<Vec<Origin>>,
+}
+
+/// A tower [`Layer`] that authenticates every request to the Daxium Air API.
+///
+/// Cheap to clone: every [`AuthService`] it makes, and every clone of those,
+/// shares one [`TokenCache`].
+///
+/// ```
+/// use daxium_auth::{AuthLayer, Credentials};
+///
+/// let layer = AuthLayer::new(
+///     "https://api.daxium-air.com/oauth/v2/token",
+///     Credentials::new("client-id", "client-secret", "me@example.com", "password"),
+/// )?;
+/// # Ok::<_, daxium_auth::BuildError>(())
+/// ```
+#[derive(Clone)]
+pub struct AuthLayer {
+    cache: TokenCache,
+    config: Arc<LayerConfig>,
+}
+
+impl AuthLayer {
+    /// A layer with the default settings and the default HTTPS transport.
+    /// Tokens go to the token endpoint's origin only.
+    #[cfg(feature = "rustls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+    pub fn new(token_url: &str, credentials: Credentials) -> Result<Self, BuildError> {
+        Self::builder()
+            .token_url(token_url)
+            .credentials(credentials)
+            .build()
+    }
+
+    /// A builder for every setting.
+    pub fn builder() -> AuthLayerBuilder {
+        AuthLayerBuilder::default()
+    }
+
+    /// The token cache the services share.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// A snapshot of the counters: grants, replays, requests that waited.
+    pub fn stats(&self) -> Stats {
+        self.cache.stats()
+    }
+
+    /// Replaces the login; see [`TokenCache::set_credentials`].
+    pub fn set_credentials(&self, credentials: Credentials) {
+        self.cache.set_credentials(credentials);
+    }
+
+    pub(crate) fn config(&self) -> &Arc<LayerConfig> {
+        &self.config
+    }
+}
+
+impl fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("cache", &self.cache)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService::new(inner, self.clone())
+    }
+}
+
+/// Builds an [`AuthLayer`]; every setting is checked by [`build`](Self::build).
+#[must_use]
+pub struct AuthLayerBuilder {
+    token_url: Option<String>,
+    credentials: Option<Credentials>,
+    fetcher: Option<Arc<dyn DynFetcher>>,
+    origins: Vec<String>,
+    any_origin: bool,
+    cache: CacheConfig,
+    replay: bool,
+    replay_limit: usize,
+}
+
+impl Default for AuthLayerBuilder {
+    fn default() -> Self {
+        Self {
+            token_url: None,
+            credentials: None,
+            fetcher: None,
+            origins: Vec::new(),
+            any_origin: false,
+            cache: CacheConfig::default(),
+            replay: true,
+            replay_limit: DEFAULT_REPLAY_LIMIT,
+        }
+    }
+}
+
+impl fmt::Debug for AuthLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthLayerBuilder")
+            .field("token_url", &self.token_url)
+            .field("credentials", &self.credentials)
+            .field("custom_fetcher", &self.fetcher.is_some())
+            .field("origins", &self.origins)
+            .field("any_origin", &self.any_origin)
+            .field("cache", &self.cache)
+            .field("replay", &self.replay)
+            .field("replay_limit", &self.replay_limit)
+            .finish()
+    }
+}
+
+impl AuthLayerBuilder {
+    /// The token endpoint, `https://…/oauth/v2/token` (`http://` for loopback
+    /// hosts only). Without a custom [`fetcher`](Self::fetcher), grants go there
+    /// through the default HTTPS transport; its origin is the default API origin.
+    pub fn token_url(mut self, url: impl Into<String>) -> Self {
+        self.token_url = Some(url.into());
+        self
+    }
+
+    /// The login for the password grant. Required.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// A custom fetcher: any [`TokenFetcher`], such as an
+    /// [`HttpFetcher`](crate::HttpFetcher) over another transport, or
+    /// [`fetcher::from_service`](crate::fetcher::from_service) over a tower stack.
+    pub fn fetcher(mut self, fetcher: impl TokenFetcher) -> Self {
+        self.fetcher = Some(Arc::new(fetcher));
+        self
+    }
+
+    /// Adds an API origin (scheme, host and port of the URL) that gets the
+    /// token. Requests with an authority elsewhere are sent without it. By
+    /// default the only origin is the token endpoint's.
+    pub fn api_origin(mut self, url: impl Into<String>) -> Self {
+        self.origins.push(url.into());
+        self
+    }
+
+    /// Sends the token to whatever origin a request names. Only for inner
+    /// services that fix the destination themselves.
+    pub fn any_origin(mut self) -> Self {
+        self.any_origin = true;
+        self
+    }
+
+    /// How long before expiry a token is refreshed in the background (default
+    /// 60 s). Short-lived tokens are refreshed at half their lifetime instead,
+    /// and up to a fifth more is added at random.
+    pub fn refresh_margin(mut self, margin: Duration) -> Self {
+        self.cache.refresh_margin = margin;
+        self
+    }
+
+    /// Whether a request answered 401 is replayed once with a new token
+    /// (default on). Per request, the [`NoReplay`](crate::NoReplay) extension
+    /// switches it off.
+    pub fn replay(mut self, on: bool) -> Self {
+        self.replay = on;
+        self
+    }
+
+    /// The largest request body kept for a replay (default 64 KiB). A larger
+    /// body is streamed through and not replayed.
+    pub fn replay_limit(mut self, bytes: usize) -> Self {
+        self.replay_limit = bytes;
+        self
+    }
+
+    /// The backoff after a failed grant: from `min` (default 500 ms), doubling
+    /// up to `max` (default 30 s), with jitter, never shorter than `Retry-After`.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.cache.backoff_min = min;
+        self.cache.backoff_max = max;
+        self
+    }
+
+    /// How long a rejected password stops new password grants, unless the
+    /// credentials change first (default 5 minutes).
+    pub fn rejected_cooldown(mut self, cooldown: Duration) -> Self {
+        self.cache.rejected_cooldown = cooldown;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    pub fn build(self) -> Result<AuthLayer, BuildError> {
+        let credentials = self.credentials.ok_or(BuildError::Missing("credentials"))?;
+        let token_uri = self
+            .token_url
+            .as_deref()
+            .map(|url| check_url(url, "token"))
+            .transpose()?;
+        if self.cache.backoff_min.is_zero() {
+            return Err(BuildError::InvalidSetting {
+                name: "backoff",
+                reason: "the minimum must be above zero",
+            });
+        }
+        if self.cache.backoff_min > self.cache.backoff_max {
+            return Err(BuildError::InvalidSetting {
+                name: "backoff",
+                reason: "the minimum is above the maximum",
+            });
+        }
+        let origins = if self.any_origin {
+            None
+        } else {
+            let mut origins = Vec::with_capacity(self.origins.len().max(1));
+            for url in &self.origins {
+                let uri = check_url(url, "API origin")?;
+                origins.extend(Origin::of(&uri));
+            }
+            if origins.is_empty() {
+                let uri = token_uri.as_ref().ok_or(BuildError::Missing(
+                    "api_origin (or token_url, whose origin is the default)",
+                ))?;
+                origins.extend(Origin::of(uri));
+            }
+            Some(origins)
+        };
+        let fetcher: Arc<dyn DynFetcher> = match (self.fetcher, &self.token_url) {
+            (Some(fetcher), _) => fetcher,
+            #[cfg(feature = "rustls")]
+            (None, Some(url)) => Arc::new(crate::HttpFetcher::new(url)?),
+            #[cfg(not(feature = "rustls"))]
+            (None, Some(_)) => {
+                return Err(BuildError::Missing(
+                    "fetcher (the default transport needs the `rustls` feature)",
+                ));
+            }
+            (None, None) => return Err(BuildError::Missing("token_url or fetcher")),
+        };
+        Ok(AuthLayer {
+            cache: TokenCache::new(fetcher, credentials, self.cache),
+            config: Arc::new(LayerConfig {
+                replay: self.replay,
+                replay_limit: self.replay_limit,
+                origins,
+            }),
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! Authenticated Daxium Air API clients from any tower HTTP stack.
+//!
+//! Add one [`AuthLayer`] to a hyper, tonic or reqwest-middleware client and the
+//! application never handles a token again: the layer logs in with the password
+//! grant, keeps the token pair fresh with the refresh grant before it expires,
+//! collapses concurrent refreshes into one, replays a request once when the API
+//! answers 401, and rides out token endpoint outages with backoff.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use daxium_auth::{AuthLayer, Credentials};
+//! use http_body_util::Empty;
+//! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let credentials = Credentials::new("client-id", "client-secret", "me@example.com", "password");
+//! let auth = AuthLayer::new("https://api.daxium-air.com/oauth/v2/token", credentials)?;
+//!
+//! let https = hyper_rustls::HttpsConnectorBuilder::new()
+//!     .with_webpki_roots()
+//!     .https_only()
+//!     .enable_http1()
+//!     .build();
+//! let client = Client::builder(TokioExecutor::new())
+//!     .build::<_, daxium_auth::ReplayBody<Empty<Bytes>>>(https);
+//! let service = ServiceBuilder::new().layer(auth).service(client);
+//!
+//! let request = http::Request::get("https://api.daxium-air.com/api/v1/structures")
+//!     .body(Empty::<Bytes>::new())?;
+//! let response = service.oneshot(request).await?;
+//! println!("{}", response.status());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See the README for the behaviour in detail, the integrations and the
+//! configuration.
+#![forbid(unsafe_code)]
+#![deny(missing_docs, unreachable_pub)]
+#![warn(missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod cache;
+mod credentials;
+mod error;
+pub mod fetcher;
+mod future;
+mod layer;
+mod origin;
+mod service;
+mod stats;
+mod token;
+
+pub use crate::layer::DEFAULT_REPLAY_LIMIT;
+
+#[cfg(feature = "mock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
+pub mod mock;
+
+pub use crate::{
+    body::{NoReplay, ReplayBody},
+    cache::TokenCache,
+    credentials::Credentials,
+    error::{BoxError, BuildError, Error, ErrorBody, TokenError},
+    fetcher::{GrantRequest, GrantType, HttpFetcher, TokenFetcher},
+    future::ResponseFuture,
+    layer::{AuthLayer, AuthLayerBuilder},
+    service::AuthService,
+    stats::Stats,
+    token::{
+        AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_TOKEN_LEN, MIN_LIFETIME, RefreshToken,
+        TokenPair, parse_token_response,
+    },
+};

@@ -1,0 +1,209 @@
+//! [`AuthService`]: attaches the current token to each request. The common
+//! path is one pointer comparison against the cache, a reference-count
+//! increment for the header, and no lock and no allocation; waiting for a grant
+//! and replaying after a 401 live in the [`ResponseFuture`].
+
+use std::{
+    fmt,
+    ops::Deref,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use arc_swap::{ArcSwap, cache::Cache};
+use http::{HeaderValue, Request, Response, header::AUTHORIZATION};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::{
+    body::{NoReplay, Replay, ReplayBody},
+    cache::{Shared, Slot, State},
+    error::Error,
+    future::{ResponseFuture, Retry},
+    layer::{AuthLayer, LayerConfig},
+};
+
+/// Adds `Authorization: Bearer …` (marked sensitive) to each request for the
+/// configured API origins, keeps the token fresh, and replays a request once
+/// when the API answers 401. Made by [`AuthLayer`].
+///
+/// `poll_ready` is the inner service's; `call` uses the service that was made
+/// ready. Services made by `AuthLayer::layer` each keep their own copy of the
+/// header, so threads with their own service never contend on a reference count;
+/// clones share their parent's.
+pub struct AuthService<S> {
+    inner: S,
+    local: Arc<Local>,
+    view: Cache<View, Arc<State>>,
+    header: Option<(u64, HeaderValue)>,
+}
+
+/// What the futures of one service (and its clones) need after the call.
+pub(crate) struct Local {
+    pub(crate) layer: AuthLayer,
+}
+
+impl Local {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        self.layer.cache().shared()
+    }
+
+    pub(crate) fn config(&self) -> &LayerConfig {
+        self.layer.config()
+    }
+}
+
+/// The cache's `ArcSwap`, as `arc_swap::cache::Cache` wants it.
+#[derive(Clone)]
+pub(crate) struct View(Arc<Shared>);
+
+impl Deref for View {
+    type Target = ArcSwap<State>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.state()
+    }
+}
+
+impl<S> AuthService<S> {
+    /// Wraps `inner` with the token cache of `layer`.
+    pub fn new(inner: S, layer: AuthLayer) -> Self {
+        let view = Cache::new(View(Arc::clone(layer.cache().shared())));
+        Self {
+            inner,
+            local: Arc::new(Local { layer }),
+            view,
+            header: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The layer whose token cache this service uses.
+    pub fn layer(&self) -> &AuthLayer {
+        &self.local.layer
+    }
+}
+
+impl<S: Clone> Clone for AuthService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            local: Arc::clone(&self.local),
+            view: self.view.clone(),
+            header: self.header.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthService")
+            .field("inner", &self.inner)
+            .field("layer", &self.local.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for AuthService<S>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    type Response = Response<ResBody>;
+    type Error = Error<S::Error>;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Error::Inner)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let config = self.local.config();
+        if let Some(origins) = &config.origins {
+            let uri = req.uri();
+            if uri.authority().is_some() && !origins.iter().any(|o| o.matches(uri)) {
+                return ResponseFuture::passthrough(self.inner.call(req.map(ReplayBody::new)));
+            }
+        }
+        let replay = config.replay && req.extensions().get::<NoReplay>().is_none();
+
+        let state = self.view.load();
+        let Some(slot) = state.slot() else {
+            if let State::Failed(err) = &**state {
+                return ResponseFuture::failed(err.clone());
+            }
+            // No valid token: take the service that was made ready into the future,
+            // which calls it once a grant has landed.
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            return ResponseFuture::acquire(inner, req, Arc::clone(&self.local), replay);
+        };
+        if let State::Stale(_) = &**state {
+            self.local.shared().start_refresh();
+        }
+        let id = slot.id;
+        let header = match &self.header {
+            Some((seen, header)) if *seen == id => header.clone(),
+            _ => {
+                let header = own_copy(&slot.header);
+                self.header = Some((id, header.clone()));
+                header
+            }
+        };
+        dispatch(&mut self.inner, req, id, header, &self.local, replay)
+    }
+}
+
+/// A copy of the header that shares no reference count with other services.
+fn own_copy(header: &HeaderValue) -> HeaderValue {
+    let mut own = HeaderValue::from_bytes(header.as_bytes()).unwrap_or_else(|_| header.clone());
+    own.set_sensitive(true);
+    own
+}
+
+/// Sends `req` with the token `id`, keeping what a replay needs.
+pub(crate) fn dispatch<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    id: u64,
+    header: HeaderValue,
+    local: &Arc<Local>,
+    replay: bool,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    let (mut parts, body) = req.into_parts();
+    let (body, retry) = if replay {
+        let (body, replay) = ReplayBody::first(body, local.config().replay_limit);
+        let retry = match replay {
+            Replay::Never => None,
+            replay => Some(Retry::new(&parts, replay, inner.clone())),
+        };
+        (body, retry)
+    } else {
+        (ReplayBody::new(body), None)
+    };
+    parts.headers.insert(AUTHORIZATION, header);
+    let fut = inner.call(Request::from_parts(parts, body));
+    ResponseFuture::sent(fut, id, Arc::clone(local), retry)
+}
+
+pub(crate) fn slot_header(slot: &Slot) -> HeaderValue {
+    slot.header.clone()
+}
