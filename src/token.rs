@@ -16,9 +16,9 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Daxium's documented lifetime.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// The shortest lifetime a token is given, whatever `expires_in` says: a zero
-/// or negative value would otherwise mean a refresh on every request.
-pub const MIN_LIFETIME: Duration = Duration::from_secs(10);
+/// The shortest lifetime a token is given: a positive `expires_in` below it is
+/// raised to it, so a token is never refreshed more than twice a second.
+pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
 
 /// The longest lifetime a token is given: a larger `expires_in` is absurd, and
 /// must not mean "never expires".
@@ -168,11 +168,13 @@ impl fmt::Debug for TokenPair {
 ///   anything else is refused.
 /// - `refresh_token`: optional; when absent the caller keeps the old one.
 /// - `expires_in`: a number or a numeric string. **The lifetime rule:** a
-///   missing, null or non-numeric value means [`DEFAULT_LIFETIME`] (3600 s,
-///   Daxium's documented lifetime); any number is clamped to
-///   [`MIN_LIFETIME`] (10 s) ..= [`MAX_LIFETIME`] (24 h), so zero or negative
-///   never means "refresh on every request" and a huge value never means
-///   "never expires"; fractions are rounded down; nothing overflows.
+///   missing, null, non-numeric, zero or negative value means
+///   [`DEFAULT_LIFETIME`] (3600 s, Daxium's documented lifetime: a server that
+///   gives no usable lifetime is taken at its documented word, and a token
+///   that dies sooner is caught by the 401 replay); a positive number is
+///   clamped to [`MIN_LIFETIME`] (1 s) ..= [`MAX_LIFETIME`] (24 h). So no value
+///   means "refresh on every request" and none means "never expires";
+///   fractions are rounded down; nothing overflows.
 /// - Unknown fields are ignored. A body holding an `error` field is an error
 ///   even with a 2xx status.
 ///
@@ -250,7 +252,7 @@ fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
         _ => None,
     };
     match seconds {
-        Some(s) if s.is_nan() => DEFAULT_LIFETIME,
+        Some(s) if s.is_nan() || s.floor() <= 0.0 => DEFAULT_LIFETIME,
         // Clamping in f64 first keeps `from_secs_f64` away from its panics.
         Some(s) => Duration::from_secs_f64(
             s.floor()
@@ -342,14 +344,21 @@ mod tests {
     }
 
     #[test]
-    fn expires_in_zero_is_the_minimum() {
-        assert_eq!(lifetime_of("0"), MIN_LIFETIME);
+    fn expires_in_zero_is_the_default() {
+        assert_eq!(lifetime_of("0"), DEFAULT_LIFETIME);
+        assert_eq!(lifetime_of("0.5"), DEFAULT_LIFETIME);
     }
 
     #[test]
-    fn expires_in_negative_is_the_minimum() {
-        assert_eq!(lifetime_of("-5"), MIN_LIFETIME);
-        assert_eq!(lifetime_of(r#""-99999999999999999999""#), MIN_LIFETIME);
+    fn expires_in_negative_is_the_default() {
+        assert_eq!(lifetime_of("-5"), DEFAULT_LIFETIME);
+        assert_eq!(lifetime_of(r#""-99999999999999999999""#), DEFAULT_LIFETIME);
+    }
+
+    #[test]
+    fn expires_in_tiny_is_honoured_down_to_the_minimum() {
+        assert_eq!(lifetime_of("1"), MIN_LIFETIME);
+        assert_eq!(lifetime_of("2"), Duration::from_secs(2));
     }
 
     #[test]

@@ -153,8 +153,14 @@ impl HttpFetcher<HttpsClient> {
         };
 
         let token_uri = checked_token_uri(token_url)?;
+        // An explicit provider: rustls cannot pick one by itself when the
+        // application's dependency tree enables more than one.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|_| BuildError::InvalidSetting {
+                name: "tls",
+                reason: "the ring crypto provider supports no TLS version",
+            })?
             .https_or_http()
             .enable_http1()
             .enable_http2()
