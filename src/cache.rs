@@ -112,6 +112,7 @@ struct Control {
     rng: HasherRng,
     task: Option<JoinHandle<()>>,
     timer: Option<JoinHandle<()>>,
+    cooldown: Option<JoinHandle<()>>,
     closed: bool,
 }
 
@@ -140,11 +141,11 @@ impl Drop for Handle {
     fn drop(&mut self) {
         let mut ctl = self.shared.lock();
         ctl.closed = true;
-        if let Some(task) = ctl.task.take() {
+        for task in [ctl.task.take(), ctl.timer.take(), ctl.cooldown.take()]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
-        }
-        if let Some(timer) = ctl.timer.take() {
-            timer.abort();
         }
     }
 }
@@ -186,6 +187,7 @@ impl TokenCache {
                 rng: HasherRng::new(),
                 task: None,
                 timer: None,
+                cooldown: None,
                 closed: false,
             }),
             published,
@@ -536,7 +538,7 @@ impl Shared {
         let cooldown = self.config.rejected_cooldown;
         let weak = Arc::downgrade(self);
         let credentials = Arc::clone(&ctl.credentials);
-        tokio::spawn(async move {
+        let lift = tokio::spawn(async move {
             tokio::time::sleep(cooldown).await;
             let Some(shared) = weak.upgrade() else { return };
             let mut ctl = shared.lock();
@@ -545,6 +547,9 @@ impl Shared {
                 shared.publish(&ctl);
             }
         });
+        if let Some(old) = ctl.cooldown.replace(lift) {
+            old.abort();
+        }
     }
 }
 
