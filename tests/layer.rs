@@ -217,6 +217,11 @@ async fn send(
     svc.clone().oneshot(req).await
 }
 
+async fn assert_rejected(svc: &AuthService<Inner<Full<Bytes>>>) {
+    let err = send(svc, get()).await.unwrap_err();
+    assert!(err.token_error().unwrap().is_grant_rejected(), "{err:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_calls_on_an_empty_cache_make_one_grant() {
     let s = setup();
@@ -450,14 +455,7 @@ async fn a_wrong_password_makes_one_grant_for_a_thousand_callers() {
 
     // Terminal: later calls fail fast without a new attempt.
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(
-        send(&svc, get())
-            .await
-            .unwrap_err()
-            .token_error()
-            .unwrap()
-            .is_grant_rejected()
-    );
+    assert_rejected(&svc).await;
     assert_eq!(s.endpoint.grants(), 1);
     assert_eq!(s.api.attempts.load(SeqCst), 0, "nothing reached the API");
 
@@ -468,26 +466,12 @@ async fn a_wrong_password_makes_one_grant_for_a_thousand_callers() {
         "user@example.com",
         "new",
     ));
-    assert!(
-        send(&svc, get())
-            .await
-            .unwrap_err()
-            .token_error()
-            .unwrap()
-            .is_grant_rejected()
-    );
+    assert_rejected(&svc).await;
     assert_eq!(s.endpoint.grants(), 2);
 
     // So does the end of the cool-down.
     tokio::time::sleep(Duration::from_secs(121)).await;
-    assert!(
-        send(&svc, get())
-            .await
-            .unwrap_err()
-            .token_error()
-            .unwrap()
-            .is_grant_rejected()
-    );
+    assert_rejected(&svc).await;
     assert_eq!(s.endpoint.grants(), 3);
     tokio::time::sleep(Duration::from_secs(121)).await;
     assert_eq!(send(&svc, get()).await.unwrap().status(), StatusCode::OK);
