@@ -376,6 +376,17 @@ impl Shared {
     /// grant when the refresh token is refused or spent; backoff on transient
     /// failures. The lock is only taken in the synchronous steps.
     async fn run_grants(self: Arc<Self>) {
+        // If this task dies unfinished (its runtime shut down), the next caller
+        // must be able to start another grant instead of waiting forever.
+        let mut guard = FlightGuard {
+            shared: Arc::clone(&self),
+            finished: false,
+        };
+        self.ladder().await;
+        guard.finished = true;
+    }
+
+    async fn ladder(self: &Arc<Self>) {
         loop {
             let Some(grant) = self.next_grant() else {
                 return;
@@ -550,6 +561,26 @@ impl Shared {
         if let Some(old) = ctl.cooldown.replace(lift) {
             old.abort();
         }
+    }
+}
+
+/// Resets the flight when the grant task is dropped before it finished.
+struct FlightGuard {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut ctl = self.shared.lock();
+        if ctl.closed {
+            return;
+        }
+        ctl.flight = Flight::Idle;
+        self.shared.publish(&ctl);
     }
 }
 

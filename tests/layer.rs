@@ -796,3 +796,37 @@ async fn a_connect_failure_keeps_the_refresh_token() {
     );
     assert_eq!(sent.lock().unwrap().as_slice(), ["refresh-1", "refresh-1"]);
 }
+
+#[test]
+fn a_grant_lost_with_its_runtime_does_not_block_the_next_caller() {
+    let paused_runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    };
+    let first = paused_runtime();
+    let s = first.block_on(async { setup() });
+    *s.endpoint.latency.lock().unwrap() = Duration::from_secs(5);
+    let svc = s.service();
+    // The first runtime starts a grant, then shuts down in the middle of it.
+    first.block_on(async {
+        let call = send(&svc, get());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), call)
+                .await
+                .is_err()
+        );
+    });
+    drop(first);
+    assert_eq!(s.endpoint.grants(), 1);
+    assert_eq!(s.layer.stats().grants(), 0, "the grant never finished");
+
+    *s.endpoint.latency.lock().unwrap() = Duration::from_millis(10);
+    let second = paused_runtime();
+    let res = second
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), send(&svc, get())).await });
+    assert_eq!(res.expect("no hang").unwrap().status(), StatusCode::OK);
+    assert_eq!(s.endpoint.grants(), 2);
+}
