@@ -77,6 +77,14 @@ impl<B> ReplayBody<B> {
     }
 }
 
+/// An empty body, so that middleware needing `B: Default` (tower-http's
+/// `FollowRedirect`) can sit below the layer.
+impl<B> Default for ReplayBody<B> {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl<B: Body> ReplayBody<B> {
     /// The body for the first attempt, and what will tell whether and how it can
     /// be replayed.

@@ -10,7 +10,7 @@ use crate::{
     credentials::Credentials,
     error::BuildError,
     fetcher::{DynFetcher, TokenFetcher},
-    origin::{Origin, check_url},
+    origin::{Origin, ShownUrl, check_url},
     service::AuthService,
     stats::Stats,
 };
@@ -132,10 +132,13 @@ impl Default for AuthLayerBuilder {
 impl fmt::Debug for AuthLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthLayerBuilder")
-            .field("token_url", &self.token_url)
+            .field("token_url", &self.token_url.as_deref().map(ShownUrl))
             .field("credentials", &self.credentials)
             .field("custom_fetcher", &self.fetcher.is_some())
-            .field("origins", &self.origins)
+            .field(
+                "origins",
+                &self.origins.iter().map(|o| ShownUrl(o)).collect::<Vec<_>>(),
+            )
             .field("any_origin", &self.any_origin)
             .field("cache", &self.cache)
             .field("replay", &self.replay)

@@ -2,7 +2,7 @@
 //! (`https://`, or `http://` to a loopback host only) and the origin guard that
 //! keeps the token away from any other host.
 
-use std::net::IpAddr;
+use std::{fmt, net::IpAddr};
 
 use http::{Uri, uri::Scheme};
 
@@ -60,6 +60,20 @@ pub(crate) fn check_url(url: &str, what: &'static str) -> Result<Uri, BuildError
         what,
         reason: "no host",
     })?;
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    if authority.contains('@') {
+        // Credentials in a URL end up in logs and `Debug` output.
+        return Err(BuildError::InvalidUrl {
+            what,
+            reason: "holds user info",
+        });
+    }
+    if has_unreadable_port(authority) {
+        return Err(BuildError::InvalidUrl {
+            what,
+            reason: "port is not a number from 0 to 65535",
+        });
+    }
     if *scheme == Scheme::HTTPS {
         return Ok(uri);
     }
@@ -76,12 +90,43 @@ pub(crate) fn check_url(url: &str, what: &'static str) -> Result<Uri, BuildError
     }
 }
 
+/// `http` keeps a port it cannot read as a `u16` (`:99999`, `:abc`) and then
+/// reports none, which every later step would take for the default port.
+fn has_unreadable_port(authority: &str) -> bool {
+    authority
+        .rsplit_once(':')
+        .filter(|(host, _)| !host.starts_with('[') || host.ends_with(']'))
+        .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
+}
+
 fn is_loopback(host: &str) -> bool {
     if host.eq_ignore_ascii_case("localhost") {
         return true;
     }
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A configured URL as `Debug` shows it: scheme, host, port and path, never
+/// the user info or the query, which may hold credentials.
+pub(crate) struct ShownUrl<'a>(pub(crate) &'a str);
+
+impl fmt::Debug for ShownUrl<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Ok(uri) = self.0.parse::<http::Uri>() else {
+            return f.write_str("<unparsable URL>");
+        };
+        match (uri.scheme(), uri.host()) {
+            (Some(scheme), Some(host)) => {
+                write!(f, "\"{scheme}://{host}")?;
+                if let Some(port) = uri.port() {
+                    write!(f, ":{port}")?;
+                }
+                write!(f, "{}\"", uri.path())
+            }
+            _ => write!(f, "\"{}\"", uri.path()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +179,34 @@ mod tests {
             check_url("ftp://host/", "token"),
             Err(BuildError::InvalidUrl { .. })
         ));
+    }
+
+    #[test]
+    fn unreadable_ports_and_user_info_are_refused() {
+        for bad in [
+            "https://api.example.com:99999/",
+            "https://api.example.com:abc/",
+            "https://user:pw@api.example.com/",
+            "http://user@127.0.0.1/",
+        ] {
+            assert!(
+                matches!(check_url(bad, "token"), Err(BuildError::InvalidUrl { .. })),
+                "{bad}"
+            );
+        }
+        assert!(check_url("https://[::1]/x", "token").is_ok());
+        assert!(check_url("https://[::1]:8443/x", "token").is_ok());
+        assert!(check_url("https://host:/x", "token").is_ok());
+    }
+
+    #[test]
+    fn shown_urls_lose_user_info_and_query() {
+        let shown = format!(
+            "{:?}",
+            ShownUrl("https://u:pw@host:8443/oauth/v2/token?secret=x")
+        );
+        assert_eq!(shown, r#""https://host:8443/oauth/v2/token""#);
+        assert_eq!(format!("{:?}", ShownUrl("not a url")), "<unparsable URL>");
     }
 
     #[test]

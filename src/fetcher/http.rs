@@ -26,7 +26,7 @@ use tracing::Instrument;
 use super::{GrantRequest, TokenFetcher};
 use crate::{
     error::{BoxError, BuildError, ErrorBody, Kind, TokenError},
-    origin::check_url,
+    origin::{ShownUrl, check_url},
     token::{TokenPair, parse_token_response},
 };
 
@@ -152,7 +152,7 @@ impl HttpFetcher<HttpsClient> {
             rt::{TokioExecutor, TokioTimer},
         };
 
-        let token_uri = checked_token_uri(token_url)?;
+        let token_uri = check_url(token_url, "token")?;
         // An explicit provider: rustls cannot pick one by itself when the
         // application's dependency tree enables more than one.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -181,7 +181,7 @@ impl<S> HttpFetcher<S> {
     /// The URL must be `https://`, or `http://` to a loopback host, and must
     /// not carry user info.
     pub fn with_client(token_url: &str, client: S) -> Result<Self, BuildError> {
-        Ok(Self::from_parts(checked_token_uri(token_url)?, client))
+        Ok(Self::from_parts(check_url(token_url, "token")?, client))
     }
 
     fn from_parts(token_uri: Uri, client: S) -> Self {
@@ -212,39 +212,12 @@ impl<S> HttpFetcher<S> {
     }
 }
 
-/// The https rule, and no user info: credentials in the URL would show up
-/// wherever the URL does; they belong in the grant's body.
-fn checked_token_uri(token_url: &str) -> Result<Uri, BuildError> {
-    let uri = check_url(token_url, "token")?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(BuildError::InvalidUrl {
-            what: "token",
-            reason: "holds user info; credentials belong in the grant",
-        });
-    }
-    Ok(uri)
-}
-
 impl<S> fmt::Debug for HttpFetcher<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpFetcher")
-            .field("token_url", &UrlWithoutQuery(&self.token_uri))
+            .field("token_url", &ShownUrl(&self.token_uri.to_string()))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
-    }
-}
-
-/// Scheme, authority and path of a URI: what logs and `Debug` may show.
-struct UrlWithoutQuery<'a>(&'a Uri);
-
-impl fmt::Debug for UrlWithoutQuery<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let uri = self.0;
-        if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
-            write!(f, "\"{scheme}://{authority}{}\"", uri.path())
-        } else {
-            write!(f, "\"{}\"", uri.path())
-        }
     }
 }
 
