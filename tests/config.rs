@@ -1,0 +1,709 @@
+//! Configuration: the https rule (`http://` only for loopback hosts), the
+//! origin guard (the token goes to the configured API origins only, compared
+//! by scheme, host and port; relative URIs get it), and bad builder input,
+//! which is always a typed `BuildError`, never a panic.
+#![cfg(feature = "rustls")]
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use daxium_auth::{
+    AccessToken, AuthLayer, AuthLayerBuilder, BuildError, Credentials, HttpFetcher, ReplayBody,
+    TokenPair, fetcher,
+};
+use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http_body_util::Full;
+use proptest::prelude::*;
+use tower::{Layer, ServiceExt};
+
+const TOKEN: &str = "tok-123";
+
+fn credentials() -> Credentials {
+    Credentials::new("client", "secret", "user@example.com", "password")
+}
+
+/// A fetcher that issues `TOKEN` and counts its grants.
+fn counting_fetcher(grants: &Arc<AtomicUsize>) -> impl daxium_auth::TokenFetcher {
+    let grants = Arc::clone(grants);
+    fetcher::from_fn(move |_grant| {
+        let grants = Arc::clone(&grants);
+        async move {
+            grants.fetch_add(1, SeqCst);
+            Ok(TokenPair::new(
+                AccessToken::new(TOKEN)?,
+                None,
+                Duration::from_secs(3600),
+            ))
+        }
+    })
+}
+
+/// The inner service: records the URI and the `Authorization` header of
+/// every request, and answers `status`.
+/// Each request's URI and `Authorization` header.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Seen,
+}
+
+impl Recorder {
+    fn service(
+        &self,
+        status: StatusCode,
+    ) -> impl tower::Service<
+        Request<ReplayBody<Full<Bytes>>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone
+    + Send
+    + 'static {
+        let seen = Arc::clone(&self.seen);
+        tower::service_fn(move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let auth = req.headers().get(AUTHORIZATION).map(|v| {
+                assert!(v.is_sensitive());
+                v.to_str().unwrap().to_owned()
+            });
+            seen.lock().unwrap().push((req.uri().to_string(), auth));
+            let mut res = Response::new(Full::default());
+            *res.status_mut() = status;
+            async move { Ok::<_, Infallible>(res) }
+        })
+    }
+
+    fn take(&self) -> Vec<(String, Option<String>)> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// Sends a GET to each URI through `layer`, and says which carried the token.
+async fn tokens_sent(layer: &AuthLayer, uris: &[&str]) -> Vec<(String, bool)> {
+    let recorder = Recorder::default();
+    let svc = layer.layer(recorder.service(StatusCode::OK));
+    for uri in uris {
+        let req = Request::get(*uri).body(Full::default()).unwrap();
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    recorder
+        .take()
+        .into_iter()
+        .map(|(uri, auth)| {
+            if let Some(auth) = &auth {
+                assert_eq!(auth, &format!("Bearer {TOKEN}"));
+            }
+            (uri, auth.is_some())
+        })
+        .collect()
+}
+
+fn base() -> AuthLayerBuilder {
+    AuthLayer::builder().credentials(credentials())
+}
+
+// === the https rule ===
+
+const INSECURE: &[&str] = &[
+    "http://api.daxium-air.com/oauth/v2/token",
+    "http://10.0.0.1/oauth/v2/token",
+    "http://192.168.1.1:8080/",
+    "http://localhost.evil.com/",
+    "http://127.0.0.1.nip.io/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://[2001:db8::1]/",
+    "http://0.0.0.0/",
+    // Shorthand and numeric forms of 127.0.0.1: refused rather than guessed.
+    "http://127.1/",
+    "http://2130706433/",
+    "http://0x7f.0.0.1/",
+];
+
+const LOOPBACK: &[&str] = &[
+    "http://127.0.0.1:8080/oauth/v2/token",
+    "http://127.0.0.1/",
+    "http://127.9.9.9:1/",
+    "http://localhost/oauth/v2/token",
+    "http://LOCALHOST:99/",
+    "http://[::1]:8080/",
+    "HTTP://127.0.0.1/",
+];
+
+#[test]
+fn http_token_urls_are_refused_unless_loopback() {
+    let grants = Arc::new(AtomicUsize::new(0));
+    for url in INSECURE {
+        let expected = Err(BuildError::InsecureUrl { what: "token" });
+        assert_eq!(
+            base().token_url(*url).build().map(drop),
+            expected,
+            "builder {url}"
+        );
+        assert_eq!(
+            AuthLayer::new(url, credentials()).map(drop),
+            expected,
+            "new {url}"
+        );
+        assert_eq!(HttpFetcher::new(url).map(drop), expected, "fetcher {url}");
+        // Even with a custom fetcher: the token URL names the API origin.
+        assert_eq!(
+            base()
+                .token_url(*url)
+                .fetcher(counting_fetcher(&grants))
+                .build()
+                .map(drop),
+            expected,
+            "custom fetcher {url}"
+        );
+    }
+    for url in LOOPBACK {
+        assert!(base().token_url(*url).build().is_ok(), "{url}");
+        assert!(AuthLayer::new(url, credentials()).is_ok(), "{url}");
+        assert!(HttpFetcher::new(url).is_ok(), "{url}");
+    }
+    for url in [
+        "https://api.daxium-air.com/oauth/v2/token",
+        "https://10.0.0.1/",
+        "HTTPS://API.DAXIUM-AIR.COM/oauth/v2/token",
+    ] {
+        assert!(base().token_url(url).build().is_ok(), "{url}");
+    }
+    assert_eq!(grants.load(SeqCst), 0, "building never makes a grant");
+}
+
+#[test]
+fn http_api_origins_are_refused_unless_loopback() {
+    for url in INSECURE {
+        assert_eq!(
+            base()
+                .token_url("https://api.daxium-air.com/oauth/v2/token")
+                .api_origin(*url)
+                .build()
+                .map(drop),
+            Err(BuildError::InsecureUrl { what: "API origin" }),
+            "{url}"
+        );
+    }
+    for url in LOOPBACK {
+        assert!(
+            base()
+                .token_url("https://api.daxium-air.com/oauth/v2/token")
+                .api_origin(*url)
+                .build()
+                .is_ok(),
+            "{url}"
+        );
+    }
+    // One bad origin among good ones spoils the build.
+    assert_eq!(
+        base()
+            .token_url("https://api.daxium-air.com/oauth/v2/token")
+            .api_origin("https://a.example.com")
+            .api_origin("http://b.example.com")
+            .build()
+            .map(drop),
+        Err(BuildError::InsecureUrl { what: "API origin" })
+    );
+}
+
+// === the origin guard ===
+
+#[tokio::test]
+async fn the_token_goes_to_the_api_origin_only() {
+    let grants = Arc::new(AtomicUsize::new(0));
+    let layer = base()
+        .api_origin("https://api.example.com")
+        .fetcher(counting_fetcher(&grants))
+        .build()
+        .unwrap();
+    let cases: &[(&str, bool)] = &[
+        ("https://api.example.com/api/v1/items", true),
+        ("https://API.Example.COM/api/v1/items", true),
+        ("https://api.example.com:443/api", true),
+        ("https://api.example.com", true),
+        (
+            "https://api.example.com/?next=https://evil.example.com/",
+            true,
+        ),
+        // A relative URI: the inner service fixes the destination.
+        ("/api/v1/items", true),
+        ("/", true),
+        // Another scheme, port or host.
+        ("http://api.example.com/api/v1/items", false),
+        ("http://api.example.com:443/api", false),
+        ("https://api.example.com:8443/api", false),
+        ("https://api.example.com:80/api", false),
+        ("https://evil.example.com/api", false),
+        ("https://api.example.com.evil.com/api", false),
+        ("https://example.com/api", false),
+        ("https://evil.com/?https://api.example.com/", false),
+        ("https://127.0.0.1/api", false),
+        ("https://[::1]/api", false),
+    ];
+    let uris: Vec<&str> = cases.iter().map(|(uri, _)| *uri).collect();
+    let sent = tokens_sent(&layer, &uris).await;
+    assert_eq!(sent.len(), cases.len());
+    for ((uri, expected), (seen_uri, carried)) in cases.iter().zip(&sent) {
+        assert_eq!(carried, expected, "{uri} (seen as {seen_uri})");
+    }
+    assert_eq!(grants.load(SeqCst), 1);
+
+    // Requests elsewhere never start a grant.
+    let fresh = Arc::new(AtomicUsize::new(0));
+    let layer = base()
+        .api_origin("https://api.example.com")
+        .fetcher(counting_fetcher(&fresh))
+        .build()
+        .unwrap();
+    let foreign: Vec<&str> = cases
+        .iter()
+        .filter(|(_, carried)| !carried)
+        .map(|(uri, _)| *uri)
+        .collect();
+    let sent = tokens_sent(&layer, &foreign).await;
+    assert!(sent.iter().all(|(_, carried)| !carried));
+    assert_eq!(fresh.load(SeqCst), 0, "no grant for foreign origins");
+    assert_eq!(layer.stats().waited, 0);
+}
+
+#[tokio::test]
+async fn the_default_origin_is_the_token_urls() {
+    let grants = Arc::new(AtomicUsize::new(0));
+    let layer = base()
+        .token_url("https://auth.example.com/oauth/v2/token")
+        .fetcher(counting_fetcher(&grants))
+        .build()
+        .unwrap();
+    let sent = tokens_sent(
+        &layer,
+        &[
+            "https://auth.example.com/api/v1/items",
+            "https://api.example.com/api/v1/items",
+            "http://auth.example.com/api/v1/items",
+        ],
+    )
+    .await;
+    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
+    assert_eq!(carried, [true, false, false]);
+
+    // A loopback token URL: its exact port only.
+    let layer = base()
+        .token_url("http://127.0.0.1:8080/oauth/v2/token")
+        .fetcher(counting_fetcher(&grants))
+        .build()
+        .unwrap();
+    let sent = tokens_sent(
+        &layer,
+        &[
+            "http://127.0.0.1:8080/api",
+            "http://127.0.0.1:8081/api",
+            "http://localhost:8080/api",
+            "https://127.0.0.1:8080/api",
+        ],
+    )
+    .await;
+    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
+    assert_eq!(carried, [true, false, false, false]);
+}
+
+#[tokio::test]
+async fn api_origins_replace_the_default_and_add_up() {
+    let grants = Arc::new(AtomicUsize::new(0));
+    let layer = base()
+        .token_url("https://auth.example.com/oauth/v2/token")
+        .api_origin("https://a.example.com")
+        .api_origin("https://b.example.com:8443/ignored/path?and=query")
+        .fetcher(counting_fetcher(&grants))
+        .build()
+        .unwrap();
+    let sent = tokens_sent(
+        &layer,
+        &[
+            "https://a.example.com/x",
+            "https://b.example.com:8443/x",
+            "https://b.example.com/x",
+            // Configured API origins replace the default.
+            "https://auth.example.com/x",
+        ],
+    )
+    .await;
+    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
+    assert_eq!(carried, [true, true, false, false]);
+
+    // `any_origin`: every request, for inner services that fix the destination.
+    let layer = base()
+        .token_url("https://auth.example.com/oauth/v2/token")
+        .any_origin()
+        .fetcher(counting_fetcher(&grants))
+        .build()
+        .unwrap();
+    let sent = tokens_sent(
+        &layer,
+        &["https://a.example.com/x", "http://b.example.com/x", "/x"],
+    )
+    .await;
+    assert!(sent.iter().all(|(_, c)| *c));
+}
+
+#[tokio::test]
+async fn a_401_from_another_origin_neither_refreshes_nor_replays() {
+    let grants = Arc::new(AtomicUsize::new(0));
+    let layer = base()
+        .api_origin("https://api.example.com")
+        .fetcher(counting_fetcher(&grants))
+        .build()
+        .unwrap();
+    // Get a token first.
+    layer.cache().access_token().await.unwrap();
+    let recorder = Recorder::default();
+    let svc = layer.layer(recorder.service(StatusCode::UNAUTHORIZED));
+    let req = Request::get("https://evil.example.com/")
+        .body(Full::default())
+        .unwrap();
+    let res = svc.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        recorder.take(),
+        [("https://evil.example.com/".to_owned(), None)]
+    );
+    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(
+        (layer.stats().replays, layer.stats().replays_skipped),
+        (0, 0)
+    );
+}
+
+// === bad input ===
+
+#[test]
+fn bad_builder_input_is_a_typed_error() {
+    let grants = Arc::new(AtomicUsize::new(0));
+    let token = "https://api.daxium-air.com/oauth/v2/token";
+    let ms = Duration::from_millis;
+    type Case = (
+        &'static str,
+        Box<dyn Fn() -> AuthLayerBuilder>,
+        fn(&BuildError) -> bool,
+    );
+    let g = Arc::clone(&grants);
+    let cases: Vec<Case> = vec![
+        ("nothing at all", Box::new(AuthLayer::builder), |e| {
+            matches!(e, BuildError::Missing("credentials"))
+        }),
+        (
+            "no credentials",
+            Box::new(move || AuthLayer::builder().token_url(token)),
+            |e| matches!(e, BuildError::Missing("credentials")),
+        ),
+        ("no token URL, no fetcher, no origin", Box::new(base), |e| {
+            matches!(e, BuildError::Missing(_))
+        }),
+        (
+            "an origin but no token URL and no fetcher",
+            Box::new(|| base().api_origin("https://api.example.com")),
+            |e| matches!(e, BuildError::Missing("token_url or fetcher")),
+        ),
+        (
+            "a fetcher but no token URL and no origin",
+            Box::new(move || base().fetcher(counting_fetcher(&g))),
+            |e| matches!(e, BuildError::Missing(_)),
+        ),
+        (
+            "backoff min above max",
+            Box::new(move || base().token_url(token).backoff(ms(500), ms(100))),
+            |e| {
+                matches!(
+                    e,
+                    BuildError::InvalidSetting {
+                        name: "backoff",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "zero backoff",
+            Box::new(move || base().token_url(token).backoff(Duration::ZERO, ms(100))),
+            |e| {
+                matches!(
+                    e,
+                    BuildError::InvalidSetting {
+                        name: "backoff",
+                        ..
+                    }
+                )
+            },
+        ),
+        (
+            "zero backoff, both",
+            Box::new(move || {
+                base()
+                    .token_url(token)
+                    .backoff(Duration::ZERO, Duration::ZERO)
+            }),
+            |e| {
+                matches!(
+                    e,
+                    BuildError::InvalidSetting {
+                        name: "backoff",
+                        ..
+                    }
+                )
+            },
+        ),
+    ];
+    let mut cases = cases;
+    let garbage: &[(&str, &str)] = &[
+        ("", "does not parse"),
+        ("not a url", "does not parse"),
+        ("https://", "does not parse"),
+        ("https:///path", "does not parse"),
+        ("https://exa mple.com/", "does not parse"),
+        ("https://exämple.com/", "does not parse"),
+        (" https://api.example.com/", "does not parse"),
+        ("https://[::1/", "does not parse"),
+        ("/relative/path", "not absolute"),
+        ("//api.example.com/path", "not absolute"),
+        ("api.example.com", "not absolute"),
+        ("mailto:user@example.com", "not absolute"),
+        (
+            "ftp://api.example.com/oauth",
+            "scheme is neither http nor https",
+        ),
+        ("ws://127.0.0.1/", "scheme is neither http nor https"),
+        ("file:///etc/passwd", "does not parse"),
+    ];
+    for (url, _) in garbage {
+        cases.push((url, Box::new(move || base().token_url(*url)), |e| {
+            matches!(e, BuildError::InvalidUrl { what: "token", .. })
+        }));
+        cases.push((
+            url,
+            Box::new(move || base().token_url(token).api_origin(*url)),
+            |e| {
+                matches!(
+                    e,
+                    BuildError::InvalidUrl {
+                        what: "API origin",
+                        ..
+                    }
+                )
+            },
+        ));
+    }
+    cases.push((
+        "user info in the token URL",
+        Box::new(|| base().token_url("https://user:pass@api.example.com/oauth/v2/token")),
+        |e| matches!(e, BuildError::InvalidUrl { what: "token", .. }),
+    ));
+    for (what, make, expected) in &cases {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| make().build()));
+        let err = match result {
+            Ok(Ok(_)) => panic!("{what:?}: built"),
+            Ok(Err(err)) => err,
+            Err(_) => panic!("{what:?}: panicked"),
+        };
+        assert!(expected(&err), "{what:?}: {err:?}");
+        // A typed error says what is wrong, in one line, without the URL.
+        let text = err.to_string();
+        assert!(!text.is_empty() && !text.contains('\n'), "{text}");
+        assert!(!text.contains("example.com"), "{text}");
+    }
+    for (url, reason) in garbage {
+        let err = base().token_url(*url).build().unwrap_err();
+        assert_eq!(
+            err,
+            BuildError::InvalidUrl {
+                what: "token",
+                reason,
+            },
+            "{url:?}"
+        );
+    }
+    assert_eq!(grants.load(SeqCst), 0);
+}
+
+#[test]
+fn extreme_settings_build_and_edge_settings_are_accepted() {
+    let token = "https://api.daxium-air.com/oauth/v2/token";
+    let ok = |b: AuthLayerBuilder| b.build().map(drop);
+    assert_eq!(
+        ok(base()
+            .token_url(token)
+            .backoff(Duration::MAX, Duration::MAX)),
+        Ok(())
+    );
+    assert_eq!(
+        ok(base()
+            .token_url(token)
+            .backoff(Duration::from_nanos(1), Duration::from_nanos(1))),
+        Ok(())
+    );
+    assert_eq!(
+        ok(base().token_url(token).refresh_margin(Duration::ZERO)),
+        Ok(())
+    );
+    assert_eq!(
+        ok(base().token_url(token).refresh_margin(Duration::MAX)),
+        Ok(())
+    );
+    assert_eq!(
+        ok(base().token_url(token).rejected_cooldown(Duration::ZERO)),
+        Ok(())
+    );
+    assert_eq!(
+        ok(base().token_url(token).rejected_cooldown(Duration::MAX)),
+        Ok(())
+    );
+    assert_eq!(ok(base().token_url(token).replay_limit(0)), Ok(()));
+    assert_eq!(ok(base().token_url(token).replay_limit(usize::MAX)), Ok(()));
+    assert_eq!(ok(base().token_url(token).replay(false)), Ok(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn extreme_timings_keep_working() {
+    // The largest backoff and margins: a grant failure still fails fast
+    // (nothing overflows), and a token is still used.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let layer = base()
+        .api_origin("https://api.example.com")
+        .backoff(Duration::MAX, Duration::MAX)
+        .refresh_margin(Duration::MAX)
+        .rejected_cooldown(Duration::MAX)
+        .fetcher(fetcher::from_fn(move |_grant| {
+            let n = counter.fetch_add(1, SeqCst);
+            async move {
+                if n == 0 {
+                    Err(daxium_auth::TokenError::timeout())
+                } else {
+                    Ok(TokenPair::new(
+                        AccessToken::new(TOKEN)?,
+                        None,
+                        Duration::from_secs(3600),
+                    ))
+                }
+            }
+        }))
+        .build()
+        .unwrap();
+    let err = layer.cache().access_token().await.unwrap_err();
+    assert!(err.is_timeout());
+    // During the (endless) backoff, callers fail fast with the same error.
+    for _ in 0..100 {
+        assert!(layer.cache().access_token().await.unwrap_err().is_timeout());
+    }
+    assert_eq!(calls.load(SeqCst), 1);
+
+    // And a huge refresh margin on a short token: refreshed at half-life,
+    // never on every request.
+    let grants = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&grants);
+    let layer = base()
+        .api_origin("https://api.example.com")
+        .refresh_margin(Duration::MAX)
+        .fetcher(fetcher::from_fn(move |_grant| {
+            counter.fetch_add(1, SeqCst);
+            async move {
+                Ok(TokenPair::new(
+                    AccessToken::new(TOKEN)?,
+                    None,
+                    Duration::from_secs(10),
+                ))
+            }
+        }))
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        layer.cache().access_token().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 10 s of 10 s tokens, stale at 4-5 s: 1 + 2 or 3 refreshes.
+    let n = grants.load(SeqCst);
+    assert!((2..=4).contains(&n), "{n} grants");
+}
+
+#[test]
+fn a_port_out_of_range_is_refused() {
+    for url in [
+        "https://api.example.com:99999/",
+        "https://api.example.com:999999999999/",
+        "https://api.example.com:abc/",
+        "http://127.0.0.1:65536/oauth/v2/token",
+    ] {
+        assert!(
+            matches!(
+                base().token_url(url).build(),
+                Err(BuildError::InvalidUrl { what: "token", .. })
+            ),
+            "token {url}"
+        );
+        assert!(
+            matches!(
+                base()
+                    .token_url("https://api.daxium-air.com/oauth/v2/token")
+                    .api_origin(url)
+                    .build(),
+                Err(BuildError::InvalidUrl {
+                    what: "API origin",
+                    ..
+                })
+            ),
+            "origin {url}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any string as a token URL or an API origin: a layer or a typed error,
+    /// and a layer only for `https://`, or `http://` to a loopback host.
+    #[test]
+    fn any_url_is_a_layer_or_a_typed_error(
+        url in prop_oneof![
+            ".{0,40}",
+            "(https?|HTTPS?|ftp|ws)://[a-z0-9.:@\\[\\]%-]{0,30}(/[ -~]{0,20})?",
+            "http://(127\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}|localhost|\\[::1\\]|10\\.0\\.0\\.1|example\\.com)(:[0-9]{1,6})?/",
+        ],
+    ) {
+        let as_token = std::panic::catch_unwind(|| base().token_url(url.as_str()).build());
+        prop_assert!(as_token.is_ok(), "panicked on {:?}", url);
+        let as_origin = std::panic::catch_unwind(|| {
+            base()
+                .token_url("https://api.daxium-air.com/oauth/v2/token")
+                .api_origin(url.as_str())
+                .build()
+        });
+        prop_assert!(as_origin.is_ok(), "panicked on {:?}", url);
+        for built in [as_token.unwrap(), as_origin.unwrap()] {
+            if built.is_ok() {
+                let lower = url.to_ascii_lowercase();
+                let host = lower
+                    .strip_prefix("http://")
+                    .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+                match host {
+                    None => prop_assert!(lower.starts_with("https://"), "{:?}", url),
+                    Some(authority) => {
+                        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                        prop_assert!(
+                            host.starts_with("127.")
+                                || host.starts_with("localhost")
+                                || host.starts_with("[::1]"),
+                            "http:// to {:?} accepted",
+                            host
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! No secret ever shows: with sentinel values for the client secret, the
+//! password, the refresh tokens and the access tokens, grants succeed and fail
+//! in every way the crate knows, every `tracing` event and span is captured at
+//! TRACE level, and every public type and error is formatted with `{:?}`,
+//! `{:#?}` and `{}`: no sentinel appears anywhere. The `Authorization` header
+//! the inner service receives is marked sensitive, so `http`'s own `Debug`
+//! hides it too.
+#![cfg(all(feature = "mock", feature = "rustls"))]
+
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    error::Error as StdError,
+    fmt::Write as _,
+    io,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use daxium_auth::{
+    AccessToken, AuthLayer, BoxError, Credentials, ErrorBody, GrantRequest, GrantType, HttpFetcher,
+    RefreshToken, ReplayBody, TokenError, TokenPair, fetcher,
+    mock::{Fault, MockServer},
+};
+use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tracing_subscriber::fmt::format::FmtSpan;
+
+const CLIENT_SECRET: &str = "SENTINEL-client-secret-4f1e";
+const PASSWORD: &str = "SENTINEL-password-93ab";
+const WRONG_PASSWORD: &str = "SENTINEL-wrong-password-77cd";
+/// Every sentinel holds this, so one search finds them all.
+const MARK: &str = "SENTINEL";
+
+fn credentials(password: &str) -> Credentials {
+    Credentials::new("client-id", CLIENT_SECRET, "user@example.com", password)
+}
+
+// === capturing every log line ===
+
+type Buffer = Arc<Mutex<Vec<u8>>>;
+
+struct Capture(Buffer);
+
+impl io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The process-wide subscriber: TRACE for every target, spans on open and
+/// close with their fields, into one buffer. Global, so that tasks on any
+/// thread (hyper's connection tasks, the grant task) are captured.
+fn logs() -> &'static Buffer {
+    static LOGS: OnceLock<Buffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Buffer::default();
+        let writer = Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_span_events(FmtSpan::FULL)
+            .with_ansi(false)
+            .with_target(true)
+            .with_writer(move || Capture(Arc::clone(&writer)))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        buffer
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+/// Everything formatted during a test, to be searched at the end.
+#[derive(Default)]
+struct Seen(String);
+
+impl Seen {
+    /// `{:?}` and `{:#?}`.
+    fn debug(&mut self, value: &dyn std::fmt::Debug) {
+        let _ = writeln!(self.0, "{value:?}\n{value:#?}");
+    }
+
+    /// `{}`, `{:?}`, `{:#?}`, and the same for every source in the chain.
+    fn error(&mut self, err: &(dyn StdError + 'static)) {
+        let _ = writeln!(self.0, "{err}\n{err:?}\n{err:#?}");
+        let mut next = err.source();
+        while let Some(source) = next {
+            let _ = writeln!(self.0, "{source}\n{source:?}");
+            next = source.source();
+        }
+    }
+}
+
+/// Fails with every place a secret showed up.
+fn assert_no_secret(text: &str, secrets: &[String], what: &str) {
+    assert!(!secrets.is_empty());
+    let mut found = Vec::new();
+    for secret in secrets {
+        if let Some(at) = text.find(secret.as_str()) {
+            let start = text[..at]
+                .char_indices()
+                .rev()
+                .nth(80)
+                .map_or(0, |(i, _)| i);
+            found.push(format!(
+                "{secret}: ...{}...",
+                &text[start..(at + secret.len()).min(text.len())]
+            ));
+        }
+    }
+    assert!(found.is_empty(), "secrets in {what}:\n{}", found.join("\n"));
+}
+
+// === the cache level: a custom fetcher that issues sentinel tokens ===
+
+enum Step {
+    Fail(TokenError),
+}
+
+struct Endpoint {
+    script: Mutex<VecDeque<Step>>,
+    issued: Mutex<Vec<String>>,
+    refresh_seen: Mutex<Vec<String>>,
+    grants: Mutex<Vec<GrantType>>,
+}
+
+impl Endpoint {
+    async fn grant(&self, grant: GrantRequest) -> Result<TokenPair, TokenError> {
+        self.grants.lock().unwrap().push(grant.grant_type());
+        if let Some(refresh) = grant.refresh_token() {
+            self.refresh_seen
+                .lock()
+                .unwrap()
+                .push(refresh.expose_secret().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let step = self.script.lock().unwrap().pop_front();
+        if let Some(Step::Fail(err)) = step {
+            return Err(err);
+        }
+        let n = self.issued.lock().unwrap().len() / 2 + 1;
+        let access = format!("{MARK}-access-{n}");
+        let refresh = format!("{MARK}-refresh-{n}");
+        self.issued
+            .lock()
+            .unwrap()
+            .extend([access.clone(), refresh.clone()]);
+        Ok(TokenPair::new(
+            AccessToken::new(&access)?,
+            Some(RefreshToken::new(&refresh)?),
+            Duration::from_secs(3600),
+        ))
+    }
+}
+
+/// An API in memory: accepts the access tokens the endpoint issued and not
+/// `revoked`; records what it saw.
+#[derive(Default)]
+struct Api {
+    revoked: Mutex<Vec<String>>,
+    requests: Mutex<Vec<String>>,
+    headers: Mutex<Vec<bool>>,
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cache_and_the_layer_never_show_a_secret() {
+    logs();
+    let mut seen = Seen::default();
+    let endpoint = Arc::new(Endpoint {
+        script: Mutex::new(VecDeque::new()),
+        issued: Mutex::new(Vec::new()),
+        refresh_seen: Mutex::new(Vec::new()),
+        grants: Mutex::new(Vec::new()),
+    });
+    let api = Arc::new(Api::default());
+
+    let builder = AuthLayer::builder()
+        .credentials(credentials(PASSWORD))
+        .api_origin("https://api.example.com")
+        .backoff(Duration::from_millis(20), Duration::from_millis(40))
+        .rejected_cooldown(Duration::from_millis(100))
+        .fetcher(fetcher::from_fn({
+            let endpoint = Arc::clone(&endpoint);
+            move |grant| {
+                let endpoint = Arc::clone(&endpoint);
+                async move { endpoint.grant(grant).await }
+            }
+        }));
+    seen.debug(&builder);
+    let layer = builder.build().unwrap();
+
+    let inner = tower::service_fn({
+        let api = Arc::clone(&api);
+        let endpoint = Arc::clone(&endpoint);
+        move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let api = Arc::clone(&api);
+            let endpoint = Arc::clone(&endpoint);
+            async move {
+                let auth = req.headers().get(AUTHORIZATION);
+                api.headers
+                    .lock()
+                    .unwrap()
+                    .push(auth.is_some_and(|v| v.is_sensitive()));
+                // What a logging middleware under the layer would print.
+                api.requests.lock().unwrap().push(format!("{req:?}"));
+                let ok = auth
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .is_some_and(|t| {
+                        endpoint.issued.lock().unwrap().iter().any(|v| v == t)
+                            && !api.revoked.lock().unwrap().iter().any(|v| v == t)
+                    });
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .status(status)
+                        .body(Full::new(body))
+                        .unwrap(),
+                )
+            }
+        }
+    });
+    let svc = layer.layer(inner);
+    seen.debug(&svc);
+    seen.debug(&layer);
+
+    let revoke_latest = || {
+        let issued = endpoint.issued.lock().unwrap();
+        let latest = issued[issued.len() - 2].clone();
+        api.revoked.lock().unwrap().push(latest);
+    };
+    let get = || {
+        Request::post("https://api.example.com/api/items")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap()
+    };
+
+    // A password grant; then the API refuses the token: a refresh grant and a replay.
+    let token = layer.cache().access_token().await.unwrap();
+    seen.debug(&token);
+    seen.debug(token.header_value());
+    let mut call = svc.clone();
+    let fut = call.ready().await.unwrap().call(get());
+    seen.debug(&fut);
+    assert_eq!(fut.await.unwrap().status(), StatusCode::OK);
+    revoke_latest();
+    let replayed = svc.clone().oneshot(get()).await;
+    assert_eq!(replayed.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        *endpoint.refresh_seen.lock().unwrap(),
+        [format!("{MARK}-refresh-1")]
+    );
+
+    // Failures a fetcher reports, each reaching a caller: the API refuses the
+    // token, and the grant that follows fails.
+    let daerr = ErrorBody::parse(
+        br#"{"code":"DAERR-0401","message":"Invalid credentials","url":"https://x/e","server_time":"1"}"#,
+    );
+    let failures = [
+        vec![Step::Fail(TokenError::transport(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "reset",
+        )))],
+        vec![Step::Fail(TokenError::timeout())],
+        vec![Step::Fail(TokenError::connect(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "refused",
+        )))],
+        // The refresh token is refused, then the password.
+        vec![
+            Step::Fail(TokenError::rejected(
+                StatusCode::BAD_REQUEST,
+                ErrorBody::parse(br#"{"error":"invalid_grant","error_description":"spent"}"#),
+            )),
+            Step::Fail(TokenError::rejected(
+                StatusCode::UNAUTHORIZED,
+                daerr.clone(),
+            )),
+        ],
+    ];
+    for steps in failures {
+        endpoint.script.lock().unwrap().extend(steps);
+        revoke_latest();
+        let err = svc.clone().oneshot(get()).await.unwrap_err();
+        let token = err.token_error().expect("a token error").clone();
+        seen.error(&err);
+        seen.error(&token);
+        seen.debug(&token.body());
+        if let Some(body) = token.body() {
+            let _ = writeln!(seen.0, "{body}");
+        }
+        // Through the cache directly, too.
+        if let Err(direct) = layer.cache().access_token().await {
+            seen.error(&direct);
+        }
+        // Recover: past the backoff (or the cool-down), a new grant.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let token = layer.cache().access_token().await.unwrap();
+        layer.cache().token_rejected(&token);
+        let _ = layer.cache().access_token().await.unwrap();
+    }
+    seen.debug(&layer.stats());
+    seen.debug(&layer.cache());
+    seen.debug(&layer);
+    seen.debug(&GrantRequest::refresh(
+        Arc::new(credentials(PASSWORD)),
+        RefreshToken::new(&format!("{MARK}-refresh-x")).unwrap(),
+    ));
+    seen.debug(&credentials(PASSWORD));
+    seen.debug(&ReplayBody::new(Full::new(Bytes::from_static(b"x"))));
+    seen.debug(&ReplayBody::<Full<Bytes>>::empty());
+    let pair = daxium_auth::parse_token_response(
+        format!(
+            r#"{{"access_token":"{MARK}-access-parsed","refresh_token":"{MARK}-refresh-parsed","expires_in":60,"token_type":"bearer","scope":"api"}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    seen.debug(&pair);
+    seen.debug(pair.access_token());
+    seen.debug(&pair.refresh_token());
+    seen.debug(&fetcher::from_fn(|_grant: GrantRequest| async {
+        Err::<TokenPair, _>(TokenError::timeout())
+    }));
+    seen.debug(&daxium_auth::NoReplay);
+
+    // The inner service only ever saw a sensitive header.
+    let headers = api.headers.lock().unwrap().clone();
+    assert!(headers.len() >= 7, "{headers:?}");
+    assert!(headers.iter().all(|&sensitive| sensitive), "{headers:?}");
+    for req in api.requests.lock().unwrap().iter() {
+        let _ = writeln!(seen.0, "{req}");
+    }
+
+    let mut secrets = vec![
+        MARK.to_owned(),
+        CLIENT_SECRET.to_owned(),
+        PASSWORD.to_owned(),
+    ];
+    secrets.extend(endpoint.issued.lock().unwrap().iter().cloned());
+    assert!(endpoint.issued.lock().unwrap().len() >= 10);
+    assert_no_secret(&seen.0, &secrets, "formatted values");
+    let logs = log_text();
+    assert!(
+        logs.contains("daxium_auth.grant") && logs.contains("grant failed"),
+        "the grant spans and events were captured"
+    );
+    assert_no_secret(&logs, &secrets, "logs");
+}
+
+// === over HTTP: the mock server, and a tap that reads every token it issues ===
+
+/// A client for the token endpoint that reads every response body, keeps the
+/// tokens it finds, and hands the body on.
+fn tapped_client(
+    tokens: Arc<Mutex<Vec<String>>>,
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = BoxError, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let client = client.clone();
+        let tokens = Arc::clone(&tokens);
+        async move {
+            let res = client.request(req).await?;
+            let (parts, body) = res.into_parts();
+            let bytes = body.collect().await?.to_bytes();
+            if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(&bytes) {
+                for key in ["access_token", "refresh_token"] {
+                    if let Some(serde_json::Value::String(token)) = map.get(key) {
+                        tokens.lock().unwrap().push(token.clone());
+                    }
+                }
+            }
+            Ok::<_, BoxError>(Response::from_parts(parts, Full::new(bytes)))
+        }
+    })
+}
+
+#[tokio::test]
+async fn http_grants_and_failures_never_show_a_secret() {
+    logs();
+    let mut seen = Seen::default();
+    let server = MockServer::builder()
+        .credentials(credentials(PASSWORD))
+        .token_lifetime(Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    seen.debug(&server);
+    seen.debug(&MockServer::builder().credentials(credentials(PASSWORD)));
+
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let fetcher = HttpFetcher::with_client(&server.token_url(), tapped_client(Arc::clone(&tokens)))
+        .unwrap()
+        .timeout(Duration::from_millis(500));
+    seen.debug(&fetcher);
+    let layer = AuthLayer::builder()
+        .token_url(server.token_url())
+        .credentials(credentials(PASSWORD))
+        .fetcher(fetcher)
+        .backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .rejected_cooldown(Duration::from_millis(50))
+        .build()
+        .unwrap();
+
+    // The API client, under a tap that checks and prints each request.
+    let api_seen = Arc::new(Mutex::new((0usize, 0usize, String::new())));
+    let tap = {
+        let api_seen = Arc::clone(&api_seen);
+        move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let mut seen = api_seen.lock().unwrap();
+            seen.0 += 1;
+            if req
+                .headers()
+                .get(AUTHORIZATION)
+                .is_some_and(|v| v.is_sensitive())
+            {
+                seen.1 += 1;
+            }
+            let _ = writeln!(seen.2, "{req:?}");
+            req
+        }
+    };
+    let svc = ServiceBuilder::new()
+        .layer(layer.clone())
+        .map_request(tap)
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    let get = || {
+        Request::get(server.api_url("items"))
+            .body(Full::<Bytes>::default())
+            .unwrap()
+    };
+
+    // A password grant, then a refresh grant after an API 401.
+    assert_eq!(
+        svc.clone().oneshot(get()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    server.fail_next_api(1, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        svc.clone().oneshot(get()).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let in_body = |status: StatusCode, content_type: &str, body: String| Fault::Respond {
+        status,
+        content_type: content_type.to_owned(),
+        body: Bytes::from(body),
+        retry_after: None,
+    };
+    let daerr_401 = in_body(
+        StatusCode::UNAUTHORIZED,
+        "application/json",
+        r#"{"code":"DAERR-0401","message":"Invalid credentials","url":"https://docs/e","api_version":"v1.3","infos":[],"server_time":"1700000000"}"#.to_owned(),
+    );
+    // Each case: the faults the next grants meet, after the API refused the token.
+    let cases: Vec<(&str, Vec<Fault>)> = vec![
+        (
+            "a 200 whose malformed body holds the token",
+            vec![in_body(
+                StatusCode::OK,
+                "application/json",
+                format!(r#"{{"access_token":"{MARK}-in-malformed-body"#),
+            )],
+        ),
+        (
+            "a 200 with an invalid token",
+            vec![in_body(
+                StatusCode::OK,
+                "application/json",
+                format!(r#"{{"access_token":"{MARK} with\r\nspace","token_type":"bearer"}}"#),
+            )],
+        ),
+        (
+            "a 200 with an error field and a token, for the refresh and the password",
+            vec![
+                in_body(
+                    StatusCode::OK,
+                    "application/json",
+                    format!(r#"{{"error":"invalid_grant","access_token":"{MARK}-in-error"}}"#),
+                );
+                2
+            ],
+        ),
+        (
+            "a 200 in text/plain echoing the password",
+            vec![in_body(
+                StatusCode::OK,
+                "text/plain",
+                format!("password={PASSWORD}"),
+            )],
+        ),
+        (
+            "a 401 DAERR for the refresh, then for the password",
+            vec![daerr_401.clone(), daerr_401],
+        ),
+        (
+            "a 400 invalid_grant, then a 401 DAERR",
+            vec![
+                in_body(
+                    StatusCode::BAD_REQUEST,
+                    "application/json",
+                    r#"{"error":"invalid_grant","error_description":"refresh token spent"}"#
+                        .to_owned(),
+                ),
+                Fault::ServerError,
+            ],
+        ),
+        ("a 500", vec![Fault::ServerError]),
+        (
+            "a 500 echoing the secrets",
+            vec![in_body(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("client_secret={CLIENT_SECRET}&password={PASSWORD}"),
+            )],
+        ),
+        (
+            "a 503 with a JSON body echoing a token",
+            vec![in_body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                format!(r#"{{"access_token":"{MARK}-in-503","details":"{PASSWORD}"}}"#),
+            )],
+        ),
+        ("a 429", vec![Fault::TooManyRequests { retry_after: 0 }]),
+        ("a reset", vec![Fault::Reset]),
+        (
+            "a redirect with secrets in the Location",
+            vec![Fault::Redirect(format!(
+                "http://127.0.0.1:1/steal?password={PASSWORD}&token={MARK}-in-location"
+            ))],
+        ),
+        ("an HTML page", vec![Fault::Html]),
+        ("malformed JSON", vec![Fault::MalformedJson]),
+        ("an oversized body", vec![Fault::Oversized]),
+        ("too slow", vec![Fault::Delay(Duration::from_secs(1))]),
+    ];
+    for (what, faults) in cases {
+        for fault in faults {
+            server.fail_next_grants(1, fault);
+        }
+        server.fail_next_api(1, StatusCode::UNAUTHORIZED);
+        let res = tokio::time::timeout(Duration::from_secs(10), svc.clone().oneshot(get()))
+            .await
+            .expect("no request hangs");
+        match &res {
+            Err(err) => {
+                assert!(err.is_token(), "{what}: {err:?}");
+                seen.error(err);
+                let token = err.token_error().unwrap();
+                seen.error(token);
+                seen.debug(&token.body());
+                if let Some(body) = token.body() {
+                    let _ = writeln!(seen.0, "{body}");
+                }
+            }
+            Ok(res) => seen.debug(res),
+        }
+        assert!(res.is_err(), "{what}: the caller sees the failure");
+        // Recover: bounded retries past the backoff or the cool-down.
+        let mut recovered = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            match svc.clone().oneshot(get()).await {
+                Ok(res) if res.status() == StatusCode::OK => {
+                    recovered = true;
+                    break;
+                }
+                Ok(res) => seen.debug(&res),
+                Err(err) => seen.error(&err),
+            }
+        }
+        assert!(recovered, "{what}: no recovery");
+    }
+
+    // A wrong password, from the first grant.
+    let wrong = AuthLayer::builder()
+        .token_url(server.token_url())
+        .credentials(credentials(WRONG_PASSWORD))
+        .build()
+        .unwrap();
+    seen.debug(&wrong);
+    let wrong_svc =
+        wrong.layer(Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Full<Bytes>>>());
+    let err = wrong_svc.oneshot(get()).await.unwrap_err();
+    assert!(err.token_error().unwrap().is_grant_rejected());
+    seen.error(&err);
+    seen.error(err.token_error().unwrap());
+
+    seen.debug(&layer);
+    seen.debug(&layer.stats());
+    seen.debug(&server.counters());
+    let log = server.grant_log();
+    seen.debug(&log);
+    for grant in &log {
+        let _ = writeln!(seen.0, "{}", grant.uri);
+        assert!(
+            !grant.uri.contains('?'),
+            "no grant puts anything in the URL"
+        );
+    }
+    let (requests, sensitive, printed) = api_seen.lock().unwrap().clone();
+    assert!(requests >= 2 * 16 + 2, "{requests}");
+    assert_eq!(
+        requests, sensitive,
+        "every API request had a sensitive header"
+    );
+    seen.0.push_str(&printed);
+
+    let mut secrets = vec![
+        MARK.to_owned(),
+        CLIENT_SECRET.to_owned(),
+        PASSWORD.to_owned(),
+        WRONG_PASSWORD.to_owned(),
+    ];
+    let issued = tokens.lock().unwrap().clone();
+    assert!(issued.len() >= 2 * 16, "tokens captured: {}", issued.len());
+    secrets.extend(issued);
+    // The grant log holds the refresh tokens sent: they are secrets as well.
+    assert!(
+        log.iter()
+            .any(|g| g.grant_type.as_deref() == Some("refresh_token"))
+    );
+    assert_no_secret(&seen.0, &secrets, "formatted values");
+    let logs = log_text();
+    assert!(
+        logs.contains("token endpoint answered"),
+        "the fetcher's events were captured"
+    );
+    assert_no_secret(&logs, &secrets, "logs");
+    server.shutdown().await;
+}
+
+#[test]
+fn the_builder_debug_hides_user_info_and_query_of_urls() {
+    let builder = AuthLayer::builder()
+        .credentials(credentials(PASSWORD))
+        .token_url(format!(
+            "https://user:{MARK}-userinfo@auth.example.com/oauth/v2/token?client_secret={CLIENT_SECRET}"
+        ))
+        .api_origin(format!("https://user:{MARK}-origin@api.example.com/?key={MARK}-query"));
+    let text = format!("{builder:?} {builder:#?}");
+    // The URLs still show where they point.
+    assert!(
+        text.contains("auth.example.com") && text.contains("api.example.com"),
+        "{text}"
+    );
+    assert_no_secret(
+        &text,
+        &[MARK.to_owned(), CLIENT_SECRET.to_owned()],
+        "the builder's Debug",
+    );
+}
