@@ -59,6 +59,14 @@ pub use crate::layer::DEFAULT_REPLAY_LIMIT;
 #[cfg_attr(docsrs, doc(cfg(feature = "mock")))]
 pub mod mock;
 
+#[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub mod reqwest;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use crate::{
     body::{NoReplay, ReplayBody},
     cache::TokenCache,

@@ -1,0 +1,841 @@
+//! The load run itself, apart from the command line so that `tests/load.rs`
+//! can drive it in-process: concurrent GETs through `AuthLayer` over a hyper
+//! client, against a real server or the embedded Daxium-compatible one, and
+//! the summary that `load` prints as a table or as JSON.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use daxium_auth::{
+    AuthLayer, AuthService, Credentials, GrantType, HttpFetcher, ReplayBody, Stats, TokenError,
+    mock::{MockCounters, MockServer},
+};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::{task::JoinSet, time::Instant};
+use tower::ServiceExt;
+
+/// How long the login may take before the run gives up.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one grant request may take.
+const GRANT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one API request may take, body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A run in which nothing succeeds for this long stops.
+const STALL: Duration = Duration::from_secs(15);
+/// How often the run checks its clock and counters.
+const TICK: Duration = Duration::from_millis(10);
+/// How often the progress bar is redrawn.
+const DRAW: Duration = Duration::from_millis(100);
+/// How long after a refresh no request can still carry the token it replaced.
+const SETTLED: Duration = Duration::from_millis(100);
+
+/// When the run ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Stop {
+    /// After this many requests.
+    Requests(u64),
+    /// After this long; requests in flight then are finished.
+    Duration(Duration),
+}
+
+/// The embedded server's settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Embedded {
+    /// Access token lifetime: short, so that the run shows refreshes.
+    pub(crate) token_lifetime: Duration,
+    /// Revoke every token half-way through, so that the run shows the 401
+    /// replay.
+    pub(crate) revoke_halfway: bool,
+}
+
+impl Default for Embedded {
+    fn default() -> Self {
+        Self {
+            token_lifetime: Duration::from_secs(4),
+            revoke_halfway: true,
+        }
+    }
+}
+
+/// What to run. Secrets are kept as `SecretString` and never printed.
+pub(crate) struct Config {
+    /// The token endpoint; `None` starts the embedded server.
+    pub(crate) token_url: Option<String>,
+    /// The protected URL to GET; required with `token_url`.
+    pub(crate) api_url: Option<String>,
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: Option<SecretString>,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<SecretString>,
+    pub(crate) concurrency: usize,
+    pub(crate) stop: Stop,
+    /// Draw the progress bar on stderr (when it is a terminal).
+    pub(crate) progress: bool,
+    pub(crate) embedded: Embedded,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            token_url: None,
+            api_url: None,
+            client_id: None,
+            client_secret: None,
+            username: None,
+            password: None,
+            concurrency: 64,
+            stop: Stop::Duration(Duration::from_secs(12)),
+            progress: false,
+            embedded: Embedded::default(),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("token_url", &self.token_url)
+            .field("api_url", &self.api_url)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("concurrency", &self.concurrency)
+            .field("stop", &self.stop)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the run could not start, or stopped early. `Display` is one line,
+/// without a secret.
+#[derive(Debug)]
+pub(crate) enum Fatal {
+    /// A bad or missing setting.
+    Usage(String),
+    /// No token: refused login, unreachable token endpoint, timeout.
+    Login(TokenError),
+    /// The login took longer than [`LOGIN_TIMEOUT`].
+    LoginTimeout,
+    /// The first API request failed or was not a 2xx.
+    Api(String),
+    /// The embedded server could not start.
+    Server(std::io::Error),
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Usage(msg) => f.write_str(msg),
+            Self::Login(err) if err.is_grant_rejected() => {
+                write!(f, "login refused by the token endpoint: {err}")
+            }
+            Self::Login(err) => write!(f, "login failed: {}", chain(err)),
+            Self::LoginTimeout => write!(
+                f,
+                "login failed: no token within {} s",
+                LOGIN_TIMEOUT.as_secs()
+            ),
+            Self::Api(msg) => f.write_str(msg),
+            Self::Server(err) => write!(f, "could not start the embedded server: {err}"),
+        }
+    }
+}
+
+/// An error and its causes on one line. The crate's errors and hyper's hold
+/// no secret.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !line.ends_with(&cause_text) {
+            line.push_str(": ");
+            line.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+/// Where the requests went.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// The embedded server, with its final counters.
+    Embedded {
+        base_url: String,
+        token_lifetime: Duration,
+        revoked_at: Option<Duration>,
+        counters: MockCounters,
+    },
+    /// A real server.
+    Remote { api_url: String },
+}
+
+/// What the run did.
+#[derive(Debug, Clone)]
+pub(crate) struct Summary {
+    pub(crate) target: Target,
+    pub(crate) concurrency: usize,
+    /// Requests that got an answer or failed.
+    pub(crate) requests: u64,
+    /// Answers with a 2xx status.
+    pub(crate) ok: u64,
+    /// Answers by status code.
+    pub(crate) status: BTreeMap<u16, u64>,
+    /// Failures without an answer, by kind: `token`, `connect`, `timeout`,
+    /// `transport`, `body`.
+    pub(crate) errors: BTreeMap<&'static str, u64>,
+    /// The layer's counters.
+    pub(crate) stats: Stats,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) max_ms: f64,
+    pub(crate) elapsed: Duration,
+    /// Why the run stopped before its end, if it did.
+    pub(crate) aborted: Option<String>,
+}
+
+impl Summary {
+    /// Whether every request got a 2xx.
+    pub(crate) fn all_ok(&self) -> bool {
+        self.aborted.is_none() && self.requests > 0 && self.ok == self.requests
+    }
+
+    /// The JSON object of `--json`: exactly these keys, in this order.
+    pub(crate) fn to_json(&self) -> String {
+        let status: BTreeMap<String, u64> = self
+            .status
+            .iter()
+            .map(|(code, n)| (code.to_string(), *n))
+            .collect();
+        format!(
+            concat!(
+                r#"{{"requests":{},"ok":{},"status":{},"errors":{},"#,
+                r#""grants":{{"password":{},"refresh_token":{}}},"retries_401":{},"#,
+                r#""p50_ms":{},"p99_ms":{},"elapsed_s":{}}}"#,
+            ),
+            self.requests,
+            self.ok,
+            json(&status),
+            json(&self.errors),
+            self.stats.grants_of(GrantType::Password),
+            self.stats.grants_of(GrantType::RefreshToken),
+            self.stats.replays,
+            json(&round3(self.p50_ms)),
+            json(&round3(self.p99_ms)),
+            json(&round3(self.elapsed.as_secs_f64())),
+        )
+    }
+
+    /// The summary table.
+    pub(crate) fn table(&self) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            self.requests as f64 / secs
+        } else {
+            0.0
+        };
+        let s = &self.stats;
+        let mut out = String::new();
+        let mut row = |name: &str, value: String| {
+            out.push_str(&format!("  {name:<18} {value}\n"));
+        };
+        let target = match &self.target {
+            Target::Embedded {
+                base_url,
+                token_lifetime,
+                ..
+            } => format!(
+                "embedded Daxium-compatible server at {base_url} ({} s tokens, rotation on)",
+                token_lifetime.as_secs_f64()
+            ),
+            Target::Remote { api_url } => api_url.clone(),
+        };
+        row("target", target);
+        row(
+            "run",
+            format!(
+                "{secs:.2} s, {} in flight, {} req/s",
+                self.concurrency,
+                group(rate.round() as u64)
+            ),
+        );
+        row("requests", group(self.requests));
+        row(
+            "ok (2xx)",
+            format!(
+                "{} ({:.2}%)",
+                group(self.ok),
+                percent(self.ok, self.requests)
+            ),
+        );
+        let status = self
+            .status
+            .iter()
+            .map(|(code, n)| format!("{code}: {}", group(*n)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        row(
+            "status",
+            if status.is_empty() {
+                "-".into()
+            } else {
+                status
+            },
+        );
+        let errors = self
+            .errors
+            .iter()
+            .map(|(kind, n)| format!("{kind}: {}", group(*n)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        row(
+            "errors",
+            if errors.is_empty() {
+                "none".into()
+            } else {
+                errors
+            },
+        );
+        row(
+            "latency",
+            format!(
+                "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                self.p50_ms, self.p99_ms, self.max_ms
+            ),
+        );
+        row(
+            "password grants",
+            format!(
+                "{} (ok {}, refused {}, failed {})",
+                s.grants_of(GrantType::Password),
+                s.password_ok,
+                s.password_rejected,
+                s.password_failed
+            ),
+        );
+        row(
+            "refresh grants",
+            format!(
+                "{} (ok {}, refused {}, failed {})",
+                s.grants_of(GrantType::RefreshToken),
+                s.refresh_ok,
+                s.refresh_rejected,
+                s.refresh_failed
+            ),
+        );
+        row(
+            "401 replays",
+            format!("{} (401s not replayed: {})", s.replays, s.replays_skipped),
+        );
+        row("waited for a token", group(s.waited));
+        if let Target::Embedded {
+            revoked_at,
+            counters,
+            ..
+        } = &self.target
+        {
+            let refused = counters.api_requests - counters.api_ok;
+            let revoked = match revoked_at {
+                Some(at) => format!("revoked every token at {:.1} s; ", at.as_secs_f64()),
+                None => String::new(),
+            };
+            row(
+                "server",
+                format!(
+                    "{revoked}{} API requests, {} refused ({} revoked, {} expired)",
+                    group(counters.api_requests),
+                    group(refused),
+                    counters.api_revoked,
+                    counters.api_expired
+                ),
+            );
+        }
+        if let Some(reason) = &self.aborted {
+            row("stopped early", reason.clone());
+        }
+        out
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("maps of strings and numbers serialize")
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+type Https = HttpsConnector<HttpConnector>;
+type Api = AuthService<Client<Https, ReplayBody<Empty<Bytes>>>>;
+
+/// Counters the workers share with the progress bar.
+#[derive(Default)]
+struct Live {
+    issued: AtomicU64,
+    completed: AtomicU64,
+    ok: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// What one worker saw.
+#[derive(Default)]
+struct Tally {
+    status: BTreeMap<u16, u64>,
+    errors: BTreeMap<&'static str, u64>,
+    /// Latencies of answered requests, in microseconds.
+    latencies: Vec<u32>,
+}
+
+/// Runs the load and returns its summary. Fails before sending any load when
+/// the settings are incomplete, the login fails, or the first API request
+/// does not get a 2xx.
+pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
+    if config.concurrency == 0 {
+        return Err(Fatal::Usage("--concurrency must be at least 1".into()));
+    }
+    match config.stop {
+        Stop::Requests(0) => return Err(Fatal::Usage("--requests must be at least 1".into())),
+        Stop::Duration(d) if d.is_zero() => {
+            return Err(Fatal::Usage("--duration must be above zero".into()));
+        }
+        _ => {}
+    }
+    let (server, token_url, api_url, credentials) = prepare(&config).await?;
+
+    let api_uri: Uri = api_url
+        .parse()
+        .map_err(|_| Fatal::Usage("--api-url does not parse as a URL".into()))?;
+    let fetcher = HttpFetcher::new(&token_url)
+        .map_err(|err| Fatal::Usage(format!("--token-url: {err}")))?
+        .timeout(GRANT_TIMEOUT);
+    let layer = AuthLayer::builder()
+        .fetcher(fetcher)
+        .credentials(credentials)
+        .api_origin(api_url.clone())
+        .build()
+        .map_err(|err| Fatal::Usage(format!("--api-url: {err}")))?;
+
+    // The login, bounded: a refused password or a dead endpoint is an error
+    // here, before any load.
+    match tokio::time::timeout(LOGIN_TIMEOUT, layer.cache().access_token()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => return Err(Fatal::Login(err)),
+        Err(_) => return Err(Fatal::LoginTimeout),
+    }
+    let api = AuthService::new(http_client(), layer.clone());
+    match one_request(api.clone(), &api_uri).await {
+        Ok(status) if status.is_success() => {}
+        Ok(status) => {
+            return Err(Fatal::Api(format!(
+                "the API answered {status} to GET {api_url}"
+            )));
+        }
+        Err((kind, detail)) => {
+            return Err(Fatal::Api(format!(
+                "GET {api_url} failed ({kind}): {detail}"
+            )));
+        }
+    }
+
+    let live = Arc::new(Live::default());
+    let started = Instant::now();
+    let deadline = match config.stop {
+        Stop::Duration(d) => Some(started + d),
+        Stop::Requests(_) => None,
+    };
+    let limit = match config.stop {
+        Stop::Requests(n) => Some(n),
+        Stop::Duration(_) => None,
+    };
+    let mut workers = JoinSet::new();
+    for _ in 0..config.concurrency {
+        workers.spawn(worker(
+            api.clone(),
+            api_uri.clone(),
+            Arc::clone(&live),
+            deadline,
+            limit,
+        ));
+    }
+
+    let bar = progress_bar(&config);
+    let mut tally = Tally::default();
+    let mut tick = tokio::time::interval(TICK);
+    let mut revoked_at = None;
+    let mut aborted = None;
+    let (mut last_ok, mut last_ok_at) = (0, Instant::now());
+    // The login has no previous token to race with: quiet from the start.
+    let (mut last_grants, mut last_grant_at) = (layer.stats().grants(), started - SETTLED);
+    let mut halfway_at = None;
+    let mut last_draw = started - DRAW;
+    loop {
+        tokio::select! {
+            joined = workers.join_next() => match joined {
+                Some(done) => merge(&mut tally, done.expect("a load worker panicked")),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let completed = live.completed.load(Relaxed);
+                let ok = live.ok.load(Relaxed);
+                let elapsed = now - started;
+                if now - last_draw >= DRAW {
+                    last_draw = now;
+                    update_bar(&bar, &config, elapsed, completed, ok, &layer.stats());
+                }
+                let grants = layer.stats().grants();
+                if grants != last_grants {
+                    (last_grants, last_grant_at) = (grants, now);
+                }
+                if let (Some(server), None) = (&server, revoked_at) {
+                    let halfway = match config.stop {
+                        Stop::Duration(d) => elapsed >= d / 2,
+                        Stop::Requests(n) => completed >= n / 2,
+                    };
+                    let lifetime = config.embedded.token_lifetime;
+                    // Revoking while a refresh lands would send some replays
+                    // with the new token, revoked too: a second 401. Revoke
+                    // once no request can still carry the previous token and
+                    // before the next refresh, as a server-side revocation
+                    // between refreshes would.
+                    let since_grant = now - last_grant_at;
+                    let quiet = since_grant >= SETTLED && since_grant <= lifetime.mul_f64(0.3);
+                    let overdue = halfway_at.is_some_and(|at| now - at >= lifetime);
+                    if halfway && halfway_at.is_none() {
+                        halfway_at = Some(now);
+                    }
+                    if config.embedded.revoke_halfway && halfway && (quiet || overdue) {
+                        server.revoke_all();
+                        revoked_at = Some(elapsed);
+                        bar.println(format!(
+                            "{:>6.2} s: the embedded server revoked every token",
+                            elapsed.as_secs_f64()
+                        ));
+                    }
+                }
+                if ok != last_ok {
+                    (last_ok, last_ok_at) = (ok, now);
+                } else if now - last_ok_at >= STALL && aborted.is_none() {
+                    aborted = Some(format!("no successful answer for {} s", STALL.as_secs()));
+                    live.stop.store(true, Relaxed);
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+
+    tally.latencies.sort_unstable();
+    let requests = tally.status.values().sum::<u64>() + tally.errors.values().sum::<u64>();
+    let ok = tally
+        .status
+        .iter()
+        .filter(|(code, _)| (200..300).contains(*code))
+        .map(|(_, n)| n)
+        .sum();
+    let target = match &server {
+        Some(server) => Target::Embedded {
+            base_url: server.base_url(),
+            token_lifetime: config.embedded.token_lifetime,
+            revoked_at,
+            counters: server.counters(),
+        },
+        None => Target::Remote { api_url },
+    };
+    Ok(Summary {
+        target,
+        concurrency: config.concurrency,
+        requests,
+        ok,
+        status: tally.status,
+        errors: tally.errors,
+        stats: layer.stats(),
+        p50_ms: percentile_ms(&tally.latencies, 50),
+        p99_ms: percentile_ms(&tally.latencies, 99),
+        max_ms: tally
+            .latencies
+            .last()
+            .map_or(0.0, |us| f64::from(*us) / 1000.0),
+        elapsed,
+        aborted,
+    })
+}
+
+/// The server (embedded or not), token URL, API URL and login of a run.
+async fn prepare(
+    config: &Config,
+) -> Result<(Option<MockServer>, String, String, Credentials), Fatal> {
+    let missing = |flag: &str, env: &str| Fatal::Usage(format!("missing --{flag} (or {env})"));
+    match &config.token_url {
+        Some(token_url) => {
+            let api_url = config
+                .api_url
+                .clone()
+                .ok_or_else(|| missing("api-url", "DAXIUM_API_URL"))?;
+            let credentials = Credentials::new(
+                config
+                    .client_id
+                    .as_deref()
+                    .ok_or_else(|| missing("client-id", "DAXIUM_CLIENT_ID"))?,
+                config
+                    .client_secret
+                    .as_ref()
+                    .ok_or_else(|| missing("client-secret", "DAXIUM_CLIENT_SECRET"))?
+                    .expose_secret(),
+                config
+                    .username
+                    .as_deref()
+                    .ok_or_else(|| missing("username", "DAXIUM_USERNAME"))?,
+                config
+                    .password
+                    .as_ref()
+                    .ok_or_else(|| missing("password", "DAXIUM_PASSWORD"))?
+                    .expose_secret(),
+            );
+            Ok((None, token_url.clone(), api_url, credentials))
+        }
+        None => {
+            if config.api_url.is_some() {
+                return Err(Fatal::Usage(
+                    "--api-url needs --token-url: the embedded server serves its own API".into(),
+                ));
+            }
+            let server = MockServer::builder()
+                .token_lifetime(config.embedded.token_lifetime)
+                .rotation(true)
+                .start()
+                .await
+                .map_err(Fatal::Server)?;
+            // The server's login, where the command line gives none.
+            let known = server.credentials();
+            let credentials = Credentials::new(
+                config.client_id.as_deref().unwrap_or(known.client_id()),
+                config
+                    .client_secret
+                    .as_ref()
+                    .unwrap_or(known.client_secret())
+                    .expose_secret(),
+                config.username.as_deref().unwrap_or(known.username()),
+                config
+                    .password
+                    .as_ref()
+                    .unwrap_or(known.password())
+                    .expose_secret(),
+            );
+            let (token_url, api_url) = (server.token_url(), server.api_url("v1/structures"));
+            Ok((Some(server), token_url, api_url, credentials))
+        }
+    }
+}
+
+/// hyper-util's client over rustls (HTTPS, and HTTP for loopback tests),
+/// HTTP/1 and HTTP/2, with a connect timeout.
+fn http_client() -> Client<Https, ReplayBody<Empty<Bytes>>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .expect("ring supports TLS 1.2 and 1.3")
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(https)
+}
+
+/// One GET, body read, within [`REQUEST_TIMEOUT`]: the status, or the kind of
+/// failure and its one-line description.
+async fn one_request(api: Api, uri: &Uri) -> Result<StatusCode, (&'static str, String)> {
+    let request = Request::get(uri.clone())
+        .body(Empty::<Bytes>::new())
+        .expect("a GET with a valid URI");
+    let exchange = async move {
+        let response = api.oneshot(request).await.map_err(|err| {
+            let kind = match &err {
+                daxium_auth::Error::Token(_) => "token",
+                daxium_auth::Error::Inner(inner) if inner.is_connect() => "connect",
+                _ => "transport",
+            };
+            (kind, chain(&err))
+        })?;
+        let status = response.status();
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| ("body", chain(&err)))?;
+        Ok(status)
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err((
+            "timeout",
+            format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+async fn worker(
+    api: Api,
+    uri: Uri,
+    live: Arc<Live>,
+    deadline: Option<Instant>,
+    limit: Option<u64>,
+) -> Tally {
+    let mut tally = Tally::default();
+    loop {
+        if live.stop.load(Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if let Some(limit) = limit
+            && live.issued.fetch_add(1, Relaxed) >= limit
+        {
+            break;
+        }
+        let started = Instant::now();
+        match one_request(api.clone(), &uri).await {
+            Ok(status) => {
+                let micros = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                tally.latencies.push(micros);
+                *tally.status.entry(status.as_u16()).or_default() += 1;
+                if status.is_success() {
+                    live.ok.fetch_add(1, Relaxed);
+                }
+            }
+            Err((kind, _)) => *tally.errors.entry(kind).or_default() += 1,
+        }
+        live.completed.fetch_add(1, Relaxed);
+    }
+    tally
+}
+
+fn merge(into: &mut Tally, from: Tally) {
+    for (code, n) in from.status {
+        *into.status.entry(code).or_default() += n;
+    }
+    for (kind, n) in from.errors {
+        *into.errors.entry(kind).or_default() += n;
+    }
+    into.latencies.extend(from.latencies);
+}
+
+/// Nearest-rank percentile of sorted microseconds, in milliseconds.
+fn percentile_ms(sorted: &[u32], pct: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (sorted.len() * pct).div_ceil(100).max(1);
+    f64::from(sorted[rank - 1]) / 1000.0
+}
+
+fn progress_bar(config: &Config) -> ProgressBar {
+    if !config.progress {
+        return ProgressBar::hidden();
+    }
+    let (len, template) = match config.stop {
+        Stop::Requests(n) => (
+            n,
+            "{spinner} {elapsed:>4} [{bar:32}] {pos}/{len} requests  {msg}",
+        ),
+        Stop::Duration(d) => (
+            d.as_millis() as u64,
+            "{spinner} {elapsed:>4} [{bar:32}] {msg}",
+        ),
+    };
+    let bar = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn update_bar(
+    bar: &ProgressBar,
+    config: &Config,
+    elapsed: Duration,
+    completed: u64,
+    ok: u64,
+    stats: &Stats,
+) {
+    if bar.is_hidden() {
+        return;
+    }
+    let position = match config.stop {
+        Stop::Requests(_) => completed,
+        Stop::Duration(d) => elapsed.min(d).as_millis() as u64,
+    };
+    bar.set_position(position);
+    let rate = completed as f64 / elapsed.as_secs_f64().max(1e-3);
+    bar.set_message(format!(
+        "{} req ({} ok), {} req/s, grants {}, 401 replays {}",
+        group(completed),
+        group(ok),
+        group(rate.round() as u64),
+        stats.grants(),
+        stats.replays
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile_ms(&v, 50), 50.0);
+        assert_eq!(percentile_ms(&v, 99), 99.0);
+        assert_eq!(percentile_ms(&[7000], 99), 7.0);
+        assert_eq!(percentile_ms(&[], 50), 0.0);
+    }
+}
