@@ -7,6 +7,7 @@
 
 use std::{
     fmt,
+    panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicU64, Ordering},
@@ -15,6 +16,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use http::HeaderValue;
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tower::util::rng::{HasherRng, Rng};
@@ -147,6 +149,9 @@ impl Drop for Handle {
         {
             task.abort();
         }
+        // Waiters must learn that no grant will come.
+        ctl.flight = Flight::Idle;
+        self.shared.publish(&ctl);
     }
 }
 
@@ -230,18 +235,29 @@ impl TokenCache {
 
     /// Replaces the login used by the password grant. A rejected password
     /// stops password grants until this is called with other credentials (or
-    /// the cool-down passes); tokens already held stay in use.
+    /// the cool-down passes). A new password or client secret for the same
+    /// login keeps the tokens already held; another username or client id
+    /// ends the session, and the next request logs in anew.
     pub fn set_credentials(&self, credentials: Credentials) {
         let shared = &self.handle.shared;
         let mut ctl = shared.lock();
         if ctl.credentials.same_as(&credentials) {
             return;
         }
+        let other_login = ctl.credentials.client_id() != credentials.client_id()
+            || ctl.credentials.username() != credentials.username();
         ctl.credentials = Arc::new(credentials);
-        if ctl.terminal.take().is_some() {
-            ctl.attempt = 0;
-            shared.publish(&ctl);
+        ctl.attempt = 0;
+        ctl.terminal = None;
+        if other_login {
+            // The session belongs to the previous login: end it, so the next
+            // request logs in as the new one.
+            ctl.refresh_token = None;
+            if let Some(current) = ctl.current.as_mut() {
+                current.expired = true;
+            }
         }
+        shared.publish(&ctl);
     }
 
     /// A snapshot of the counters.
@@ -266,7 +282,9 @@ impl Shared {
         let valid = ctl.current.as_ref().filter(|c| !c.expired);
         match (valid, &ctl.flight) {
             (Some(c), Flight::Running | Flight::Backoff(_)) => State::Refreshing(c.slot.clone()),
-            (Some(c), Flight::Idle) if c.stale => State::Stale(c.slot.clone()),
+            (Some(c), Flight::Idle) if c.stale && ctl.terminal.is_none() && !ctl.closed => {
+                State::Stale(c.slot.clone())
+            }
             (Some(c), Flight::Idle) => State::Fresh(c.slot.clone()),
             (None, _) if ctl.closed => State::Failed(TokenError::new(Kind::Closed)),
             (None, _) if ctl.terminal.is_some() => {
@@ -286,23 +304,27 @@ impl Shared {
     }
 
     /// Starts a grant unless one runs, backs off, or a rejection holds.
-    pub(crate) fn start_refresh(self: &Arc<Self>) {
+    ///
+    /// Without a tokio runtime the grant cannot run: the caller gets the error,
+    /// and the cache is left as it was for callers that have one.
+    pub(crate) fn start_refresh(self: &Arc<Self>) -> Result<(), TokenError> {
         let mut ctl = self.lock();
-        self.start_locked(&mut ctl);
+        self.start_locked(&mut ctl)
     }
 
-    fn start_locked(self: &Arc<Self>, ctl: &mut Control) {
+    fn start_locked(self: &Arc<Self>, ctl: &mut Control) -> Result<(), TokenError> {
         if ctl.closed || ctl.terminal.is_some() || !matches!(ctl.flight, Flight::Idle) {
-            return;
+            return Ok(());
+        }
+        // The caller decided on a view read without the lock: a grant may have
+        // landed since, and a fresh token needs no refresh.
+        if ctl.current.as_ref().is_some_and(|c| !c.stale && !c.expired) {
+            return Ok(());
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // Without a runtime nothing can run the grant: report it rather than panic.
-            ctl.flight = Flight::Backoff(
-                TokenError::new(Kind::Closed).with_detail("no tokio runtime to run the grant"),
+            return Err(
+                TokenError::new(Kind::Closed).with_detail("no tokio runtime to run the grant")
             );
-            self.publish(ctl);
-            ctl.flight = Flight::Idle;
-            return;
         };
         ctl.flight = Flight::Running;
         self.waiters.store(0, Ordering::Relaxed);
@@ -312,6 +334,7 @@ impl Shared {
             drop(old);
         }
         self.publish(ctl);
+        Ok(())
     }
 
     /// Drops the token `id` after the API refused it, if it is still current,
@@ -328,7 +351,8 @@ impl Shared {
         current.expired = true;
         tracing::debug!(target: "daxium_auth", "access token refused by the API; refreshing");
         self.publish(&ctl);
-        self.start_locked(&mut ctl);
+        // Without a runtime, the next caller that has one starts the grant.
+        let _ = self.start_locked(&mut ctl);
     }
 
     /// A valid token other than `not`, waiting for a grant when needed.
@@ -345,7 +369,8 @@ impl Shared {
                     State::Stale(slot) if Some(slot.id) != not => {
                         let slot = slot.clone();
                         drop(state);
-                        self.start_refresh();
+                        // The token is still valid: a failure to start is for later.
+                        let _ = self.start_refresh();
                         return Ok(slot);
                     }
                     State::Failed(err) => return Err(err.clone()),
@@ -356,7 +381,7 @@ impl Shared {
                     }
                     State::Empty => {
                         drop(state);
-                        self.start_refresh();
+                        self.start_refresh()?;
                     }
                     State::Waiting => {}
                 }
@@ -388,7 +413,7 @@ impl Shared {
 
     async fn ladder(self: &Arc<Self>) {
         loop {
-            let Some(grant) = self.next_grant() else {
+            let Some((grant, used)) = self.next_grant() else {
                 return;
             };
             let grant_type = grant.grant_type();
@@ -402,15 +427,22 @@ impl Shared {
                 waiters = tracing::field::Empty,
             );
             let sent_at = Instant::now();
-            let result = self
-                .fetcher
-                .fetch_boxed(grant)
-                .instrument(span.clone())
-                .await;
+            // A panicking fetcher is a failed grant like any other: backoff, not a
+            // tight loop of new attempts.
+            let result = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.fetcher.fetch_boxed(grant)
+            })) {
+                Ok(fetch) => AssertUnwindSafe(fetch)
+                    .catch_unwind()
+                    .instrument(span.clone())
+                    .await
+                    .unwrap_or_else(|_| Err(fetcher_panicked())),
+                Err(_) => Err(fetcher_panicked()),
+            };
             span.record("latency_ms", sent_at.elapsed().as_millis() as u64);
             span.record("waiters", self.waiters.load(Ordering::Relaxed));
             let _entered = span.enter();
-            let next = self.settle(result, grant_type, sent_refresh, sent_at, &span);
+            let next = self.settle(result, grant_type, sent_refresh, &used, sent_at, &span);
             drop(_entered);
             match next {
                 Next::Done => return,
@@ -427,16 +459,17 @@ impl Shared {
 
     /// The grant to make next. A refresh token is spent the moment it is sent,
     /// so it is taken out of the cache here.
-    fn next_grant(&self) -> Option<GrantRequest> {
+    fn next_grant(&self) -> Option<(GrantRequest, Arc<Credentials>)> {
         let mut ctl = self.lock();
         if ctl.closed {
             return None;
         }
         let credentials = Arc::clone(&ctl.credentials);
-        Some(match ctl.refresh_token.take() {
-            Some(refresh) => GrantRequest::refresh(credentials, refresh),
-            None => GrantRequest::password(credentials),
-        })
+        let grant = match ctl.refresh_token.take() {
+            Some(refresh) => GrantRequest::refresh(Arc::clone(&credentials), refresh),
+            None => GrantRequest::password(Arc::clone(&credentials)),
+        };
+        Some((grant, credentials))
     }
 
     /// Records the outcome of a grant and says what the task does next.
@@ -445,6 +478,7 @@ impl Shared {
         result: Result<TokenPair, TokenError>,
         grant_type: GrantType,
         sent_refresh: Option<RefreshToken>,
+        used: &Arc<Credentials>,
         sent_at: Instant,
         span: &tracing::Span,
     ) -> Next {
@@ -463,6 +497,7 @@ impl Shared {
             Err(err) if err.grant_type().is_none() => err.with_grant(grant_type),
             Err(err) => err,
         };
+        let mut err = err;
         let outcome = if err.is_grant_rejected() {
             Outcome::Rejected
         } else {
@@ -472,7 +507,11 @@ impl Shared {
         self.counters.grant(grant_type, outcome);
         tracing::warn!(target: "daxium_auth", error = %err, "grant failed");
 
-        if !err.may_have_been_sent() {
+        if let Some(rotated) = err.take_refresh_token() {
+            // A 2xx whose access token was unusable still rotated the refresh
+            // token: keep the new one, before anyone sees the error.
+            ctl.refresh_token = Some(rotated);
+        } else if !err.may_have_been_sent() {
             // It never left this machine: the refresh token is still good.
             ctl.refresh_token = ctl.refresh_token.take().or(sent_refresh);
         }
@@ -480,8 +519,10 @@ impl Shared {
             return match grant_type {
                 // The refresh token is refused: the password grant, at once.
                 GrantType::RefreshToken => Next::Again,
+                // The login changed while this grant ran: try the new one now.
+                GrantType::Password if !Arc::ptr_eq(&ctl.credentials, used) => Next::Again,
                 GrantType::Password => {
-                    self.reject(&mut ctl, err);
+                    self.reject(&mut ctl, err, Arc::clone(used));
                     Next::Done
                 }
             };
@@ -541,14 +582,13 @@ impl Shared {
         self.publish(ctl);
     }
 
-    fn reject(self: &Arc<Self>, ctl: &mut Control, err: TokenError) {
+    fn reject(self: &Arc<Self>, ctl: &mut Control, err: TokenError, credentials: Arc<Credentials>) {
         tracing::error!(target: "daxium_auth", error = %err, "password grant rejected; no new attempt until the credentials change or the cool-down ends");
         ctl.terminal = Some(err);
         ctl.flight = Flight::Idle;
         self.publish(ctl);
         let cooldown = self.config.rejected_cooldown;
         let weak = Arc::downgrade(self);
-        let credentials = Arc::clone(&ctl.credentials);
         let lift = tokio::spawn(async move {
             tokio::time::sleep(cooldown).await;
             let Some(shared) = weak.upgrade() else { return };
@@ -562,6 +602,10 @@ impl Shared {
             old.abort();
         }
     }
+}
+
+fn fetcher_panicked() -> TokenError {
+    TokenError::new(Kind::Transport).with_detail("the token fetcher panicked")
 }
 
 /// Resets the flight when the grant task is dropped before it finished.

@@ -8,7 +8,7 @@ use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
-use crate::fetcher::GrantType;
+use crate::{fetcher::GrantType, token::RefreshToken};
 
 /// A boxed error, as tower uses.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -32,6 +32,9 @@ struct Inner {
     detail: Option<String>,
     retry_after: Option<Duration>,
     source: Option<BoxError>,
+    /// A rotated refresh token from a 2xx answer that was otherwise unusable;
+    /// the cache takes it out before the error is shared. Never shown.
+    refresh: Option<RefreshToken>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,7 @@ impl TokenError {
                 detail: None,
                 retry_after: None,
                 source: None,
+                refresh: None,
             }),
         }
     }
@@ -101,6 +105,15 @@ impl TokenError {
     pub(crate) fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.inner_mut().retry_after = retry_after;
         self
+    }
+
+    pub(crate) fn with_refresh_token(mut self, refresh: RefreshToken) -> Self {
+        self.inner_mut().refresh = Some(refresh);
+        self
+    }
+
+    pub(crate) fn take_refresh_token(&mut self) -> Option<RefreshToken> {
+        Arc::get_mut(&mut self.inner)?.refresh.take()
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
@@ -428,6 +441,20 @@ impl<E> Error<E> {
         match self {
             Self::Token(e) => Some(e),
             Self::Inner(_) => None,
+        }
+    }
+
+    /// A boxed error, for stacks whose errors are `BoxError` (tower's
+    /// `Timeout`, `Buffer`, `Retry` below the layer): use it with
+    /// `MapErrLayer::new(Error::into_box_error)`. The token error stays a
+    /// [`TokenError`] for `downcast_ref`.
+    pub fn into_box_error(self) -> BoxError
+    where
+        E: Into<BoxError>,
+    {
+        match self {
+            Self::Token(e) => Box::new(e),
+            Self::Inner(e) => e.into(),
         }
     }
 

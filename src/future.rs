@@ -12,7 +12,7 @@ use std::{
 
 use http::{
     Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
-    header::AUTHORIZATION,
+    header::{AUTHORIZATION, WWW_AUTHENTICATE},
 };
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -54,7 +54,8 @@ pin_project! {
         // The first attempt.
         Sent { #[pin] fut: F, id: u64, local: Arc<Local>, retry: Option<Retry<S, B>> },
         // After a 401: wait for a token other than the refused one.
-        Reacquire { token: Acquire, replay: Option<(S, Request<ReplayBody<B>>)> },
+        // `local` keeps the cache, and the grant it runs, alive until the replay.
+        Reacquire { token: Acquire, replay: Option<(S, Request<ReplayBody<B>>)>, local: Arc<Local> },
         // The one replay; its answer goes back as it is.
         Replay { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>> },
     }
@@ -208,7 +209,7 @@ where
                     retry,
                 } => {
                     let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
-                    if res.status() != StatusCode::UNAUTHORIZED {
+                    if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(&res) {
                         return Poll::Ready(Ok(res));
                     }
                     let shared = local.shared();
@@ -231,9 +232,10 @@ where
                     State::Reacquire {
                         token: Box::pin(async move { shared.acquire(Some(refused)).await }),
                         replay: Some(replay),
+                        local: Arc::clone(local),
                     }
                 }
-                StateProj::Reacquire { token, replay } => {
+                StateProj::Reacquire { token, replay, .. } => {
                     let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
                     let (service, mut req) = replay.take().expect("polled after completion");
                     req.headers_mut().insert(AUTHORIZATION, slot_header(&slot));
@@ -246,4 +248,18 @@ where
             this.state.set(next);
         }
     }
+}
+
+/// Whether a 401 is about the token. A `WWW-Authenticate` challenge naming
+/// another error (`insufficient_scope`, say) is not: refreshing would not help,
+/// and would cost a grant per request.
+fn refuses_token<B>(res: &Response<B>) -> bool {
+    let mut challenges = res.headers().get_all(WWW_AUTHENTICATE).iter().peekable();
+    if challenges.peek().is_none() {
+        return true;
+    }
+    challenges.any(|value| {
+        let value = value.to_str().unwrap_or_default().to_ascii_lowercase();
+        !value.contains("error=") || value.contains("invalid_token")
+    })
 }

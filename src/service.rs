@@ -36,6 +36,8 @@ pub struct AuthService<S> {
     local: Arc<Local>,
     view: Cache<View, Arc<State>>,
     header: Option<(u64, HeaderValue)>,
+    /// The token id this instance has sent once with the shared header value.
+    seen_once: u64,
 }
 
 /// What the futures of one service (and its clones) need after the call.
@@ -74,6 +76,7 @@ impl<S> AuthService<S> {
             local: Arc::new(Local { layer }),
             view,
             header: None,
+            seen_once: 0,
         }
     }
 
@@ -105,6 +108,7 @@ impl<S: Clone> Clone for AuthService<S> {
             local: Arc::clone(&self.local),
             view: self.view.clone(),
             header: self.header.clone(),
+            seen_once: self.seen_once,
         }
     }
 }
@@ -153,11 +157,20 @@ where
             return ResponseFuture::acquire(inner, req, Arc::clone(&self.local), replay);
         };
         if let State::Stale(_) = &**state {
-            self.local.shared().start_refresh();
+            // The token is still valid; a refresh that cannot start now is
+            // started by a later caller.
+            let _ = self.local.shared().start_refresh();
         }
         let id = slot.id;
         let header = match &self.header {
             Some((seen, header)) if *seen == id => header.clone(),
+            // A service cloned per request calls once: sharing the cache's value
+            // costs no allocation. A service that calls again makes its own copy,
+            // so threads with their own service never contend on one count.
+            _ if self.seen_once != id => {
+                self.seen_once = id;
+                slot.header.clone()
+            }
             _ => {
                 let header = own_copy(&slot.header);
                 self.header = Some((id, header.clone()));

@@ -211,28 +211,34 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
         });
     }
 
+    // The refresh token first: a refresh answer rotated it even when the rest
+    // is unusable, and the cache must not lose it.
+    let refresh = match raw.refresh_token {
+        Some(serde_json::Value::String(s)) => Some(RefreshToken::new(&s)?),
+        None | Some(serde_json::Value::Null) => None,
+        Some(_) => return Err(invalid_field("refresh_token", "not a string")),
+    };
+    let salvage = |err: TokenError| match &refresh {
+        Some(rotated) => err.with_refresh_token(rotated.clone()),
+        None => err,
+    };
+
     let access = match raw.access_token {
-        Some(serde_json::Value::String(s)) => AccessToken::new(&s)?,
+        Some(serde_json::Value::String(s)) => AccessToken::new(&s).map_err(salvage)?,
         Some(serde_json::Value::Null) | None => {
-            return Err(invalid_field("access_token", "missing"));
+            return Err(salvage(invalid_field("access_token", "missing")));
         }
-        Some(_) => return Err(invalid_field("access_token", "not a string")),
+        Some(_) => return Err(salvage(invalid_field("access_token", "not a string"))),
     };
 
     match raw.token_type {
         None | Some(serde_json::Value::Null) => {}
         Some(serde_json::Value::String(t)) if t.trim().eq_ignore_ascii_case("bearer") => {}
         Some(serde_json::Value::String(_)) => {
-            return Err(invalid_field("token_type", "not bearer"));
+            return Err(salvage(invalid_field("token_type", "not bearer")));
         }
-        Some(_) => return Err(invalid_field("token_type", "not a string")),
+        Some(_) => return Err(salvage(invalid_field("token_type", "not a string"))),
     }
-
-    let refresh = match raw.refresh_token {
-        Some(serde_json::Value::String(s)) => Some(RefreshToken::new(&s)?),
-        None | Some(serde_json::Value::Null) => None,
-        Some(_) => return Err(invalid_field("refresh_token", "not a string")),
-    };
 
     let scope = match raw.scope {
         Some(serde_json::Value::String(s)) => Some(s),
@@ -478,6 +484,18 @@ mod tests {
         let err =
             parse(r#"{"access_token": ["sentinel-secret-tok"], "expires_in": "x"}"#).unwrap_err();
         assert!(!format!("{err} {err:?}").contains("sentinel"));
+    }
+
+    #[test]
+    fn a_rotated_refresh_token_survives_an_unusable_answer() {
+        let mut err = parse(r#"{"access_token":"bad token","refresh_token":"r2"}"#).unwrap_err();
+        assert!(!format!("{err:?} {err}").contains("r2"));
+        assert_eq!(err.take_refresh_token().unwrap().expose_secret(), "r2");
+        let mut err =
+            parse(r#"{"access_token":"ok","token_type":"mac","refresh_token":"r3"}"#).unwrap_err();
+        assert_eq!(err.take_refresh_token().unwrap().expose_secret(), "r3");
+        let mut err = parse(r#"{"token_type":"bearer"}"#).unwrap_err();
+        assert!(err.take_refresh_token().is_none());
     }
 
     #[test]

@@ -830,3 +830,78 @@ fn a_grant_lost_with_its_runtime_does_not_block_the_next_caller() {
     assert_eq!(res.expect("no hang").unwrap().status(), StatusCode::OK);
     assert_eq!(s.endpoint.grants(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_401_that_names_another_error_is_not_about_the_token() {
+    let s = setup();
+    let svc = s.service();
+    send(&svc, get()).await.unwrap();
+    let challenges = [
+        (
+            Some(r#"Bearer error="insufficient_scope", scope="admin""#),
+            false,
+        ),
+        (
+            Some(r#"Bearer realm="daxium", error="invalid_token""#),
+            true,
+        ),
+        (Some(r#"Bearer realm="daxium""#), true),
+        (None, true),
+    ];
+    for (challenge, refreshes) in challenges {
+        let refresh_before = s.endpoint.refresh.load(SeqCst);
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&attempts);
+        let inner = tower::service_fn(move |_req: Request<ReplayBody<Full<Bytes>>>| {
+            let first = seen.fetch_add(1, SeqCst) == 0;
+            let mut res = Response::builder().status(if first { 401 } else { 200 });
+            if let Some(challenge) = challenge.filter(|_| first) {
+                res = res.header(http::header::WWW_AUTHENTICATE, challenge);
+            }
+            std::future::ready(Ok::<_, Infallible>(
+                res.body(Full::<Bytes>::default()).unwrap(),
+            ))
+        });
+        let status = s.layer.layer(inner).oneshot(get()).await.unwrap().status();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let refreshed = s.endpoint.refresh.load(SeqCst) - refresh_before;
+        if refreshes {
+            assert_eq!(
+                (status, attempts.load(SeqCst), refreshed),
+                (StatusCode::OK, 2, 1),
+                "{challenge:?}"
+            );
+        } else {
+            assert_eq!(
+                (status, attempts.load(SeqCst), refreshed),
+                (StatusCode::UNAUTHORIZED, 1, 0),
+                "{challenge:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_box_for_tower_stacks_and_keep_the_token_error() {
+    let s = setup();
+    s.endpoint.push(Step::Reject);
+    let svc = s.service();
+    let err = send(&svc, get()).await.unwrap_err();
+    let boxed: daxium_auth::BoxError = err.into_box_error();
+    let token = boxed
+        .downcast_ref::<TokenError>()
+        .expect("the token error, boxed as itself");
+    assert!(token.is_grant_rejected());
+
+    // With a BoxError inner stack, `MapErrLayer` makes the whole stack box.
+    let inner = tower::service_fn(|_req: Request<ReplayBody<Full<Bytes>>>| async {
+        Err::<Response<Full<Bytes>>, daxium_auth::BoxError>("inner failure".into())
+    });
+    let stack = tower::ServiceBuilder::new()
+        .map_err(daxium_auth::Error::into_box_error)
+        .layer(s.layer.clone())
+        .service(inner);
+    tokio::time::sleep(Duration::from_secs(301)).await;
+    let err = stack.oneshot(get()).await.unwrap_err();
+    assert_eq!(err.to_string(), "inner failure");
+}
