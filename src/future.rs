@@ -209,7 +209,7 @@ where
                     retry,
                 } => {
                     let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
-                    if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(&res) {
+                    if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(res.headers()) {
                         return Poll::Ready(Ok(res));
                     }
                     let shared = local.shared();
@@ -253,8 +253,8 @@ where
 /// Whether a 401 is about the token. A `WWW-Authenticate` challenge naming
 /// another error (`insufficient_scope`, say) is not: refreshing would not help,
 /// and would cost a grant per request.
-fn refuses_token<B>(res: &Response<B>) -> bool {
-    let mut challenges = res.headers().get_all(WWW_AUTHENTICATE).iter().peekable();
+pub(crate) fn refuses_token(headers: &HeaderMap) -> bool {
+    let mut challenges = headers.get_all(WWW_AUTHENTICATE).iter().peekable();
     if challenges.peek().is_none() {
         return true;
     }

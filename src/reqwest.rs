@@ -30,7 +30,7 @@ use ::reqwest::{Request, Response};
 use http::{Extensions, StatusCode, Uri, header::AUTHORIZATION};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::{AccessToken, AuthLayer, NoReplay, TokenCache};
+use crate::{AccessToken, AuthLayer, NoReplay, TokenCache, future::refuses_token};
 
 /// A [`reqwest_middleware::Middleware`] that adds `Authorization: Bearer …`
 /// (marked sensitive) to each request for the layer's API origins, and
@@ -146,7 +146,7 @@ impl Middleware for AuthMiddleware {
         };
         authorize(&mut req, &token);
         let res = next.clone().run(req, extensions).await?;
-        if res.status() != StatusCode::UNAUTHORIZED {
+        if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(res.headers()) {
             return Ok(res);
         }
 
