@@ -14,6 +14,11 @@ pub(crate) struct Origin {
     https: bool,
     host: String,
     port: u16,
+    /// The authority as a request usually spells it (`host` or `host:port`,
+    /// lower case): the fast path of [`Origin::matches`].
+    authority: String,
+    /// The same with the default port spelled out, or left out.
+    alternate: String,
 }
 
 impl Origin {
@@ -25,12 +30,43 @@ impl Origin {
             _ => return None,
         };
         let host = uri.host()?.to_ascii_lowercase();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        Some(Self { https, host, port })
+        let default_port = if https { 443 } else { 80 };
+        let port = uri.port_u16().unwrap_or(default_port);
+        let with_port = format!("{host}:{port}");
+        let (authority, alternate) = if port == default_port {
+            (host.clone(), with_port)
+        } else {
+            (with_port.clone(), with_port)
+        };
+        Some(Self {
+            https,
+            host,
+            port,
+            authority,
+            alternate,
+        })
     }
 
-    /// Whether `uri` is this origin. Compares without allocating.
+    /// Whether `uri` is this origin. Compares without allocating; the usual
+    /// spelling (lower case, default port left out or spelled out) is a byte
+    /// comparison, any other goes through the full parse.
     pub(crate) fn matches(&self, uri: &Uri) -> bool {
+        if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+            let authority = authority.as_str();
+            let scheme_ok = if self.https {
+                scheme == "https"
+            } else {
+                scheme == "http"
+            };
+            if scheme_ok && (authority == self.authority || authority == self.alternate) {
+                return true;
+            }
+        }
+        self.matches_parsed(uri)
+    }
+
+    /// The full comparison: user info, any spelling of the port.
+    fn matches_parsed(&self, uri: &Uri) -> bool {
         let https = match uri.scheme() {
             Some(s) if *s == Scheme::HTTPS => true,
             Some(s) if *s == Scheme::HTTP => false,
@@ -213,6 +249,13 @@ mod tests {
     fn origin_matching() {
         let origin = Origin::of(&"https://API.example.com/oauth".parse().unwrap()).unwrap();
         assert!(origin.matches(&"https://api.example.com:443/api/x".parse().unwrap()));
+        assert!(origin.matches(&"https://api.example.com/api/x".parse().unwrap()));
+        assert!(origin.matches(&"HTTPS://Api.Example.COM/api/x".parse().unwrap()));
+        let local = Origin::of(&"http://127.0.0.1:8080".parse().unwrap()).unwrap();
+        assert!(local.matches(&"http://127.0.0.1:8080/api".parse().unwrap()));
+        assert!(!local.matches(&"http://127.0.0.1:8081/api".parse().unwrap()));
+        assert!(!local.matches(&"http://127.0.0.1/api".parse().unwrap()));
+        assert!(!local.matches(&"https://127.0.0.1:8080/api".parse().unwrap()));
         assert!(!origin.matches(&"http://api.example.com/api".parse().unwrap()));
         assert!(!origin.matches(&"https://api.example.com:8443/api".parse().unwrap()));
         assert!(!origin.matches(&"https://evil.com/api".parse().unwrap()));

@@ -201,16 +201,17 @@ where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body,
 {
+    if !replay {
+        // One move of the request, as any layer that changes the body type makes.
+        let mut req = req.map(ReplayBody::new);
+        req.headers_mut().insert(AUTHORIZATION, header);
+        return ResponseFuture::sent(inner.call(req), id, Arc::clone(local), None);
+    }
     let (mut parts, body) = req.into_parts();
-    let (body, retry) = if replay {
-        let (body, replay) = ReplayBody::first(body, local.config().replay_limit);
-        let retry = match replay {
-            Replay::Never => None,
-            replay => Some(Retry::new(&parts, replay, inner.clone())),
-        };
-        (body, retry)
-    } else {
-        (ReplayBody::new(body), None)
+    let (body, replay) = ReplayBody::first(body, local.config().replay_limit);
+    let retry = match replay {
+        Replay::Never => None,
+        replay => Some(Retry::new(&parts, replay, inner.clone())),
     };
     parts.headers.insert(AUTHORIZATION, header);
     let fut = inner.call(Request::from_parts(parts, body));
