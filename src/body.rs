@@ -44,7 +44,9 @@ pin_project! {
     enum KindBody<B> {
         Plain { #[pin] body: B },
         Recording { #[pin] body: B, recorder: Arc<Mutex<Recorder>> },
-        Replay { chunks: std::vec::IntoIter<Bytes>, remaining: u64, trailers: Option<HeaderMap> },
+        // Boxed: the body is moved many times on its way to the wire, and
+        // this rare variant would otherwise set its size.
+        Replay { replayed: Box<Replayed> },
         Empty,
     }
 }
@@ -135,14 +137,23 @@ impl Replay {
                 }
                 Some(ReplayBody {
                     kind: KindBody::Replay {
-                        chunks: recorder.chunks.clone().into_iter(),
-                        remaining: recorder.len as u64,
-                        trailers: recorder.trailers.clone(),
+                        replayed: Box::new(Replayed {
+                            chunks: recorder.chunks.clone().into_iter(),
+                            remaining: recorder.len as u64,
+                            trailers: recorder.trailers.clone(),
+                        }),
                     },
                 })
             }
         }
     }
+}
+
+/// A recorded body being sent again.
+struct Replayed {
+    chunks: std::vec::IntoIter<Bytes>,
+    remaining: u64,
+    trailers: Option<HeaderMap>,
 }
 
 pub(crate) struct Recorder {
@@ -224,16 +235,12 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            KindProj::Replay {
-                chunks,
-                remaining,
-                trailers,
-            } => {
-                if let Some(chunk) = chunks.next() {
-                    *remaining -= chunk.len() as u64;
+            KindProj::Replay { replayed } => {
+                if let Some(chunk) = replayed.chunks.next() {
+                    replayed.remaining -= chunk.len() as u64;
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(replayed.trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
             KindProj::Empty => Poll::Ready(None),
         }
@@ -242,9 +249,9 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             KindBody::Plain { body } | KindBody::Recording { body, .. } => body.is_end_stream(),
-            KindBody::Replay {
-                chunks, trailers, ..
-            } => chunks.len() == 0 && trailers.is_none(),
+            KindBody::Replay { replayed } => {
+                replayed.chunks.len() == 0 && replayed.trailers.is_none()
+            }
             KindBody::Empty => true,
         }
     }
@@ -252,7 +259,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             KindBody::Plain { body } | KindBody::Recording { body, .. } => body.size_hint(),
-            KindBody::Replay { remaining, .. } => SizeHint::with_exact(*remaining),
+            KindBody::Replay { replayed } => SizeHint::with_exact(replayed.remaining),
             KindBody::Empty => SizeHint::with_exact(0),
         }
     }

@@ -50,14 +50,14 @@ pin_project! {
         // No token, and the cache says why.
         Failed { err: Option<TokenError> },
         // No valid token yet: wait for the grant, then call the service made ready.
-        Acquire { token: Acquire, pending: Option<Pending<S, B>> },
+        Acquire { token: Acquire, pending: Option<Box<Pending<S, B>>> },
         // The first attempt.
-        Sent { #[pin] fut: F, id: u64, local: Arc<Local>, retry: Option<Retry<S, B>> },
+        Sent { #[pin] fut: F, id: u64, local: Arc<Local>, retry: Option<Box<Retry<S, B>>> },
         // After a 401: wait for a token other than the refused one.
         // `local` keeps the cache, and the grant it runs, alive until the replay.
-        Reacquire { token: Acquire, replay: Option<(S, Request<ReplayBody<B>>)>, local: Arc<Local> },
+        Reacquire { token: Acquire, replay: Option<Box<(S, Request<ReplayBody<B>>)>>, local: Arc<Local> },
         // The one replay; its answer goes back as it is.
-        Replay { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>> },
+        Replay { fut: Pin<Box<Oneshot<S, Request<ReplayBody<B>>>>> },
     }
 }
 
@@ -82,13 +82,19 @@ pub(crate) struct Retry<S, B> {
 }
 
 impl<S, B> Retry<S, B> {
-    pub(crate) fn new(parts: &http::request::Parts, body: Replay, service: S) -> Self {
+    #[inline]
+    pub(crate) fn new<T>(req: &Request<T>, body: Replay, service: S) -> Self {
         Self {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            // Most requests carry no header yet: skip the clone's bookkeeping.
+            headers: if req.headers().is_empty() {
+                HeaderMap::new()
+            } else {
+                req.headers().clone()
+            },
+            extensions: req.extensions().clone(),
             body,
             service,
             _body: std::marker::PhantomData,
@@ -129,21 +135,22 @@ where
         Self {
             state: State::Acquire {
                 token: Box::pin(async move { shared.acquire(None).await }),
-                pending: Some(Pending {
+                pending: Some(Box::new(Pending {
                     inner,
                     req,
                     local,
                     replay,
-                }),
+                })),
             },
         }
     }
 
+    #[inline]
     pub(crate) fn sent(
         fut: S::Future,
         id: u64,
         local: Arc<Local>,
-        retry: Option<Retry<S, B>>,
+        retry: Option<Box<Retry<S, B>>>,
     ) -> Self {
         Self {
             state: State::Sent {
@@ -182,71 +189,131 @@ where
 {
     type Output = Result<Response<ResBody>, Error<S::Error>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            let next = match this.state.as_mut().project() {
-                StateProj::Passthrough { fut } => return fut.poll(cx).map_err(Error::Inner),
-                StateProj::Failed { err } => {
-                    let err = err.take().expect("polled after completion");
-                    return Poll::Ready(Err(Error::Token(err)));
-                }
-                StateProj::Acquire { token, pending } => {
-                    let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
-                    let Pending {
-                        mut inner,
-                        req,
-                        local,
-                        replay,
-                    } = pending.take().expect("polled after completion");
-                    let header = slot_header(&slot);
-                    dispatch(&mut inner, req, slot.id, header, &local, replay).state
-                }
-                StateProj::Sent {
-                    fut,
-                    id,
-                    local,
-                    retry,
-                } => {
-                    let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
-                    if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(res.headers()) {
-                        return Poll::Ready(Ok(res));
-                    }
-                    let shared = local.shared();
-                    // Refreshes only if this token is still the current one.
-                    shared.invalidate(*id);
-                    let Some(replay) = retry.take().and_then(Retry::into_request) else {
-                        shared
-                            .counters
-                            .replays_skipped
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        return Poll::Ready(Ok(res));
-                    };
-                    shared
-                        .counters
-                        .replays
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(target: "daxium_auth", method = %replay.1.method(), "401: replaying the request once with a new token");
-                    let refused = *id;
-                    let shared = Arc::clone(shared);
-                    State::Reacquire {
-                        token: Box::pin(async move { shared.acquire(Some(refused)).await }),
-                        replay: Some(replay),
-                        local: Arc::clone(local),
-                    }
-                }
-                StateProj::Reacquire { token, replay, .. } => {
-                    let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
-                    let (service, mut req) = replay.take().expect("polled after completion");
-                    req.headers_mut().insert(AUTHORIZATION, slot_header(&slot));
-                    State::Replay {
-                        fut: Oneshot::new(service, req),
-                    }
-                }
-                StateProj::Replay { fut } => return fut.poll(cx).map_err(Error::Inner),
-            };
-            this.state.set(next);
+        let mut state = self.project().state;
+        // The common path, small enough to inline into the caller: the first
+        // attempt, answered with anything but a 401 about the token.
+        if let StateProj::Sent {
+            fut,
+            id,
+            local,
+            retry,
+        } = state.as_mut().project()
+        {
+            let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
+            match after_401(*id, local, retry, res) {
+                Ok(next) => state.set(next),
+                Err(res) => return Poll::Ready(Ok(res)),
+            }
         }
+        poll_rare(state, cx)
+    }
+}
+
+/// After the first attempt's answer: the answer to return, or, for a 401 about
+/// the token, the state that replays the request (the token is dropped first if
+/// it is still the current one).
+#[inline]
+fn after_401<S, B, F, ResBody>(
+    id: u64,
+    local: &Arc<Local>,
+    retry: &mut Option<Box<Retry<S, B>>>,
+    res: Response<ResBody>,
+) -> Result<State<S, B, F>, Response<ResBody>>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(res.headers()) {
+        return Err(res);
+    }
+    replay_after_401(id, local, retry, res)
+}
+
+#[cold]
+#[inline(never)]
+fn replay_after_401<S, B, F, ResBody>(
+    id: u64,
+    local: &Arc<Local>,
+    retry: &mut Option<Box<Retry<S, B>>>,
+    res: Response<ResBody>,
+) -> Result<State<S, B, F>, Response<ResBody>>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    let shared = local.shared();
+    // Refreshes only if this token is still the current one.
+    shared.invalidate(id);
+    let Some(replay) = retry.take().and_then(|retry| retry.into_request()) else {
+        shared
+            .counters
+            .replays_skipped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(res);
+    };
+    shared
+        .counters
+        .replays
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(target: "daxium_auth", method = %replay.1.method(), "401: replaying the request once with a new token");
+    let acquire = Arc::clone(shared);
+    Ok(State::Reacquire {
+        token: Box::pin(async move { acquire.acquire(Some(id)).await }),
+        replay: Some(Box::new(replay)),
+        local: Arc::clone(local),
+    })
+}
+
+/// Every state but the common path's.
+fn poll_rare<S, B, ResBody>(
+    mut state: Pin<&mut State<S, B, S::Future>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResBody>, Error<S::Error>>>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    loop {
+        let next = match state.as_mut().project() {
+            StateProj::Passthrough { fut } => return fut.poll(cx).map_err(Error::Inner),
+            StateProj::Failed { err } => {
+                let err = err.take().expect("polled after completion");
+                return Poll::Ready(Err(Error::Token(err)));
+            }
+            StateProj::Acquire { token, pending } => {
+                let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
+                let Pending {
+                    mut inner,
+                    req,
+                    local,
+                    replay,
+                } = *pending.take().expect("polled after completion");
+                let header = slot_header(&slot);
+                dispatch(&mut inner, req, slot.id, header, &local, replay).state
+            }
+            StateProj::Sent {
+                fut,
+                id,
+                local,
+                retry,
+            } => {
+                let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
+                match after_401(*id, local, retry, res) {
+                    Ok(next) => next,
+                    Err(res) => return Poll::Ready(Ok(res)),
+                }
+            }
+            StateProj::Reacquire { token, replay, .. } => {
+                let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
+                let (service, mut req) = *replay.take().expect("polled after completion");
+                req.headers_mut().insert(AUTHORIZATION, slot_header(&slot));
+                State::Replay {
+                    fut: Box::pin(Oneshot::new(service, req)),
+                }
+            }
+            StateProj::Replay { fut } => return fut.as_mut().poll(cx).map_err(Error::Inner),
+        };
+        state.set(next);
     }
 }
 

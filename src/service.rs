@@ -135,6 +135,7 @@ where
         self.inner.poll_ready(cx).map_err(Error::Inner)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let config = self.local.config();
         if let Some(origins) = &config.origins {
@@ -189,6 +190,7 @@ fn own_copy(header: &HeaderValue) -> HeaderValue {
 }
 
 /// Sends `req` with the token `id`, keeping what a replay needs.
+#[inline]
 pub(crate) fn dispatch<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
@@ -207,14 +209,22 @@ where
         req.headers_mut().insert(AUTHORIZATION, header);
         return ResponseFuture::sent(inner.call(req), id, Arc::clone(local), None);
     }
-    let (mut parts, body) = req.into_parts();
-    let (body, replay) = ReplayBody::first(body, local.config().replay_limit);
-    let retry = match replay {
+    // The request stays whole here too: taking it apart into `Parts` and back
+    // moves more bytes than the rest of this function touches.
+    let limit = local.config().replay_limit;
+    let mut kind = Replay::Never;
+    let mut req = req.map(|body| {
+        let (body, how) = ReplayBody::first(body, limit);
+        kind = how;
+        body
+    });
+    // The copy for a replay is taken before the header goes in.
+    let retry = match kind {
         Replay::Never => None,
-        replay => Some(Retry::new(&parts, replay, inner.clone())),
+        kind => Some(Box::new(Retry::new(&req, kind, inner.clone()))),
     };
-    parts.headers.insert(AUTHORIZATION, header);
-    let fut = inner.call(Request::from_parts(parts, body));
+    req.headers_mut().insert(AUTHORIZATION, header);
+    let fut = inner.call(req);
     ResponseFuture::sent(fut, id, Arc::clone(local), retry)
 }
 

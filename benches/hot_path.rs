@@ -1,0 +1,399 @@
+//! The per-request cost of the layer with a fresh token: a bodiless GET to an
+//! absolute URI, built for each iteration, through `poll_ready` + `call` and one
+//! poll of the response future with a no-op waker, against an inner service that
+//! answers at once. No runtime runs the requests, so what is measured is the
+//! layer's own work.
+//!
+//! The variants share one criterion group, so that their medians come from the
+//! same run:
+//! - `bare`: the inner service alone;
+//! - `floor`: tower-http's `AddAuthorization` (a constant header);
+//! - `reference`: a layer written here that does the job the plain way (the
+//!   token under an `RwLock`, a copy of the request and a clone of the inner
+//!   service kept for the retry);
+//! - `auth_replay_on`: `AuthLayer` with its defaults;
+//! - `auth_replay_off`: `AuthLayer` with `.replay(false)`;
+//! - `floor_ext` / `auth_no_replay_ext`: the same requests carrying the
+//!   `NoReplay` extension (the per-request opt-out), through the floor and
+//!   through `AuthLayer` with replay on.
+//!
+//! Before the criterion group, the same variants run in alternation (short
+//! rounds, one after the other) and the medians and ratios are printed: on a
+//! shared machine, a change of load then hits every variant alike.
+//!
+//! `cargo bench --bench hot_path` (`BENCH_NO_PAIRED=1` skips the
+//! alternating rounds, e.g. under callgrind:
+//! `valgrind --tool=callgrind <bench binary> --bench --profile-time 5 hot_path/floor`)
+
+use std::{
+    convert::Infallible,
+    fmt,
+    future::{Future, Ready, ready},
+    hint::black_box,
+    pin::{Pin, pin},
+    sync::{Arc, RwLock},
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use daxium_auth::{AccessToken, AuthLayer, Credentials, NoReplay, TokenPair, fetcher};
+use http::{
+    Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::AUTHORIZATION,
+};
+use http_body_util::Empty;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service, util::Oneshot};
+use tower_http::auth::AddAuthorization;
+
+const URI: &str = "http://127.0.0.1:8080/api/v1/items";
+const ORIGIN: &str = "http://127.0.0.1:8080";
+/// The length and alphabet of a Daxium access token.
+const TOKEN: &str =
+    "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
+
+// === the inner service ===
+
+/// Answers 200 at once, whatever the body type.
+#[derive(Debug, Clone, Copy)]
+struct Inner;
+
+impl<B> Service<Request<B>> for Inner {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        drop(black_box(req));
+        ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+// === the reference layer ===
+
+/// The plain way: the token under an `RwLock`; a copy of the request and a
+/// clone of the inner service kept for one retry after a 401.
+#[derive(Clone)]
+struct Reference {
+    token: Arc<RwLock<HeaderValue>>,
+}
+
+impl Reference {
+    fn new(token: &str) -> Self {
+        let mut header = HeaderValue::try_from(format!("Bearer {token}")).expect("valid header");
+        header.set_sensitive(true);
+        Self {
+            token: Arc::new(RwLock::new(header)),
+        }
+    }
+}
+
+impl<S> Layer<S> for Reference {
+    type Service = ReferenceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ReferenceService {
+            inner,
+            token: Arc::clone(&self.token),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ReferenceService<S> {
+    inner: S,
+    token: Arc<RwLock<HeaderValue>>,
+}
+
+struct Saved<S> {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+    service: S,
+    token: Arc<RwLock<HeaderValue>>,
+}
+
+pin_project! {
+    struct ReferenceFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        fut: S::Future,
+        saved: Option<Saved<S>>,
+        retry: Option<Pin<Box<Oneshot<S, Request<B>>>>>,
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for ReferenceService<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone,
+    B: Default,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = ReferenceFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let header = self.token.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let saved = Saved {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
+            service: self.inner.clone(),
+            token: Arc::clone(&self.token),
+        };
+        req.headers_mut().insert(AUTHORIZATION, header);
+        ReferenceFuture {
+            fut: self.inner.call(req),
+            saved: Some(saved),
+            retry: None,
+        }
+    }
+}
+
+impl<S, B, R> Future for ReferenceFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone,
+    B: Default,
+{
+    type Output = Result<Response<R>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(retry) = this.retry {
+            return retry.as_mut().poll(cx);
+        }
+        let res = std::task::ready!(this.fut.poll(cx))?;
+        let Some(saved) = this
+            .saved
+            .take()
+            .filter(|_| res.status() == StatusCode::UNAUTHORIZED)
+        else {
+            return Poll::Ready(Ok(res));
+        };
+        // Bodiless requests only: the reference keeps no body.
+        let mut req = Request::new(B::default());
+        *req.method_mut() = saved.method;
+        *req.uri_mut() = saved.uri;
+        *req.version_mut() = saved.version;
+        *req.headers_mut() = saved.headers;
+        *req.extensions_mut() = saved.extensions;
+        let header = saved
+            .token
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        req.headers_mut().insert(AUTHORIZATION, header);
+        let retry = this
+            .retry
+            .insert(Box::pin(Oneshot::new(saved.service, req)));
+        retry.as_mut().poll(cx)
+    }
+}
+
+// === driving ===
+
+fn request() -> Request<Empty<Bytes>> {
+    Request::get(URI).body(Empty::new()).expect("valid request")
+}
+
+fn request_no_replay() -> Request<Empty<Bytes>> {
+    let mut req = request();
+    req.extensions_mut().insert(NoReplay);
+    req
+}
+
+/// `poll_ready`, `call`, and one poll of the future: the response must be there.
+fn drive<S, B>(svc: &mut S, req: Request<B>) -> S::Response
+where
+    S: Service<Request<B>>,
+    S::Error: fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("the service is not ready"),
+    }
+    let fut = pin!(svc.call(req));
+    match fut.poll(&mut cx) {
+        Poll::Ready(Ok(res)) => res,
+        Poll::Ready(Err(err)) => panic!("the service failed: {err:?}"),
+        Poll::Pending => panic!("the response is not ready after one poll"),
+    }
+}
+
+/// A layer whose cache already holds a fresh one-hour token.
+fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLayer {
+    let layer = AuthLayer::builder()
+        .credentials(Credentials::new(
+            "client-id",
+            "client-secret",
+            "user",
+            "password",
+        ))
+        .fetcher(fetcher::from_fn(|_grant| async {
+            Ok(TokenPair::new(
+                AccessToken::new(TOKEN)?,
+                None,
+                Duration::from_secs(3600),
+            ))
+        }))
+        .api_origin(ORIGIN)
+        .replay(replay)
+        .build()
+        .expect("valid layer");
+    rt.block_on(layer.cache().access_token()).expect("a token");
+    layer
+}
+
+/// Nanoseconds per request over `n` requests through `svc`.
+fn round<S>(svc: &mut S, n: u32, no_replay: bool) -> f64
+where
+    S: Service<Request<Empty<Bytes>>>,
+    S::Error: fmt::Debug,
+{
+    let start = Instant::now();
+    for _ in 0..n {
+        let req = if no_replay {
+            request_no_replay()
+        } else {
+            request()
+        };
+        black_box(drive(svc, req));
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(n)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// The variants in alternation: short rounds, one after the other, so that a
+/// change in the machine's load hits all of them alike. Prints the median of
+/// each and the ratios that the targets are about.
+fn paired<A, B, C, D, E, F>(
+    bare: &mut A,
+    floor: &mut B,
+    reference: &mut C,
+    replay_on: &mut D,
+    replay_off: &mut E,
+    no_replay_ext: &mut F,
+) where
+    A: Service<Request<Empty<Bytes>>, Error = Infallible>,
+    B: Service<Request<Empty<Bytes>>, Error = Infallible>,
+    C: Service<Request<Empty<Bytes>>, Error = Infallible>,
+    D: Service<Request<Empty<Bytes>>>,
+    D::Error: fmt::Debug,
+    E: Service<Request<Empty<Bytes>>>,
+    E::Error: fmt::Debug,
+    F: Service<Request<Empty<Bytes>>>,
+    F::Error: fmt::Debug,
+{
+    const ROUNDS: usize = 41;
+    const N: u32 = 20_000;
+    let mut times: [Vec<f64>; 7] = Default::default();
+    for _ in 0..ROUNDS {
+        times[0].push(round(bare, N, false));
+        times[1].push(round(floor, N, false));
+        times[2].push(round(reference, N, false));
+        times[3].push(round(replay_on, N, false));
+        times[4].push(round(replay_off, N, false));
+        times[5].push(round(floor, N, true));
+        times[6].push(round(no_replay_ext, N, true));
+    }
+    let [bare, floor, reference, on, off, floor_ext, ext] = times.map(median);
+    eprintln!(
+        "hot_path paired ({ROUNDS} alternating rounds of {N} requests, medians): bare {bare:.1} ns, \
+         floor {floor:.1} ns, reference {reference:.1} ns, auth_replay_on {on:.1} ns, \
+         auth_replay_off {off:.1} ns, floor_ext {floor_ext:.1} ns, auth_no_replay_ext {ext:.1} ns; \
+         replay off / floor {:.3}, replay on / reference {:.3}, replay on / floor {:.3}, \
+         NoReplay / floor_ext {:.3}",
+        off / floor,
+        on / reference,
+        on / floor,
+        ext / floor_ext,
+    );
+}
+
+fn hot_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+
+    let mut bare = Inner;
+    let mut floor = AddAuthorization::bearer(Inner, TOKEN).as_sensitive(true);
+    let mut reference = Reference::new(TOKEN).layer(Inner);
+    let mut replay_on = auth_layer(&rt, true).layer(Inner);
+    let mut replay_off = auth_layer(&rt, false).layer(Inner);
+    let mut no_replay_ext = auth_layer(&rt, true).layer(Inner);
+
+    // Every variant answers 200, and the layers send the same header.
+    for res in [
+        drive(&mut bare, request()),
+        drive(&mut floor, request()),
+        drive(&mut reference, request()),
+        drive(&mut replay_on, request()),
+        drive(&mut replay_off, request()),
+        drive(&mut no_replay_ext, request_no_replay()),
+    ] {
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    // Skipped under a profiler (`BENCH_NO_PAIRED=1`), where it would dominate.
+    if std::env::var_os("BENCH_NO_PAIRED").is_none() {
+        paired(
+            &mut bare,
+            &mut floor,
+            &mut reference,
+            &mut replay_on,
+            &mut replay_off,
+            &mut no_replay_ext,
+        );
+    }
+
+    let mut group = c.benchmark_group("hot_path");
+    group.bench_function("bare", |b| b.iter(|| drive(&mut bare, request())));
+    group.bench_function("floor", |b| b.iter(|| drive(&mut floor, request())));
+    group.bench_function("reference", |b| b.iter(|| drive(&mut reference, request())));
+    group.bench_function("auth_replay_on", |b| {
+        b.iter(|| drive(&mut replay_on, request()))
+    });
+    group.bench_function("auth_replay_off", |b| {
+        b.iter(|| drive(&mut replay_off, request()))
+    });
+    group.bench_function("floor_ext", |b| {
+        b.iter(|| drive(&mut floor, request_no_replay()))
+    });
+    group.bench_function("auth_no_replay_ext", |b| {
+        b.iter(|| drive(&mut no_replay_ext, request_no_replay()))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(60)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = hot_path
+}
+criterion_main!(benches);

@@ -1,0 +1,351 @@
+//! The stampede: 10,000 requests at once on a cache without a token, with a
+//! token endpoint that takes a fixed 20 ms (real time, multi-thread runtime).
+//!
+//! Each iteration is one stampede: 10,000 tasks wait at a gate; the gate opens;
+//! each task notes the time, sends its request, and notes how long it waited
+//! for the answer. The measured time that criterion reports is the longest of
+//! those waits beyond the grant's own duration (measured inside the fetcher).
+//! Two variants in one group:
+//! - `reference`: the plain way of sharing one fetch (the first request starts
+//!   it; every request waits on a `tokio::sync::watch` for the header): what
+//!   the runtime itself costs to wake 10,000 waiters;
+//! - `auth`: `AuthLayer`; each stampede must make exactly one grant.
+//!
+//! The wall time of a stampede, the grant count and the worst extra wait over
+//! the run are printed too.
+//!
+//! `cargo bench --bench stampede`
+
+use std::{
+    convert::Infallible,
+    future::{Ready, ready},
+    hint::black_box,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use daxium_auth::{AccessToken, AuthLayer, AuthService, Credentials, TokenPair, fetcher};
+use http::{HeaderValue, Request, Response, StatusCode, header::AUTHORIZATION};
+use http_body_util::Empty;
+use tokio::sync::{Notify, watch};
+use tower::{Layer, Service, ServiceExt};
+
+const URI: &str = "http://127.0.0.1:8080/api/v1/items";
+const ORIGIN: &str = "http://127.0.0.1:8080";
+const TOKEN: &str =
+    "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
+const WAITERS: usize = 10_000;
+const GRANT_DELAY: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy)]
+struct Inner;
+
+impl<B> Service<Request<B>> for Inner {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        drop(black_box(req));
+        ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+/// The token endpoint: a fixed delay; it notes how long each grant took and
+/// when the last one ended.
+#[derive(Default)]
+struct Endpoint {
+    grants: AtomicU64,
+    last: Mutex<Option<(Duration, Instant)>>,
+}
+
+impl Endpoint {
+    async fn grant(&self) -> HeaderValue {
+        self.grants.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        tokio::time::sleep(GRANT_DELAY).await;
+        let mut header = HeaderValue::try_from(format!("Bearer {TOKEN}")).expect("header");
+        header.set_sensitive(true);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((started.elapsed(), Instant::now()));
+        header
+    }
+}
+
+/// The plain way of sharing one fetch: the first request starts it, and every
+/// request waits on a watch channel for the header.
+struct Reference {
+    endpoint: Arc<Endpoint>,
+    started: AtomicBool,
+    token: watch::Sender<Option<HeaderValue>>,
+}
+
+impl Reference {
+    async fn call(self: Arc<Self>, mut req: Request<Empty<Bytes>>) -> Response<Empty<Bytes>> {
+        let mut token = self.token.subscribe();
+        if !self.started.swap(true, Ordering::AcqRel) {
+            let this = Arc::clone(&self);
+            tokio::spawn(async move {
+                let header = this.endpoint.grant().await;
+                this.token.send_replace(Some(header));
+            });
+        }
+        let header = token
+            .wait_for(Option::is_some)
+            .await
+            .expect("the fetch ends")
+            .clone()
+            .expect("a token");
+        req.headers_mut().insert(AUTHORIZATION, header);
+        Inner.oneshot(req).await.expect("infallible")
+    }
+}
+
+#[derive(Clone)]
+enum Client {
+    Reference(Arc<Reference>),
+    Auth(AuthService<Inner>),
+}
+
+impl Client {
+    fn new(auth: bool, endpoint: &Arc<Endpoint>) -> (Self, Option<AuthLayer>) {
+        if !auth {
+            let reference = Reference {
+                endpoint: Arc::clone(endpoint),
+                started: AtomicBool::new(false),
+                token: watch::channel(None).0,
+            };
+            return (Self::Reference(Arc::new(reference)), None);
+        }
+        let endpoint = Arc::clone(endpoint);
+        let layer = AuthLayer::builder()
+            .credentials(Credentials::new(
+                "client-id",
+                "client-secret",
+                "user",
+                "password",
+            ))
+            .fetcher(fetcher::from_fn(move |_grant| {
+                let endpoint = Arc::clone(&endpoint);
+                async move {
+                    let header = endpoint.grant().await;
+                    let token = header
+                        .to_str()
+                        .expect("ascii")
+                        .trim_start_matches("Bearer ");
+                    Ok(TokenPair::new(
+                        AccessToken::new(token)?,
+                        None,
+                        Duration::from_secs(3600),
+                    ))
+                }
+            }))
+            .api_origin(ORIGIN)
+            .build()
+            .expect("valid layer");
+        (Self::Auth(layer.layer(Inner)), Some(layer))
+    }
+
+    async fn call(self, req: Request<Empty<Bytes>>) -> Response<Empty<Bytes>> {
+        match self {
+            Self::Reference(reference) => reference.call(req).await,
+            Self::Auth(service) => service.oneshot(req).await.expect("a response"),
+        }
+    }
+}
+
+/// What one stampede showed.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    grants: u64,
+    /// How long the grant took, inside the fetcher.
+    grant: Duration,
+    /// The longest wait of any request, from its call to its response.
+    longest: Duration,
+    /// From the release of the requests to the last response.
+    wall: Duration,
+    /// From the release to the last request's call.
+    last_call: Duration,
+    /// From the release to the end of the grant.
+    grant_end: Duration,
+}
+
+impl Outcome {
+    fn extra(&self) -> Duration {
+        self.longest.saturating_sub(self.grant)
+    }
+}
+
+fn stampede(rt: &tokio::runtime::Runtime, auth: bool) -> Outcome {
+    let endpoint = Arc::new(Endpoint::default());
+    let (client, layer) = Client::new(auth, &endpoint);
+    let longest = Arc::new(AtomicU64::new(0));
+    let arrived = Arc::new(AtomicU64::new(0));
+    let last_call = Arc::new(AtomicU64::new(0));
+    let last_done = Arc::new(AtomicU64::new(0));
+    let remaining = Arc::new(AtomicUsize::new(WAITERS));
+    let all_done = Arc::new(Notify::new());
+    let origin = Instant::now();
+
+    let released = rt.block_on(async {
+        let (open, gate) = watch::channel(false);
+        // Detached tasks: the last one to finish says so. (A `JoinSet` would
+        // add its own bookkeeping per task to the drain being measured.)
+        for _ in 0..WAITERS {
+            let client = client.clone();
+            let mut gate = gate.clone();
+            let longest = Arc::clone(&longest);
+            let arrived = Arc::clone(&arrived);
+            let last_call = Arc::clone(&last_call);
+            let last_done = Arc::clone(&last_done);
+            let remaining = Arc::clone(&remaining);
+            let all_done = Arc::clone(&all_done);
+            tokio::spawn(async move {
+                arrived.fetch_add(1, Ordering::Relaxed);
+                gate.wait_for(|open| *open).await.expect("gate");
+                let request = Request::get(URI).body(Empty::new()).expect("request");
+                let start = Instant::now();
+                let at = start.saturating_duration_since(origin).as_nanos() as u64;
+                last_call.fetch_max(at, Ordering::Relaxed);
+                let response = client.call(request).await;
+                let waited = start.elapsed();
+                assert_eq!(response.status(), StatusCode::OK);
+                longest.fetch_max(waited.as_nanos() as u64, Ordering::Relaxed);
+                let done = origin.elapsed().as_nanos() as u64;
+                last_done.fetch_max(done, Ordering::Relaxed);
+                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    all_done.notify_one();
+                }
+            });
+        }
+        // Every request waits at the gate before it opens (bounded: 10 s).
+        for _ in 0..10_000 {
+            if arrived.load(Ordering::Relaxed) == WAITERS as u64 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            arrived.load(Ordering::Relaxed),
+            WAITERS as u64,
+            "all at the gate"
+        );
+        let released = Instant::now();
+        open.send_replace(true);
+        // A request task that panicked never finishes: bounded wait.
+        tokio::time::timeout(Duration::from_secs(30), all_done.notified())
+            .await
+            .expect("every request answered");
+        released
+    });
+
+    let grants = match &layer {
+        Some(layer) => layer.stats().grants(),
+        None => endpoint.grants.load(Ordering::Relaxed),
+    };
+    let (grant, grant_end) = endpoint
+        .last
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .expect("a grant was made");
+    let since_release =
+        |nanos: u64| (origin + Duration::from_nanos(nanos)).saturating_duration_since(released);
+    Outcome {
+        grants,
+        grant,
+        longest: Duration::from_nanos(longest.load(Ordering::Relaxed)),
+        wall: since_release(last_done.load(Ordering::Relaxed)),
+        last_call: since_release(last_call.load(Ordering::Relaxed)),
+        grant_end: grant_end.saturating_duration_since(released),
+    }
+}
+
+/// Totals over the stampedes of one variant.
+#[derive(Default)]
+struct Summary {
+    runs: u32,
+    wall: Duration,
+    extra: Duration,
+    worst: Option<Outcome>,
+}
+
+impl Summary {
+    fn add(&mut self, outcome: Outcome) {
+        self.runs += 1;
+        self.wall += outcome.wall;
+        self.extra += outcome.extra();
+        if self.worst.is_none_or(|w| outcome.extra() > w.extra()) {
+            self.worst = Some(outcome);
+        }
+    }
+
+    fn print(&self, name: &str) {
+        let Some(worst) = self.worst else { return };
+        let runs = self.runs.max(1);
+        eprintln!(
+            "stampede/{name}: {} stampedes of {WAITERS} requests, 1 grant each; mean wall {:?}, \
+             mean extra wait {:?}; worst: grant {:?}, longest wait {:?}, extra wait {:?} \
+             (since the release: last call {:?}, grant end {:?}, last response {:?})",
+            self.runs,
+            self.wall / runs,
+            self.extra / runs,
+            worst.grant,
+            worst.longest,
+            worst.extra(),
+            worst.last_call,
+            worst.grant_end,
+            worst.wall,
+        );
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let mut group = c.benchmark_group("stampede");
+    group.sampling_mode(SamplingMode::Flat);
+    let mut summaries = Vec::new();
+    for (name, auth) in [("reference", false), ("auth", true)] {
+        let mut summary = Summary::default();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut extra = Duration::ZERO;
+                for _ in 0..iters {
+                    let outcome = stampede(&rt, auth);
+                    assert_eq!(outcome.grants, 1, "one grant for {WAITERS} waiters");
+                    extra += outcome.extra();
+                    summary.add(outcome);
+                }
+                extra
+            })
+        });
+        summaries.push((name, summary));
+    }
+    group.finish();
+    for (name, summary) in &summaries {
+        summary.print(name);
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);
