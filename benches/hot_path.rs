@@ -28,10 +28,9 @@
 use std::{
     convert::Infallible,
     fmt,
-    future::{Future, Ready, ready},
+    future::Future,
     hint::black_box,
-    pin::{Pin, pin},
-    sync::{Arc, RwLock},
+    pin::pin,
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
@@ -39,178 +38,14 @@ use std::{
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use daxium_auth::{AccessToken, AuthLayer, Credentials, NoReplay, TokenPair, fetcher};
-use http::{
-    Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
-    header::AUTHORIZATION,
-};
+use http::{Request, StatusCode};
 use http_body_util::Empty;
-use pin_project_lite::pin_project;
-use tower::{Layer, Service, util::Oneshot};
+use tower::{Layer, Service};
 use tower_http::auth::AddAuthorization;
 
-const URI: &str = "http://127.0.0.1:8080/api/v1/items";
-const ORIGIN: &str = "http://127.0.0.1:8080";
-/// The length and alphabet of a Daxium access token.
-const TOKEN: &str =
-    "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
+mod support;
 
-// === the inner service ===
-
-/// Answers 200 at once, whatever the body type.
-#[derive(Debug, Clone, Copy)]
-struct Inner;
-
-impl<B> Service<Request<B>> for Inner {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        drop(black_box(req));
-        ready(Ok(Response::new(Empty::new())))
-    }
-}
-
-// === the reference layer ===
-
-/// The plain way: the token under an `RwLock`; a copy of the request and a
-/// clone of the inner service kept for one retry after a 401.
-#[derive(Clone)]
-struct Reference {
-    token: Arc<RwLock<HeaderValue>>,
-}
-
-impl Reference {
-    fn new(token: &str) -> Self {
-        let mut header = HeaderValue::try_from(format!("Bearer {token}")).expect("valid header");
-        header.set_sensitive(true);
-        Self {
-            token: Arc::new(RwLock::new(header)),
-        }
-    }
-}
-
-impl<S> Layer<S> for Reference {
-    type Service = ReferenceService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        ReferenceService {
-            inner,
-            token: Arc::clone(&self.token),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct ReferenceService<S> {
-    inner: S,
-    token: Arc<RwLock<HeaderValue>>,
-}
-
-struct Saved<S> {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
-    service: S,
-    token: Arc<RwLock<HeaderValue>>,
-}
-
-pin_project! {
-    struct ReferenceFuture<S, B>
-    where
-        S: Service<Request<B>>,
-    {
-        #[pin]
-        fut: S::Future,
-        saved: Option<Saved<S>>,
-        retry: Option<Pin<Box<Oneshot<S, Request<B>>>>>,
-    }
-}
-
-impl<S, B, R> Service<Request<B>> for ReferenceService<S>
-where
-    S: Service<Request<B>, Response = Response<R>> + Clone,
-    B: Default,
-{
-    type Response = Response<R>;
-    type Error = S::Error;
-    type Future = ReferenceFuture<S, B>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let header = self.token.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let saved = Saved {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-            extensions: req.extensions().clone(),
-            service: self.inner.clone(),
-            token: Arc::clone(&self.token),
-        };
-        req.headers_mut().insert(AUTHORIZATION, header);
-        ReferenceFuture {
-            fut: self.inner.call(req),
-            saved: Some(saved),
-            retry: None,
-        }
-    }
-}
-
-impl<S, B, R> Future for ReferenceFuture<S, B>
-where
-    S: Service<Request<B>, Response = Response<R>> + Clone,
-    B: Default,
-{
-    type Output = Result<Response<R>, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(retry) = this.retry {
-            return retry.as_mut().poll(cx);
-        }
-        let res = std::task::ready!(this.fut.poll(cx))?;
-        let Some(saved) = this
-            .saved
-            .take()
-            .filter(|_| res.status() == StatusCode::UNAUTHORIZED)
-        else {
-            return Poll::Ready(Ok(res));
-        };
-        // Bodiless requests only: the reference keeps no body.
-        let mut req = Request::new(B::default());
-        *req.method_mut() = saved.method;
-        *req.uri_mut() = saved.uri;
-        *req.version_mut() = saved.version;
-        *req.headers_mut() = saved.headers;
-        *req.extensions_mut() = saved.extensions;
-        let header = saved
-            .token
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        req.headers_mut().insert(AUTHORIZATION, header);
-        let retry = this
-            .retry
-            .insert(Box::pin(Oneshot::new(saved.service, req)));
-        retry.as_mut().poll(cx)
-    }
-}
-
-// === driving ===
-
-fn request() -> Request<Empty<Bytes>> {
-    Request::get(URI).body(Empty::new()).expect("valid request")
-}
+use support::{Inner, ORIGIN, Reference, TOKEN, request};
 
 fn request_no_replay() -> Request<Empty<Bytes>> {
     let mut req = request();

@@ -1,0 +1,190 @@
+//! What the benches share: the inner service that answers at once, and the
+//! reference layer that does the job the plain way.
+#![allow(dead_code)]
+
+use std::{
+    convert::Infallible,
+    future::{Future, Ready, ready},
+    hint::black_box,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{
+    Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::AUTHORIZATION,
+};
+use http_body_util::Empty;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service, util::Oneshot};
+
+pub(crate) const URI: &str = "http://127.0.0.1:8080/api/v1/items";
+pub(crate) const ORIGIN: &str = "http://127.0.0.1:8080";
+/// The length and alphabet of a Daxium access token.
+pub(crate) const TOKEN: &str =
+    "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
+
+// === the inner service ===
+
+/// Answers 200 at once, whatever the body type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Inner;
+
+impl<B> Service<Request<B>> for Inner {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        drop(black_box(req));
+        ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+// === the reference layer ===
+
+/// The plain way: the token under an `RwLock`; a copy of the request and a
+/// clone of the inner service kept for one retry after a 401.
+#[derive(Clone)]
+pub(crate) struct Reference {
+    pub(crate) token: Arc<RwLock<HeaderValue>>,
+}
+
+impl Reference {
+    pub(crate) fn new(token: &str) -> Self {
+        let mut header = HeaderValue::try_from(format!("Bearer {token}")).expect("valid header");
+        header.set_sensitive(true);
+        Self {
+            token: Arc::new(RwLock::new(header)),
+        }
+    }
+}
+
+impl<S> Layer<S> for Reference {
+    type Service = ReferenceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ReferenceService {
+            inner,
+            token: Arc::clone(&self.token),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct ReferenceService<S> {
+    inner: S,
+    token: Arc<RwLock<HeaderValue>>,
+}
+
+pub(crate) struct Saved<S> {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+    service: S,
+    token: Arc<RwLock<HeaderValue>>,
+}
+
+pin_project! {
+    pub(crate) struct ReferenceFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        fut: S::Future,
+        saved: Option<Saved<S>>,
+        retry: Option<Pin<Box<Oneshot<S, Request<B>>>>>,
+    }
+}
+
+impl<S, B, R> Service<Request<B>> for ReferenceService<S>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone,
+    B: Default,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = ReferenceFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let header = self.token.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let saved = Saved {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
+            service: self.inner.clone(),
+            token: Arc::clone(&self.token),
+        };
+        req.headers_mut().insert(AUTHORIZATION, header);
+        ReferenceFuture {
+            fut: self.inner.call(req),
+            saved: Some(saved),
+            retry: None,
+        }
+    }
+}
+
+impl<S, B, R> Future for ReferenceFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<R>> + Clone,
+    B: Default,
+{
+    type Output = Result<Response<R>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(retry) = this.retry {
+            return retry.as_mut().poll(cx);
+        }
+        let res = std::task::ready!(this.fut.poll(cx))?;
+        let Some(saved) = this
+            .saved
+            .take()
+            .filter(|_| res.status() == StatusCode::UNAUTHORIZED)
+        else {
+            return Poll::Ready(Ok(res));
+        };
+        // Bodiless requests only: the reference keeps no body.
+        let mut req = Request::new(B::default());
+        *req.method_mut() = saved.method;
+        *req.uri_mut() = saved.uri;
+        *req.version_mut() = saved.version;
+        *req.headers_mut() = saved.headers;
+        *req.extensions_mut() = saved.extensions;
+        let header = saved
+            .token
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        req.headers_mut().insert(AUTHORIZATION, header);
+        let retry = this
+            .retry
+            .insert(Box::pin(Oneshot::new(saved.service, req)));
+        retry.as_mut().poll(cx)
+    }
+}
+
+pub(crate) fn bearer(token: &str) -> HeaderValue {
+    let mut header = HeaderValue::try_from(format!("Bearer {token}")).expect("valid header");
+    header.set_sensitive(true);
+    header
+}
+
+/// A bodiless GET to the benches' absolute URI.
+pub(crate) fn request() -> Request<Empty<Bytes>> {
+    Request::get(URI).body(Empty::new()).expect("valid request")
+}
