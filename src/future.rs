@@ -23,7 +23,7 @@ use crate::{
     body::{Replay, ReplayBody},
     cache::Slot,
     error::{Error, TokenError},
-    service::{Local, dispatch, slot_header},
+    service::{Local, dispatch},
 };
 
 type Acquire = Pin<Box<dyn Future<Output = Result<Slot, TokenError>> + Send>>;
@@ -288,7 +288,7 @@ where
                     local,
                     replay,
                 } = *pending.take().expect("polled after completion");
-                let header = slot_header(&slot);
+                let header = slot.header.clone();
                 dispatch(&mut inner, req, slot.id, header, &local, replay).state
             }
             StateProj::Sent {
@@ -306,7 +306,7 @@ where
             StateProj::Reacquire { token, replay, .. } => {
                 let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
                 let (service, mut req) = *replay.take().expect("polled after completion");
-                req.headers_mut().insert(AUTHORIZATION, slot_header(&slot));
+                req.headers_mut().insert(AUTHORIZATION, slot.header.clone());
                 State::Replay {
                     fut: Box::pin(Oneshot::new(service, req)),
                 }

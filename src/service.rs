@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use crate::{
     body::{NoReplay, Replay, ReplayBody},
-    cache::{Shared, Slot, State},
+    cache::{Shared, State},
     error::Error,
     future::{ResponseFuture, Retry},
     layer::{AuthLayer, LayerConfig},
@@ -226,8 +226,4 @@ where
     req.headers_mut().insert(AUTHORIZATION, header);
     let fut = inner.call(req);
     ResponseFuture::sent(fut, id, Arc::clone(local), retry)
-}
-
-pub(crate) fn slot_header(slot: &Slot) -> HeaderValue {
-    slot.header.clone()
 }
