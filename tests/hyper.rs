@@ -18,25 +18,12 @@ use hyper_util::{
 };
 use tower::{Layer, ServiceExt};
 
+mod support;
+
+use support::{layer, server};
+
 type Inner = Client<HttpConnector, ReplayBody<Full<Bytes>>>;
 type Api = AuthService<Inner>;
-
-async fn server(lifetime: Duration) -> MockServer {
-    MockServer::builder()
-        .token_lifetime(lifetime)
-        .start()
-        .await
-        .expect("bind 127.0.0.1")
-}
-
-fn layer(server: &MockServer) -> AuthLayer {
-    AuthLayer::builder()
-        .token_url(server.token_url())
-        .credentials(server.credentials())
-        .refresh_margin(Duration::from_millis(500))
-        .build()
-        .expect("valid settings")
-}
 
 fn client(layer: &AuthLayer) -> Api {
     let inner = Client::builder(TokioExecutor::new()).build_http();

@@ -16,22 +16,9 @@ use reqwest::StatusCode;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tower::{Layer, ServiceExt};
 
-async fn server(lifetime: Duration) -> MockServer {
-    MockServer::builder()
-        .token_lifetime(lifetime)
-        .start()
-        .await
-        .expect("bind 127.0.0.1")
-}
+mod support;
 
-fn layer(server: &MockServer) -> AuthLayer {
-    AuthLayer::builder()
-        .token_url(server.token_url())
-        .credentials(server.credentials())
-        .refresh_margin(Duration::from_millis(500))
-        .build()
-        .expect("valid settings")
-}
+use support::{layer, server};
 
 fn new_client(layer: &AuthLayer) -> ClientWithMiddleware {
     let reqwest = reqwest::Client::builder()
