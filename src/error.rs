@@ -24,6 +24,7 @@ pub struct TokenError {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     kind: Kind,
     grant: Option<GrantType>,
@@ -31,9 +32,10 @@ struct Inner {
     body: Option<ErrorBody>,
     detail: Option<String>,
     retry_after: Option<Duration>,
-    source: Option<BoxError>,
+    /// Shared, so that a copy-on-write of a shared error keeps its cause.
+    source: Option<Arc<dyn StdError + Send + Sync + 'static>>,
     /// A rotated refresh token from a 2xx answer that was otherwise unusable;
-    /// the cache takes it out before the error is shared. Never shown.
+    /// the cache splits it off before the error is shared. Never shown.
     refresh: Option<RefreshToken>,
 }
 
@@ -77,8 +79,14 @@ impl TokenError {
         }
     }
 
+    pub(crate) fn closed() -> Self {
+        Self::new(Kind::Closed)
+    }
+
+    /// Copy-on-write: an error built by a fetcher may be a clone of one it
+    /// handed out before, so its inner part is copied rather than assumed unique.
     fn inner_mut(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.inner).expect("TokenError is only built before it is shared")
+        Arc::make_mut(&mut self.inner)
     }
 
     pub(crate) fn with_grant(mut self, grant: GrantType) -> Self {
@@ -112,12 +120,18 @@ impl TokenError {
         self
     }
 
-    pub(crate) fn take_refresh_token(&mut self) -> Option<RefreshToken> {
-        Arc::get_mut(&mut self.inner)?.refresh.take()
+    /// Splits off the rotated refresh token of an unusable 2xx answer, so that
+    /// it travels as a value of its own and the error can be shared without it.
+    pub(crate) fn split_refresh_token(mut self) -> (Self, Option<RefreshToken>) {
+        if self.inner.refresh.is_none() {
+            return (self, None);
+        }
+        let refresh = self.inner_mut().refresh.take();
+        (self, refresh)
     }
 
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
-        self.inner_mut().source = Some(source.into());
+        self.inner_mut().source = Some(Arc::from(source.into()));
         self
     }
 

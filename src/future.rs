@@ -21,12 +21,12 @@ use tower_service::Service;
 
 use crate::{
     body::{Replay, ReplayBody},
-    cache::Slot,
+    cache::{Answer, Event, Live, LiveSlot, Ticket},
     error::{Error, TokenError},
-    service::{Local, dispatch},
+    service::{Local, dispatch, failure},
 };
 
-type Acquire = Pin<Box<dyn Future<Output = Result<Slot, TokenError>> + Send>>;
+type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
 
 pin_project! {
     /// The response future of [`AuthService`](crate::AuthService).
@@ -53,12 +53,24 @@ pin_project! {
         Acquire { token: Acquire, pending: Option<Box<Pending<S, B>>> },
         // The first attempt.
         Sent { #[pin] fut: F, id: u64, local: Arc<Local>, retry: Option<Box<Retry<S, B>>> },
-        // After a 401: wait for a token other than the refused one.
-        // `local` keeps the cache, and the grant it runs, alive until the replay.
-        Reacquire { token: Acquire, replay: Option<Box<(S, Request<ReplayBody<B>>)>>, local: Arc<Local> },
-        // The one replay; its answer goes back as it is.
-        Replay { fut: Pin<Box<Oneshot<S, Request<ReplayBody<B>>>>> },
+        // After a 401: wait for the token to replay with (a refresh in flight
+        // first). The refused answer goes back if the cache says no replay.
+        Reacquire { token: Acquire, replay: Option<Box<Reacquire<S, B>>> },
+        // The one replay; its answer goes back as it is, and the cache learns
+        // when it was refused too.
+        Replay { fut: Pin<Box<Oneshot<S, Request<ReplayBody<B>>>>>, id: u64, local: Arc<Local> },
     }
+}
+
+/// What the replay after a 401 keeps while it waits for a token.
+pub(crate) struct Reacquire<S, B>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    service: S,
+    req: Request<ReplayBody<B>>,
+    refused: S::Response,
+    local: Arc<Local>,
 }
 
 pub(crate) struct Pending<S, B> {
@@ -130,11 +142,16 @@ where
         }
     }
 
-    pub(crate) fn acquire(inner: S, req: Request<B>, local: Arc<Local>, replay: bool) -> Self {
-        let shared = Arc::clone(local.shared());
+    pub(crate) fn acquire(
+        inner: S,
+        req: Request<B>,
+        local: Arc<Local>,
+        replay: bool,
+        ticket: Ticket,
+    ) -> Self {
         Self {
             state: State::Acquire {
-                token: Box::pin(async move { shared.acquire(None).await }),
+                token: Box::pin(Arc::clone(local.shared()).wait(ticket)),
                 pending: Some(Box::new(Pending {
                     inner,
                     req,
@@ -222,7 +239,7 @@ fn after_401<S, B, F, ResBody>(
     res: Response<ResBody>,
 ) -> Result<State<S, B, F>, Response<ResBody>>
 where
-    S: Service<Request<ReplayBody<B>>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
 {
     if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(res.headers()) {
         return Err(res);
@@ -239,29 +256,52 @@ fn replay_after_401<S, B, F, ResBody>(
     res: Response<ResBody>,
 ) -> Result<State<S, B, F>, Response<ResBody>>
 where
-    S: Service<Request<ReplayBody<B>>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
 {
     let shared = local.shared();
-    // Refreshes only if this token is still the current one.
-    shared.invalidate(id);
-    let Some(replay) = retry.take().and_then(|retry| retry.into_request()) else {
-        shared
-            .counters
-            .replays_skipped
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let Some((service, req)) = retry.take().and_then(|retry| retry.into_request()) else {
+        // No replay, but the cache still refreshes if this token is current.
+        shared.run(Event::Refused { id, waiter: None });
+        shared.counters.replay_skipped();
         return Err(res);
     };
-    shared
-        .counters
-        .replays
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::debug!(target: "daxium_auth", method = %replay.1.method(), "401: replaying the request once with a new token");
-    let acquire = Arc::clone(shared);
-    Ok(State::Reacquire {
-        token: Box::pin(async move { acquire.acquire(Some(id)).await }),
-        replay: Some(Box::new(replay)),
+    match shared.ask(Some(id)) {
+        Ok(Answer::Token(slot)) => Ok(replay(service, req, slot, local)),
+        Ok(Answer::Failed(err)) => Ok(State::Failed { err: Some(err) }),
+        Ok(Answer::NoReplay | Answer::Retry) => {
+            shared.counters.replay_skipped();
+            Err(res)
+        }
+        Err(ticket) => Ok(State::Reacquire {
+            token: Box::pin(Arc::clone(shared).wait(ticket)),
+            replay: Some(Box::new(Reacquire {
+                service,
+                req,
+                refused: res,
+                local: Arc::clone(local),
+            })),
+        }),
+    }
+}
+
+/// The replay, with the token the cache chose.
+fn replay<S, B, F>(
+    service: S,
+    mut req: Request<ReplayBody<B>>,
+    slot: LiveSlot,
+    local: &Arc<Local>,
+) -> State<S, B, F>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    local.shared().counters.replayed();
+    tracing::debug!(target: "daxium_auth", method = %req.method(), "401: replaying the request once with a new token");
+    req.headers_mut().insert(AUTHORIZATION, slot.access);
+    State::Replay {
+        fut: Box::pin(Oneshot::new(service, req)),
+        id: slot.id,
         local: Arc::clone(local),
-    })
+    }
 }
 
 /// Every state but the common path's.
@@ -281,15 +321,17 @@ where
                 return Poll::Ready(Err(Error::Token(err)));
             }
             StateProj::Acquire { token, pending } => {
-                let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
+                let slot = match ready!(token.as_mut().poll(cx)) {
+                    Answer::Token(slot) => slot,
+                    answer => return Poll::Ready(Err(Error::Token(failure(answer)))),
+                };
                 let Pending {
                     mut inner,
                     req,
                     local,
                     replay,
                 } = *pending.take().expect("polled after completion");
-                let header = slot.header.clone();
-                dispatch(&mut inner, req, slot.id, header, &local, replay).state
+                dispatch(&mut inner, req, slot.id, slot.access, &local, replay).state
             }
             StateProj::Sent {
                 fut,
@@ -303,15 +345,33 @@ where
                     Err(res) => return Poll::Ready(Ok(res)),
                 }
             }
-            StateProj::Reacquire { token, replay, .. } => {
-                let slot = ready!(token.as_mut().poll(cx)).map_err(Error::Token)?;
-                let (service, mut req) = *replay.take().expect("polled after completion");
-                req.headers_mut().insert(AUTHORIZATION, slot.header.clone());
-                State::Replay {
-                    fut: Box::pin(Oneshot::new(service, req)),
+            StateProj::Reacquire {
+                token,
+                replay: pending,
+            } => {
+                let answer = ready!(token.as_mut().poll(cx));
+                let Reacquire {
+                    service,
+                    req,
+                    refused,
+                    local,
+                } = *pending.take().expect("polled after completion");
+                match answer {
+                    Answer::Token(slot) => replay(service, req, slot, &local),
+                    Answer::NoReplay | Answer::Retry => {
+                        local.shared().counters.replay_skipped();
+                        return Poll::Ready(Ok(refused));
+                    }
+                    Answer::Failed(err) => return Poll::Ready(Err(Error::Token(err))),
                 }
             }
-            StateProj::Replay { fut } => return fut.as_mut().poll(cx).map_err(Error::Inner),
+            StateProj::Replay { fut, id, local } => {
+                let res = ready!(fut.as_mut().poll(cx)).map_err(Error::Inner)?;
+                if res.status() == StatusCode::UNAUTHORIZED && refuses_token(res.headers()) {
+                    local.shared().run(Event::ReplayRefused { id: *id });
+                }
+                return Poll::Ready(Ok(res));
+            }
         };
         state.set(next);
     }

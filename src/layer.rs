@@ -223,6 +223,17 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// How long a request with no valid token waits for one (default 10 s).
+    /// It waits through the retries of a failing token endpoint as long as the
+    /// next attempt starts within this budget, so that a cold start that meets
+    /// one 500 succeeds a moment later; it gets the last error at once when the
+    /// next attempt lies beyond it, when it runs out, or when the password is
+    /// refused.
+    pub fn wait_budget(mut self, budget: Duration) -> Self {
+        self.cache.wait_budget = budget;
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<AuthLayer, BuildError> {
         let credentials = self.credentials.ok_or(BuildError::Missing("credentials"))?;

@@ -24,7 +24,7 @@
 //! # }
 //! ```
 
-use std::{fmt, sync::atomic::Ordering::Relaxed};
+use std::fmt;
 
 use ::reqwest::{Request, Response};
 use http::{Extensions, StatusCode, Uri, header::AUTHORIZATION};
@@ -151,20 +151,32 @@ impl Middleware for AuthMiddleware {
         }
 
         let cache = self.layer.cache();
-        // Refreshes only if this token is still the current one.
-        cache.token_rejected(&token);
         let counters = &cache.shared().counters;
         let Some(mut retry) = retry else {
-            counters.replays_skipped.fetch_add(1, Relaxed);
+            // No replay, but the cache still refreshes if this token is current.
+            cache.token_rejected(&token);
+            counters.replay_skipped();
             return Ok(res);
         };
-        counters.replays.fetch_add(1, Relaxed);
+        // The replay waits for a refresh in flight, and carries the newest token.
+        let Some(token) = cache
+            .replacement_for(&token)
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?
+        else {
+            counters.replay_skipped();
+            return Ok(res);
+        };
+        counters.replayed();
         tracing::debug!(target: "daxium_auth", method = %retry.method(), "401: replaying the request once with a new token");
         // The refused answer is not needed any more; dropping it frees its
         // connection before the replay asks for one.
         drop(res);
-        let token = self.token().await?;
         authorize(&mut retry, &token);
-        next.run(retry, extensions).await
+        let res = next.run(retry, extensions).await?;
+        if res.status() == StatusCode::UNAUTHORIZED && refuses_token(res.headers()) {
+            cache.replay_rejected(&token);
+        }
+        Ok(res)
     }
 }

@@ -17,8 +17,8 @@ use tower_service::Service;
 
 use crate::{
     body::{NoReplay, Replay, ReplayBody},
-    cache::{Shared, State},
-    error::Error,
+    cache::{Answer, Live, Phase, Shared, View},
+    error::{Error, TokenError},
     future::{ResponseFuture, Retry},
     layer::{AuthLayer, LayerConfig},
 };
@@ -34,7 +34,7 @@ use crate::{
 pub struct AuthService<S> {
     inner: S,
     local: Arc<Local>,
-    view: Cache<View, Arc<State>>,
+    view: Cache<Published, Arc<View<Live>>>,
     header: Option<(u64, HeaderValue)>,
     /// The token id this instance has sent once with the shared header value.
     seen_once: u64,
@@ -57,20 +57,20 @@ impl Local {
 
 /// The cache's `ArcSwap`, as `arc_swap::cache::Cache` wants it.
 #[derive(Clone)]
-pub(crate) struct View(Arc<Shared>);
+pub(crate) struct Published(Arc<Shared>);
 
-impl Deref for View {
-    type Target = ArcSwap<State>;
+impl Deref for Published {
+    type Target = ArcSwap<View<Live>>;
 
     fn deref(&self) -> &Self::Target {
-        self.0.state()
+        self.0.view()
     }
 }
 
 impl<S> AuthService<S> {
     /// Wraps `inner` with the token cache of `layer`.
     pub fn new(inner: S, layer: AuthLayer) -> Self {
-        let view = Cache::new(View(Arc::clone(layer.cache().shared())));
+        let view = Cache::new(Published(Arc::clone(layer.cache().shared())));
         Self {
             inner,
             local: Arc::new(Local { layer }),
@@ -146,22 +146,19 @@ where
         }
         let replay = config.replay && req.extensions().get::<NoReplay>().is_none();
 
-        let state = self.view.load();
-        let Some(slot) = state.slot() else {
-            if let State::Failed(err) = &**state {
-                return ResponseFuture::failed(err.clone());
+        let view = self.view.load();
+        let slot = match &**view {
+            View::Token(slot, Phase::Fresh | Phase::Refreshing) => slot,
+            View::Token(slot, Phase::Stale) => {
+                // The token is still valid; the core starts one refresh.
+                self.local.shared().kick();
+                slot
             }
-            // No valid token: take the service that was made ready into the future,
-            // which calls it once a grant has landed.
-            let clone = self.inner.clone();
-            let inner = std::mem::replace(&mut self.inner, clone);
-            return ResponseFuture::acquire(inner, req, Arc::clone(&self.local), replay);
+            View::Failed(err) => return ResponseFuture::failed(err.clone()),
+            View::Token(_, Phase::Unchecked) | View::Empty => {
+                return without_token(&mut self.inner, req, &self.local, replay);
+            }
         };
-        if let State::Stale(_) = &**state {
-            // The token is still valid; a refresh that cannot start now is
-            // started by a later caller.
-            let _ = self.local.shared().start_refresh();
-        }
         let id = slot.id;
         let header = match &self.header {
             Some((seen, header)) if *seen == id => header.clone(),
@@ -170,15 +167,48 @@ where
             // so threads with their own service never contend on one count.
             _ if self.seen_once != id => {
                 self.seen_once = id;
-                slot.header.clone()
+                slot.access.clone()
             }
             _ => {
-                let header = own_copy(&slot.header);
+                let header = own_copy(&slot.access);
                 self.header = Some((id, header.clone()));
                 header
             }
         };
         dispatch(&mut self.inner, req, id, header, &self.local, replay)
+    }
+}
+
+/// No token to attach without asking the cache: ask, and either send now or
+/// take the service that was made ready into a future that waits for a grant.
+#[cold]
+#[inline(never)]
+fn without_token<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    local: &Arc<Local>,
+    replay: bool,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    match local.shared().ask(None) {
+        Ok(Answer::Token(slot)) => dispatch(inner, req, slot.id, slot.access, local, replay),
+        Ok(answer) => ResponseFuture::failed(failure(answer)),
+        Err(ticket) => {
+            let clone = inner.clone();
+            let inner = std::mem::replace(inner, clone);
+            ResponseFuture::acquire(inner, req, Arc::clone(local), replay, ticket)
+        }
+    }
+}
+
+/// The error of an answer that holds no token.
+pub(crate) fn failure(answer: Answer<Live>) -> TokenError {
+    match answer {
+        Answer::Failed(err) => err,
+        Answer::Token(_) | Answer::NoReplay | Answer::Retry => TokenError::closed(),
     }
 }
 

@@ -4,7 +4,25 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::{cache::Outcome, fetcher::GrantType};
+use crate::fetcher::GrantType;
+
+/// How a grant ended, as the counters and the traces tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Rejected,
+    Failed,
+}
+
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -14,9 +32,9 @@ pub(crate) struct Counters {
     refresh_ok: AtomicU64,
     refresh_rejected: AtomicU64,
     refresh_failed: AtomicU64,
-    pub(crate) replays: AtomicU64,
-    pub(crate) replays_skipped: AtomicU64,
-    pub(crate) waited: AtomicU64,
+    replays: AtomicU64,
+    replays_skipped: AtomicU64,
+    waited: AtomicU64,
 }
 
 impl Counters {
@@ -30,6 +48,18 @@ impl Counters {
             (GrantType::RefreshToken, Outcome::Failed) => &self.refresh_failed,
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn replayed(&self) {
+        self.replays.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn replay_skipped(&self) {
+        self.replays_skipped.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn waited(&self) {
+        self.waited.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Stats {

@@ -488,14 +488,22 @@ mod tests {
 
     #[test]
     fn a_rotated_refresh_token_survives_an_unusable_answer() {
-        let mut err = parse(r#"{"access_token":"bad token","refresh_token":"r2"}"#).unwrap_err();
+        let err = parse(r#"{"access_token":"bad token","refresh_token":"r2"}"#).unwrap_err();
         assert!(!format!("{err:?} {err}").contains("r2"));
-        assert_eq!(err.take_refresh_token().unwrap().expose_secret(), "r2");
-        let mut err =
+        let shared = err.clone();
+        let (err, rotated) = err.split_refresh_token();
+        assert_eq!(rotated.unwrap().expose_secret(), "r2");
+        assert!(err.is_invalid_response());
+        // A clone handed out before keeps its own copy; nothing panics.
+        assert_eq!(
+            shared.split_refresh_token().1.unwrap().expose_secret(),
+            "r2"
+        );
+        let err =
             parse(r#"{"access_token":"ok","token_type":"mac","refresh_token":"r3"}"#).unwrap_err();
-        assert_eq!(err.take_refresh_token().unwrap().expose_secret(), "r3");
-        let mut err = parse(r#"{"token_type":"bearer"}"#).unwrap_err();
-        assert!(err.take_refresh_token().is_none());
+        assert_eq!(err.split_refresh_token().1.unwrap().expose_secret(), "r3");
+        let err = parse(r#"{"token_type":"bearer"}"#).unwrap_err();
+        assert!(err.split_refresh_token().1.is_none());
     }
 
     #[test]

@@ -517,7 +517,8 @@ async fn chaos_soak_keeps_every_promise() {
             tokio::time::sleep_until(t0 + Duration::from_millis(1250)).await;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Refusals start at most one grant a second: probe past that bound.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
     }
     assert!(fresh, "no fresh token after the soak");
     let before = server.counters().grant_requests;

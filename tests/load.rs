@@ -135,7 +135,7 @@ async fn a_refused_login_fails_fast_without_the_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_endpoint_fails_fast() {
+async fn an_unreachable_endpoint_fails_within_the_wait_budget() {
     // A port that was just free: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -161,7 +161,9 @@ async fn an_unreachable_endpoint_fails_fast() {
         !line.contains("s3cret") && !line.contains("pa55word"),
         "{line}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // It rides out the attempts that start within the wait budget (10 s),
+    // then reports the last error.
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 #[tokio::test]

@@ -187,7 +187,10 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
     let builder = AuthLayer::builder()
         .credentials(credentials(PASSWORD))
         .api_origin("https://api.example.com")
-        .backoff(Duration::from_millis(20), Duration::from_millis(40))
+        .backoff(Duration::from_millis(100), Duration::from_millis(200))
+        // Longer than a grant (5 ms), shorter than the first backoff (50 ms at
+        // least): callers see each failure at once.
+        .wait_budget(Duration::from_millis(20))
         .rejected_cooldown(Duration::from_millis(100))
         .fetcher(fetcher::from_fn({
             let endpoint = Arc::clone(&endpoint);
@@ -294,6 +297,8 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
         ],
     ];
     for steps in failures {
+        // Past the one-second bound on grants after refusals.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         endpoint.script.lock().unwrap().extend(steps);
         revoke_latest();
         let err = svc.clone().oneshot(get()).await.unwrap_err();
@@ -308,8 +313,9 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
         if let Err(direct) = layer.cache().access_token().await {
             seen.error(&direct);
         }
-        // Recover: past the backoff (or the cool-down), a new grant.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Recover: past the backoff, the cool-down and the one-second bound on
+        // grants after refusals, a new grant.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let token = layer.cache().access_token().await.unwrap();
         layer.cache().token_rejected(&token);
         let _ = layer.cache().access_token().await.unwrap();
@@ -416,7 +422,10 @@ async fn http_grants_and_failures_never_show_a_secret() {
         .token_url(server.token_url())
         .credentials(credentials(PASSWORD))
         .fetcher(fetcher)
-        .backoff(Duration::from_millis(10), Duration::from_millis(20))
+        .backoff(Duration::from_millis(400), Duration::from_millis(800))
+        // Longer than a grant on loopback, shorter than the first backoff
+        // (200 ms at least): callers see each failure at once.
+        .wait_budget(Duration::from_millis(100))
         .rejected_cooldown(Duration::from_millis(50))
         .build()
         .unwrap();
@@ -555,6 +564,9 @@ async fn http_grants_and_failures_never_show_a_secret() {
         ("too slow", vec![Fault::Delay(Duration::from_secs(1))]),
     ];
     for (what, faults) in cases {
+        // Past the one-second bound on grants after refusals, so that the grant
+        // this 401 starts is the one that meets the fault.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         for fault in faults {
             server.fail_next_grants(1, fault);
         }

@@ -1,0 +1,213 @@
+//! The grant ladder, the part of the core that settles grants: commit a
+//! token pair, fall back from a refused refresh token to the password grant,
+//! hold a refused password, back off after anything else, and start the next
+//! grant when one is wanted and allowed.
+
+use super::{
+    Action, Answer, Class, Core, Failure, Flight, FlightId, Grant, Granted, Payload, Reason,
+    Rejection, Running, Slot, Token, Waiter, Why,
+    timing::{backoff, schedule},
+};
+
+impl<P: Payload> Core<P> {
+    pub(super) fn running(&self, flight: FlightId) -> bool {
+        matches!(&self.flight, Flight::Running(run) if run.id == flight)
+    }
+
+    fn take_running(&mut self, flight: FlightId) -> Option<Running<P::Refresh>> {
+        if !self.running(flight) {
+            return None;
+        }
+        match std::mem::replace(&mut self.flight, Flight::Idle) {
+            Flight::Running(run) => Some(run),
+            _ => None,
+        }
+    }
+
+    pub(super) fn granted(
+        &mut self,
+        flight: FlightId,
+        grant: Granted<P>,
+        out: &mut Vec<Action<P>>,
+    ) {
+        let Some(run) = self.take_running(flight) else {
+            return;
+        };
+        let margin = self.config.refresh_margin;
+        let (stale_at, expires_at) = schedule(grant.sent_at, grant.lifetime, margin, grant.jitter);
+        // An answer without a refresh token keeps the one that was sent.
+        let refresh = grant.refresh.or(run.sent);
+        if expires_at <= self.now {
+            let failure = Failure {
+                error: P::error(Why::Expired),
+                class: Class::Sent,
+                rotated: refresh,
+                retry_after: None,
+                jitter: grant.jitter,
+            };
+            return self.settle_failure(failure, run.credentials, false, out);
+        }
+        let slot = Slot {
+            id: self.next_token,
+            access: grant.access,
+        };
+        self.next_token += 1;
+        self.token = Some(Token {
+            slot: slot.clone(),
+            stale_at,
+            expires_at,
+            stale: self.now >= stale_at,
+            replay_refused: false,
+        });
+        self.refresh = refresh;
+        self.attempt = 0;
+        self.last_error = None;
+        self.rejected = None;
+        self.refused = false;
+        let all = self.waiters.keys().copied().collect();
+        self.answer(all, Answer::Token(slot), out);
+    }
+
+    pub(super) fn failed(
+        &mut self,
+        flight: FlightId,
+        failure: Failure<P>,
+        out: &mut Vec<Action<P>>,
+    ) {
+        let Some(run) = self.take_running(flight) else {
+            return;
+        };
+        let was_refresh = run.sent.is_some();
+        if failure.rotated.is_none() && failure.class == Class::Unsent {
+            // It never left: the refresh token is still good.
+            self.refresh = run.sent;
+        }
+        self.settle_failure(failure, run.credentials, was_refresh, out);
+    }
+
+    /// The ladder after a failure: the password grant at once when the refresh
+    /// token was refused, a rejection that holds, or a backoff.
+    fn settle_failure(
+        &mut self,
+        failure: Failure<P>,
+        credentials: u64,
+        was_refresh: bool,
+        out: &mut Vec<Action<P>>,
+    ) {
+        if failure.rotated.is_some() {
+            self.refresh = failure.rotated;
+        }
+        self.last_error = Some(failure.error.clone());
+        if failure.class == Class::Rejected {
+            if was_refresh || credentials != self.credentials {
+                return self.start(Reason::Chained, out);
+            }
+            tracing::error!(target: "daxium_auth", "password grant rejected; no new attempt until the credentials change or the cool-down ends");
+            self.rejections += 1;
+            self.rejected = Some(Rejection {
+                error: failure.error,
+                until: self.now.saturating_add(self.config.rejected_cooldown),
+                number: self.rejections,
+            });
+            return self.answer_each(|_| true, out);
+        }
+        let (min, max) = (self.config.backoff_min, self.config.backoff_max);
+        let delay = backoff(min, max, self.attempt, failure.retry_after, failure.jitter);
+        self.attempt = self.attempt.saturating_add(1);
+        let until = self.now.saturating_add(delay);
+        self.flight = Flight::Paused { until };
+        // Those who would wait past their budget get the error now.
+        self.answer_each(|waiter| waiter.deadline < until, out);
+    }
+
+    /// Answers every waiter that has a valid token to use, and those for whom
+    /// `give_up` holds (with the token's absence or the last error).
+    fn answer_each(&mut self, give_up: impl Fn(&Waiter) -> bool, out: &mut Vec<Action<P>>) {
+        let (mut tokens, mut no_replay, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        for (&id, waiter) in &self.waiters {
+            match self.best_for(waiter.not) {
+                Answer::Token(_) => tokens.push(id),
+                _ if !give_up(waiter) => {}
+                Answer::NoReplay => no_replay.push(id),
+                _ => errors.push(id),
+            }
+        }
+        if let Some(token) = &self.token {
+            let slot = token.slot.clone();
+            self.answer(tokens, Answer::Token(slot), out);
+        }
+        self.answer(no_replay, Answer::NoReplay, out);
+        let failure = self.failure();
+        self.answer(errors, failure, out);
+    }
+
+    pub(super) fn credentials_changed(&mut self, other_login: bool, out: &mut Vec<Action<P>>) {
+        self.credentials += 1;
+        self.attempt = 0;
+        self.rejected = None;
+        self.last_error = None;
+        if !other_login {
+            return;
+        }
+        // The session belongs to the previous login: nothing of it is kept, and a
+        // grant in flight for it is dropped whole.
+        self.token = None;
+        self.refresh = None;
+        self.refused = false;
+        if let Flight::Running(run) = &self.flight {
+            out.push(Action::Abort { flight: run.id });
+        }
+        self.flight = Flight::Idle;
+    }
+
+    /// Starts a grant when one is wanted and allowed.
+    pub(super) fn progress(&mut self, out: &mut Vec<Action<P>>) {
+        if !matches!(self.flight, Flight::Idle) || self.rejected.is_some() {
+            return;
+        }
+        let wanted = match &self.token {
+            Some(token) => token.stale && std::mem::take(&mut self.refresh_due),
+            None => self.refused || !self.waiters.is_empty(),
+        };
+        if !wanted {
+            return;
+        }
+        let reason = match (&self.token, self.refused) {
+            (_, true) => Reason::Refusal,
+            (Some(_), false) => Reason::Stale,
+            (None, false) => Reason::Demand,
+        };
+        if reason == Reason::Refusal {
+            let interval = self.config.refusal_interval;
+            if let Some(allowed) = self
+                .last_refusal_grant
+                .map(|last| last.saturating_add(interval))
+                && self.now < allowed
+            {
+                self.flight = Flight::Paused { until: allowed };
+                return;
+            }
+            self.last_refusal_grant = Some(self.now);
+            self.refused = false;
+        }
+        self.start(reason, out);
+    }
+
+    /// A refresh token is spent the moment it is sent: it leaves the cache here.
+    fn start(&mut self, reason: Reason, out: &mut Vec<Action<P>>) {
+        let flight = FlightId(self.next_flight);
+        self.next_flight += 1;
+        let sent = self.refresh.take();
+        let grant = sent.clone().map_or(Grant::Password, Grant::Refresh);
+        self.flight = Flight::Running(Running {
+            id: flight,
+            sent,
+            credentials: self.credentials,
+        });
+        out.push(Action::Start {
+            flight,
+            grant,
+            reason,
+        });
+    }
+}

@@ -1,0 +1,373 @@
+//! A test driver for the core, with a token server behind it: it issues
+//! numbered tokens, remembers which login each belongs to and when it
+//! expires, and checks every invariant of the cache after every step. The
+//! table tests and the property test both drive the core through it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::super::{
+    Answer, CacheConfig, Class, Core, Event, Failure, FlightId, Grant, Granted, Payload, Phase,
+    Reason, Slot, Time, View, WaiterId, Why, timing::backoff_floor,
+};
+
+/// The test payload: tokens and errors are numbers.
+pub(super) enum T {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TErr {
+    /// A failure the token server answered, by number.
+    Grant(u32),
+    Core(Why),
+}
+
+impl Payload for T {
+    type Access = u32;
+    type Refresh = u32;
+    type Error = TErr;
+
+    fn error(why: Why) -> TErr {
+        TErr::Core(why)
+    }
+}
+
+/// How the token server answers a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reply {
+    /// A token pair of this lifetime (seconds), with a new refresh token or not.
+    Ok {
+        lifetime: u64,
+        rotate: bool,
+    },
+    Rejected,
+    /// Never sent (connection refused).
+    Unsent,
+    /// Sent, then failed (5xx, reset, timeout), maybe with `Retry-After`.
+    Sent {
+        retry_after: Option<u64>,
+    },
+    /// A 2xx whose access token is unusable, but which rotated the refresh token.
+    Unusable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FlightState {
+    Running,
+    Aborted,
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct FlightInfo {
+    pub(super) grant: Grant<u32>,
+    pub(super) reason: Reason,
+    pub(super) login: u32,
+    pub(super) credentials: u32,
+    pub(super) started: Time,
+    pub(super) state: FlightState,
+}
+
+pub(super) struct WaiterInfo {
+    pub(super) deadline: Time,
+    pub(super) not: Option<u64>,
+}
+
+/// Drives a core and checks it.
+pub(super) struct Harness {
+    pub(super) core: Core<T>,
+    pub(super) config: CacheConfig,
+    pub(super) now: Time,
+    pub(super) view: Option<View<T>>,
+    pub(super) armed: Option<Time>,
+    pub(super) flights: BTreeMap<FlightId, FlightInfo>,
+    pub(super) waiters: BTreeMap<WaiterId, WaiterInfo>,
+    /// Every answer given, by waiter.
+    pub(super) answers: BTreeMap<WaiterId, Answer<T>>,
+    pub(super) next_waiter: u64,
+    pub(super) next_serial: u32,
+    /// Access token -> (login, expiry).
+    pub(super) access: BTreeMap<u32, (u32, Time)>,
+    /// Refresh token -> login.
+    pub(super) refresh: BTreeMap<u32, u32>,
+    pub(super) sent_refresh: BTreeSet<u32>,
+    /// The current login and credentials generation.
+    pub(super) login: u32,
+    pub(super) credentials: u32,
+    /// Password refused at this time with this credentials generation.
+    pub(super) rejected: Option<(Time, u32)>,
+    /// No attempt before this time (the backoff's floor).
+    pub(super) not_before: Option<Time>,
+    pub(super) attempt: u32,
+    pub(super) last_refusal_start: Option<Time>,
+    pub(super) grants: usize,
+    pub(super) closed: bool,
+}
+
+impl Harness {
+    pub(super) fn new(config: CacheConfig) -> Self {
+        Self {
+            core: Core::new(config.clone()),
+            config,
+            now: Time::ZERO,
+            view: None,
+            armed: None,
+            flights: BTreeMap::new(),
+            waiters: BTreeMap::new(),
+            answers: BTreeMap::new(),
+            next_waiter: 1,
+            next_serial: 1,
+            access: BTreeMap::new(),
+            refresh: BTreeMap::new(),
+            sent_refresh: BTreeSet::new(),
+            login: 0,
+            credentials: 0,
+            rejected: None,
+            not_before: None,
+            attempt: 0,
+            last_refusal_start: None,
+            grants: 0,
+            closed: false,
+        }
+    }
+
+    fn serial(&mut self) -> u32 {
+        self.next_serial += 1;
+        self.next_serial
+    }
+
+    /// The flight in flight, if any.
+    pub(super) fn running(&self) -> Option<FlightId> {
+        (self.flights.iter())
+            .find(|(_, f)| f.state == FlightState::Running)
+            .map(|(id, _)| *id)
+    }
+
+    /// The published token, if any.
+    pub(super) fn token(&self) -> Option<(Slot<u32>, Phase)> {
+        match &self.view {
+            Some(View::Token(slot, phase)) => Some((slot.clone(), *phase)),
+            _ => None,
+        }
+    }
+
+    pub(super) fn outstanding(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Moves time on by `by`; the timer fires on time, or late (at the end).
+    pub(super) fn advance(&mut self, by: Duration, late: bool) {
+        let end = self.now + by;
+        // Each tick moves the deadline on; a handful covers every kind of deadline.
+        for _ in 0..16 {
+            let Some(at) = self.armed.filter(|at| *at <= end) else {
+                break;
+            };
+            let at = if late { end } else { at.max(self.now) };
+            self.step(at, Event::Tick);
+        }
+        self.now = self.now.max(end);
+    }
+
+    /// A caller needs a token, waiting at most `budget`.
+    pub(super) fn need(&mut self, budget: Duration) -> WaiterId {
+        let waiter = self.new_waiter(budget, None);
+        let deadline = self.waiters[&waiter].deadline;
+        let view = self.token();
+        let failed = matches!(self.view, Some(View::Failed(_)));
+        self.step(
+            self.now,
+            Event::Need {
+                waiter,
+                deadline,
+                not: None,
+            },
+        );
+        // What readers are shown must agree with what the core answers.
+        if let Some((slot, Phase::Fresh | Phase::Stale | Phase::Refreshing)) = view {
+            assert!(
+                matches!(&self.answers.get(&waiter), Some(Answer::Token(s)) if *s == slot),
+                "a caller that asks while a valid token is published gets it at once"
+            );
+        }
+        if failed {
+            assert!(matches!(self.answers.get(&waiter), Some(Answer::Failed(_))));
+        }
+        waiter
+    }
+
+    /// The API refused token `id`; with `budget`, the caller wants a token to
+    /// replay with.
+    pub(super) fn refused(&mut self, id: u64, budget: Option<Duration>) -> Option<WaiterId> {
+        let waiter = budget.map(|budget| self.new_waiter(budget, Some(id)));
+        let arg = waiter.map(|w| (w, self.waiters[&w].deadline));
+        let in_flight = self.running().is_some();
+        self.step(self.now, Event::Refused { id, waiter: arg });
+        if let Some((waiter, deadline)) = arg
+            && in_flight
+            && deadline > self.now
+        {
+            assert!(
+                !self.answers.contains_key(&waiter),
+                "a replay waits for the refresh in flight"
+            );
+        }
+        waiter
+    }
+
+    fn new_waiter(&mut self, budget: Duration, not: Option<u64>) -> WaiterId {
+        let waiter = WaiterId(self.next_waiter);
+        self.next_waiter += 1;
+        let deadline = self.now + budget;
+        self.waiters.insert(waiter, WaiterInfo { deadline, not });
+        waiter
+    }
+
+    pub(super) fn gone(&mut self, waiter: WaiterId) {
+        self.waiters.remove(&waiter);
+        self.step(self.now, Event::WaiterGone { waiter });
+    }
+
+    /// The token server answers flight `flight`.
+    pub(super) fn complete(&mut self, flight: FlightId, reply: Reply, jitter: f64) {
+        let info = self.flights[&flight].clone();
+        let current = info.state == FlightState::Running;
+        if current {
+            self.flights.get_mut(&flight).expect("known").state = FlightState::Done;
+            // A refresh token that never left, or that the server did not
+            // rotate, is still good: sending it again is no reuse.
+            if let (Grant::Refresh(r), Reply::Unsent | Reply::Ok { rotate: false, .. }) =
+                (&info.grant, reply)
+            {
+                self.sent_refresh.remove(r);
+            }
+        }
+        let sent =
+            |class: Class, retry_after: Option<u64>, rotated: Option<u32>| Event::GrantFailed {
+                flight,
+                failure: Failure {
+                    error: TErr::Grant(flight.0 as u32),
+                    class,
+                    rotated,
+                    retry_after: retry_after.map(Duration::from_secs),
+                    jitter,
+                },
+            };
+        let event = match reply {
+            Reply::Ok { lifetime, rotate } => {
+                let lifetime = Duration::from_secs(lifetime);
+                let access = self.serial();
+                let expires = info.started + lifetime;
+                self.access.insert(access, (info.login, expires));
+                let refresh = rotate.then(|| self.serial());
+                if let Some(r) = refresh {
+                    self.refresh.insert(r, info.login);
+                }
+                if current && expires > self.now {
+                    self.attempt = 0;
+                    self.not_before = None;
+                } else if current {
+                    self.transient(None);
+                }
+                Event::Granted {
+                    flight,
+                    grant: Granted {
+                        access,
+                        refresh,
+                        lifetime,
+                        sent_at: info.started,
+                        jitter,
+                    },
+                }
+            }
+            Reply::Rejected => {
+                if current && info.grant == Grant::Password && self.credentials_at(&info) {
+                    self.rejected = Some((self.now, self.credentials));
+                }
+                sent(Class::Rejected, None, None)
+            }
+            Reply::Unsent => {
+                if current {
+                    self.transient(None);
+                }
+                sent(Class::Unsent, None, None)
+            }
+            Reply::Sent { retry_after } => {
+                if current {
+                    self.transient(retry_after);
+                }
+                sent(Class::Sent, retry_after, None)
+            }
+            Reply::Unusable => {
+                let rotated = self.serial();
+                self.refresh.insert(rotated, info.login);
+                if current {
+                    self.transient(None);
+                }
+                sent(Class::Sent, None, Some(rotated))
+            }
+        };
+        self.step(self.now, event);
+    }
+
+    /// Whether the credentials are those the flight started with.
+    fn credentials_at(&self, info: &FlightInfo) -> bool {
+        info.credentials == self.credentials
+    }
+
+    /// A transient failure of the flight in flight: the next attempt not
+    /// before the backoff's floor.
+    fn transient(&mut self, retry_after: Option<u64>) {
+        let (min, max) = (self.config.backoff_min, self.config.backoff_max);
+        let floor = backoff_floor(min, max, self.attempt)
+            .max(retry_after.map_or(Duration::ZERO, Duration::from_secs));
+        self.not_before = Some(self.now + floor);
+        self.attempt = self.attempt.saturating_add(1);
+    }
+
+    /// A grant's task was lost.
+    pub(super) fn lost(&mut self, flight: FlightId) {
+        if let Some(info) = self
+            .flights
+            .get_mut(&flight)
+            .filter(|f| f.state == FlightState::Running)
+        {
+            info.state = FlightState::Done;
+        }
+        self.step(self.now, Event::GrantLost { flight });
+    }
+
+    pub(super) fn timer_lost(&mut self) {
+        // The timer task is gone with its runtime.
+        self.armed = None;
+        self.step(self.now, Event::TimerLost);
+    }
+
+    pub(super) fn kick(&mut self) {
+        self.step(self.now, Event::Kick);
+    }
+
+    pub(super) fn replay_refused(&mut self, id: u64) {
+        self.step(self.now, Event::ReplayRefused { id });
+    }
+
+    pub(super) fn credentials(&mut self, other_login: bool) {
+        self.credentials += 1;
+        self.attempt = 0;
+        self.rejected = None;
+        if other_login {
+            self.login += 1;
+            self.not_before = None;
+        }
+        self.step(self.now, Event::CredentialsChanged { other_login });
+    }
+
+    pub(super) fn close(&mut self) {
+        self.step(self.now, Event::Close);
+        self.closed = true;
+        assert!(self.waiters.is_empty(), "the close answers every waiter");
+        assert!(
+            self.running().is_none(),
+            "the close stops the grant in flight"
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The property test of the core: random sequences of events (callers with
+//! any budget, 401s on current, old and unknown tokens, grant answers of every
+//! class for the flight in flight or for stale ones, lost grants and timers,
+//! credential changes, time passing on time or late), each step checked by the
+//! harness's invariants, and a close at the end that must answer everyone.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::harness::{Harness, Reply};
+use super::{CacheConfig, FlightId, WaiterId};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Need {
+        budget_ms: u64,
+    },
+    Kick,
+    /// A 401 on the published token (`pick` 0), an older one, or an unknown one.
+    Refused {
+        pick: u8,
+        replay: bool,
+        budget_ms: u64,
+    },
+    ReplayRefused {
+        pick: u8,
+    },
+    Gone {
+        pick: u8,
+    },
+    /// The token server answers a flight: the one in flight (`stale` false)
+    /// or an earlier one.
+    Complete {
+        stale: bool,
+        pick: u8,
+        reply: Reply,
+        jitter: f64,
+    },
+    Lost {
+        stale: bool,
+        pick: u8,
+    },
+    Advance {
+        ms: u64,
+        late: bool,
+    },
+    TimerLost,
+    Credentials {
+        other_login: bool,
+    },
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
+    prop_oneof![
+        4 => (prop_oneof![1..=5u64, 6..=120u64, Just(3600u64)], any::<bool>())
+            .prop_map(|(lifetime, rotate)| Reply::Ok { lifetime, rotate }),
+        1 => Just(Reply::Rejected),
+        1 => Just(Reply::Unsent),
+        2 => proptest::option::of(0..=5u64).prop_map(|retry_after| Reply::Sent { retry_after }),
+        1 => Just(Reply::Unusable),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let budget = prop_oneof![Just(0u64), 1..=2_000u64, Just(10_000u64)];
+    prop_oneof![
+        4 => budget.clone().prop_map(|budget_ms| Op::Need { budget_ms }),
+        1 => Just(Op::Kick),
+        3 => (0..4u8, any::<bool>(), budget).prop_map(|(pick, replay, budget_ms)| Op::Refused { pick, replay, budget_ms }),
+        1 => (0..4u8).prop_map(|pick| Op::ReplayRefused { pick }),
+        1 => any::<u8>().prop_map(|pick| Op::Gone { pick }),
+        5 => (prop::bool::weighted(0.15), any::<u8>(), reply(), 0.0..=1.0f64)
+            .prop_map(|(stale, pick, reply, jitter)| Op::Complete { stale, pick, reply, jitter }),
+        1 => (any::<bool>(), any::<u8>()).prop_map(|(stale, pick)| Op::Lost { stale, pick }),
+        4 => (prop_oneof![0..=50u64, 51..=3_000u64, 3_001..=4_000_000u64], any::<bool>())
+            .prop_map(|(ms, late)| Op::Advance { ms, late }),
+        1 => Just(Op::TimerLost),
+        1 => any::<bool>().prop_map(|other_login| Op::Credentials { other_login }),
+    ]
+}
+
+fn pick<T: Copy>(items: &[T], pick: u8) -> Option<T> {
+    (!items.is_empty()).then(|| items[pick as usize % items.len()])
+}
+
+fn flight(h: &Harness, stale: bool, n: u8) -> Option<FlightId> {
+    if !stale {
+        return h.running();
+    }
+    let ended: Vec<FlightId> = (h.flights.iter())
+        .filter(|(_, f)| f.state != super::harness::FlightState::Running)
+        .map(|(id, _)| *id)
+        .collect();
+    pick(&ended, n)
+}
+
+/// A token id to refuse: the published one, the one before, or one no token has.
+fn token(h: &Harness, pick: u8) -> u64 {
+    let current = h.token().map_or(0, |(slot, _)| slot.id);
+    match pick {
+        0 | 1 => current,
+        2 => current.saturating_sub(1),
+        _ => 0,
+    }
+}
+
+fn apply(h: &mut Harness, op: &Op, outstanding: &mut Vec<WaiterId>) {
+    match *op {
+        Op::Need { budget_ms } => outstanding.push(h.need(Duration::from_millis(budget_ms))),
+        Op::Kick => h.kick(),
+        Op::Refused {
+            pick,
+            replay,
+            budget_ms,
+        } => {
+            let budget = replay.then(|| Duration::from_millis(budget_ms));
+            outstanding.extend(h.refused(token(h, pick), budget));
+        }
+        Op::ReplayRefused { pick } => h.replay_refused(token(h, pick)),
+        Op::Gone { pick: n } => {
+            let open: Vec<WaiterId> = (outstanding.iter())
+                .copied()
+                .filter(|w| !h.answers.contains_key(w))
+                .collect();
+            if let Some(w) = pick(&open, n) {
+                h.gone(w);
+            }
+        }
+        Op::Complete {
+            stale,
+            pick,
+            reply,
+            jitter,
+        } => {
+            if let Some(f) = flight(h, stale, pick) {
+                h.complete(f, reply, jitter);
+            }
+        }
+        Op::Lost { stale, pick } => {
+            if let Some(f) = flight(h, stale, pick) {
+                h.lost(f);
+            }
+        }
+        Op::Advance { ms, late } => h.advance(Duration::from_millis(ms), late),
+        Op::TimerLost => h.timer_lost(),
+        Op::Credentials { other_login } => h.credentials(other_login),
+    }
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(),
+        max_shrink_iters: 20_000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn every_interleaving_keeps_the_invariants(ops in prop::collection::vec(op(), 1..80)) {
+        let mut h = Harness::new(CacheConfig::default());
+        let mut outstanding = Vec::new();
+        for op in &ops {
+            apply(&mut h, op, &mut outstanding);
+        }
+        // Once the faults stop and time passes, the waiters are answered; the
+        // close answers whoever is left.
+        h.close();
+        prop_assert_eq!(h.outstanding(), 0);
+    }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases() / 5,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn a_healthy_endpoint_always_ends_with_every_waiter_served(
+        ops in prop::collection::vec(op(), 1..60),
+    ) {
+        let mut h = Harness::new(CacheConfig::default());
+        let mut outstanding = Vec::new();
+        for op in &ops {
+            apply(&mut h, op, &mut outstanding);
+        }
+        // The faults stop, and a new login starts over: the server answers
+        // every grant with a good pair, and every caller with a full budget
+        // gets a token.
+        h.credentials(true);
+        let mut late = Vec::new();
+        for _ in 0..8 {
+            late.push(h.need(Duration::from_secs(10)));
+            if let Some(f) = h.running() {
+                h.complete(f, Reply::Ok { lifetime: 3600, rotate: true }, 0.5);
+            }
+            h.advance(Duration::from_secs(1), false);
+        }
+        for w in &late {
+            prop_assert!(matches!(h.answers.get(w), Some(super::Answer::Token(_))), "{:?} unserved", w);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Table tests of the core beyond the grant ladder: what a 401 does, a change
+//! of login, timers and grants lost with their runtime, waiters that go, and
+//! the close.
+
+use std::time::Duration;
+
+use super::{
+    Answer, BUDGET, Grant, HOUR, Phase, Reason, grant_of, harness,
+    harness::{Reply, TErr},
+    is_token, phase, secs, token_id, with_token,
+};
+
+#[test]
+fn a_401_on_the_current_token_starts_one_refresh_and_the_replay_waits_for_it() {
+    let mut h = with_token(HOUR);
+    let id = token_id(&h);
+    let replays: Vec<_> = (0..20)
+        .map(|_| h.refused(id, Some(BUDGET)).unwrap())
+        .collect();
+    assert_eq!(
+        h.grants, 2,
+        "one refresh for every request that saw the token"
+    );
+    let flight = h.running().unwrap();
+    assert_eq!(grant_of(&h, flight).1, Reason::Refusal);
+    h.grant_ok(flight);
+    let new = token_id(&h);
+    assert_ne!(new, id);
+    for w in replays {
+        assert!(matches!(&h.answers[&w], Answer::Token(slot) if slot.id == new));
+    }
+}
+
+#[test]
+fn a_401_on_a_replaced_token_replays_with_the_current_one_without_a_refresh() {
+    let mut h = with_token(HOUR);
+    let old = token_id(&h);
+    h.refused(old, None);
+    h.grant_ok(h.running().unwrap());
+    let w = h.refused(old, Some(BUDGET)).unwrap();
+    assert!(matches!(&h.answers[&w], Answer::Token(slot) if slot.id != old));
+    assert_eq!(h.grants, 2);
+}
+
+#[test]
+fn a_401_on_an_old_token_while_a_refresh_is_in_flight_waits_for_that_refresh() {
+    let mut h = with_token(HOUR);
+    let old = token_id(&h);
+    h.refused(old, None);
+    h.grant_ok(h.running().unwrap());
+    let current = token_id(&h);
+    h.advance(secs(HOUR - 30), false);
+    h.kick();
+    let refresh = h.running().expect("a background refresh");
+    // The server revokes `current` as it processes the refresh: the replay of
+    // a request refused with `old` must not use it.
+    let w = h.refused(old, Some(BUDGET)).unwrap();
+    assert!(!h.answers.contains_key(&w));
+    h.grant_ok(refresh);
+    assert!(matches!(&h.answers[&w], Answer::Token(slot) if slot.id != current && slot.id != old));
+}
+
+#[test]
+fn a_token_whose_replay_was_refused_starts_no_other_refresh() {
+    let mut h = with_token(HOUR);
+    let first = token_id(&h);
+    h.refused(first, Some(BUDGET));
+    h.grant_ok(h.running().unwrap());
+    let second = token_id(&h);
+    h.replay_refused(second);
+    for _ in 0..100 {
+        let w = h.refused(second, Some(BUDGET)).unwrap();
+        assert!(
+            matches!(h.answers[&w], Answer::NoReplay),
+            "the 401 goes back"
+        );
+    }
+    assert_eq!(h.grants, 2);
+    assert_eq!(token_id(&h), second, "the token stays until it goes stale");
+}
+
+#[test]
+fn refusals_start_at_most_one_grant_a_second() {
+    let mut h = with_token(HOUR);
+    for _ in 0..20 {
+        let id = token_id(&h);
+        h.refused(id, None);
+        if let Some(flight) = h.running() {
+            h.grant_ok(flight);
+        }
+        h.advance(Duration::from_millis(100), false);
+        if h.token().is_none() {
+            h.advance(secs(1), false);
+            if let Some(flight) = h.running() {
+                h.grant_ok(flight);
+            }
+        }
+    }
+    let refusal_grants = h
+        .flights
+        .values()
+        .filter(|f| f.reason == Reason::Refusal)
+        .count();
+    let seconds = h.now.as_secs_f64().ceil() as usize;
+    assert!(
+        refusal_grants <= seconds + 1,
+        "{refusal_grants} refusal grants in {seconds} s"
+    );
+}
+
+#[test]
+fn another_login_drops_the_session_and_the_grant_in_flight() {
+    let mut h = with_token(HOUR);
+    h.advance(secs(HOUR - 30), false);
+    h.kick();
+    let old = h.running().unwrap();
+    h.credentials(true);
+    assert!(
+        h.token().is_none(),
+        "nothing of the previous login is attached"
+    );
+    assert_eq!(h.flights[&old].state, harness::FlightState::Aborted);
+    let w = h.need(BUDGET);
+    let new = h.running().unwrap();
+    assert_eq!(grant_of(&h, new).0, Grant::Password);
+    // The old grant answers late: dropped whole, its refresh token too.
+    h.grant_ok(old);
+    assert!(!h.answers.contains_key(&w));
+    h.grant_ok(new);
+    assert!(is_token(h.answers.get(&w)));
+}
+
+#[test]
+fn a_new_password_for_the_same_login_keeps_the_token() {
+    let mut h = with_token(HOUR);
+    let id = token_id(&h);
+    h.credentials(false);
+    assert_eq!(token_id(&h), id);
+}
+
+#[test]
+fn a_lost_timer_shows_the_token_unchecked_and_the_next_caller_rearms_it() {
+    let mut h = with_token(60);
+    h.timer_lost();
+    assert_eq!(phase(&h), Phase::Unchecked);
+    let w = h.need(BUDGET);
+    assert!(is_token(h.answers.get(&w)));
+    assert!(h.armed.is_some());
+    assert_eq!(phase(&h), Phase::Fresh);
+}
+
+#[test]
+fn a_lost_timer_never_lets_a_token_be_served_past_its_expiry() {
+    let mut h = with_token(60);
+    h.timer_lost();
+    h.now += secs(2 * HOUR);
+    let w = h.need(BUDGET);
+    assert!(
+        !h.answers.contains_key(&w),
+        "the expired token is not handed out"
+    );
+    assert!(h.running().is_some());
+}
+
+#[test]
+fn a_lost_grant_tells_its_waiters_to_ask_again_and_the_next_ask_starts_a_grant() {
+    let mut h = harness();
+    let w = h.need(BUDGET);
+    let flight = h.running().unwrap();
+    h.lost(flight);
+    assert!(matches!(h.answers[&w], Answer::Retry));
+    assert!(
+        h.running().is_some(),
+        "the waiter asked again, which started a grant"
+    );
+    assert_eq!(h.outstanding(), 1);
+}
+
+#[test]
+fn the_close_answers_every_waiter_and_stops_the_grant() {
+    let mut h = harness();
+    let w = h.need(BUDGET);
+    h.close();
+    assert!(matches!(
+        &h.answers[&w],
+        Answer::Failed(TErr::Core(super::super::Why::Closed))
+    ));
+}
+
+#[test]
+fn a_waiter_that_goes_away_is_forgotten() {
+    let mut h = harness();
+    let w = h.need(BUDGET);
+    h.gone(w);
+    assert_eq!(h.outstanding(), 0);
+    h.grant_ok(h.running().unwrap());
+    assert!(!h.answers.contains_key(&w));
+}
+
+#[test]
+fn after_a_backoff_with_no_one_waiting_the_next_caller_starts_the_attempt() {
+    let mut h = harness();
+    h.need(Duration::from_millis(1));
+    h.complete(h.running().unwrap(), Reply::Sent { retry_after: None }, 0.0);
+    h.advance(secs(5), false);
+    assert_eq!(h.running(), None, "no one waits: no attempt");
+    h.need(BUDGET);
+    assert!(h.running().is_some());
+}

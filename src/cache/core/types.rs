@@ -1,0 +1,256 @@
+//! The vocabulary of the cache's core: the events that reach it, the actions
+//! it asks its driver to carry out, and the view it publishes for readers. The
+//! payloads (header value, refresh token, error) are type parameters, so that
+//! tests drive the same core with plain numbers.
+
+use std::time::Duration;
+
+/// A point in time: how long after the driver's origin. The core never reads a
+/// clock; every event comes with the time it happened.
+pub(crate) type Time = Duration;
+
+/// The payload types of a core. The live cache uses a header value, a
+/// [`RefreshToken`](crate::RefreshToken) and a [`TokenError`](crate::TokenError);
+/// tests use numbers.
+pub(crate) trait Payload {
+    /// What requests carry: the `Authorization` header value.
+    type Access: Clone;
+    /// A refresh token, given back to the driver when a grant is started.
+    type Refresh: Clone;
+    /// A failure, shared by every waiter that gets it.
+    type Error: Clone;
+
+    /// An error the core reports itself.
+    fn error(why: Why) -> Self::Error;
+}
+
+/// Errors that no grant produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// A waiter's budget ran out before a grant had even failed.
+    Budget,
+    /// The cache was shut down.
+    Closed,
+    /// A grant's task was lost with its runtime before it answered.
+    Lost,
+    /// A grant answered with a token that had already expired.
+    Expired,
+}
+
+/// Identifies one grant attempt, so that a late answer of an aborted or lost
+/// attempt is told apart from the one in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct FlightId(pub(crate) u64);
+
+/// Identifies one registered waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct WaiterId(pub(crate) u64);
+
+/// Something that happened.
+pub(crate) enum Event<P: Payload> {
+    /// A caller needs a valid token (other than the token `not`) and waits
+    /// until `deadline` at the latest.
+    Need {
+        waiter: WaiterId,
+        deadline: Time,
+        not: Option<u64>,
+    },
+    /// A caller saw the published token stale.
+    Kick,
+    /// The API answered 401 to a first attempt carrying token `id`; `waiter`,
+    /// if any, wants the token to replay the request with.
+    Refused {
+        id: u64,
+        waiter: Option<(WaiterId, Time)>,
+    },
+    /// The replay carrying token `id` was refused too.
+    ReplayRefused { id: u64 },
+    /// A waiter went away before its answer.
+    WaiterGone { waiter: WaiterId },
+    /// A grant returned a token pair.
+    Granted { flight: FlightId, grant: Granted<P> },
+    /// A grant failed.
+    GrantFailed {
+        flight: FlightId,
+        failure: Failure<P>,
+    },
+    /// A grant's task ended without an answer (its runtime shut down, or it
+    /// could not be spawned).
+    GrantLost { flight: FlightId },
+    /// The deadline the driver was asked to arm has come.
+    Tick,
+    /// The timer is gone (its runtime shut down, or none could be armed).
+    TimerLost,
+    /// The credentials changed; `other_login` when the client id or the
+    /// username did, which ends the session.
+    CredentialsChanged { other_login: bool },
+    /// The last handle on the cache went away.
+    Close,
+}
+
+/// A successful grant.
+pub(crate) struct Granted<P: Payload> {
+    pub(crate) access: P::Access,
+    /// `None` when the answer held none: the one that was sent is kept.
+    pub(crate) refresh: Option<P::Refresh>,
+    pub(crate) lifetime: Duration,
+    /// When the grant request was sent: expiry counts from there.
+    pub(crate) sent_at: Time,
+    /// 0..1, for the refresh margin's jitter.
+    pub(crate) jitter: f64,
+}
+
+/// A failed grant.
+pub(crate) struct Failure<P: Payload> {
+    pub(crate) error: P::Error,
+    pub(crate) class: Class,
+    /// A rotated refresh token from an answer that was otherwise unusable.
+    pub(crate) rotated: Option<P::Refresh>,
+    pub(crate) retry_after: Option<Duration>,
+    /// 0..1, for the backoff's jitter.
+    pub(crate) jitter: f64,
+}
+
+/// How a grant failed, as far as the ladder cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// The endpoint refused the grant.
+    Rejected,
+    /// A failure before the request left: a refresh token it carried is good.
+    Unsent,
+    /// Any other failure: a refresh token it carried is spent.
+    Sent,
+}
+
+/// The grant to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Grant<R> {
+    Password,
+    Refresh(R),
+}
+
+/// Why a grant starts; the refusal bound is checked against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// Callers have no valid token.
+    Demand,
+    /// The token is inside its refresh margin.
+    Stale,
+    /// The API refused the current token.
+    Refusal,
+    /// The previous step of the same ladder was refused: a refused refresh
+    /// token, or a password refused after the credentials changed.
+    Chained,
+}
+
+/// What the driver does.
+pub(crate) enum Action<P: Payload> {
+    /// Start a grant in a task of its own.
+    Start {
+        flight: FlightId,
+        grant: Grant<P::Refresh>,
+        reason: Reason,
+    },
+    /// Stop the grant in flight: its login was replaced.
+    Abort { flight: FlightId },
+    /// Replace what readers see.
+    Publish(View<P>),
+    /// Answer these waiters, all alike.
+    Answer {
+        waiters: Vec<WaiterId>,
+        answer: Answer<P>,
+    },
+    /// Wake the core with [`Event::Tick`] at this time (`None`: no need).
+    Arm(Option<Time>),
+}
+
+/// What a waiter gets.
+pub(crate) enum Answer<P: Payload> {
+    Token(Slot<P::Access>),
+    Failed(P::Error),
+    /// The refused token is still the current one and refreshing would not
+    /// help: the 401 goes back to the caller.
+    NoReplay,
+    /// The waiter's wake-up was lost with a runtime: ask again.
+    Retry,
+}
+
+impl<P: Payload> Clone for Answer<P> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Token(slot) => Self::Token(slot.clone()),
+            Self::Failed(err) => Self::Failed(err.clone()),
+            Self::NoReplay => Self::NoReplay,
+            Self::Retry => Self::Retry,
+        }
+    }
+}
+
+/// A token as requests carry it: the header value and the id that tells
+/// tokens apart when the API answers 401.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Slot<A> {
+    pub(crate) id: u64,
+    pub(crate) access: A,
+}
+
+/// What readers see, without a lock.
+pub(crate) enum View<P: Payload> {
+    /// A valid token.
+    Token(Slot<P::Access>, Phase),
+    /// No valid token: ask the core.
+    Empty,
+    /// No valid token, and asking would not help: a refused password, or the
+    /// cache was shut down.
+    Failed(P::Error),
+}
+
+impl<P: Payload> View<P> {
+    /// The valid token, if any.
+    pub(crate) fn slot(&self) -> Option<&Slot<P::Access>> {
+        match self {
+            Self::Token(slot, _) => Some(slot),
+            Self::Empty | Self::Failed(_) => None,
+        }
+    }
+}
+
+/// How a reader treats a valid token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Attach it.
+    Fresh,
+    /// Attach it, and tell the core ([`Event::Kick`]) so that a refresh starts.
+    Stale,
+    /// Attach it; a grant runs or waits for its next attempt.
+    Refreshing,
+    /// The timer that would retire it is gone: ask the core, which re-arms it.
+    Unchecked,
+}
+
+/// The settings the core decides with.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheConfig {
+    pub(crate) refresh_margin: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) rejected_cooldown: Duration,
+    /// How long a caller waits for a token at most.
+    pub(crate) wait_budget: Duration,
+    /// The least time between two grants started because the API refused a
+    /// token.
+    pub(crate) refusal_interval: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            refresh_margin: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            rejected_cooldown: Duration::from_secs(300),
+            wait_budget: Duration::from_secs(10),
+            refusal_interval: Duration::from_secs(1),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The driver of the token cache: it feeds events to the pure core under one
+//! mutex and carries out the actions it returns. Publication to the `ArcSwap`
+//! happens under the lock, so readers see states in the core's order; waking
+//! waiters, spawning the grant and the timer happen after it is released, so
+//! that nothing running from there can find the lock taken.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use tokio::{
+    sync::{oneshot, watch},
+    task::AbortHandle,
+    time::Instant,
+};
+
+mod tasks;
+mod waiters;
+
+pub(crate) use self::waiters::Ticket;
+
+use super::core::{
+    Action, Answer, CacheConfig, Core, Event, FlightId, Grant, Payload, Reason, Slot, Time, View,
+    WaiterId, Why,
+};
+use crate::{
+    credentials::Credentials,
+    error::{Kind, TokenError},
+    fetcher::{DynFetcher, GrantRequest},
+    stats::Counters,
+    token::RefreshToken,
+};
+
+/// The payload types of the live cache.
+pub(crate) enum Live {}
+
+impl Payload for Live {
+    type Access = HeaderValue;
+    type Refresh = RefreshToken;
+    type Error = TokenError;
+
+    fn error(why: Why) -> TokenError {
+        match why {
+            Why::Budget => {
+                TokenError::new(Kind::Timeout).with_detail("no token within the wait budget")
+            }
+            Why::Closed => TokenError::new(Kind::Closed),
+            Why::Lost => TokenError::new(Kind::Transport)
+                .with_detail("the grant's task ended with its runtime before it answered"),
+            Why::Expired => TokenError::new(Kind::InvalidResponse)
+                .with_detail("the token had expired by the time it arrived"),
+        }
+    }
+}
+
+/// A slot of the live cache: token id and header value.
+pub(crate) type LiveSlot = Slot<HeaderValue>;
+
+/// How often a waiter asks again after its wake-up was lost with a runtime.
+const MAX_ROUNDS: usize = 8;
+
+/// A cache's shared part: what readers load, and the driver under its lock.
+pub(crate) struct Shared {
+    view: ArcSwap<View<Live>>,
+    driver: Mutex<Driver>,
+    fetcher: Arc<dyn DynFetcher>,
+    origin: Instant,
+    budget: Duration,
+    pub(crate) counters: Counters,
+}
+
+struct Driver {
+    core: Core<Live>,
+    credentials: Arc<Credentials>,
+    waiters: HashMap<WaiterId, oneshot::Sender<Answer<Live>>>,
+    next_waiter: u64,
+    grant: Option<(FlightId, AbortHandle)>,
+    /// The deadline of the live timer task, if there is one.
+    timer: Option<watch::Sender<Option<Instant>>>,
+    actions: Vec<Action<Live>>,
+}
+
+/// What to do once the lock is released.
+#[derive(Default)]
+struct After {
+    answers: Vec<(oneshot::Sender<Answer<Live>>, Answer<Live>)>,
+    grant: Option<(FlightId, GrantRequest, Reason)>,
+    timer: Option<watch::Receiver<Option<Instant>>>,
+    abort: Option<AbortHandle>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        fetcher: Arc<dyn DynFetcher>,
+        credentials: Credentials,
+        config: CacheConfig,
+    ) -> Self {
+        Self {
+            view: ArcSwap::from_pointee(View::Empty),
+            budget: config.wait_budget,
+            driver: Mutex::new(Driver {
+                core: Core::new(config),
+                credentials: Arc::new(credentials),
+                waiters: HashMap::new(),
+                next_waiter: 1,
+                grant: None,
+                timer: None,
+                actions: Vec::new(),
+            }),
+            fetcher,
+            origin: Instant::now(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// What readers see.
+    pub(crate) fn view(&self) -> &ArcSwap<View<Live>> {
+        &self.view
+    }
+
+    pub(crate) fn config(&self) -> CacheConfig {
+        self.lock().core.config().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Driver> {
+        // The core is only changed by `handle`, which does not panic midway; a
+        // poisoned lock holds a consistent state.
+        self.driver.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn time(&self, at: Instant) -> Time {
+        at.saturating_duration_since(self.origin)
+    }
+
+    /// The instant of core time `t`; one far away for a time no clock reaches.
+    fn instant(&self, t: Time) -> Instant {
+        const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+        (self.origin.checked_add(t)).unwrap_or_else(|| self.origin + FAR)
+    }
+
+    /// Runs one event; returns how many waiters it answered.
+    pub(crate) fn run(self: &Arc<Self>, event: Event<Live>) -> usize {
+        self.run_with(|_| Some(event))
+    }
+
+    /// Runs the event that `f` makes under the lock, if any.
+    fn run_with(self: &Arc<Self>, f: impl FnOnce(&mut Driver) -> Option<Event<Live>>) -> usize {
+        let mut after = After::default();
+        let answered = {
+            let mut driver = self.lock();
+            match f(&mut driver) {
+                Some(event) => self.handle(&mut driver, event, &mut after),
+                None => 0,
+            }
+        };
+        self.finish(after);
+        answered
+    }
+
+    fn handle(&self, driver: &mut Driver, event: Event<Live>, after: &mut After) -> usize {
+        let mut actions = std::mem::take(&mut driver.actions);
+        let now = self.time(Instant::now());
+        driver.core.handle(now, event, &mut actions);
+        let mut answered = 0;
+        for action in actions.drain(..) {
+            answered += self.execute(driver, action, after);
+        }
+        driver.actions = actions;
+        answered
+    }
+
+    fn execute(&self, driver: &mut Driver, action: Action<Live>, after: &mut After) -> usize {
+        match action {
+            Action::Publish(view) => self.view.store(Arc::new(view)),
+            Action::Answer { waiters, answer } => {
+                let answered = waiters.len();
+                for id in waiters {
+                    if let Some(tx) = driver.waiters.remove(&id) {
+                        after.answers.push((tx, answer.clone()));
+                    }
+                }
+                return answered;
+            }
+            Action::Start {
+                flight,
+                grant,
+                reason,
+            } => {
+                let credentials = Arc::clone(&driver.credentials);
+                let request = match grant {
+                    Grant::Password => GrantRequest::password(credentials),
+                    Grant::Refresh(refresh) => GrantRequest::refresh(credentials, refresh),
+                };
+                after.grant = Some((flight, request, reason));
+            }
+            Action::Abort { flight } => {
+                if driver.grant.as_ref().is_some_and(|(id, _)| *id == flight) {
+                    after.abort = driver.grant.take().map(|(_, task)| task);
+                }
+            }
+            Action::Arm(at) => {
+                let at = at.map(|t| self.instant(t));
+                match &driver.timer {
+                    Some(timer) if !timer.is_closed() => {
+                        timer.send_replace(at);
+                    }
+                    _ if at.is_none() => driver.timer = None,
+                    _ => {
+                        let (timer, deadline) = watch::channel(at);
+                        driver.timer = Some(timer);
+                        after.timer = Some(deadline);
+                    }
+                }
+            }
+        }
+        0
+    }
+
+    /// The work that must not hold the lock.
+    fn finish(self: &Arc<Self>, after: After) {
+        if let Some(task) = after.abort {
+            task.abort();
+        }
+        for (tx, answer) in after.answers {
+            // A waiter that went away needs no answer.
+            let _ = tx.send(answer);
+        }
+        if let Some(deadline) = after.timer {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(tasks::timer(Arc::downgrade(self), deadline))),
+                Err(_) => drop(self.run(Event::TimerLost)),
+            }
+        }
+        if let Some((flight, request, reason)) = after.grant {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                self.run(Event::GrantLost { flight });
+                return;
+            };
+            let task = runtime.spawn(Arc::clone(self).grant(flight, request, reason));
+            // Kept to abort the grant when its login is replaced; if the abort
+            // came first, the grant's answer is ignored by the core anyway.
+            self.lock().grant = Some((flight, task.abort_handle()));
+        }
+    }
+
+    /// A caller saw a stale token.
+    pub(crate) fn kick(self: &Arc<Self>) {
+        self.run(Event::Kick);
+    }
+
+    /// Replaces the credentials; returns whether they changed.
+    pub(crate) fn set_credentials(self: &Arc<Self>, credentials: Credentials) {
+        self.run_with(|driver| {
+            if driver.credentials.same_as(&credentials) {
+                return None;
+            }
+            let other_login = driver.credentials.client_id() != credentials.client_id()
+                || driver.credentials.username() != credentials.username();
+            driver.credentials = Arc::new(credentials);
+            Some(Event::CredentialsChanged { other_login })
+        });
+    }
+
+    /// The cache's last handle went away.
+    pub(crate) fn close(self: &Arc<Self>) {
+        self.run(Event::Close);
+        // Ends the timer task.
+        self.lock().timer = None;
+    }
+
+    /// The id of `header` if it is the token readers see now, else 0 (no
+    /// token has that id).
+    pub(crate) fn id_of(&self, header: &HeaderValue) -> u64 {
+        (self.view.load().slot())
+            .filter(|slot| slot.access == header)
+            .map_or(0, |slot| slot.id)
+    }
+}

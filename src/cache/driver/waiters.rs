@@ -1,0 +1,118 @@
+//! The waiters' side of the driver: a caller asks the core for a token, gets
+//! its answer at once or a ticket, and waits for the answer on a oneshot
+//! channel; a caller that goes away unregisters, and one whose wake-up was lost
+//! with a runtime asks again.
+
+use std::sync::Arc;
+
+use tokio::{sync::oneshot, time::Instant};
+
+use super::{Live, MAX_ROUNDS, Shared};
+use crate::{
+    cache::core::{Answer, Event, Payload, Time, WaiterId, Why},
+    error::{Kind, TokenError},
+};
+
+/// A registered waiter: its answer, or `None` when it must ask again.
+pub(crate) struct Ticket {
+    pending: Option<(WaiterId, oneshot::Receiver<Answer<Live>>)>,
+    deadline: Time,
+    not: Option<u64>,
+}
+
+impl Shared {
+    /// Asks for a valid token. With `refused`, the API answered 401 to token
+    /// `refused`, and the answer is the token to replay with. The answer comes
+    /// at once when the core has it; otherwise the ticket is for [`wait`](Self::wait).
+    pub(crate) fn ask(self: &Arc<Self>, refused: Option<u64>) -> Result<Answer<Live>, Ticket> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            let err =
+                TokenError::new(Kind::Closed).with_detail("no tokio runtime to run the grant");
+            return Ok(Answer::Failed(err));
+        }
+        let deadline = self.time(Instant::now()).saturating_add(self.budget);
+        let (waiter, mut rx) = self.register(|waiter| match refused {
+            Some(id) => Event::Refused {
+                id,
+                waiter: Some((waiter, deadline)),
+            },
+            None => Event::Need {
+                waiter,
+                deadline,
+                not: None,
+            },
+        });
+        let pending = match rx.try_recv() {
+            Ok(Answer::Retry) => None,
+            Ok(answer) => return Ok(answer),
+            Err(_) => Some((waiter, rx)),
+        };
+        if refused.is_none() {
+            self.counters.waited();
+        }
+        Err(Ticket {
+            pending,
+            deadline,
+            not: refused,
+        })
+    }
+
+    /// Waits for the answer of a ticket from [`ask`](Self::ask), asking again
+    /// (a bounded number of times) when a wake-up was lost with a runtime.
+    pub(crate) async fn wait(self: Arc<Self>, mut ticket: Ticket) -> Answer<Live> {
+        for _ in 0..MAX_ROUNDS {
+            let (waiter, rx) = match ticket.pending.take() {
+                Some(pending) => pending,
+                None => self.register(|waiter| Event::Need {
+                    waiter,
+                    deadline: ticket.deadline,
+                    not: ticket.not,
+                }),
+            };
+            let mut gone = Gone {
+                shared: &self,
+                waiter: Some(waiter),
+            };
+            let answer = rx.await;
+            gone.waiter = None;
+            match answer {
+                Ok(Answer::Retry) => {}
+                Ok(answer) => return answer,
+                Err(_) => return Answer::Failed(Live::error(Why::Closed)),
+            }
+        }
+        Answer::Failed(Live::error(Why::Lost))
+    }
+
+    fn register(
+        self: &Arc<Self>,
+        event: impl FnOnce(WaiterId) -> Event<Live>,
+    ) -> (WaiterId, oneshot::Receiver<Answer<Live>>) {
+        let (tx, rx) = oneshot::channel();
+        let mut id = WaiterId(0);
+        self.run_with(|driver| {
+            id = WaiterId(driver.next_waiter);
+            driver.next_waiter += 1;
+            driver.waiters.insert(id, tx);
+            Some(event(id))
+        });
+        (id, rx)
+    }
+}
+
+/// Unregisters a waiter whose caller went away before its answer.
+struct Gone<'a> {
+    shared: &'a Arc<Shared>,
+    waiter: Option<WaiterId>,
+}
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        if let Some(waiter) = self.waiter.take() {
+            self.shared.run_with(|driver| {
+                driver.waiters.remove(&waiter);
+                Some(Event::WaiterGone { waiter })
+            });
+        }
+    }
+}

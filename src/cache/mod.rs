@@ -1,0 +1,147 @@
+//! The token cache: one per [`AuthLayer`](crate::AuthLayer), shared by every
+//! service it makes. Its decisions live in a pure state machine (`core`),
+//! proven over arbitrary interleavings of events by a property test; a thin
+//! driver (`driver`) runs it: the lock-free publication readers load, the
+//! grant task, the timer and the waiters.
+
+use std::{fmt, sync::Arc};
+
+mod core;
+mod driver;
+
+pub(crate) use self::core::{Answer, CacheConfig, Event, Phase, View};
+pub(crate) use self::driver::{Live, LiveSlot, Shared, Ticket};
+use crate::{
+    credentials::Credentials,
+    error::{Kind, TokenError},
+    fetcher::DynFetcher,
+    stats::Stats,
+    token::AccessToken,
+};
+
+/// A handle on a token cache. Clones share the cache; when the last handle
+/// goes, its background work (a grant in flight, the timer) stops and every
+/// waiter learns that the cache was shut down.
+#[derive(Clone)]
+pub struct TokenCache {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &**self.handle.shared.view().load() {
+            View::Token(_, Phase::Fresh) => "fresh",
+            View::Token(_, Phase::Stale) => "stale",
+            View::Token(_, Phase::Refreshing) => "refreshing",
+            View::Token(_, Phase::Unchecked) => "unchecked",
+            View::Empty => "empty",
+            View::Failed(_) => "failed",
+        };
+        f.debug_struct("TokenCache")
+            .field("state", &state)
+            .field("config", &self.handle.shared.config())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenCache {
+    pub(crate) fn new(
+        fetcher: Arc<dyn DynFetcher>,
+        credentials: Credentials,
+        config: CacheConfig,
+    ) -> Self {
+        let shared = Arc::new(Shared::new(fetcher, credentials, config));
+        Self {
+            handle: Arc::new(Handle { shared }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// The current access token, waiting for a grant if none is valid (for as
+    /// long as the wait budget allows). Starts a background refresh when the
+    /// token is inside its refresh margin.
+    pub async fn access_token(&self) -> Result<AccessToken, TokenError> {
+        match into_result(self.ask(None).await)? {
+            Some(token) => Ok(token),
+            None => Err(TokenError::new(Kind::Closed)),
+        }
+    }
+
+    /// Tells the cache that the API refused `token` (answered 401). When it is
+    /// still the current token, it is dropped and one refresh starts (at most
+    /// one a second for refusals); when it was already replaced, nothing
+    /// happens.
+    pub fn token_rejected(&self, token: &AccessToken) {
+        let shared = &self.handle.shared;
+        let id = shared.id_of(token.header_value());
+        shared.run(core::Event::Refused { id, waiter: None });
+    }
+
+    /// Tells the cache that the API refused `token`, as
+    /// [`token_rejected`](Self::token_rejected) does, and returns the token to
+    /// send the request again with: the newest one, waiting for a refresh in
+    /// flight (servers revoke the previous token when they process one).
+    /// `None` when a replay would carry the refused token again: its replay
+    /// was refused before, so refreshing does not help.
+    pub async fn replacement_for(
+        &self,
+        token: &AccessToken,
+    ) -> Result<Option<AccessToken>, TokenError> {
+        let id = self.handle.shared.id_of(token.header_value());
+        into_result(self.ask(Some(id)).await)
+    }
+
+    /// Tells the cache that the replay carrying `token` (from
+    /// [`replacement_for`](Self::replacement_for)) was refused too: a 401 on
+    /// it no longer starts a refresh.
+    pub fn replay_rejected(&self, token: &AccessToken) {
+        let shared = &self.handle.shared;
+        let id = shared.id_of(token.header_value());
+        shared.run(core::Event::ReplayRefused { id });
+    }
+
+    /// Replaces the login used by the password grant. A rejected password
+    /// stops password grants until this is called with other credentials (or
+    /// the cool-down passes). A new password or client secret for the same
+    /// login keeps the tokens already held; another username or client id
+    /// ends the session: a grant in flight for the previous login is dropped
+    /// whole, and the next request logs in anew.
+    pub fn set_credentials(&self, credentials: Credentials) {
+        self.handle.shared.set_credentials(credentials);
+    }
+
+    async fn ask(&self, refused: Option<u64>) -> Answer<Live> {
+        let shared = &self.handle.shared;
+        match shared.ask(refused) {
+            Ok(answer) => answer,
+            Err(ticket) => Arc::clone(shared).wait(ticket).await,
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.handle.shared.counters.snapshot()
+    }
+}
+
+/// A waiter's answer as a result: `Ok(None)` for "no replay".
+pub(crate) fn into_result(answer: Answer<Live>) -> Result<Option<AccessToken>, TokenError> {
+    match answer {
+        Answer::Token(slot) => Ok(Some(AccessToken::from_header_value(slot.access))),
+        Answer::Failed(err) => Err(err),
+        Answer::NoReplay | Answer::Retry => Ok(None),
+    }
+}

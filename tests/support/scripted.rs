@@ -1,0 +1,222 @@
+//! A scripted token endpoint and a protected API, in memory, for the tests of
+//! the layer's logic: the endpoint counts grants, issues `access-N` /
+//! `refresh-N` and registers each access token with the API; the API answers
+//! 200 with the body echoed for a valid token and 401 otherwise.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use daxium_auth::{
+    AccessToken, AuthLayer, AuthService, Credentials, ErrorBody, GrantRequest, GrantType,
+    ReplayBody, TokenError, TokenPair, fetcher,
+};
+use http::{HeaderValue, Request, Response, StatusCode, header::AUTHORIZATION};
+use http_body_util::{BodyExt, Full};
+use tower::{Layer, ServiceExt};
+
+pub(crate) const API: &str = "http://127.0.0.1:9/api/items";
+
+/// What the fetcher answers next, before its default of a new token pair.
+pub(crate) enum Step {
+    Reject,
+    Fail,
+}
+
+/// A token endpoint in memory: counts grants, issues `access-N`/`refresh-N`,
+/// and registers each access token with the API.
+pub(crate) struct Endpoint {
+    pub(crate) password: AtomicUsize,
+    pub(crate) refresh: AtomicUsize,
+    pub(crate) issued: AtomicUsize,
+    pub(crate) refresh_seen: Mutex<Vec<String>>,
+    pub(crate) script: Mutex<VecDeque<Step>>,
+    pub(crate) latency: Mutex<Duration>,
+    pub(crate) lifetime: Mutex<Duration>,
+    pub(crate) api: Arc<Api>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(api: &Arc<Api>) -> Arc<Self> {
+        Arc::new(Self {
+            password: AtomicUsize::new(0),
+            refresh: AtomicUsize::new(0),
+            issued: AtomicUsize::new(0),
+            refresh_seen: Mutex::new(Vec::new()),
+            script: Mutex::new(VecDeque::new()),
+            latency: Mutex::new(Duration::from_millis(20)),
+            lifetime: Mutex::new(Duration::from_secs(3600)),
+            api: Arc::clone(api),
+        })
+    }
+
+    pub(crate) fn grants(&self) -> usize {
+        self.password.load(SeqCst) + self.refresh.load(SeqCst)
+    }
+
+    pub(crate) fn push(&self, step: Step) {
+        self.script.lock().unwrap().push_back(step);
+    }
+
+    pub(crate) async fn grant(&self, grant: GrantRequest) -> Result<TokenPair, TokenError> {
+        match grant.grant_type() {
+            GrantType::Password => self.password.fetch_add(1, SeqCst),
+            _ => {
+                let token = grant.refresh_token().unwrap().expose_secret().to_owned();
+                self.refresh_seen.lock().unwrap().push(token);
+                self.refresh.fetch_add(1, SeqCst)
+            }
+        };
+        let latency = *self.latency.lock().unwrap();
+        tokio::time::sleep(latency).await;
+        let step = self.script.lock().unwrap().pop_front();
+        match step {
+            Some(Step::Reject) => {
+                let body =
+                    ErrorBody::parse(br#"{"code":"DAERR-0401","message":"Invalid credentials"}"#);
+                return Err(TokenError::rejected(StatusCode::UNAUTHORIZED, body));
+            }
+            Some(Step::Fail) => {
+                return Err(TokenError::transport(std::io::Error::other(
+                    "503 from the test endpoint",
+                )));
+            }
+            None => {}
+        }
+        let n = self.issued.fetch_add(1, SeqCst) + 1;
+        let access = format!("access-{n}");
+        self.api.valid.lock().unwrap().insert(access.clone());
+        let lifetime = *self.lifetime.lock().unwrap();
+        Ok(TokenPair::new(
+            AccessToken::new(&access)?,
+            Some(daxium_auth::RefreshToken::new(&format!("refresh-{n}"))?),
+            lifetime,
+        ))
+    }
+}
+
+/// The protected API: 200 with the request body echoed for a valid token, 401
+/// otherwise. Counts every attempt and keeps the tokens it saw.
+#[derive(Default)]
+pub(crate) struct Api {
+    pub(crate) valid: Mutex<HashSet<String>>,
+    pub(crate) attempts: AtomicUsize,
+    pub(crate) seen: Mutex<Vec<Option<HeaderValue>>>,
+    pub(crate) latency: Mutex<Duration>,
+}
+
+impl Api {
+    pub(crate) fn revoke_all(&self) {
+        self.valid.lock().unwrap().clear();
+    }
+}
+
+pub(crate) type Inner<B> =
+    tower::util::BoxCloneSyncService<Request<ReplayBody<B>>, Response<Full<Bytes>>, Infallible>;
+
+pub(crate) fn api_service<B>(api: &Arc<Api>) -> Inner<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::fmt::Debug,
+{
+    let api = Arc::clone(api);
+    tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<ReplayBody<B>>| {
+        let api = Arc::clone(&api);
+        async move {
+            let latency = *api.latency.lock().unwrap();
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            api.attempts.fetch_add(1, SeqCst);
+            let auth = req.headers().get(AUTHORIZATION).cloned();
+            api.seen.lock().unwrap().push(auth.clone());
+            let ok = auth
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| api.valid.lock().unwrap().contains(t));
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            Ok(Response::builder()
+                .status(status)
+                .body(Full::new(body))
+                .unwrap())
+        }
+    }))
+}
+
+pub(crate) fn credentials() -> Credentials {
+    Credentials::new("client", "client-secret", "user@example.com", "password")
+}
+
+pub(crate) fn layer_with(
+    endpoint: &Arc<Endpoint>,
+    configure: impl FnOnce(daxium_auth::AuthLayerBuilder) -> daxium_auth::AuthLayerBuilder,
+) -> AuthLayer {
+    let endpoint = Arc::clone(endpoint);
+    let builder = AuthLayer::builder()
+        .credentials(credentials())
+        .api_origin("http://127.0.0.1:9")
+        .fetcher(fetcher::from_fn(move |grant| {
+            let endpoint = Arc::clone(&endpoint);
+            async move { endpoint.grant(grant).await }
+        }));
+    configure(builder).build().unwrap()
+}
+
+pub(crate) struct Setup {
+    pub(crate) api: Arc<Api>,
+    pub(crate) endpoint: Arc<Endpoint>,
+    pub(crate) layer: AuthLayer,
+}
+
+pub(crate) fn setup() -> Setup {
+    setup_with(|b| b)
+}
+
+pub(crate) fn setup_with(
+    configure: impl FnOnce(daxium_auth::AuthLayerBuilder) -> daxium_auth::AuthLayerBuilder,
+) -> Setup {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let layer = layer_with(&endpoint, configure);
+    Setup {
+        api,
+        endpoint,
+        layer,
+    }
+}
+
+impl Setup {
+    pub(crate) fn service(&self) -> AuthService<Inner<Full<Bytes>>> {
+        self.layer.layer(api_service(&self.api))
+    }
+}
+
+pub(crate) fn get() -> Request<Full<Bytes>> {
+    Request::get(API).body(Full::default()).unwrap()
+}
+
+pub(crate) async fn send(
+    svc: &AuthService<Inner<Full<Bytes>>>,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Full<Bytes>>, daxium_auth::Error<Infallible>> {
+    svc.clone().oneshot(req).await
+}
+
+pub(crate) async fn assert_rejected(svc: &AuthService<Inner<Full<Bytes>>>) {
+    let err = send(svc, get()).await.unwrap_err();
+    assert!(err.token_error().unwrap().is_grant_rejected(), "{err:?}");
+}
