@@ -1,8 +1,9 @@
 //! The request body as the inner service sees it. [`ReplayBody`] records the
 //! frames while the inner service streams them, up to a cap, so that a request
 //! answered 401 can be sent again without a `B: Clone` bound and without an
-//! unbounded buffer. An empty body replays for free; a body over the cap, or not
-//! fully sent when the answer came, is not replayed.
+//! unbounded buffer. An empty body replays for free; a body over the cap, not
+//! fully sent when the answer came, or longer or shorter than it said, is not
+//! replayed.
 
 use std::{
     fmt,
@@ -91,17 +92,47 @@ impl<B: Body> ReplayBody<B> {
     /// The body for the first attempt, and what will tell whether and how it can
     /// be replayed.
     pub(crate) fn first(body: B, limit: usize) -> (Self, Replay) {
+        Self::first_with_length(body, limit, None)
+    }
+
+    /// [`first`](Self::first), for a body whose length the request declares
+    /// (its `Content-Length`), which then counts instead of the size hint.
+    ///
+    /// A body is fully sent once the length it said it has (declared, or an
+    /// exact size hint) has gone out: an HTTP/1 client that wrote that many
+    /// bytes stops polling it, and never sees its end. A body that yields more
+    /// than that, or ends short of it, is not replayed.
+    pub(crate) fn first_with_length(
+        body: B,
+        limit: usize,
+        declared: Option<u64>,
+    ) -> (Self, Replay) {
+        let hint = body.size_hint();
+        let expected = declared.or(hint.exact());
         if body.is_end_stream() {
-            return (Self::new(body), Replay::Empty);
+            let replay = match expected {
+                None | Some(0) => Replay::Empty,
+                // An empty body that claims a length is broken: sent again,
+                // it would break the same way.
+                Some(_) => Replay::Never,
+            };
+            return (Self::new(body), replay);
         }
-        if body.size_hint().lower() > limit as u64 {
+        let limit_len = limit as u64;
+        if hint.lower() > limit_len || expected.is_some_and(|len| len > limit_len) {
             return (Self::new(body), Replay::Never);
         }
         let recorder = Arc::new(Mutex::new(Recorder {
             chunks: Vec::new(),
             len: 0,
-            limit,
-            state: Recording::Streaming,
+            limit: limit_len,
+            expected,
+            // Nothing to wait for: a client sends no byte of a body of length 0.
+            state: if expected == Some(0) {
+                Recording::Complete
+            } else {
+                Recording::Streaming
+            },
             trailers: None,
         }));
         let body = Self {
@@ -139,7 +170,7 @@ impl Replay {
                     kind: KindBody::Replay {
                         replayed: Box::new(Replayed {
                             chunks: recorder.chunks.clone().into_iter(),
-                            remaining: recorder.len as u64,
+                            remaining: recorder.len,
                             trailers: recorder.trailers.clone(),
                         }),
                     },
@@ -158,8 +189,11 @@ struct Replayed {
 
 pub(crate) struct Recorder {
     chunks: Vec<Bytes>,
-    len: usize,
-    limit: usize,
+    len: u64,
+    limit: u64,
+    /// The length the body said it has: the recording is complete once it is
+    /// reached, whether or not the body is polled to its end.
+    expected: Option<u64>,
     state: Recording,
     trailers: Option<HeaderMap>,
 }
@@ -168,24 +202,48 @@ pub(crate) struct Recorder {
 enum Recording {
     Streaming,
     Complete,
-    /// Over the cap or failed: dropped, never replayed.
+    /// Over the cap, failed, or not the length it said: dropped, never replayed.
     Abandoned,
 }
 
 impl Recorder {
-    fn record(&mut self, frame: &Frame<Bytes>) {
-        if self.state != Recording::Streaming {
+    /// Records one frame; `end_stream` is whether the body says it is done.
+    fn record(&mut self, frame: &Frame<Bytes>, end_stream: bool) {
+        if self.state == Recording::Abandoned {
             return;
         }
         if let Some(data) = frame.data_ref() {
-            self.len += data.len();
-            if self.len > self.limit {
-                self.abandon();
-                return;
+            if data.is_empty() {
+                // Nothing was sent.
+            } else if self.state == Recording::Complete {
+                // Data past the end it announced or reached: what went out
+                // is not what a replay would send.
+                return self.abandon();
+            } else {
+                self.len += data.len() as u64;
+                if self.len > self.limit || self.expected.is_some_and(|len| self.len > len) {
+                    return self.abandon();
+                }
+                self.chunks.push(data.clone());
             }
-            self.chunks.push(data.clone());
         } else if let Some(trailers) = frame.trailers_ref() {
             self.trailers = Some(trailers.clone());
+        }
+        if end_stream || self.expected == Some(self.len) {
+            self.finish();
+        }
+    }
+
+    /// The body ended, or reached the length it said it has.
+    fn finish(&mut self) {
+        if self.state != Recording::Streaming {
+            return;
+        }
+        if self.expected.is_some_and(|len| self.len < len) {
+            // Shorter than it said: the request was cut short, not complete.
+            self.abandon();
+        } else {
+            self.state = Recording::Complete;
         }
     }
 
@@ -216,24 +274,21 @@ where
             KindProj::Recording { mut body, recorder } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 let mut rec = recorder.lock().unwrap_or_else(|e| e.into_inner());
-                let frame = match frame {
+                match frame {
                     None => {
-                        if rec.state == Recording::Streaming {
-                            rec.state = Recording::Complete;
-                        }
-                        return Poll::Ready(None);
+                        rec.finish();
+                        Poll::Ready(None)
                     }
                     Some(Err(err)) => {
                         rec.abandon();
-                        return Poll::Ready(Some(Err(err)));
+                        Poll::Ready(Some(Err(err)))
                     }
-                    Some(Ok(frame)) => frame.map_data(to_bytes),
-                };
-                rec.record(&frame);
-                if rec.state == Recording::Streaming && body.is_end_stream() {
-                    rec.state = Recording::Complete;
+                    Some(Ok(frame)) => {
+                        let frame = frame.map_data(to_bytes);
+                        rec.record(&frame, body.is_end_stream());
+                        Poll::Ready(Some(Ok(frame)))
+                    }
                 }
-                Poll::Ready(Some(Ok(frame)))
             }
             KindProj::Replay { replayed } => {
                 if let Some(chunk) = replayed.chunks.next() {
@@ -361,5 +416,99 @@ mod tests {
 
     fn futures_stream<T>(items: Vec<T>) -> futures_util::stream::Iter<std::vec::IntoIter<T>> {
         futures_util::stream::iter(items)
+    }
+
+    type Stream = StreamBody<
+        futures_util::stream::Iter<
+            std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>,
+        >,
+    >;
+
+    /// `hello world` in two frames, a stream that never says it has ended.
+    fn hello_world() -> Stream {
+        let frames =
+            ["hello ", "world"].map(|part| Ok(Frame::data(Bytes::from_static(part.as_bytes()))));
+        StreamBody::new(futures_stream(frames.into()))
+    }
+
+    /// A stream that says it is `len` bytes long, truly or not.
+    struct Sized(Stream, u64);
+
+    impl Body for Sized {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.1)
+        }
+    }
+
+    /// Polls `n` frames, as a client that stops once it has sent the length.
+    async fn send_frames<B: Body<Data = Bytes> + Unpin>(body: &mut ReplayBody<B>, n: usize)
+    where
+        B::Error: fmt::Debug,
+    {
+        for _ in 0..n {
+            body.frame().await.expect("a frame").unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_length_is_complete_once_that_length_is_sent() {
+        let (mut body, replay) = ReplayBody::first(Sized(hello_world(), 11), 64);
+        send_frames(&mut body, 1).await;
+        assert!(replay.body::<Full<Bytes>>().is_none(), "6 of 11 bytes sent");
+        // The 11th byte is out: the client drops the body without polling its end.
+        send_frames(&mut body, 1).await;
+        drop(body);
+        let again: ReplayBody<Full<Bytes>> = replay.body().expect("complete");
+        assert_eq!(again.size_hint().exact(), Some(11));
+        assert_eq!(collect(again).await.0, "hello world");
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_it_said_is_not_replayed() {
+        // 6: the length is reached by the first frame, the second is extra;
+        // 8: the second frame crosses it.
+        for said in [6, 8] {
+            let (body, replay) = ReplayBody::first(Sized(hello_world(), said), 64);
+            assert_eq!(collect(body).await.0, "hello world");
+            assert!(replay.body::<Full<Bytes>>().is_none(), "said {said}");
+            let Replay::Recorded(rec) = &replay else {
+                panic!("a streaming body is recorded");
+            };
+            assert_eq!(rec.lock().unwrap().state, Recording::Abandoned);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_it_said_is_not_replayed() {
+        let (body, replay) = ReplayBody::first(Sized(hello_world(), 20), 64);
+        assert_eq!(collect(body).await.0, "hello world");
+        assert!(replay.body::<Full<Bytes>>().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_stands_in_for_the_size_hint() {
+        let (mut body, replay) = ReplayBody::first_with_length(hello_world(), 64, Some(11));
+        send_frames(&mut body, 2).await;
+        let again: ReplayBody<Full<Bytes>> = replay.body().expect("complete at 11 bytes");
+        assert_eq!(collect(again).await.0, "hello world");
+
+        let (body, replay) = ReplayBody::first_with_length(hello_world(), 64, Some(12));
+        assert_eq!(collect(body).await.0.len(), 11);
+        assert!(replay.body::<Full<Bytes>>().is_none(), "one byte short");
+
+        let (_, replay) = ReplayBody::first_with_length(hello_world(), 10, Some(11));
+        assert!(matches!(replay, Replay::Never), "declared over the cap");
+        let (_, replay) = ReplayBody::first_with_length(Full::new(Bytes::new()), 64, Some(3));
+        assert!(matches!(replay, Replay::Never), "empty, yet said 3 bytes");
     }
 }
