@@ -8,7 +8,7 @@ use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
-use crate::{fetcher::GrantType, token::RefreshToken};
+use crate::{grant::GrantType, token::RefreshToken};
 
 /// A boxed error, as tower uses.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;

@@ -47,6 +47,7 @@ mod credentials;
 mod error;
 pub mod fetcher;
 mod future;
+mod grant;
 mod layer;
 mod origin;
 mod service;
@@ -72,8 +73,9 @@ pub use crate::{
     cache::TokenCache,
     credentials::Credentials,
     error::{BoxError, BuildError, Error, ErrorBody, TokenError},
-    fetcher::{GrantRequest, GrantType, HttpFetcher, TokenFetcher},
+    fetcher::{HttpFetcher, TokenFetcher},
     future::ResponseFuture,
+    grant::{GrantRequest, GrantType},
     layer::{AuthLayer, AuthLayerBuilder},
     service::AuthService,
     stats::Stats,
