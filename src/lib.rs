@@ -41,6 +41,7 @@
 #![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod answer;
 mod body;
 mod cache;
 mod credentials;
@@ -69,6 +70,7 @@ pub mod reqwest;
 struct ReadmeDoctests;
 
 pub use crate::{
+    answer::parse_token_response,
     body::{NoReplay, ReplayBody},
     cache::TokenCache,
     credentials::Credentials,
@@ -81,6 +83,6 @@ pub use crate::{
     stats::Stats,
     token::{
         AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_TOKEN_LEN, MIN_LIFETIME, RefreshToken,
-        TokenPair, parse_token_response,
+        TokenPair,
     },
 };

@@ -25,9 +25,10 @@ use tracing::Instrument;
 
 use super::{GrantRequest, TokenFetcher};
 use crate::{
+    answer::parse_token_response,
     error::{BoxError, BuildError, ErrorBody, Kind, TokenError},
     origin::{ShownUrl, check_url},
-    token::{TokenPair, parse_token_response},
+    token::TokenPair,
 };
 
 /// The most of a response body that is ever read: 1 MiB.

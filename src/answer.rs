@@ -1,0 +1,454 @@
+//! What the token endpoint answers, read: [`parse_token_response`] for the body
+//! of a 2xx and [`ErrorBody::parse`] for an error body, side by side, with the
+//! public constructors of the tokens, which report a [`TokenError`]. Parsing
+//! accepts what real OAuth2 servers send (RFC 6749 §5.1, §5.2) and refuses what
+//! would be unsafe to put in a header; no error quotes a token or a 2xx body.
+
+use std::time::Duration;
+
+use crate::{
+    error::{ErrorBody, Kind, TokenError},
+    token::{AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MIN_LIFETIME, RefreshToken, TokenPair},
+};
+
+/// The longest text kept from an error body, in bytes.
+const TEXT_CAP: usize = 256;
+
+// === impl AccessToken, RefreshToken ===
+
+impl AccessToken {
+    /// Checks that `token` is an RFC 6750 `b64token` of at most
+    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes, and makes its header value.
+    pub fn new(token: &str) -> Result<Self, TokenError> {
+        Self::checked(token).map_err(|reason| invalid_field("access_token", reason))
+    }
+}
+
+impl RefreshToken {
+    /// Checks that `token` is non-empty, at most
+    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes, and free of control
+    /// characters.
+    pub fn new(token: &str) -> Result<Self, TokenError> {
+        Self::checked(token).map_err(|reason| invalid_field("refresh_token", reason))
+    }
+}
+
+// === the 2xx body ===
+
+/// Parses the body of a 2xx token response.
+///
+/// - `access_token`: required, an RFC 6750 `b64token` of at most 8 KiB.
+/// - `token_type`: `bearer` in any case; a missing one is taken as bearer;
+///   anything else is refused.
+/// - `refresh_token`: optional; when absent the caller keeps the old one.
+/// - `expires_in`: a number or a numeric string. **The lifetime rule:** a
+///   missing, null, non-numeric, zero or negative value means
+///   [`DEFAULT_LIFETIME`] (3600 s, Daxium's documented lifetime: a server that
+///   gives no usable lifetime is taken at its documented word, and a token
+///   that dies sooner is caught by the 401 replay); a positive number is
+///   clamped to [`MIN_LIFETIME`] (1 s) ..= [`MAX_LIFETIME`] (24 h). So no value
+///   means "refresh on every request" and none means "never expires";
+///   fractions are rounded down; nothing overflows.
+/// - Unknown fields are ignored. A body holding an `error` field is an error
+///   even with a 2xx status.
+///
+/// Errors name the field at fault, never its value, and never copy the body.
+pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        access_token: Option<serde_json::Value>,
+        refresh_token: Option<serde_json::Value>,
+        expires_in: Option<serde_json::Value>,
+        token_type: Option<serde_json::Value>,
+        scope: Option<serde_json::Value>,
+        error: Option<serde_json::Value>,
+    }
+
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| {
+        // serde_json's own message may quote the input: say where, not what.
+        TokenError::new(Kind::InvalidResponse).with_detail(format!(
+            "malformed JSON ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+
+    if raw.error.is_some() {
+        let err = TokenError::new(Kind::InvalidResponse);
+        return Err(match ErrorBody::parse(body) {
+            Some(parsed) if parsed.is_refusal() => {
+                TokenError::new(Kind::Rejected).with_body(parsed)
+            }
+            Some(parsed) => err.with_body(parsed),
+            None => err.with_detail("2xx response with an `error` field"),
+        });
+    }
+
+    // The refresh token first: a refresh answer rotated it even when the rest
+    // is unusable, and the cache must not lose it.
+    let refresh = match raw.refresh_token {
+        Some(serde_json::Value::String(s)) => Some(RefreshToken::new(&s)?),
+        None | Some(serde_json::Value::Null) => None,
+        Some(_) => return Err(invalid_field("refresh_token", "not a string")),
+    };
+    let salvage = |err: TokenError| match &refresh {
+        Some(rotated) => err.with_refresh_token(rotated.clone()),
+        None => err,
+    };
+
+    let access = match raw.access_token {
+        Some(serde_json::Value::String(s)) => AccessToken::new(&s).map_err(salvage)?,
+        Some(serde_json::Value::Null) | None => {
+            return Err(salvage(invalid_field("access_token", "missing")));
+        }
+        Some(_) => return Err(salvage(invalid_field("access_token", "not a string"))),
+    };
+
+    match raw.token_type {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(t)) if t.trim().eq_ignore_ascii_case("bearer") => {}
+        Some(serde_json::Value::String(_)) => {
+            return Err(salvage(invalid_field("token_type", "not bearer")));
+        }
+        Some(_) => return Err(salvage(invalid_field("token_type", "not a string"))),
+    }
+
+    let scope = match raw.scope {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    };
+
+    Ok(TokenPair::new(access, refresh, lifetime(raw.expires_in.as_ref())).with_scope(scope))
+}
+
+/// The lifetime rule of [`parse_token_response`].
+fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
+    let seconds = match expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match seconds {
+        Some(s) if s.is_nan() || s.floor() <= 0.0 => DEFAULT_LIFETIME,
+        // Clamping in f64 first keeps `from_secs_f64` away from its panics.
+        Some(s) => Duration::from_secs_f64(
+            s.floor()
+                .clamp(MIN_LIFETIME.as_secs_f64(), MAX_LIFETIME.as_secs_f64()),
+        ),
+        None => DEFAULT_LIFETIME,
+    }
+}
+
+fn invalid_field(field: &'static str, reason: &'static str) -> TokenError {
+    TokenError::new(Kind::InvalidResponse).with_detail(format!("`{field}` {reason}"))
+}
+
+// === the error body ===
+
+impl ErrorBody {
+    /// Parses an error body; `None` when it is neither form.
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            code: Option<serde_json::Value>,
+            message: Option<serde_json::Value>,
+            url: Option<serde_json::Value>,
+            server_time: Option<serde_json::Value>,
+            error: Option<serde_json::Value>,
+            error_description: Option<serde_json::Value>,
+            error_uri: Option<serde_json::Value>,
+        }
+        fn text(v: Option<serde_json::Value>) -> Option<String> {
+            let s = match v? {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some(cut(s.trim()))
+        }
+        let raw: Raw = serde_json::from_slice(bytes).ok()?;
+        let body = Self {
+            code: text(raw.code),
+            message: text(raw.message),
+            url: text(raw.url),
+            server_time: text(raw.server_time),
+            error: text(raw.error),
+            error_description: text(raw.error_description),
+            error_uri: text(raw.error_uri),
+        };
+        (body.code.is_some() || body.error.is_some()).then_some(body)
+    }
+
+    /// Whether the RFC 6749 `error` says the grant itself was refused.
+    pub(crate) fn is_refusal(&self) -> bool {
+        self.code.is_some()
+            || matches!(
+                self.error.as_deref(),
+                Some(
+                    "invalid_grant"
+                        | "invalid_client"
+                        | "unauthorized_client"
+                        | "unsupported_grant_type"
+                        | "invalid_request"
+                        | "invalid_scope"
+                        | "access_denied"
+                )
+            )
+    }
+}
+
+fn cut(s: &str) -> String {
+    if s.len() <= TEXT_CAP {
+        return s.to_owned();
+    }
+    let mut end = TEXT_CAP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::MAX_TOKEN_LEN;
+
+    fn parse(json: &str) -> Result<TokenPair, TokenError> {
+        parse_token_response(json.as_bytes())
+    }
+
+    fn lifetime_of(expires_in: &str) -> Duration {
+        let json =
+            format!(r#"{{"access_token":"abc","token_type":"bearer","expires_in":{expires_in}}}"#);
+        parse(&json).unwrap().lifetime()
+    }
+
+    #[test]
+    fn full_daxium_response() {
+        let pair = parse(
+            r#"{"access_token":"acc.123-_~+/=","refresh_token":"ref-1","expires_in":3600,"token_type":"bearer","scope":"all"}"#,
+        )
+        .unwrap();
+        assert_eq!(pair.access_token().expose_secret(), "acc.123-_~+/=");
+        assert_eq!(pair.access_token().header_value(), "Bearer acc.123-_~+/=");
+        assert!(pair.access_token().header_value().is_sensitive());
+        assert_eq!(pair.refresh_token().unwrap().expose_secret(), "ref-1");
+        assert_eq!(pair.lifetime(), Duration::from_secs(3600));
+        assert_eq!(pair.scope(), Some("all"));
+    }
+
+    #[test]
+    fn expires_in_as_numeric_string() {
+        assert_eq!(lifetime_of(r#""1800""#), Duration::from_secs(1800));
+        assert_eq!(lifetime_of(r#"" 120 ""#), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn expires_in_fraction_rounds_down() {
+        assert_eq!(lifetime_of("90.9"), Duration::from_secs(90));
+    }
+
+    #[test]
+    fn expires_in_missing_is_the_default() {
+        let pair = parse(r#"{"access_token":"abc","token_type":"bearer"}"#).unwrap();
+        assert_eq!(pair.lifetime(), DEFAULT_LIFETIME);
+    }
+
+    #[test]
+    fn expires_in_null_is_the_default() {
+        assert_eq!(lifetime_of("null"), DEFAULT_LIFETIME);
+    }
+
+    #[test]
+    fn expires_in_non_numeric_string_is_the_default() {
+        assert_eq!(lifetime_of(r#""soon""#), DEFAULT_LIFETIME);
+    }
+
+    #[test]
+    fn expires_in_zero_is_the_default() {
+        assert_eq!(lifetime_of("0"), DEFAULT_LIFETIME);
+        assert_eq!(lifetime_of("0.5"), DEFAULT_LIFETIME);
+    }
+
+    #[test]
+    fn expires_in_negative_is_the_default() {
+        assert_eq!(lifetime_of("-5"), DEFAULT_LIFETIME);
+        assert_eq!(lifetime_of(r#""-99999999999999999999""#), DEFAULT_LIFETIME);
+    }
+
+    #[test]
+    fn expires_in_tiny_is_honoured_down_to_the_minimum() {
+        assert_eq!(lifetime_of("1"), MIN_LIFETIME);
+        assert_eq!(lifetime_of("2"), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn expires_in_absurd_is_the_maximum() {
+        assert_eq!(lifetime_of("99999999999999999999999"), MAX_LIFETIME);
+        assert_eq!(lifetime_of("1e308"), MAX_LIFETIME);
+        assert_eq!(lifetime_of(r#""1e400""#), MAX_LIFETIME);
+        assert_eq!(lifetime_of(&u64::MAX.to_string()), MAX_LIFETIME);
+    }
+
+    #[test]
+    fn token_type_is_case_insensitive() {
+        for t in ["bearer", "Bearer", "BEARER", "bEaReR"] {
+            let json = format!(r#"{{"access_token":"abc","token_type":"{t}"}}"#);
+            assert!(parse(&json).is_ok(), "{t}");
+        }
+    }
+
+    #[test]
+    fn token_type_other_than_bearer_is_refused() {
+        let err = parse(r#"{"access_token":"abc","token_type":"mac"}"#).unwrap_err();
+        assert!(err.is_invalid_response());
+        assert!(err.to_string().contains("`token_type`"));
+    }
+
+    #[test]
+    fn access_token_with_crlf_is_refused_without_echo() {
+        let err =
+            parse(r#"{"access_token":"abc\r\nX-Evil: 1","token_type":"bearer"}"#).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("`access_token`"));
+        assert!(!text.contains("Evil"));
+    }
+
+    #[test]
+    fn access_token_with_space_is_refused() {
+        let err = parse(r#"{"access_token":"ab cd","token_type":"bearer"}"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`access_token` not an RFC 6750 b64token")
+        );
+    }
+
+    #[test]
+    fn access_token_non_ascii_is_refused() {
+        let err = parse(r#"{"access_token":"jéton","token_type":"bearer"}"#).unwrap_err();
+        assert!(err.is_invalid_response());
+        assert!(!err.to_string().contains("jéton"));
+    }
+
+    #[test]
+    fn access_token_over_8_kib_is_refused() {
+        let long = "a".repeat(MAX_TOKEN_LEN + 1);
+        let json = format!(r#"{{"access_token":"{long}","token_type":"bearer"}}"#);
+        let err = parse(&json).unwrap_err();
+        assert!(err.to_string().contains("longer than 8 KiB"));
+        let just = "a".repeat(MAX_TOKEN_LEN);
+        let json = format!(r#"{{"access_token":"{just}","token_type":"bearer"}}"#);
+        assert!(parse(&json).is_ok());
+    }
+
+    #[test]
+    fn access_token_missing_or_empty_is_refused() {
+        assert!(
+            parse(r#"{"token_type":"bearer"}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("missing")
+        );
+        assert!(
+            parse(r#"{"access_token":""}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        assert!(parse(r#"{"access_token":"=="}"#).is_err());
+        assert!(
+            parse(r#"{"access_token":42}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("not a string")
+        );
+    }
+
+    #[test]
+    fn refresh_token_absent_keeps_none() {
+        let pair =
+            parse(r#"{"access_token":"abc","token_type":"bearer","expires_in":60}"#).unwrap();
+        assert!(pair.refresh_token().is_none());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let pair = parse(
+            r#"{"access_token":"abc","token_type":"bearer","id_token":{"x":[1,2]},"extra":null}"#,
+        )
+        .unwrap();
+        assert_eq!(pair.access_token().expose_secret(), "abc");
+    }
+
+    #[test]
+    fn ok_body_with_error_field_is_an_error() {
+        let err = parse(r#"{"error":"invalid_grant","error_description":"spent"}"#).unwrap_err();
+        assert!(err.is_grant_rejected());
+        assert_eq!(err.error_code(), Some("invalid_grant"));
+        let err = parse(r#"{"access_token":"abc","error":"server_error"}"#).unwrap_err();
+        assert!(err.is_invalid_response() && err.is_transient());
+    }
+
+    #[test]
+    fn malformed_json_never_echoes_the_body() {
+        let err = parse(r#"{"access_token": "sentinel-secret-tok"#).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(err.is_invalid_response());
+        assert!(text.contains("malformed JSON"));
+        assert!(!text.contains("sentinel"));
+        let err =
+            parse(r#"{"access_token": ["sentinel-secret-tok"], "expires_in": "x"}"#).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("sentinel"));
+    }
+
+    #[test]
+    fn a_rotated_refresh_token_survives_an_unusable_answer() {
+        let mut err = parse(r#"{"access_token":"bad token","refresh_token":"r2"}"#).unwrap_err();
+        assert!(!format!("{err:?} {err}").contains("r2"));
+        assert_eq!(err.take_refresh_token().unwrap().expose_secret(), "r2");
+        let mut err =
+            parse(r#"{"access_token":"ok","token_type":"mac","refresh_token":"r3"}"#).unwrap_err();
+        assert_eq!(err.take_refresh_token().unwrap().expose_secret(), "r3");
+        let mut err = parse(r#"{"token_type":"bearer"}"#).unwrap_err();
+        assert!(err.take_refresh_token().is_none());
+    }
+
+    #[test]
+    fn parses_daxium_error_body() {
+        let body = br#"{"code":"DAERR-0401","message":"Invalid credentials","url":"https://x/e","api_version":"v1.3","infos":[],"server_time":"1700000000"}"#;
+        let parsed = ErrorBody::parse(body).unwrap();
+        assert_eq!(parsed.code(), Some("DAERR-0401"));
+        assert_eq!(parsed.description(), Some("Invalid credentials"));
+        assert_eq!(parsed.server_time.as_deref(), Some("1700000000"));
+        assert!(parsed.is_refusal());
+    }
+
+    #[test]
+    fn parses_rfc6749_error_body() {
+        let body = br#"{"error":"invalid_grant","error_description":"expired"}"#;
+        let parsed = ErrorBody::parse(body).unwrap();
+        assert_eq!(parsed.code(), Some("invalid_grant"));
+        assert_eq!(parsed.description(), Some("expired"));
+        assert!(parsed.is_refusal());
+        let other = ErrorBody::parse(br#"{"error":"temporarily_unavailable"}"#).unwrap();
+        assert!(!other.is_refusal());
+    }
+
+    #[test]
+    fn error_body_refuses_other_shapes() {
+        assert_eq!(ErrorBody::parse(b"<html>"), None);
+        assert_eq!(ErrorBody::parse(br#"{"message":"no code"}"#), None);
+        assert_eq!(ErrorBody::parse(b"[]"), None);
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(300);
+        let json = format!(r#"{{"error":"x","error_description":"{long}"}}"#);
+        let parsed = ErrorBody::parse(json.as_bytes()).unwrap();
+        let desc = parsed.error_description.unwrap();
+        assert!(desc.len() <= TEXT_CAP + '…'.len_utf8());
+        assert!(desc.ends_with('…'));
+    }
+}
