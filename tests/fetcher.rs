@@ -469,17 +469,53 @@ fn form_encoding_helper_matches_the_expected_password() {
 // === construction ===
 
 #[test]
-fn plain_http_to_another_host_is_refused() {
+fn token_url_rules() {
+    let uri = |url: &str| HttpFetcher::with_client(url, ()).map(|f| f.token_uri().clone());
+    assert!(uri("https://auth.example.com/oauth/v2/token").is_ok());
     assert_eq!(
-        HttpFetcher::new("http://example.com/x").unwrap_err(),
-        BuildError::InsecureUrl { what: "token" }
+        uri("http://127.0.0.1:1/oauth/v2/token").unwrap(),
+        "http://127.0.0.1:1/oauth/v2/token"
     );
+    for insecure in ["http://example.com/x", "http://10.0.0.1/oauth/v2/token"] {
+        assert_eq!(
+            uri(insecure).unwrap_err(),
+            BuildError::InsecureUrl { what: "token" }
+        );
+        assert_eq!(
+            HttpFetcher::new(insecure).unwrap_err(),
+            BuildError::InsecureUrl { what: "token" }
+        );
+    }
+    assert!(matches!(
+        uri("https://user:pw@auth.example.com/token"),
+        Err(BuildError::InvalidUrl { what: "token", .. })
+    ));
+    assert!(matches!(
+        uri("/oauth/v2/token"),
+        Err(BuildError::InvalidUrl { .. })
+    ));
+    let fetcher = HttpFetcher::with_client("https://auth.example.com/t", 7u8).unwrap();
+    assert_eq!(fetcher.get_ref(), &7);
+}
+
+#[test]
+fn debug_shows_url_and_timeout_only() {
     let fetcher = HttpFetcher::new("http://127.0.0.1:1/oauth/v2/token").expect("loopback");
-    assert_eq!(fetcher.token_uri(), "http://127.0.0.1:1/oauth/v2/token");
     assert_eq!(
         format!("{fetcher:?}"),
         r#"HttpFetcher { token_url: "http://127.0.0.1:1/oauth/v2/token", timeout: 30s, .. }"#
     );
+    let fetcher = HttpFetcher::with_client(
+        "https://auth.example.com/oauth/v2/token?tenant=t-sentinel",
+        (),
+    )
+    .unwrap()
+    .timeout(Duration::from_secs(9));
+    assert_eq!(
+        format!("{fetcher:?}"),
+        r#"HttpFetcher { token_url: "https://auth.example.com/oauth/v2/token", timeout: 9s, .. }"#
+    );
+    assert_eq!(fetcher.token_uri().query(), Some("tenant=t-sentinel"));
 }
 
 #[test]

@@ -13,11 +13,13 @@ use crate::{
     token::TokenPair,
 };
 
+mod classify;
+mod client;
 mod http;
 
-pub use self::http::HttpFetcher;
 #[cfg(feature = "rustls")]
-pub use self::http::HttpsClient;
+pub use self::client::HttpsClient;
+pub use self::{client::HttpService, http::HttpFetcher};
 pub use crate::grant::{GrantRequest, GrantType};
 
 /// Makes grants for the token cache.
