@@ -49,9 +49,15 @@ impl RefreshToken {
 ///   clamped to [`MIN_LIFETIME`] (1 s) ..= [`MAX_LIFETIME`] (24 h). So no value
 ///   means "refresh on every request" and none means "never expires";
 ///   fractions are rounded down; nothing overflows.
-/// - Unknown fields are ignored. A body holding an `error` field is an error
-///   even with a 2xx status.
+/// - `error`: a non-empty string makes the answer an error even with a 2xx
+///   status: a [refusal](TokenError::is_grant_rejected) when it is an RFC 6749
+///   §5.2 refusal code (`invalid_grant`, `invalid_client`, …), else an
+///   [invalid response](TokenError::is_invalid_response). Any other value
+///   (`false`, `null`, `""`, a number) states no error and is ignored.
+/// - Unknown fields are ignored.
 ///
+/// A rotated `refresh_token` is kept in the error when the rest of the answer
+/// is unusable or states an error, so that the token cache does not lose it.
 /// Errors name the field at fault, never its value, and never copy the body.
 pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
     #[derive(serde::Deserialize)]
@@ -74,28 +80,21 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
         ))
     })?;
 
-    if raw.error.is_some() {
-        let err = TokenError::new(Kind::InvalidResponse);
-        return Err(match ErrorBody::parse(body) {
-            Some(parsed) if parsed.is_refusal() => {
-                TokenError::new(Kind::Rejected).with_body(parsed)
-            }
-            Some(parsed) => err.with_body(parsed),
-            None => err.with_detail("2xx response with an `error` field"),
-        });
-    }
-
     // The refresh token first: a refresh answer rotated it even when the rest
-    // is unusable, and the cache must not lose it.
+    // is unusable or states an error, and the cache must not lose it.
     let refresh = match raw.refresh_token {
-        Some(serde_json::Value::String(s)) => Some(RefreshToken::new(&s)?),
-        None | Some(serde_json::Value::Null) => None,
-        Some(_) => return Err(invalid_field("refresh_token", "not a string")),
+        Some(serde_json::Value::String(s)) => RefreshToken::new(&s).map(Some),
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(_) => Err(invalid_field("refresh_token", "not a string")),
     };
     let salvage = |err: TokenError| match &refresh {
-        Some(rotated) => err.with_refresh_token(rotated.clone()),
-        None => err,
+        Ok(Some(rotated)) => err.with_refresh_token(rotated.clone()),
+        Ok(None) | Err(_) => err,
     };
+
+    if let Some(err) = stated_error(raw.error.as_ref(), body) {
+        return Err(salvage(err));
+    }
 
     let access = match raw.access_token {
         Some(serde_json::Value::String(s)) => AccessToken::new(&s).map_err(salvage)?,
@@ -119,7 +118,22 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
         _ => None,
     };
 
-    Ok(TokenPair::new(access, refresh, lifetime(raw.expires_in.as_ref())).with_scope(scope))
+    let pair = TokenPair::new(access, refresh?, lifetime(raw.expires_in.as_ref()));
+    Ok(pair.with_scope(scope))
+}
+
+/// The error that a 2xx body states in its `error` member, if it is a
+/// non-empty string.
+fn stated_error(error: Option<&serde_json::Value>, body: &[u8]) -> Option<TokenError> {
+    match error? {
+        serde_json::Value::String(code) if !code.trim().is_empty() => {}
+        _ => return None,
+    }
+    Some(match ErrorBody::parse(body) {
+        Some(parsed) if parsed.is_refusal() => TokenError::new(Kind::Rejected).with_body(parsed),
+        Some(parsed) => TokenError::new(Kind::InvalidResponse).with_body(parsed),
+        None => TokenError::new(Kind::InvalidResponse).with_detail("2xx answer states an error"),
+    })
 }
 
 /// The lifetime rule of [`parse_token_response`].
@@ -382,12 +396,36 @@ mod tests {
     }
 
     #[test]
-    fn ok_body_with_error_field_is_an_error() {
-        let err = parse(r#"{"error":"invalid_grant","error_description":"spent"}"#).unwrap_err();
+    fn an_error_that_is_not_a_non_empty_string_states_nothing() {
+        for error in ["false", "null", r#""""#, r#"" ""#, "0", "[]", "{}"] {
+            let json = format!(
+                r#"{{"access_token":"abc","refresh_token":"r2","expires_in":60,"token_type":"bearer","error":{error}}}"#
+            );
+            let pair = parse(&json).unwrap_or_else(|e| panic!("error {error}: {e}"));
+            assert_eq!(pair.refresh_token().unwrap().expose_secret(), "r2");
+            assert_eq!(pair.lifetime(), Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn a_stated_error_keeps_the_rotated_refresh_token() {
+        let mut err =
+            parse(r#"{"access_token":"abc","refresh_token":"r2","error":"server_error"}"#)
+                .unwrap_err();
+        assert!(err.is_invalid_response() && err.is_transient());
+        assert_eq!(err.error_code(), Some("server_error"));
+        assert!(!format!("{err:?} {err}").contains("r2"));
+        assert_eq!(err.take_refresh_token().unwrap().expose_secret(), "r2");
+
+        let mut err = parse(r#"{"refresh_token":"r3","error":"invalid_grant"}"#).unwrap_err();
+        assert!(err.is_grant_rejected());
+        assert_eq!(err.take_refresh_token().unwrap().expose_secret(), "r3");
+
+        let mut err =
+            parse(r#"{"error":"invalid_grant","error_description":"spent"}"#).unwrap_err();
         assert!(err.is_grant_rejected());
         assert_eq!(err.error_code(), Some("invalid_grant"));
-        let err = parse(r#"{"access_token":"abc","error":"server_error"}"#).unwrap_err();
-        assert!(err.is_invalid_response() && err.is_transient());
+        assert!(err.take_refresh_token().is_none());
     }
 
     #[test]
@@ -450,5 +488,45 @@ mod tests {
         let desc = parsed.error_description.unwrap();
         assert!(desc.len() <= TEXT_CAP + '…'.len_utf8());
         assert!(desc.ends_with('…'));
+    }
+
+    /// Any 2xx object that holds a valid `refresh_token`, whatever else it
+    /// holds: the token is in the pair, or in the error.
+    #[test]
+    fn a_rotated_refresh_token_is_never_lost() {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        let value = || {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i32>().prop_map(Value::from),
+                prop::sample::select(vec![
+                    "",
+                    " ",
+                    "abc",
+                    "bad token",
+                    "bearer",
+                    "mac",
+                    "invalid_grant",
+                    "server_error",
+                ])
+                .prop_map(|s| Value::String(s.to_owned())),
+            ]
+        };
+        const KEYS: &[&str] = &["access_token", "token_type", "expires_in", "scope", "error"];
+        let fields = prop::collection::vec((prop::sample::select(KEYS), value()), 0..6);
+        proptest!(|(refresh in "[ -~]{1,40}", fields in fields)| {
+            let mut object: serde_json::Map<String, Value> =
+                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            object.insert("refresh_token".into(), json!(refresh));
+            let body = serde_json::to_vec(&Value::Object(object)).unwrap();
+            let kept = match parse_token_response(&body) {
+                Ok(pair) => pair.refresh_token().map(|r| r.expose_secret().to_owned()),
+                Err(mut err) => err.take_refresh_token().map(|r| r.expose_secret().to_owned()),
+            };
+            prop_assert_eq!(kept.as_deref(), Some(refresh.as_str()));
+        });
     }
 }

@@ -187,7 +187,8 @@ impl TokenError {
     }
 
     /// A 2xx response that could not be used: malformed JSON, a missing or
-    /// invalid access token, a token type other than bearer, or an `error` field.
+    /// invalid access token, a token type other than bearer, or an `error`
+    /// string that is not a refusal of the grant.
     pub fn is_invalid_response(&self) -> bool {
         self.inner.kind == Kind::InvalidResponse
     }
