@@ -161,7 +161,9 @@ fn invalid_field(field: &'static str, reason: &'static str) -> TokenError {
 // === the error body ===
 
 impl ErrorBody {
-    /// Parses an error body; `None` when it is neither form.
+    /// Parses an error body; `None` when it is neither form, that is when it
+    /// has no `code` and no `error` that is a non-empty string (a gateway's
+    /// `{"code": 400, …}` is neither form).
     pub fn parse(bytes: &[u8]) -> Option<Self> {
         #[derive(serde::Deserialize)]
         struct Raw {
@@ -181,22 +183,34 @@ impl ErrorBody {
             };
             Some(cut(s.trim()))
         }
+        fn code(v: Option<serde_json::Value>) -> Option<String> {
+            match v? {
+                serde_json::Value::String(s) if !s.trim().is_empty() => Some(cut(s.trim())),
+                _ => None,
+            }
+        }
         let raw: Raw = serde_json::from_slice(bytes).ok()?;
         let body = Self {
-            code: text(raw.code),
+            code: code(raw.code),
             message: text(raw.message),
             url: text(raw.url),
             server_time: text(raw.server_time),
-            error: text(raw.error),
+            error: code(raw.error),
             error_description: text(raw.error_description),
             error_uri: text(raw.error_uri),
         };
         (body.code.is_some() || body.error.is_some()).then_some(body)
     }
 
-    /// Whether the RFC 6749 `error` says the grant itself was refused.
+    /// Whether the body refuses the grant itself: a Daxium `DAERR-` code, or
+    /// an RFC 6749 §5.2 `error` that refuses the request, the client or the
+    /// grant (`temporarily_unavailable` or `slow_down`, say, do not).
     pub(crate) fn is_refusal(&self) -> bool {
-        self.code.is_some()
+        let daxium = self
+            .code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("DAERR-"));
+        daxium
             || matches!(
                 self.error.as_deref(),
                 Some(
@@ -478,6 +492,26 @@ mod tests {
         assert_eq!(ErrorBody::parse(b"<html>"), None);
         assert_eq!(ErrorBody::parse(br#"{"message":"no code"}"#), None);
         assert_eq!(ErrorBody::parse(b"[]"), None);
+        assert_eq!(ErrorBody::parse(b""), None);
+        // A gateway's own JSON, and codes that are no codes.
+        assert_eq!(
+            ErrorBody::parse(br#"{"code":400,"message":"Bad Request"}"#),
+            None
+        );
+        assert_eq!(ErrorBody::parse(br#"{"error":false,"code":""}"#), None);
+        assert_eq!(ErrorBody::parse(br#"{"error":" ","code":null}"#), None);
+    }
+
+    #[test]
+    fn only_daxium_codes_and_rfc6749_refusals_refuse() {
+        let refuses = |json: &str| ErrorBody::parse(json.as_bytes()).unwrap().is_refusal();
+        assert!(refuses(r#"{"code":"DAERR-0111"}"#));
+        assert!(refuses(r#"{"error":"invalid_client"}"#));
+        assert!(refuses(r#"{"code":"E42","error":"invalid_grant"}"#));
+        assert!(!refuses(r#"{"code":"E42","message":"gateway"}"#));
+        assert!(!refuses(r#"{"code":"daerr-0111"}"#));
+        assert!(!refuses(r#"{"error":"temporarily_unavailable"}"#));
+        assert!(!refuses(r#"{"error":"slow_down","code":401}"#));
     }
 
     #[test]

@@ -151,7 +151,8 @@ impl TokenError {
 
     /// The token endpoint refused the grant: wrong credentials, an unknown,
     /// spent or revoked refresh token, a disabled client. Retrying the same
-    /// grant will not help.
+    /// grant will not help. The default token client says so only when the
+    /// body refuses (a `DAERR-` code or an RFC 6749 refusal), never for a status alone.
     pub fn is_grant_rejected(&self) -> bool {
         self.inner.kind == Kind::Rejected
     }

@@ -293,6 +293,48 @@ async fn retry_after_as_a_date_and_rfc6749_refusal() {
 }
 
 #[tokio::test]
+async fn a_gateway_in_front_of_the_endpoint_refuses_nothing() {
+    let server = server().await;
+    let respond = |status, content_type: &str, body: &'static [u8]| Fault::Respond {
+        status,
+        content_type: content_type.into(),
+        body: Bytes::from_static(body),
+        retry_after: None,
+    };
+    let html = b"<html><body><h1>403 Forbidden</h1><p>cdn-sentinel</p></body></html>";
+    server.fail_next_grants(1, respond(StatusCode::FORBIDDEN, "text/html", html));
+    let gateway = br#"{"code":400,"message":"Bad Request"}"#;
+    server.fail_next_grants(
+        1,
+        respond(StatusCode::BAD_REQUEST, "application/json", gateway),
+    );
+    server.fail_next_grants(1, respond(StatusCode::UNAUTHORIZED, "", b""));
+    let fetcher = fetcher_for(&server);
+
+    for status in [
+        StatusCode::FORBIDDEN,
+        StatusCode::BAD_REQUEST,
+        StatusCode::UNAUTHORIZED,
+    ] {
+        let err = fetch_err(&fetcher, password_grant()).await;
+        assert!(!err.is_grant_rejected() && !err.is_transient(), "{err:?}");
+        assert_eq!(err.status(), Some(status));
+        assert_eq!(err.error_code(), None, "{err:?}");
+        assert!(!err.to_string().contains("cdn-sentinel"), "{err}");
+    }
+    // The endpoint itself, behind the gateway, still refuses with its code.
+    server.set_credentials(Credentials::new(
+        "daxium-client",
+        CLIENT_SECRET,
+        "user@example.com",
+        "another password",
+    ));
+    let err = fetch_err(&fetcher, password_grant()).await;
+    assert!(err.is_grant_rejected(), "{err:?}");
+    assert_eq!(server.counters().faults_injected, 3);
+}
+
+#[tokio::test]
 async fn reset_may_have_been_sent() {
     let server = server().await;
     server.fail_next_grants(1, Fault::Reset);

@@ -63,9 +63,9 @@ pub(super) fn answer(
     Err(err.with_status(status).with_retry_after(retry_after))
 }
 
-/// A non-2xx, non-3xx answer is classified by its status; the body only adds
-/// the parsed error, or a description of what it was. A 401 whose body broke
-/// is still a refusal: calling it transient would retry a bad password.
+/// A non-2xx, non-3xx answer: its status and, for a 400, 401 or 403, whether
+/// its body refuses the grant; the body also adds the parsed error, or a
+/// description of what it was. A body that could not be read refuses nothing.
 fn failure(
     status: StatusCode,
     headers: &HeaderMap,
@@ -110,11 +110,18 @@ impl BodyFailure {
     }
 }
 
-/// The kind of a non-2xx, non-3xx answer.
+/// The kind of a non-2xx, non-3xx answer. A refusal takes both a refusing
+/// status and a body that says so (a Daxium `DAERR-` code or an RFC 6749
+/// refusal): a gateway's or a CDN's page, or its own JSON, refuses nothing,
+/// whatever its status. A 401 or 403 without such a body is an unexpected
+/// status, not a transient one: an access rule in front of the endpoint does
+/// not lift with time, though the cache still tries again after its backoff.
 fn classify(status: StatusCode, body: Option<&ErrorBody>) -> Kind {
+    let refusal = body.is_some_and(ErrorBody::is_refusal);
     match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Kind::Rejected,
-        StatusCode::BAD_REQUEST if body.is_some_and(ErrorBody::is_refusal) => Kind::Rejected,
+        StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if refusal => {
+            Kind::Rejected
+        }
         StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => Kind::Unavailable,
         s if s.is_server_error() => Kind::Unavailable,
         s if s.is_redirection() => Kind::Redirect,
@@ -197,225 +204,4 @@ fn never_sent(err: &(dyn StdError + 'static)) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classification_table() {
-        let refusal = ErrorBody::parse(br#"{"error":"invalid_grant"}"#).unwrap();
-        let daxium = ErrorBody::parse(br#"{"code":"DAERR-0401"}"#).unwrap();
-        let other = ErrorBody::parse(br#"{"error":"slow_down"}"#).unwrap();
-        let cases = [
-            (401, None, Kind::Rejected),
-            (403, None, Kind::Rejected),
-            (401, Some(&other), Kind::Rejected),
-            (400, Some(&refusal), Kind::Rejected),
-            (400, Some(&daxium), Kind::Rejected),
-            (400, Some(&other), Kind::Status),
-            (400, None, Kind::Status),
-            (500, None, Kind::Unavailable),
-            (502, Some(&refusal), Kind::Unavailable),
-            (503, None, Kind::Unavailable),
-            (429, None, Kind::Unavailable),
-            (408, None, Kind::Unavailable),
-            (404, None, Kind::Status),
-            (405, None, Kind::Status),
-            (422, Some(&refusal), Kind::Status),
-            (307, None, Kind::Redirect),
-        ];
-        for (status, body, kind) in cases {
-            let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(classify(status, body), kind, "{status}");
-        }
-    }
-
-    fn answered(status: u16, headers: &[(&str, &str)], body: &str) -> TokenError {
-        let mut map = HeaderMap::new();
-        for (name, value) in headers {
-            map.append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        let status = StatusCode::from_u16(status).unwrap();
-        let body = Ok(Bytes::copy_from_slice(body.as_bytes()));
-        answer(status, &map, body, SystemTime::now()).unwrap_err()
-    }
-
-    #[test]
-    fn unparseable_error_body_is_described_not_quoted() {
-        let err = answered(
-            502,
-            &[("content-type", "text/html")],
-            "<html>proxy-sentinel-page</html>",
-        );
-        let text = format!("{err} {err:?}");
-        assert!(text.contains("body: text/html, 32 bytes"), "{text}");
-        assert!(!text.contains("proxy-sentinel-page"));
-    }
-
-    #[test]
-    fn success_body_is_never_copied_into_an_error() {
-        let err = answered(
-            200,
-            &[("content-type", "application/json")],
-            r#"{"access_token":"acc sentinel","refresh_token":"ref-1"}"#,
-        );
-        assert!(err.is_invalid_response());
-        assert_eq!(err.status(), Some(StatusCode::OK));
-        let text = format!("{err} {err:?}");
-        assert!(
-            !text.contains("sentinel") && !text.contains("ref-1"),
-            "{text}"
-        );
-
-        let err = answered(
-            200,
-            &[("content-type", "text/html")],
-            "<html>sentinel</html>",
-        );
-        assert!(err.is_invalid_response() && err.is_transient());
-        let text = format!("{err} {err:?}");
-        assert!(
-            text.contains("malformed JSON") && text.contains("body: text/html, 21 bytes"),
-            "{text}"
-        );
-        assert!(!text.contains("sentinel"), "{text}");
-    }
-
-    #[test]
-    fn success_with_refusal_is_rejected() {
-        let err = answered(200, &[("retry-after", "5")], r#"{"error":"invalid_grant"}"#);
-        assert!(err.is_grant_rejected());
-        assert_eq!(err.status(), Some(StatusCode::OK));
-        assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
-    }
-
-    #[test]
-    fn bodies_that_could_not_be_had() {
-        let ok = StatusCode::OK;
-        let unauthorized = StatusCode::UNAUTHORIZED;
-        let none = HeaderMap::new();
-        let now = SystemTime::now();
-        let too_large = |status| answer(status, &none, Err(BodyFailure::TooLarge), now);
-        let err = too_large(ok).unwrap_err();
-        assert!(err.is_body_too_large() && err.is_transient());
-        let err = too_large(unauthorized).unwrap_err();
-        assert!(err.is_grant_rejected(), "the status decides: {err:?}");
-        assert!(err.to_string().contains("1 MiB cap"));
-
-        let broken = || BodyFailure::Broken("cut-cause".into());
-        let err = answer(ok, &none, Err(broken()), now).unwrap_err();
-        assert!(err.is_transient() && err.may_have_been_sent() && !err.is_connect());
-        assert!(!err.is_invalid_response());
-        assert_eq!(err.status(), Some(ok));
-        let err = answer(unauthorized, &none, Err(broken()), now).unwrap_err();
-        assert!(err.to_string().contains("body broke off"), "{err}");
-        assert!(err.source().unwrap().to_string().contains("cut-cause"));
-    }
-
-    // --- was it sent ---
-
-    #[test]
-    fn service_errors_are_transport_errors() {
-        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset-cause");
-        let err = service_error(reset.into());
-        assert!(err.is_transient() && err.may_have_been_sent() && !err.is_connect());
-        assert_eq!(
-            err.to_string(),
-            "the exchange with the token endpoint broke"
-        );
-        assert!(err.source().unwrap().to_string().contains("reset-cause"));
-    }
-
-    #[test]
-    fn refused_without_a_connector_saying_so_counts_as_sent() {
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        let err = service_error(refused.into());
-        assert!(!err.is_connect() && err.may_have_been_sent());
-    }
-
-    // --- Retry-After ---
-
-    fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-        parse_retry_after(&HeaderValue::from_str(value).unwrap(), now)
-    }
-
-    #[test]
-    fn retry_after_delta_seconds() {
-        let now = SystemTime::now();
-        assert_eq!(retry_after("0", now), Some(Duration::ZERO));
-        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
-        assert_eq!(retry_after(" 30 ", now), Some(Duration::from_secs(30)));
-        assert_eq!(retry_after("3600", now), Some(RETRY_AFTER_CAP));
-        assert_eq!(retry_after("86400", now), Some(RETRY_AFTER_CAP));
-        assert_eq!(
-            retry_after("99999999999999999999999999", now),
-            Some(RETRY_AFTER_CAP)
-        );
-    }
-
-    #[test]
-    fn retry_after_http_date() {
-        // Sun, 06 Nov 1994 08:49:37 GMT
-        let date = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
-        let value = "Sun, 06 Nov 1994 08:49:37 GMT";
-        assert_eq!(
-            retry_after(value, date - Duration::from_secs(90)),
-            Some(Duration::from_secs(90))
-        );
-        assert_eq!(retry_after(value, date), Some(Duration::ZERO));
-        assert_eq!(
-            retry_after(value, date + Duration::from_secs(5)),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(
-            retry_after(value, date - Duration::from_secs(86_400)),
-            Some(RETRY_AFTER_CAP)
-        );
-        // The obsolete forms httpdate accepts too.
-        assert_eq!(
-            retry_after(
-                "Sunday, 06-Nov-94 08:49:37 GMT",
-                date - Duration::from_secs(1)
-            ),
-            Some(Duration::from_secs(1))
-        );
-    }
-
-    #[test]
-    fn retry_after_garbage_is_ignored() {
-        let now = SystemTime::now();
-        for value in [
-            "",
-            "soon",
-            "-5",
-            "1.5",
-            "+10",
-            "12abc",
-            "Sun, 99 Nov 1994 08:49:37 GMT",
-        ] {
-            assert_eq!(retry_after(value, now), None, "{value:?}");
-        }
-        let opaque = HeaderValue::from_bytes(b"\xff12").unwrap();
-        assert_eq!(parse_retry_after(&opaque, now), None);
-    }
-
-    #[test]
-    fn content_type_description() {
-        let html = HeaderValue::from_static("text/html; charset=utf-8");
-        assert_eq!(
-            describe_body(Some(&html), 1234),
-            "body: text/html; charset=utf-8, 1234 bytes"
-        );
-        assert_eq!(describe_body(None, 0), "body: no content type, 0 bytes");
-        let long = HeaderValue::from_str(&format!("application/{}", "x".repeat(100))).unwrap();
-        let text = describe_body(Some(&long), 5);
-        assert_eq!(
-            text,
-            format!("body: application/{}, 5 bytes", "x".repeat(64 - 12))
-        );
-        let odd = HeaderValue::from_bytes(b"text/\xe9\tplain").unwrap();
-        assert_eq!(describe_body(Some(&odd), 1), "body: text/??plain, 1 bytes");
-    }
-}
+mod tests;

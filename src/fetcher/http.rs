@@ -67,21 +67,26 @@ const USER_AGENT_VALUE: &str = concat!("daxium-auth/", env!("CARGO_PKG_VERSION")
 /// | answer | error |
 /// | --- | --- |
 /// | 2xx, usable token | none |
-/// | 2xx, unusable (malformed JSON, bad token, not bearer) | [invalid response](TokenError::is_invalid_response) |
+/// | 2xx, unusable (malformed JSON, bad token, not bearer, an `error` string that is no refusal) | [invalid response](TokenError::is_invalid_response) |
 /// | 2xx with an RFC 6749 refusal (`{"error":"invalid_grant"}`) | [rejected](TokenError::is_grant_rejected) |
 /// | 2xx, body over 1 MiB | [body too large](TokenError::is_body_too_large) |
 /// | 3xx | [redirect](TokenError::is_redirect) (never followed) |
-/// | 401, 403; 400 with a refusal body (`DAERR-…`, `invalid_grant`, …) | [rejected](TokenError::is_grant_rejected) |
-/// | 5xx, 429, 408 | unavailable ([transient](TokenError::is_transient)) |
-/// | any other status | unexpected status (neither transient nor rejected) |
+/// | 400, 401, 403 with a refusal body: a Daxium `DAERR-…` code, or an RFC 6749 refusal (`invalid_grant`, `invalid_client`, …) | [rejected](TokenError::is_grant_rejected) |
+/// | 5xx, 429, 408, whatever the body | unavailable ([transient](TokenError::is_transient)) |
+/// | any other status; a 400, 401 or 403 without a refusal body | unexpected status (neither transient nor rejected) |
 /// | refused connection, DNS failure, TLS handshake failure | [connect](TokenError::is_connect) (never sent) |
 /// | reset, broken stream, any other service error | transport (may have been sent) |
 /// | no complete answer within the timeout | [timeout](TokenError::is_timeout) |
 ///
-/// A non-2xx answer is classified by its status: its body, parsed as
-/// Daxium's or RFC 6749's error form, only adds the
-/// [code](TokenError::error_code), or a description by content type
-/// and length when it is neither form (or over the cap, or broken).
+/// Only a body refuses: a 401 or 403 from a gateway or a CDN in front of
+/// the endpoint (an HTML page, its own `{"code": 400, …}`, nothing) is an
+/// unexpected status, so that a proxy's rule never holds the password
+/// grant in the rejected-password cool-down. It is not transient either,
+/// since such a rule does not lift with time; the cache tries again after
+/// its backoff, as for any failure that is not a refusal. The body, parsed
+/// as Daxium's or RFC 6749's error form, adds the
+/// [code](TokenError::error_code), or a description by content type and
+/// length when it is neither form (or over the cap, or broken).
 /// Every error names the [grant](TokenError::grant_type), and carries
 /// the answer's `Retry-After` (seconds or HTTP-date, at most an hour).
 ///
