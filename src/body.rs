@@ -107,17 +107,18 @@ impl<B: Body> ReplayBody<B> {
         limit: usize,
         declared: Option<u64>,
     ) -> (Self, Replay) {
-        let hint = body.size_hint();
-        let expected = declared.or(hint.exact());
         if body.is_end_stream() {
-            let replay = match expected {
-                None | Some(0) => Replay::Empty,
-                // An empty body that claims a length is broken: sent again,
-                // it would break the same way.
-                Some(_) => Replay::Never,
+            // An empty body that declares a length is broken: sent again, it
+            // would break the same way.
+            let replay = if declared.is_some_and(|len| len > 0) {
+                Replay::Never
+            } else {
+                Replay::Empty
             };
             return (Self::new(body), replay);
         }
+        let hint = body.size_hint();
+        let expected = declared.or(hint.exact());
         let limit_len = limit as u64;
         if hint.lower() > limit_len || expected.is_some_and(|len| len > limit_len) {
             return (Self::new(body), Replay::Never);

@@ -124,7 +124,6 @@ fn classify(status: StatusCode, body: Option<&ErrorBody>) -> Kind {
         }
         StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => Kind::Unavailable,
         s if s.is_server_error() => Kind::Unavailable,
-        s if s.is_redirection() => Kind::Redirect,
         _ => Kind::Status,
     }
 }
