@@ -1,8 +1,9 @@
 //! The request body as the inner service sees it. [`ReplayBody`] records the
 //! frames while the inner service streams them, up to a cap, so that a request
 //! answered 401 can be sent again without a `B: Clone` bound and without an
-//! unbounded buffer. An empty body replays for free; a body over the cap, or not
-//! fully sent when the answer came, is not replayed.
+//! unbounded buffer. An empty body replays for free; a body over the cap, not
+//! fully sent when the answer came, or longer or shorter than it said, is not
+//! replayed.
 
 use std::{
     fmt,
@@ -88,20 +89,42 @@ impl<B> Default for ReplayBody<B> {
 }
 
 impl<B: Body> ReplayBody<B> {
-    /// The body for the first attempt, and what will tell whether and how it can
-    /// be replayed.
-    pub(crate) fn first(body: B, limit: usize) -> (Self, Replay) {
+    /// The body for the first attempt, and what will tell whether and how it
+    /// can be replayed. `declared` is the length the request declares (its
+    /// `Content-Length`), which then counts instead of the size hint.
+    ///
+    /// A body is fully sent once the length it said it has (declared, or an
+    /// exact size hint) has gone out: an HTTP/1 client that wrote that many
+    /// bytes stops polling it, and never sees its end. A body that yields more
+    /// than that, or ends short of it, is not replayed.
+    pub(crate) fn first(body: B, limit: usize, declared: Option<u64>) -> (Self, Replay) {
         if body.is_end_stream() {
-            return (Self::new(body), Replay::Empty);
+            // An empty body that declares a length is broken: sent again, it
+            // would break the same way.
+            let replay = if declared.is_some_and(|len| len > 0) {
+                Replay::Never
+            } else {
+                Replay::Empty
+            };
+            return (Self::new(body), replay);
         }
-        if body.size_hint().lower() > limit as u64 {
+        let hint = body.size_hint();
+        let expected = declared.or(hint.exact());
+        let limit_len = limit as u64;
+        if hint.lower() > limit_len || expected.is_some_and(|len| len > limit_len) {
             return (Self::new(body), Replay::Never);
         }
         let recorder = Arc::new(Mutex::new(Recorder {
             chunks: Vec::new(),
             len: 0,
-            limit,
-            state: Recording::Streaming,
+            limit: limit_len,
+            expected,
+            // Nothing to wait for: a client sends no byte of a body of length 0.
+            state: if expected == Some(0) {
+                Recording::Complete
+            } else {
+                Recording::Streaming
+            },
             trailers: None,
         }));
         let body = Self {
@@ -139,7 +162,7 @@ impl Replay {
                     kind: KindBody::Replay {
                         replayed: Box::new(Replayed {
                             chunks: recorder.chunks.clone().into_iter(),
-                            remaining: recorder.len as u64,
+                            remaining: recorder.len,
                             trailers: recorder.trailers.clone(),
                         }),
                     },
@@ -158,8 +181,11 @@ struct Replayed {
 
 pub(crate) struct Recorder {
     chunks: Vec<Bytes>,
-    len: usize,
-    limit: usize,
+    len: u64,
+    limit: u64,
+    /// The length the body said it has: the recording is complete once it is
+    /// reached, whether or not the body is polled to its end.
+    expected: Option<u64>,
     state: Recording,
     trailers: Option<HeaderMap>,
 }
@@ -168,24 +194,48 @@ pub(crate) struct Recorder {
 enum Recording {
     Streaming,
     Complete,
-    /// Over the cap or failed: dropped, never replayed.
+    /// Over the cap, failed, or not the length it said: dropped, never replayed.
     Abandoned,
 }
 
 impl Recorder {
-    fn record(&mut self, frame: &Frame<Bytes>) {
-        if self.state != Recording::Streaming {
+    /// Records one frame; `end_stream` is whether the body says it is done.
+    fn record(&mut self, frame: &Frame<Bytes>, end_stream: bool) {
+        if self.state == Recording::Abandoned {
             return;
         }
         if let Some(data) = frame.data_ref() {
-            self.len += data.len();
-            if self.len > self.limit {
-                self.abandon();
-                return;
+            if data.is_empty() {
+                // Nothing was sent.
+            } else if self.state == Recording::Complete {
+                // Data past the end it announced or reached: what went out
+                // is not what a replay would send.
+                return self.abandon();
+            } else {
+                self.len += data.len() as u64;
+                if self.len > self.limit || self.expected.is_some_and(|len| self.len > len) {
+                    return self.abandon();
+                }
+                self.chunks.push(data.clone());
             }
-            self.chunks.push(data.clone());
         } else if let Some(trailers) = frame.trailers_ref() {
             self.trailers = Some(trailers.clone());
+        }
+        if end_stream || self.expected == Some(self.len) {
+            self.finish();
+        }
+    }
+
+    /// The body ended, or reached the length it said it has.
+    fn finish(&mut self) {
+        if self.state != Recording::Streaming {
+            return;
+        }
+        if self.expected.is_some_and(|len| self.len < len) {
+            // Shorter than it said: the request was cut short, not complete.
+            self.abandon();
+        } else {
+            self.state = Recording::Complete;
         }
     }
 
@@ -216,24 +266,21 @@ where
             KindProj::Recording { mut body, recorder } => {
                 let frame = ready!(body.as_mut().poll_frame(cx));
                 let mut rec = recorder.lock().unwrap_or_else(|e| e.into_inner());
-                let frame = match frame {
+                match frame {
                     None => {
-                        if rec.state == Recording::Streaming {
-                            rec.state = Recording::Complete;
-                        }
-                        return Poll::Ready(None);
+                        rec.finish();
+                        Poll::Ready(None)
                     }
                     Some(Err(err)) => {
                         rec.abandon();
-                        return Poll::Ready(Some(Err(err)));
+                        Poll::Ready(Some(Err(err)))
                     }
-                    Some(Ok(frame)) => frame.map_data(to_bytes),
-                };
-                rec.record(&frame);
-                if rec.state == Recording::Streaming && body.is_end_stream() {
-                    rec.state = Recording::Complete;
+                    Some(Ok(frame)) => {
+                        let frame = frame.map_data(to_bytes);
+                        rec.record(&frame, body.is_end_stream());
+                        Poll::Ready(Some(Ok(frame)))
+                    }
                 }
-                Poll::Ready(Some(Ok(frame)))
             }
             KindProj::Replay { replayed } => {
                 if let Some(chunk) = replayed.chunks.next() {
@@ -271,95 +318,4 @@ fn to_bytes<D: Buf>(mut data: D) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::{BodyExt, Full, StreamBody};
-
-    async fn collect<B: Body<Data = Bytes>>(body: B) -> (Bytes, Option<HeaderMap>)
-    where
-        B::Error: fmt::Debug,
-    {
-        let collected = body.collect().await.unwrap();
-        let trailers = collected.trailers().cloned();
-        (collected.to_bytes(), trailers)
-    }
-
-    #[tokio::test]
-    async fn empty_body_replays_for_free() {
-        let (body, replay) = ReplayBody::first(http_body_util::Empty::<Bytes>::new(), 64);
-        assert!(matches!(replay, Replay::Empty));
-        assert!(collect(body).await.0.is_empty());
-        let again: ReplayBody<Full<Bytes>> = replay.body().unwrap();
-        assert!(again.is_end_stream());
-        assert_eq!(again.size_hint().exact(), Some(0));
-    }
-
-    #[tokio::test]
-    async fn recorded_body_replays_byte_for_byte_with_trailers() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-sum", "42".parse().unwrap());
-        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"hello "))),
-            Ok(Frame::data(Bytes::from_static(b"world"))),
-            Ok(Frame::trailers(trailers.clone())),
-        ];
-        let stream = StreamBody::new(futures_stream(frames));
-        let (body, replay) = ReplayBody::first(stream, 64);
-        assert!(replay.body::<Full<Bytes>>().is_none(), "not complete yet");
-        let (first, first_trailers) = collect(body).await;
-        assert_eq!(first, "hello world");
-        assert_eq!(first_trailers.as_ref(), Some(&trailers));
-        let again: ReplayBody<Full<Bytes>> = replay.body().unwrap();
-        assert_eq!(again.size_hint().exact(), Some(11));
-        let (second, second_trailers) = collect(again).await;
-        assert_eq!(second, "hello world");
-        assert_eq!(second_trailers, Some(trailers));
-    }
-
-    #[tokio::test]
-    async fn over_the_cap_is_not_replayed_and_frees_memory() {
-        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..10)
-            .map(|_| Ok(Frame::data(Bytes::from(vec![7u8; 10]))))
-            .collect();
-        let (body, replay) = ReplayBody::first(StreamBody::new(futures_stream(frames)), 64);
-        assert_eq!(collect(body).await.0.len(), 100);
-        assert!(replay.body::<Full<Bytes>>().is_none());
-        if let Replay::Recorded(rec) = &replay {
-            let rec = rec.lock().unwrap();
-            assert_eq!(rec.state, Recording::Abandoned);
-            assert_eq!(rec.chunks.capacity(), 0);
-        } else {
-            panic!("a streaming body is recorded");
-        }
-    }
-
-    #[tokio::test]
-    async fn known_too_large_is_never_recorded() {
-        let (body, replay) = ReplayBody::first(Full::new(Bytes::from(vec![1u8; 65])), 64);
-        assert!(matches!(replay, Replay::Never));
-        assert_eq!(collect(body).await.0.len(), 65);
-    }
-
-    #[tokio::test]
-    async fn full_body_at_the_cap_is_replayed() {
-        let (body, replay) = ReplayBody::first(Full::new(Bytes::from(vec![1u8; 64])), 64);
-        assert_eq!(collect(body).await.0.len(), 64);
-        let again: ReplayBody<Full<Bytes>> = replay.body().unwrap();
-        assert_eq!(collect(again).await.0, Bytes::from(vec![1u8; 64]));
-    }
-
-    #[tokio::test]
-    async fn failed_body_is_not_replayed() {
-        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
-            Ok(Frame::data(Bytes::from_static(b"part"))),
-            Err(std::io::Error::other("broken")),
-        ];
-        let (body, replay) = ReplayBody::first(StreamBody::new(futures_stream(frames)), 64);
-        assert!(body.collect().await.is_err());
-        assert!(replay.body::<Full<Bytes>>().is_none());
-    }
-
-    fn futures_stream<T>(items: Vec<T>) -> futures_util::stream::Iter<std::vec::IntoIter<T>> {
-        futures_util::stream::iter(items)
-    }
-}
+mod tests;

@@ -8,7 +8,7 @@ use std::{error::Error as StdError, fmt, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
-use crate::{fetcher::GrantType, token::RefreshToken};
+use crate::{grant::GrantType, token::RefreshToken};
 
 /// A boxed error, as tower uses.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -165,7 +165,8 @@ impl TokenError {
 
     /// The token endpoint refused the grant: wrong credentials, an unknown,
     /// spent or revoked refresh token, a disabled client. Retrying the same
-    /// grant will not help.
+    /// grant will not help. The default token client says so only when the
+    /// body refuses (a `DAERR-` code or an RFC 6749 refusal), never for a status alone.
     pub fn is_grant_rejected(&self) -> bool {
         self.inner.kind == Kind::Rejected
     }
@@ -201,7 +202,8 @@ impl TokenError {
     }
 
     /// A 2xx response that could not be used: malformed JSON, a missing or
-    /// invalid access token, a token type other than bearer, or an `error` field.
+    /// invalid access token, a token type other than bearer, or an `error`
+    /// string that is not a refusal of the grant.
     pub fn is_invalid_response(&self) -> bool {
         self.inner.kind == Kind::InvalidResponse
     }
@@ -320,7 +322,8 @@ impl StdError for TokenError {
 
 /// The parsed body of a token endpoint error: Daxium's
 /// `{code: "DAERR-…", message, url, server_time}` or RFC 6749 §5.2's
-/// `{error, error_description, error_uri}`. Text fields are cut to 256 bytes.
+/// `{error, error_description, error_uri}`, from [`ErrorBody::parse`]. Text
+/// fields are cut to 256 bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ErrorBody {
@@ -340,42 +343,7 @@ pub struct ErrorBody {
     pub error_uri: Option<String>,
 }
 
-const TEXT_CAP: usize = 256;
-
 impl ErrorBody {
-    /// Parses an error body; `None` when it is neither form.
-    pub fn parse(bytes: &[u8]) -> Option<Self> {
-        #[derive(serde::Deserialize)]
-        struct Raw {
-            code: Option<serde_json::Value>,
-            message: Option<serde_json::Value>,
-            url: Option<serde_json::Value>,
-            server_time: Option<serde_json::Value>,
-            error: Option<serde_json::Value>,
-            error_description: Option<serde_json::Value>,
-            error_uri: Option<serde_json::Value>,
-        }
-        fn text(v: Option<serde_json::Value>) -> Option<String> {
-            let s = match v? {
-                serde_json::Value::String(s) => s,
-                serde_json::Value::Number(n) => n.to_string(),
-                _ => return None,
-            };
-            Some(cut(s.trim()))
-        }
-        let raw: Raw = serde_json::from_slice(bytes).ok()?;
-        let body = Self {
-            code: text(raw.code),
-            message: text(raw.message),
-            url: text(raw.url),
-            server_time: text(raw.server_time),
-            error: text(raw.error),
-            error_description: text(raw.error_description),
-            error_uri: text(raw.error_uri),
-        };
-        (body.code.is_some() || body.error.is_some()).then_some(body)
-    }
-
     /// The code to act on: Daxium's `DAERR-…`, else the RFC 6749 `error`.
     pub fn code(&self) -> Option<&str> {
         self.code.as_deref().or(self.error.as_deref())
@@ -387,34 +355,6 @@ impl ErrorBody {
             .as_deref()
             .or(self.error_description.as_deref())
     }
-
-    /// Whether the RFC 6749 `error` says the grant itself was refused.
-    pub(crate) fn is_refusal(&self) -> bool {
-        self.code.is_some()
-            || matches!(
-                self.error.as_deref(),
-                Some(
-                    "invalid_grant"
-                        | "invalid_client"
-                        | "unauthorized_client"
-                        | "unsupported_grant_type"
-                        | "invalid_request"
-                        | "invalid_scope"
-                        | "access_denied"
-                )
-            )
-    }
-}
-
-fn cut(s: &str) -> String {
-    if s.len() <= TEXT_CAP {
-        return s.to_owned();
-    }
-    let mut end = TEXT_CAP;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 impl fmt::Display for ErrorBody {
@@ -536,44 +476,6 @@ pub enum BuildError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_daxium_error_body() {
-        let body = br#"{"code":"DAERR-0401","message":"Invalid credentials","url":"https://x/e","api_version":"v1.3","infos":[],"server_time":"1700000000"}"#;
-        let parsed = ErrorBody::parse(body).unwrap();
-        assert_eq!(parsed.code(), Some("DAERR-0401"));
-        assert_eq!(parsed.description(), Some("Invalid credentials"));
-        assert_eq!(parsed.server_time.as_deref(), Some("1700000000"));
-        assert!(parsed.is_refusal());
-    }
-
-    #[test]
-    fn parses_rfc6749_error_body() {
-        let body = br#"{"error":"invalid_grant","error_description":"expired"}"#;
-        let parsed = ErrorBody::parse(body).unwrap();
-        assert_eq!(parsed.code(), Some("invalid_grant"));
-        assert_eq!(parsed.description(), Some("expired"));
-        assert!(parsed.is_refusal());
-        let other = ErrorBody::parse(br#"{"error":"temporarily_unavailable"}"#).unwrap();
-        assert!(!other.is_refusal());
-    }
-
-    #[test]
-    fn error_body_refuses_other_shapes() {
-        assert_eq!(ErrorBody::parse(b"<html>"), None);
-        assert_eq!(ErrorBody::parse(br#"{"message":"no code"}"#), None);
-        assert_eq!(ErrorBody::parse(b"[]"), None);
-    }
-
-    #[test]
-    fn long_texts_are_cut_on_a_char_boundary() {
-        let long = "é".repeat(300);
-        let json = format!(r#"{{"error":"x","error_description":"{long}"}}"#);
-        let parsed = ErrorBody::parse(json.as_bytes()).unwrap();
-        let desc = parsed.error_description.unwrap();
-        assert!(desc.len() <= TEXT_CAP + '…'.len_utf8());
-        assert!(desc.ends_with('…'));
-    }
 
     #[test]
     fn display_is_one_line_without_the_source() {

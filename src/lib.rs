@@ -41,12 +41,14 @@
 #![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod answer;
 mod body;
 mod cache;
 mod credentials;
 mod error;
 pub mod fetcher;
 mod future;
+mod grant;
 mod layer;
 mod origin;
 mod service;
@@ -68,17 +70,19 @@ pub mod reqwest;
 struct ReadmeDoctests;
 
 pub use crate::{
+    answer::parse_token_response,
     body::{NoReplay, ReplayBody},
     cache::TokenCache,
     credentials::Credentials,
     error::{BoxError, BuildError, Error, ErrorBody, TokenError},
-    fetcher::{GrantRequest, GrantType, HttpFetcher, TokenFetcher},
+    fetcher::{HttpFetcher, TokenFetcher},
     future::ResponseFuture,
+    grant::{GrantRequest, GrantType},
     layer::{AuthLayer, AuthLayerBuilder},
     service::AuthService,
     stats::Stats,
     token::{
         AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_TOKEN_LEN, MIN_LIFETIME, RefreshToken,
-        TokenPair, parse_token_response,
+        TokenPair,
     },
 };

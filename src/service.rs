@@ -204,6 +204,18 @@ where
     }
 }
 
+/// The request's `Content-Length`, if it has one that parses.
+#[cold]
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The error of an answer that holds no token.
 pub(crate) fn failure(answer: Answer<Live>) -> TokenError {
     match answer {
@@ -242,9 +254,17 @@ where
     // The request stays whole here too: taking it apart into `Parts` and back
     // moves more bytes than the rest of this function touches.
     let limit = local.config().replay_limit;
+    // A streamed body of unknown size may still have a declared length: the
+    // recording is complete once that much has gone out. A body whose size is
+    // known (the usual case) costs no header lookup.
+    let declared = if req.body().size_hint().exact().is_none() {
+        declared_length(req.headers())
+    } else {
+        None
+    };
     let mut kind = Replay::Never;
     let mut req = req.map(|body| {
-        let (body, how) = ReplayBody::first(body, limit);
+        let (body, how) = ReplayBody::first(body, limit, declared);
         kind = how;
         body
     });

@@ -293,6 +293,48 @@ async fn retry_after_as_a_date_and_rfc6749_refusal() {
 }
 
 #[tokio::test]
+async fn a_gateway_in_front_of_the_endpoint_refuses_nothing() {
+    let server = server().await;
+    let respond = |status, content_type: &str, body: &'static [u8]| Fault::Respond {
+        status,
+        content_type: content_type.into(),
+        body: Bytes::from_static(body),
+        retry_after: None,
+    };
+    let html = b"<html><body><h1>403 Forbidden</h1><p>cdn-sentinel</p></body></html>";
+    server.fail_next_grants(1, respond(StatusCode::FORBIDDEN, "text/html", html));
+    let gateway = br#"{"code":400,"message":"Bad Request"}"#;
+    server.fail_next_grants(
+        1,
+        respond(StatusCode::BAD_REQUEST, "application/json", gateway),
+    );
+    server.fail_next_grants(1, respond(StatusCode::UNAUTHORIZED, "", b""));
+    let fetcher = fetcher_for(&server);
+
+    for status in [
+        StatusCode::FORBIDDEN,
+        StatusCode::BAD_REQUEST,
+        StatusCode::UNAUTHORIZED,
+    ] {
+        let err = fetch_err(&fetcher, password_grant()).await;
+        assert!(!err.is_grant_rejected() && !err.is_transient(), "{err:?}");
+        assert_eq!(err.status(), Some(status));
+        assert_eq!(err.error_code(), None, "{err:?}");
+        assert!(!err.to_string().contains("cdn-sentinel"), "{err}");
+    }
+    // The endpoint itself, behind the gateway, still refuses with its code.
+    server.set_credentials(Credentials::new(
+        "daxium-client",
+        CLIENT_SECRET,
+        "user@example.com",
+        "another password",
+    ));
+    let err = fetch_err(&fetcher, password_grant()).await;
+    assert!(err.is_grant_rejected(), "{err:?}");
+    assert_eq!(server.counters().faults_injected, 3);
+}
+
+#[tokio::test]
 async fn reset_may_have_been_sent() {
     let server = server().await;
     server.fail_next_grants(1, Fault::Reset);
@@ -469,17 +511,53 @@ fn form_encoding_helper_matches_the_expected_password() {
 // === construction ===
 
 #[test]
-fn plain_http_to_another_host_is_refused() {
+fn token_url_rules() {
+    let uri = |url: &str| HttpFetcher::with_client(url, ()).map(|f| f.token_uri().clone());
+    assert!(uri("https://auth.example.com/oauth/v2/token").is_ok());
     assert_eq!(
-        HttpFetcher::new("http://example.com/x").unwrap_err(),
-        BuildError::InsecureUrl { what: "token" }
+        uri("http://127.0.0.1:1/oauth/v2/token").unwrap(),
+        "http://127.0.0.1:1/oauth/v2/token"
     );
+    for insecure in ["http://example.com/x", "http://10.0.0.1/oauth/v2/token"] {
+        assert_eq!(
+            uri(insecure).unwrap_err(),
+            BuildError::InsecureUrl { what: "token" }
+        );
+        assert_eq!(
+            HttpFetcher::new(insecure).unwrap_err(),
+            BuildError::InsecureUrl { what: "token" }
+        );
+    }
+    assert!(matches!(
+        uri("https://user:pw@auth.example.com/token"),
+        Err(BuildError::InvalidUrl { what: "token", .. })
+    ));
+    assert!(matches!(
+        uri("/oauth/v2/token"),
+        Err(BuildError::InvalidUrl { .. })
+    ));
+    let fetcher = HttpFetcher::with_client("https://auth.example.com/t", 7u8).unwrap();
+    assert_eq!(fetcher.get_ref(), &7);
+}
+
+#[test]
+fn debug_shows_url_and_timeout_only() {
     let fetcher = HttpFetcher::new("http://127.0.0.1:1/oauth/v2/token").expect("loopback");
-    assert_eq!(fetcher.token_uri(), "http://127.0.0.1:1/oauth/v2/token");
     assert_eq!(
         format!("{fetcher:?}"),
         r#"HttpFetcher { token_url: "http://127.0.0.1:1/oauth/v2/token", timeout: 30s, .. }"#
     );
+    let fetcher = HttpFetcher::with_client(
+        "https://auth.example.com/oauth/v2/token?tenant=t-sentinel",
+        (),
+    )
+    .unwrap()
+    .timeout(Duration::from_secs(9));
+    assert_eq!(
+        format!("{fetcher:?}"),
+        r#"HttpFetcher { token_url: "https://auth.example.com/oauth/v2/token", timeout: 9s, .. }"#
+    );
+    assert_eq!(fetcher.token_uri().query(), Some("tenant=t-sentinel"));
 }
 
 #[test]

@@ -121,6 +121,48 @@ async fn a_wrong_password_is_tried_once_and_reported_with_its_code() {
 }
 
 #[tokio::test]
+async fn a_gateway_page_on_the_login_is_retried_not_taken_for_a_wrong_password() {
+    let server = MockServer::start().await.unwrap();
+    server.fail_next_grants(
+        1,
+        Fault::Respond {
+            status: StatusCode::FORBIDDEN,
+            content_type: "text/html".into(),
+            body: Bytes::from_static(b"<html><h1>403 Forbidden</h1></html>"),
+            retry_after: None,
+        },
+    );
+    let layer = layer(&server);
+    let svc = layer.layer(client());
+    // The next attempt comes after one backoff (20 ms), not after the
+    // rejected-password cool-down (minutes).
+    let mut ok = false;
+    for _ in 0..20 {
+        match get(&svc, &server).await {
+            Ok(res) => {
+                assert_eq!(res.status(), StatusCode::OK);
+                ok = true;
+                break;
+            }
+            Err(err) => {
+                let token = err.token_error().expect("a token error");
+                assert!(!token.is_grant_rejected(), "{token:?}");
+                assert_eq!(token.status(), Some(StatusCode::FORBIDDEN));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the login went through after the gateway's page");
+    let c = server.counters();
+    assert_eq!(
+        (c.faults_injected, c.password_ok, c.grant_requests),
+        (1, 1, 2)
+    );
+    let stats = layer.stats();
+    assert_eq!((stats.password_rejected, stats.password_ok), (0, 1));
+}
+
+#[tokio::test]
 async fn a_reset_refresh_never_sends_its_refresh_token_again() {
     let server = MockServer::builder()
         .token_lifetime(Duration::from_secs(2))

@@ -1,7 +1,8 @@
 //! Property tests of the two parsers that read what the token endpoint sends:
 //! `parse_token_response` (a 2xx body) and `ErrorBody::parse` (an error body).
 //! Neither panics on any input; valid responses parse to exactly what they
-//! hold, under the documented lifetime rule; and no error quotes a token.
+//! hold, under the documented lifetime and `error` rules; and no error quotes a
+//! token.
 
 use std::time::Duration;
 
@@ -217,6 +218,29 @@ impl Valid {
     }
 }
 
+/// The RFC 6749 codes that refuse the grant itself.
+const REFUSALS: [&str; 7] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+];
+
+/// An `error` member that states no error: anything but a non-empty string.
+fn no_stated_error() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        "[ \t]{0,3}".prop_map(Value::String),
+        prop::collection::vec(any::<u8>().prop_map(Value::from), 0..3).prop_map(Value::Array),
+        Just(json!({"error": "invalid_grant"})),
+    ]
+}
+
 /// Marks the values that are secrets, so a test can look for them in output.
 const MARK: &str = "SEKRETmark";
 
@@ -327,6 +351,40 @@ proptest! {
         if let Some(refresh) = pair.refresh_token() {
             prop_assert_eq!(format!("{refresh:?}"), "RefreshToken(****)");
         }
+    }
+
+    #[test]
+    fn an_error_member_that_is_not_a_non_empty_string_is_ignored(
+        valid in valid_response(),
+        error in no_stated_error(),
+    ) {
+        let mut value: Value = serde_json::from_slice(&valid.to_json()).unwrap();
+        value["error"] = error.clone();
+        let pair = parse_token_response(&serde_json::to_vec(&value).unwrap())
+            .map_err(|e| TestCaseError::fail(format!("{e}: error {error}")))?;
+        prop_assert_eq!(pair.access_token().expose_secret(), valid.access.as_str());
+        prop_assert_eq!(
+            pair.refresh_token().map(|r| r.expose_secret().to_owned()),
+            valid.refresh.clone()
+        );
+        prop_assert_eq!(pair.lifetime(), valid.lifetime);
+    }
+
+    #[test]
+    fn a_non_empty_error_string_is_always_an_error(
+        valid in valid_response(),
+        code in prop_oneof![
+            "[a-z_]{1,24}",
+            prop::sample::select(&REFUSALS[..]).prop_map(str::to_owned),
+        ],
+    ) {
+        let mut value: Value = serde_json::from_slice(&valid.to_json()).unwrap();
+        value["error"] = json!(code);
+        let err = parse_token_response(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        let refusal = REFUSALS.contains(&code.as_str());
+        prop_assert_eq!(err.is_grant_rejected(), refusal, "{}", code);
+        prop_assert_eq!(err.is_invalid_response(), !refusal, "{}", code);
+        prop_assert_eq!(err.error_code(), Some(code.as_str()));
     }
 
     #[test]

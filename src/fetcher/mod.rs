@@ -4,121 +4,23 @@
 //! [`from_service`] (so tower's timeout, rate limit and tracing layers compose
 //! onto the token endpoint), or use [`HttpFetcher`] for the Daxium endpoint.
 
-use std::{fmt, future::Future, pin::Pin, sync::Arc};
+use std::{fmt, future::Future, pin::Pin};
 
 use tower::{Service, ServiceExt};
 
 use crate::{
-    credentials::Credentials,
     error::{BoxError, TokenError},
-    token::{RefreshToken, TokenPair},
+    token::TokenPair,
 };
 
+mod classify;
+mod client;
 mod http;
 
-pub use self::http::HttpFetcher;
 #[cfg(feature = "rustls")]
-pub use self::http::HttpsClient;
-
-/// The two grants the Daxium token endpoint serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum GrantType {
-    /// `grant_type=password`: client id and secret, username and password.
-    Password,
-    /// `grant_type=refresh_token`: client id and secret and a refresh token.
-    RefreshToken,
-}
-
-impl GrantType {
-    /// The `grant_type` form value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Password => "password",
-            Self::RefreshToken => "refresh_token",
-        }
-    }
-}
-
-impl fmt::Display for GrantType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One grant to make. `Debug` shows the grant type and the client id only.
-#[derive(Clone)]
-pub struct GrantRequest {
-    credentials: Arc<Credentials>,
-    refresh_token: Option<RefreshToken>,
-}
-
-impl GrantRequest {
-    /// A password grant.
-    pub fn password(credentials: Arc<Credentials>) -> Self {
-        Self {
-            credentials,
-            refresh_token: None,
-        }
-    }
-
-    /// A refresh-token grant.
-    pub fn refresh(credentials: Arc<Credentials>, refresh_token: RefreshToken) -> Self {
-        Self {
-            credentials,
-            refresh_token: Some(refresh_token),
-        }
-    }
-
-    /// Which grant this is.
-    pub fn grant_type(&self) -> GrantType {
-        if self.refresh_token.is_some() {
-            GrantType::RefreshToken
-        } else {
-            GrantType::Password
-        }
-    }
-
-    /// The login the grant is made for.
-    pub fn credentials(&self) -> &Credentials {
-        &self.credentials
-    }
-
-    /// The refresh token, for a refresh grant.
-    pub fn refresh_token(&self) -> Option<&RefreshToken> {
-        self.refresh_token.as_ref()
-    }
-
-    /// The `application/x-www-form-urlencoded` body of the grant, as the Daxium
-    /// endpoint expects it. It holds secrets: send it in a request body only.
-    pub fn form_body(&self) -> String {
-        use secrecy::ExposeSecret;
-        let creds = &*self.credentials;
-        let mut fields: Vec<(&str, &str)> = vec![
-            ("grant_type", self.grant_type().as_str()),
-            ("client_id", creds.client_id()),
-            ("client_secret", creds.client_secret().expose_secret()),
-        ];
-        match &self.refresh_token {
-            Some(refresh) => fields.push(("refresh_token", refresh.expose_secret())),
-            None => {
-                fields.push(("username", creds.username()));
-                fields.push(("password", creds.password().expose_secret()));
-            }
-        }
-        // Serializing a list of string pairs cannot fail.
-        serde_urlencoded::to_string(&fields).unwrap_or_default()
-    }
-}
-
-impl fmt::Debug for GrantRequest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GrantRequest")
-            .field("grant_type", &self.grant_type())
-            .field("client_id", &self.credentials.client_id())
-            .finish_non_exhaustive()
-    }
-}
+pub use self::client::HttpsClient;
+pub use self::{client::HttpService, http::HttpFetcher};
+pub use crate::grant::{GrantRequest, GrantType};
 
 /// Makes grants for the token cache.
 ///
@@ -274,45 +176,14 @@ fn service_error(err: BoxError) -> TokenError {
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::Arc, time::Duration};
+
     use super::*;
-    use crate::token::AccessToken;
-    use std::time::Duration;
+    use crate::{credentials::Credentials, token::AccessToken};
 
-    fn creds() -> Arc<Credentials> {
-        Arc::new(Credentials::new(
-            "cid",
-            "c&s=cr+t",
-            "me@example.com",
-            "p&ss=w+rd%é",
-        ))
-    }
-
-    #[test]
-    fn password_form_body_is_exact() {
-        let body = GrantRequest::password(creds()).form_body();
-        assert_eq!(
-            body,
-            "grant_type=password&client_id=cid&client_secret=c%26s%3Dcr%2Bt\
-             &username=me%40example.com&password=p%26ss%3Dw%2Brd%25%C3%A9"
-        );
-    }
-
-    #[test]
-    fn refresh_form_body_is_exact() {
-        let refresh = RefreshToken::new("r/1+2=").unwrap();
-        let body = GrantRequest::refresh(creds(), refresh).form_body();
-        assert_eq!(
-            body,
-            "grant_type=refresh_token&client_id=cid&client_secret=c%26s%3Dcr%2Bt&refresh_token=r%2F1%2B2%3D"
-        );
-    }
-
-    #[test]
-    fn grant_request_debug_has_no_secret() {
-        let refresh = RefreshToken::new("refresh-sentinel").unwrap();
-        let text = format!("{:?}", GrantRequest::refresh(creds(), refresh));
-        assert!(text.contains("RefreshToken") && text.contains("cid"));
-        assert!(!text.contains("sentinel") && !text.contains("p&ss"));
+    fn password() -> GrantRequest {
+        let credentials = Credentials::new("cid", "secret", "me@example.com", "pw");
+        GrantRequest::password(Arc::new(credentials))
     }
 
     #[tokio::test]
@@ -331,29 +202,20 @@ mod tests {
                 .timeout(Duration::from_secs(1))
                 .service(elapsed),
         );
-        let err = fetcher
-            .fetch(GrantRequest::password(creds()))
-            .await
-            .unwrap_err();
+        let err = fetcher.fetch(password()).await.unwrap_err();
         assert!(err.is_timeout());
         assert_eq!(err.grant_type(), Some(GrantType::Password));
 
         let rejecting = from_service(tower::service_fn(|_: GrantRequest| async {
             Err::<TokenPair, _>(TokenError::rejected(::http::StatusCode::UNAUTHORIZED, None))
         }));
-        let err = rejecting
-            .fetch(GrantRequest::password(creds()))
-            .await
-            .unwrap_err();
+        let err = rejecting.fetch(password()).await.unwrap_err();
         assert!(err.is_grant_rejected());
 
         let other = from_service(tower::service_fn(|_: GrantRequest| async {
             Err::<TokenPair, BoxError>("boom".into())
         }));
-        let err = other
-            .fetch(GrantRequest::password(creds()))
-            .await
-            .unwrap_err();
+        let err = other.fetch(password()).await.unwrap_err();
         assert!(err.is_transient() && err.may_have_been_sent());
     }
 }

@@ -9,7 +9,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use super::{
     codes,
-    server::{MockBody, error_response},
+    response::{MockBody, error_response, respond},
 };
 
 /// What the next grant request meets instead of (or before) a normal answer,
@@ -131,17 +131,6 @@ impl Fault {
         };
         FaultAction::Respond(response)
     }
-}
-
-fn respond(status: StatusCode, content_type: &str, body: MockBody) -> Response<MockBody> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    if !content_type.is_empty()
-        && let Ok(value) = HeaderValue::from_str(content_type)
-    {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
-    }
-    response
 }
 
 /// The start of a token response whose string never ends: a client that

@@ -55,8 +55,12 @@
 //! Changing the credentials leaves issued tokens valid: call
 //! [`MockServer::revoke_all`] too to force a new password grant.
 
+mod books;
 pub mod codes;
+mod counters;
 mod fault;
+mod grant;
+mod response;
 mod server;
 mod state;
 
@@ -69,11 +73,12 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
 
-use self::state::{Config, Presented, Shared};
 pub use self::{
+    books::ApiDenial,
+    counters::{MockCounters, RecordedGrant},
     fault::Fault,
-    state::{ApiDenial, MockCounters, RecordedGrant},
 };
+use self::{books::Presented, grant::Config, state::Shared};
 use crate::Credentials;
 
 // === impl MockServer ===

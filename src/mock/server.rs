@@ -4,20 +4,16 @@
 //! starts is owned here, so that dropping the server ends them all.
 
 use std::{
-    collections::VecDeque,
-    convert::Infallible,
     error::Error as StdError,
     fmt,
     future::Future,
-    pin::Pin,
     sync::{Arc, Mutex, PoisonError},
-    task::{Context, Poll},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{rt::TokioIo, server::conn::auto};
@@ -29,87 +25,24 @@ use tokio::{
 };
 
 use super::{
-    Fault, codes,
+    Fault,
+    books::{ApiDenial, Presented},
+    codes,
+    counters::RecordedGrant,
     fault::FaultAction,
-    state::{
-        API_BODY_LIMIT, ApiDenial, GRANT_BODY_LIMIT, GrantInput, GrantReply, Presented,
-        RecordedGrant, SCOPE, Shared, parse_form,
-    },
+    grant::{GRANT_BODY_LIMIT, GrantInput, GrantReply, parse_form},
+    response::{MockBody, error_response, json_response},
+    state::Shared,
 };
 
 /// Path of the token endpoint.
 pub(super) const TOKEN_PATH: &str = "/oauth/v2/token";
 
-// === impl MockBody ===
+/// Cap on a protected resource request body (it is echoed back).
+const API_BODY_LIMIT: usize = 1024 * 1024;
 
-/// A response body: a few chunks already in memory, sent one frame each.
-#[derive(Debug)]
-pub(super) struct MockBody {
-    chunks: VecDeque<Bytes>,
-    /// Whether to announce the length (a `Content-Length` on HTTP/1).
-    exact: bool,
-}
-
-impl MockBody {
-    pub(super) fn empty() -> Self {
-        Self {
-            chunks: VecDeque::new(),
-            exact: true,
-        }
-    }
-
-    pub(super) fn full(bytes: Bytes) -> Self {
-        Self {
-            chunks: VecDeque::from([bytes]),
-            exact: true,
-        }
-    }
-
-    /// A body of unannounced length, so that the client must cap it while
-    /// reading rather than refuse it from its header.
-    pub(super) fn streamed(chunks: impl IntoIterator<Item = Bytes>) -> Self {
-        Self {
-            chunks: chunks.into_iter().collect(),
-            exact: false,
-        }
-    }
-
-    pub(super) fn remaining_len(&self) -> usize {
-        self.chunks.iter().map(Bytes::len).sum()
-    }
-}
-
-impl Body for MockBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(
-            self.get_mut()
-                .chunks
-                .pop_front()
-                .map(|chunk| Ok(Frame::data(chunk))),
-        )
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let len = self.remaining_len() as u64;
-        if self.exact {
-            SizeHint::with_exact(len)
-        } else {
-            let mut hint = SizeHint::new();
-            hint.set_lower(len);
-            hint
-        }
-    }
-}
+/// The `scope` of every token response.
+const SCOPE: &str = "api";
 
 /// The service's error: makes hyper drop the connection without a response.
 #[derive(Debug)]
@@ -124,36 +57,6 @@ impl fmt::Display for ResetConnection {
 impl StdError for ResetConnection {}
 
 // === Responses ===
-
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<MockBody> {
-    // Serializing a `Value` cannot fail.
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(MockBody::full(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// A response with a Daxium error body.
-pub(super) fn error_response(status: StatusCode, code: &str, message: &str) -> Response<MockBody> {
-    let server_time = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    json_response(
-        status,
-        &serde_json::json!({
-            "code": code,
-            "message": message,
-            "url": format!("https://docs.daxium-air.com/errors/{code}"),
-            "api_version": "v1.3",
-            "infos": [],
-            "server_time": server_time.to_string(),
-        }),
-    )
-}
 
 fn grant_response(reply: GrantReply) -> Response<MockBody> {
     match reply {

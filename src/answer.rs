@@ -1,0 +1,241 @@
+//! What the token endpoint answers, read: [`parse_token_response`] for the body
+//! of a 2xx and [`ErrorBody::parse`] for an error body, side by side, with the
+//! public constructors of the tokens, which report a [`TokenError`]. Parsing
+//! accepts what real OAuth2 servers send (RFC 6749 §5.1, §5.2) and refuses what
+//! would be unsafe to put in a header; no error quotes a token or a 2xx body.
+
+use std::time::Duration;
+
+use crate::{
+    error::{ErrorBody, Kind, TokenError},
+    token::{AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MIN_LIFETIME, RefreshToken, TokenPair},
+};
+
+/// The longest text kept from an error body, in bytes.
+const TEXT_CAP: usize = 256;
+
+// === impl AccessToken, RefreshToken ===
+
+impl AccessToken {
+    /// Checks that `token` is an RFC 6750 `b64token` of at most
+    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes, and makes its header value.
+    pub fn new(token: &str) -> Result<Self, TokenError> {
+        Self::checked(token).map_err(|reason| invalid_field("access_token", reason))
+    }
+}
+
+impl RefreshToken {
+    /// Checks that `token` is non-empty, at most
+    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes, and free of control
+    /// characters.
+    pub fn new(token: &str) -> Result<Self, TokenError> {
+        Self::checked(token).map_err(|reason| invalid_field("refresh_token", reason))
+    }
+}
+
+// === the 2xx body ===
+
+/// Parses the body of a 2xx token response.
+///
+/// - `access_token`: required, an RFC 6750 `b64token` of at most 8 KiB.
+/// - `token_type`: `bearer` in any case; a missing one is taken as bearer;
+///   anything else is refused.
+/// - `refresh_token`: optional; when absent the caller keeps the old one.
+/// - `expires_in`: a number or a numeric string. **The lifetime rule:** a
+///   missing, null, non-numeric, zero or negative value means
+///   [`DEFAULT_LIFETIME`] (3600 s, Daxium's documented lifetime: a server that
+///   gives no usable lifetime is taken at its documented word, and a token
+///   that dies sooner is caught by the 401 replay); a positive number is
+///   clamped to [`MIN_LIFETIME`] (1 s) ..= [`MAX_LIFETIME`] (24 h). So no value
+///   means "refresh on every request" and none means "never expires";
+///   fractions are rounded down; nothing overflows.
+/// - `error`: a non-empty string makes the answer an error even with a 2xx
+///   status: a [refusal](TokenError::is_grant_rejected) when it is an RFC 6749
+///   §5.2 refusal code (`invalid_grant`, `invalid_client`, …), else an
+///   [invalid response](TokenError::is_invalid_response). Any other value
+///   (`false`, `null`, `""`, a number) states no error and is ignored.
+/// - Unknown fields are ignored.
+///
+/// A rotated `refresh_token` is kept in the error when the rest of the answer
+/// is unusable or states an error, so that the token cache does not lose it.
+/// Errors name the field at fault, never its value, and never copy the body.
+pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        access_token: Option<serde_json::Value>,
+        refresh_token: Option<serde_json::Value>,
+        expires_in: Option<serde_json::Value>,
+        token_type: Option<serde_json::Value>,
+        scope: Option<serde_json::Value>,
+        error: Option<serde_json::Value>,
+    }
+
+    let raw: Raw = serde_json::from_slice(body).map_err(|e| {
+        // serde_json's own message may quote the input: say where, not what.
+        TokenError::new(Kind::InvalidResponse).with_detail(format!(
+            "malformed JSON ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+
+    // The refresh token first: a refresh answer rotated it even when the rest
+    // is unusable or states an error, and the cache must not lose it.
+    let refresh = match raw.refresh_token {
+        Some(serde_json::Value::String(s)) => RefreshToken::new(&s).map(Some),
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(_) => Err(invalid_field("refresh_token", "not a string")),
+    };
+    let salvage = |err: TokenError| match &refresh {
+        Ok(Some(rotated)) => err.with_refresh_token(rotated.clone()),
+        Ok(None) | Err(_) => err,
+    };
+
+    if let Some(err) = stated_error(raw.error.as_ref(), body) {
+        return Err(salvage(err));
+    }
+
+    let access = match raw.access_token {
+        Some(serde_json::Value::String(s)) => AccessToken::new(&s).map_err(salvage)?,
+        Some(serde_json::Value::Null) | None => {
+            return Err(salvage(invalid_field("access_token", "missing")));
+        }
+        Some(_) => return Err(salvage(invalid_field("access_token", "not a string"))),
+    };
+
+    match raw.token_type {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::String(t)) if t.trim().eq_ignore_ascii_case("bearer") => {}
+        Some(serde_json::Value::String(_)) => {
+            return Err(salvage(invalid_field("token_type", "not bearer")));
+        }
+        Some(_) => return Err(salvage(invalid_field("token_type", "not a string"))),
+    }
+
+    let scope = match raw.scope {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    };
+
+    let pair = TokenPair::new(access, refresh?, lifetime(raw.expires_in.as_ref()));
+    Ok(pair.with_scope(scope))
+}
+
+/// The error that a 2xx body states in its `error` member, if it is a
+/// non-empty string.
+fn stated_error(error: Option<&serde_json::Value>, body: &[u8]) -> Option<TokenError> {
+    match error? {
+        serde_json::Value::String(code) if !code.trim().is_empty() => {}
+        _ => return None,
+    }
+    Some(match ErrorBody::parse(body) {
+        Some(parsed) if parsed.is_refusal() => TokenError::new(Kind::Rejected).with_body(parsed),
+        Some(parsed) => TokenError::new(Kind::InvalidResponse).with_body(parsed),
+        None => TokenError::new(Kind::InvalidResponse).with_detail("2xx answer states an error"),
+    })
+}
+
+/// The lifetime rule of [`parse_token_response`].
+fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
+    let seconds = match expires_in {
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    match seconds {
+        Some(s) if s.is_nan() || s.floor() <= 0.0 => DEFAULT_LIFETIME,
+        // Clamping in f64 first keeps `from_secs_f64` away from its panics.
+        Some(s) => Duration::from_secs_f64(
+            s.floor()
+                .clamp(MIN_LIFETIME.as_secs_f64(), MAX_LIFETIME.as_secs_f64()),
+        ),
+        None => DEFAULT_LIFETIME,
+    }
+}
+
+fn invalid_field(field: &'static str, reason: &'static str) -> TokenError {
+    TokenError::new(Kind::InvalidResponse).with_detail(format!("`{field}` {reason}"))
+}
+
+// === the error body ===
+
+impl ErrorBody {
+    /// Parses an error body; `None` when it is neither form, that is when it
+    /// has no `code` and no `error` that is a non-empty string (a gateway's
+    /// `{"code": 400, …}` is neither form).
+    pub fn parse(bytes: &[u8]) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            code: Option<serde_json::Value>,
+            message: Option<serde_json::Value>,
+            url: Option<serde_json::Value>,
+            server_time: Option<serde_json::Value>,
+            error: Option<serde_json::Value>,
+            error_description: Option<serde_json::Value>,
+            error_uri: Option<serde_json::Value>,
+        }
+        fn text(v: Option<serde_json::Value>) -> Option<String> {
+            let s = match v? {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some(cut(s.trim()))
+        }
+        fn code(v: Option<serde_json::Value>) -> Option<String> {
+            match v? {
+                serde_json::Value::String(s) if !s.trim().is_empty() => Some(cut(s.trim())),
+                _ => None,
+            }
+        }
+        let raw: Raw = serde_json::from_slice(bytes).ok()?;
+        let body = Self {
+            code: code(raw.code),
+            message: text(raw.message),
+            url: text(raw.url),
+            server_time: text(raw.server_time),
+            error: code(raw.error),
+            error_description: text(raw.error_description),
+            error_uri: text(raw.error_uri),
+        };
+        (body.code.is_some() || body.error.is_some()).then_some(body)
+    }
+
+    /// Whether the body refuses the grant itself: a Daxium `DAERR-` code, or
+    /// an RFC 6749 §5.2 `error` that refuses the request, the client or the
+    /// grant (`temporarily_unavailable` or `slow_down`, say, do not).
+    pub(crate) fn is_refusal(&self) -> bool {
+        let daxium = self
+            .code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("DAERR-"));
+        daxium
+            || matches!(
+                self.error.as_deref(),
+                Some(
+                    "invalid_grant"
+                        | "invalid_client"
+                        | "unauthorized_client"
+                        | "unsupported_grant_type"
+                        | "invalid_request"
+                        | "invalid_scope"
+                        | "access_denied"
+                )
+            )
+    }
+}
+
+fn cut(s: &str) -> String {
+    if s.len() <= TEXT_CAP {
+        return s.to_owned();
+    }
+    let mut end = TEXT_CAP;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests;
