@@ -5,6 +5,7 @@
 //! ```text
 //! cargo run --release --example load                 # embedded server, 12 s
 //! cargo run --release --example load -- --json --requests 20000
+//! RUST_LOG=daxium_auth=debug cargo run --release --example load -- --duration 5
 //! cargo run --release --example load -- --token-url https://api.daxium-air.com/oauth/v2/token \
 //!     --api-url https://api.daxium-air.com/api/v1/structures --requests 100 --concurrency 4
 //! ```
@@ -20,6 +21,8 @@ use clap::Parser;
 
 #[path = "load/args.rs"]
 mod args;
+#[path = "load/logging.rs"]
+mod logging;
 #[path = "load/run.rs"]
 mod run;
 #[path = "load/summary.rs"]
@@ -52,6 +55,9 @@ fn main() -> ExitCode {
     let json = args.json;
     let mut config = args.into_config();
     config.progress = run::progress_bar(config.stop);
+    if let Err(msg) = logging::init(&config.progress) {
+        eprintln!("warning: {msg}; no tracing output");
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

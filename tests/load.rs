@@ -9,6 +9,9 @@
 #[path = "../examples/load/args.rs"]
 #[allow(dead_code)]
 mod args;
+#[path = "../examples/load/logging.rs"]
+#[allow(dead_code)]
+mod logging;
 #[path = "../examples/load/run.rs"]
 #[allow(dead_code)]
 mod run;

@@ -28,6 +28,9 @@ Without --token-url, load starts the embedded Daxium-compatible server on 127.0.
 (4 s tokens, rotation on) and revokes every token half-way through, so that one run
 shows background refreshes, a new login and the 401 replay.
 
+RUST_LOG (e.g. RUST_LOG=daxium_auth=debug) shows the layer's spans and events on
+stderr, above the progress bar.
+
 Secrets are never printed. Exit status: 0 when every request got a 2xx, 1 when the run
 could not start or some request failed, 2 for a bad command line.";
 
