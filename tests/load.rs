@@ -1,18 +1,42 @@
-//! The `load` example's run, in-process against the embedded
+//! The `load` example, two ways. In-process against the embedded
 //! Daxium-compatible server: every request answered 200 across token
-//! refreshes and a revocation, the JSON summary with exactly the documented
-//! keys, and the error paths (refused login, unreachable endpoint) that must
-//! fail fast with one line and no secret.
+//! refreshes and a revocation, and the error paths (refused login,
+//! unreachable endpoint) that must fail fast with one line and no secret.
+//! As a program, built by cargo and run as a subprocess: the command line
+//! (`--help`, bad flags with status 2), the `--json` summary and error object,
+//! the table with its latency histogram, `RUST_LOG`, and no secret on stdout
+//! or stderr. The example's own modules (their unit tests run here too) are
+//! included by path.
 #![cfg(all(feature = "mock", feature = "rustls"))]
 
+#[path = "../examples/load/args.rs"]
+#[allow(dead_code)]
+mod args;
+#[path = "../examples/load/logging.rs"]
+#[allow(dead_code)]
+mod logging;
 #[path = "../examples/load/run.rs"]
 #[allow(dead_code)]
 mod run;
+#[path = "../examples/load/summary.rs"]
+#[allow(dead_code)]
+mod summary;
 
-use std::time::{Duration, Instant};
+use std::{
+    io::Read,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::OnceLock,
+    thread,
+    time::{Duration, Instant},
+};
 
-use run::{Config, Embedded, Fatal, Stop, Target};
+use run::{Config, Embedded, Fatal, Stop};
 use secrecy::SecretString;
+use serde_json::Value;
+use summary::Target;
+
+// === in-process ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_succeeds_across_refreshes_and_a_revocation() {
@@ -32,6 +56,8 @@ async fn every_request_succeeds_across_refreshes_and_a_revocation() {
     assert_eq!(summary.status.get(&200), Some(&summary.requests));
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     assert!(summary.all_ok());
+    // Every answer is in the histogram.
+    assert_eq!(summary.latency.count(), summary.requests);
     let stats = summary.stats;
     assert!(stats.refresh_ok >= 1, "a background refresh: {stats:?}");
     // The revocation: the refresh token is refused, one new login.
@@ -41,7 +67,9 @@ async fn every_request_succeeds_across_refreshes_and_a_revocation() {
         stats.replays >= 1,
         "the requests that met the revoked token were replayed"
     );
-    assert!(summary.p50_ms > 0.0 && summary.p50_ms <= summary.p99_ms);
+    let latency = &summary.latency;
+    assert!(latency.percentile_ms(50.0) > 0.0);
+    assert!(latency.percentile_ms(50.0) <= latency.percentile_ms(99.0));
     let Target::Embedded {
         revoked_at,
         counters,
@@ -56,59 +84,28 @@ async fn every_request_succeeds_across_refreshes_and_a_revocation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_has_exactly_the_documented_keys() {
-    // Long-lived tokens: however slow the machine, the only refresh grant is
-    // the one the revocation refuses.
+async fn a_transient_failure_at_the_first_login_is_ridden_out() {
+    let server = daxium_auth::mock::MockServer::start()
+        .await
+        .expect("bind 127.0.0.1");
+    server.fail_next_grants(1, daxium_auth::mock::Fault::ServerError);
+    let credentials = server.credentials();
     let config = Config {
-        concurrency: 8,
-        stop: Stop::Requests(2000),
-        embedded: Embedded {
-            token_lifetime: Duration::from_secs(60),
-            revoke_halfway: true,
-        },
+        token_url: Some(server.token_url()),
+        api_url: Some(server.api_url("v1/structures")),
+        client_id: Some(credentials.client_id().to_owned()),
+        client_secret: Some(credentials.client_secret().clone()),
+        username: Some(credentials.username().to_owned()),
+        password: Some(credentials.password().clone()),
+        stop: Stop::Requests(50),
         ..Config::default()
     };
-    let summary = run::run(config).await.expect("the run starts");
-    assert_eq!(summary.requests, 2000);
-    assert_eq!(summary.ok, 2000);
-
-    let json: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
-    let object = json.as_object().unwrap();
-    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert_eq!(
-        keys,
-        [
-            "elapsed_s",
-            "errors",
-            "grants",
-            "ok",
-            "p50_ms",
-            "p99_ms",
-            "requests",
-            "retries_401",
-            "status"
-        ]
-    );
-    assert_eq!(json["requests"], 2000);
-    assert_eq!(json["ok"], 2000);
-    assert_eq!(json["status"]["200"], 2000);
-    assert_eq!(json["errors"], serde_json::json!({}));
-    assert_eq!(
-        json["grants"]["password"], 2,
-        "login, then again after the revocation"
-    );
-    assert_eq!(
-        json["grants"]["refresh_token"], 1,
-        "the revoked refresh token: {json}"
-    );
-    assert_eq!(json["retries_401"], summary.stats.replays);
-    assert!(json["p99_ms"].as_f64().unwrap() >= json["p50_ms"].as_f64().unwrap());
-    assert!(json["elapsed_s"].as_f64().unwrap() > 0.0);
-    // The keys in the documented order, on one line.
-    let text = summary.to_json();
-    assert!(text.starts_with("{\"requests\":2000,\"ok\":2000,\"status\":{\"200\":2000}"));
-    assert!(!text.contains('\n'));
+    let summary = run::run(config)
+        .await
+        .expect("the run starts after one 500");
+    assert_eq!(summary.ok, 50);
+    assert_eq!(summary.stats.password_failed, 1);
+    assert_eq!(summary.stats.password_ok, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,6 +121,8 @@ async fn a_refused_login_fails_fast_without_the_secret() {
         matches!(&err, Fatal::Login(e) if e.is_grant_rejected()),
         "{err:?}"
     );
+    assert_eq!(err.kind(), "login_refused");
+    assert_eq!(err.exit_status(), 1);
     let line = err.to_string();
     assert!(
         line.starts_with("login refused by the token endpoint"),
@@ -136,12 +135,7 @@ async fn a_refused_login_fails_fast_without_the_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_endpoint_fails_within_the_wait_budget() {
-    // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = closed_port();
     let started = Instant::now();
     let config = Config {
         token_url: Some(format!("http://127.0.0.1:{port}/oauth/v2/token")),
@@ -156,6 +150,7 @@ async fn an_unreachable_endpoint_fails_within_the_wait_budget() {
     let err = run::run(config).await.unwrap_err();
     let line = err.to_string();
     assert!(matches!(&err, Fatal::Login(e) if e.is_connect()), "{line}");
+    assert_eq!(err.kind(), "connect");
     assert!(line.starts_with("login failed: "), "{line}");
     assert!(
         !line.contains("s3cret") && !line.contains("pa55word"),
@@ -174,10 +169,508 @@ async fn incomplete_settings_are_usage_errors() {
     };
     let err = run::run(config).await.unwrap_err();
     assert_eq!(err.to_string(), "missing --api-url (or DAXIUM_API_URL)");
+    assert_eq!((err.kind(), err.exit_status()), ("usage", 2));
 
     let config = Config {
         concurrency: 0,
         ..Config::default()
     };
     assert!(matches!(run::run(config).await, Err(Fatal::Usage(_))));
+}
+
+/// A port that was just free on 127.0.0.1: nothing listens there.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+// === as a program ===
+
+/// Secrets given on the command line or in the environment of the program;
+/// none may appear in what it prints.
+const SECRET_SENTINELS: [&str; 4] = [
+    "cs-sentinel-7f3a",
+    "pw-sentinel-91c2",
+    "env-cs-sentinel-55d0",
+    "env-pw-sentinel-0b8e",
+];
+
+const SECRET_ENV: [(&str, &str); 2] = [
+    ("DAXIUM_CLIENT_SECRET", "env-cs-sentinel-55d0"),
+    ("DAXIUM_PASSWORD", "env-pw-sentinel-0b8e"),
+];
+
+/// The `load` example's executable, built once by cargo with the features
+/// of this test (so that nothing else is rebuilt).
+fn load_binary() -> &'static PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let mut features = vec!["mock", "rustls"];
+        if cfg!(feature = "reqwest") {
+            features.push("reqwest");
+        }
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo
+            .args(["build", "--example", "load", "--message-format=json"])
+            .arg("--features")
+            .arg(features.join(","))
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"));
+        if !cfg!(debug_assertions) {
+            cargo.arg("--release");
+        }
+        // What cargo sets for this test describes this package; a build
+        // script that watches one of them (ring watches CARGO_MANIFEST_DIR)
+        // would otherwise run again, and rebuild everything above it.
+        for (name, _) in std::env::vars_os() {
+            let name_text = name.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|prefix| name_text.starts_with(prefix))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"]
+                    .contains(&&*name_text)
+            {
+                cargo.env_remove(&name);
+            }
+        }
+        let output = cargo.output().expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo build --example load failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|message| {
+                message["reason"] == "compiler-artifact" && message["target"]["name"] == "load"
+            })
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the example's executable")
+    })
+}
+
+/// What one run of the program did.
+#[derive(Debug)]
+struct Ran {
+    status: Option<i32>,
+    /// From the start of the program to its exit.
+    took: Duration,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn assert_no_secret(&self) {
+        for secret in SECRET_SENTINELS {
+            assert!(
+                !self.stdout.contains(secret) && !self.stderr.contains(secret),
+                "{secret} printed: {self:#?}"
+            );
+        }
+    }
+
+    /// stdout as its one JSON object.
+    fn json(&self) -> Value {
+        let lines: Vec<&str> = self.stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stdout: {self:#?}");
+        serde_json::from_str(lines[0]).unwrap_or_else(|err| panic!("{err}: {self:#?}"))
+    }
+
+    /// The error object, alone on stdout: its kind and message.
+    fn error_object(&self) -> (String, String) {
+        let json = self.json();
+        let object = json.as_object().unwrap();
+        assert_eq!(object.keys().collect::<Vec<_>>(), ["error"], "{self:#?}");
+        let error = json["error"].as_object().unwrap();
+        assert_eq!(error.len(), 2, "kind and message: {self:#?}");
+        (
+            error["kind"].as_str().unwrap().to_owned(),
+            error["message"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+/// Runs `load` with `args` and `env`, in an environment without any other
+/// `DAXIUM_*` variable or `RUST_LOG`; killed after 60 s.
+fn load(args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let mut command = Command::new(load_binary());
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("DAXIUM_") {
+            command.env_remove(name);
+        }
+    }
+    command.env_remove("RUST_LOG");
+    command.envs(env.iter().copied());
+    let started = Instant::now();
+    let mut child = command.spawn().expect("the example starts");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).map(|_| text)
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = started + Duration::from_secs(60);
+    let (status, took) = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break (status, started.elapsed());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("load {args:?} still running after 60 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Ran {
+        status: status.code(),
+        took,
+        stdout: stdout.join().unwrap().unwrap(),
+        stderr: stderr.join().unwrap().unwrap(),
+    }
+}
+
+#[test]
+fn help_lists_every_flag_and_variable_and_no_secret() {
+    let ran = load(&["--help"], &SECRET_ENV);
+    assert_eq!(ran.status, Some(0), "{ran:#?}");
+    for name in [
+        "--token-url",
+        "DAXIUM_TOKEN_URL",
+        "--api-url",
+        "DAXIUM_API_URL",
+        "--client-id",
+        "DAXIUM_CLIENT_ID",
+        "--client-secret",
+        "DAXIUM_CLIENT_SECRET",
+        "--username",
+        "DAXIUM_USERNAME",
+        "--password",
+        "DAXIUM_PASSWORD",
+        "--concurrency",
+        "[default: 64]",
+        "--requests",
+        "--duration",
+        "--json",
+        "RUST_LOG",
+    ] {
+        assert!(ran.stdout.contains(name), "{name} in the help: {ran:#?}");
+    }
+    assert!(ran.stderr.is_empty(), "{ran:#?}");
+    ran.assert_no_secret();
+}
+
+#[test]
+fn bad_command_lines_exit_2_with_a_clear_message() {
+    for (args, says) in [
+        (&["--bogus"][..], "unexpected argument '--bogus'"),
+        (
+            &["--concurrency", "0"],
+            "invalid value '0' for '--concurrency",
+        ),
+        (
+            &["--concurrency", "lots"],
+            "invalid value 'lots' for '--concurrency",
+        ),
+        (&["--requests", "0"], "invalid value '0' for '--requests"),
+        (&["--duration", "-1"], "invalid value '-1' for '--duration"),
+        (
+            &["--duration", "soon"],
+            "invalid value 'soon' for '--duration",
+        ),
+        (
+            &["--requests", "5", "--duration", "1"],
+            "'--requests <N>' cannot be used with '--duration <SECS>'",
+        ),
+        (&["--token-url"], "a value is required for '--token-url"),
+        // Half of a password with a space, and a secret after a misspelled
+        // flag: neither is quoted.
+        (
+            &["--password", "pw-sentinel-91c2", "cs-sentinel-7f3a"],
+            "an unexpected value (not shown",
+        ),
+        (
+            &[
+                "--pasword=pw-sentinel-91c2",
+                "--client-secret",
+                "cs-sentinel-7f3a",
+            ],
+            "unexpected argument '--pasword'",
+        ),
+        // Refused by the run's own checks, before anything starts.
+        (
+            &["--token-url", "http://127.0.0.1:9/oauth/v2/token"],
+            "missing --api-url (or DAXIUM_API_URL)",
+        ),
+        (
+            &["--api-url", "http://127.0.0.1:9/api/v1/structures"],
+            "--api-url needs --token-url",
+        ),
+    ] {
+        let ran = load(args, &SECRET_ENV);
+        assert_eq!(ran.status, Some(2), "{args:?}: {ran:#?}");
+        assert!(ran.stdout.is_empty(), "{args:?}: {ran:#?}");
+        let first = ran.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ") && first.contains(says),
+            "{args:?}: {says:?} in {ran:#?}"
+        );
+        ran.assert_no_secret();
+    }
+}
+
+#[test]
+fn with_json_a_bad_command_line_is_also_an_error_object() {
+    let ran = load(&["--json", "--concurrency", "0"], &SECRET_ENV);
+    assert_eq!(ran.status, Some(2), "{ran:#?}");
+    let (kind, message) = ran.error_object();
+    assert_eq!(kind, "usage");
+    assert_eq!(
+        message,
+        "invalid value '0' for '--concurrency <N>': 0 is not in 1..=100000"
+    );
+    ran.assert_no_secret();
+}
+
+#[test]
+fn a_refused_login_prints_the_error_object_and_no_secret() {
+    let ran = load(
+        &[
+            "--json",
+            "--requests",
+            "10",
+            "--client-secret",
+            "cs-sentinel-7f3a",
+            "--password=pw-sentinel-91c2",
+        ],
+        &[],
+    );
+    assert_eq!(ran.status, Some(1), "{ran:#?}");
+    let (kind, message) = ran.error_object();
+    assert_eq!(kind, "login_refused");
+    assert!(
+        message.starts_with("login refused by the token endpoint"),
+        "{message}"
+    );
+    assert_eq!(ran.stderr.trim_end(), format!("error: {message}"));
+    ran.assert_no_secret();
+    assert!(ran.took < Duration::from_secs(5), "{:?}", ran.took);
+}
+
+#[test]
+fn an_unreachable_token_endpoint_prints_the_error_object_and_no_secret() {
+    let port = closed_port();
+    let token_url = format!("http://127.0.0.1:{port}/oauth/v2/token");
+    let api_url = format!("http://127.0.0.1:{port}/api/v1/structures");
+    // Secrets from the environment this time.
+    let ran = load(
+        &["--json", "--requests", "10", "--client-id", "id"],
+        &[
+            ("DAXIUM_TOKEN_URL", &token_url),
+            ("DAXIUM_API_URL", &api_url),
+            ("DAXIUM_USERNAME", "me@example.com"),
+            SECRET_ENV[0],
+            SECRET_ENV[1],
+        ],
+    );
+    assert_eq!(ran.status, Some(1), "{ran:#?}");
+    let (kind, message) = ran.error_object();
+    assert_eq!(kind, "connect");
+    assert!(message.starts_with("login failed: "), "{message}");
+    ran.assert_no_secret();
+    // The login rides out the attempts that start within the wait budget
+    // (10 s), then reports the last error.
+    assert!(ran.took < Duration::from_secs(15), "{:?}", ran.took);
+}
+
+#[test]
+fn a_short_run_prints_every_documented_key_with_consistent_values() {
+    let ran = load(&["--json", "--requests", "400", "--concurrency", "8"], &[]);
+    assert_eq!(ran.status, Some(0), "{ran:#?}");
+    // Without RUST_LOG, and with no terminal for the bar, stderr stays empty.
+    assert!(ran.stderr.is_empty(), "{ran:#?}");
+    let json = ran.json();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "aborted",
+            "concurrency",
+            "elapsed_s",
+            "errors",
+            "grants",
+            "max_ms",
+            "mean_ms",
+            "ok",
+            "p50_ms",
+            "p90_ms",
+            "p999_ms",
+            "p99_ms",
+            "requests",
+            "requests_per_s",
+            "retries_401",
+            "status",
+            "waited_for_token",
+        ]
+    );
+    // The documented keys first, in the documented order.
+    assert!(
+        ran.stdout.starts_with(
+            r#"{"requests":400,"ok":400,"status":{"200":400},"errors":{},"grants":{"password":"#
+        ),
+        "{}",
+        ran.stdout
+    );
+    let n = |key: &str| {
+        json[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {json}"))
+    };
+    let ms = |key: &str| {
+        json[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {json}"))
+    };
+    let sum = |key: &str| -> u64 {
+        json[key]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(n("requests"), 400);
+    assert!(n("ok") <= n("requests"));
+    assert_eq!(sum("status") + sum("errors"), n("requests"));
+    assert_eq!(json["status"]["200"].as_u64(), Some(n("ok")));
+    let grants = &json["grants"];
+    let (password, refresh) = (
+        grants["password"].as_u64().unwrap(),
+        grants["refresh_token"].as_u64().unwrap(),
+    );
+    assert!(password >= 1, "at least the login: {json}");
+    assert!(
+        password + refresh <= 10,
+        "a few grants, not one per request: {json}"
+    );
+    assert_eq!(grants.as_object().unwrap().len(), 2);
+    // A request is replayed at most once.
+    assert!(n("retries_401") <= n("requests"), "{json}");
+    assert_eq!(n("concurrency"), 8);
+    let percentiles = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"].map(ms);
+    assert!(percentiles[0] > 0.0, "{json}");
+    assert!(
+        percentiles.windows(2).all(|pair| pair[0] <= pair[1]),
+        "p50 <= p90 <= p99 <= p99.9 <= max: {json}"
+    );
+    assert!(ms("mean_ms") > 0.0 && ms("mean_ms") <= ms("max_ms"));
+    assert!(ms("elapsed_s") > 0.0);
+    // The rate from the unrounded time: within what rounding elapsed_s to
+    // the millisecond allows.
+    let (requests, elapsed) = (n("requests") as f64, ms("elapsed_s"));
+    let rate = ms("requests_per_s");
+    assert!(
+        requests / (elapsed + 0.0005) - 0.001 <= rate
+            && rate <= requests / (elapsed - 0.0005).max(1e-9) + 0.001,
+        "{json}"
+    );
+    assert_eq!(json["aborted"], Value::Null);
+    assert!(n("waited_for_token") <= n("requests"));
+}
+
+#[test]
+fn the_table_has_the_percentiles_and_a_histogram_of_every_answer() {
+    let ran = load(&["--requests", "300", "--concurrency", "4"], &[]);
+    assert_eq!(ran.status, Some(0), "{ran:#?}");
+    assert!(ran.stderr.is_empty(), "{ran:#?}");
+    let latency = ran
+        .stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("latency "))
+        .unwrap_or_else(|| panic!("{}", ran.stdout));
+    for label in ["p50 ", "p90 ", "p99 ", "p99.9 ", "max "] {
+        assert!(latency.contains(label), "{latency}");
+    }
+    // The histogram's rows: `  0.2-0.5 ms  ####   1,234  12.3%`.
+    let rows: Vec<&str> = ran
+        .stdout
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("distribution"))
+        .take_while(|line| line.ends_with('%'))
+        .collect();
+    assert!(!rows.is_empty(), "{}", ran.stdout);
+    let counted: u64 = rows
+        .iter()
+        .map(|row| {
+            let words: Vec<&str> = row.split_whitespace().collect();
+            words[words.len() - 2]
+                .replace(',', "")
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(counted, 300, "{}", ran.stdout);
+    assert!(
+        rows.iter().any(|row| row.contains(&"#".repeat(40))),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[test]
+fn rust_log_shows_the_layers_spans_and_events_on_stderr_only() {
+    let ran = load(
+        &["--json", "--requests", "50", "--concurrency", "4"],
+        &[("RUST_LOG", "daxium_auth=debug")],
+    );
+    assert_eq!(ran.status, Some(0), "{ran:#?}");
+    // stdout is still the one JSON object.
+    assert_eq!(ran.json()["requests"], 50);
+    // The login: its span, its event, and the span closing with its time.
+    let grant = ran
+        .stderr
+        .lines()
+        .find(|line| line.contains("grant succeeded"))
+        .unwrap_or_else(|| panic!("{}", ran.stderr));
+    assert!(
+        grant.contains("INFO") && grant.contains("daxium_auth.grant{grant_type=\"password\""),
+        "{grant}"
+    );
+    assert!(ran.stderr.contains("close time.busy="), "{}", ran.stderr);
+
+    // A refused login, in the log too, without the secrets.
+    let ran = load(
+        &["--requests", "5", "--client-secret", "cs-sentinel-7f3a"],
+        &[("RUST_LOG", "trace"), SECRET_ENV[1]],
+    );
+    assert_eq!(ran.status, Some(1), "{ran:#?}");
+    assert!(ran.stderr.contains("grant failed"), "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .lines()
+            .any(|line| line.starts_with("error: login refused")),
+        "{}",
+        ran.stderr
+    );
+    ran.assert_no_secret();
 }

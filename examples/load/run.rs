@@ -1,13 +1,13 @@
 //! The load run itself, apart from the command line so that `tests/load.rs`
 //! can drive it in-process: concurrent GETs through `AuthLayer` over a hyper
-//! client, against a real server or the embedded Daxium-compatible one, and
-//! the summary that `load` prints as a table or as JSON.
+//! client, against a real server or the embedded Daxium-compatible one, with
+//! a progress bar; what it saw comes back as a [`Summary`].
 
 use std::{
     collections::BTreeMap,
     fmt,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
@@ -15,8 +15,8 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AuthLayer, AuthService, Credentials, GrantType, HttpFetcher, ReplayBody, Stats, TokenError,
-    mock::{MockCounters, MockServer},
+    AuthLayer, AuthService, Credentials, HttpFetcher, ReplayBody, Stats, TokenError,
+    mock::MockServer,
 };
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -29,6 +29,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::{task::JoinSet, time::Instant};
 use tower::ServiceExt;
+
+use crate::summary::{Latency, Summary, Target, group};
 
 /// How long the login may take before the run gives up.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -86,8 +88,8 @@ pub(crate) struct Config {
     pub(crate) password: Option<SecretString>,
     pub(crate) concurrency: usize,
     pub(crate) stop: Stop,
-    /// Draw the progress bar on stderr (when it is a terminal).
-    pub(crate) progress: bool,
+    /// The progress bar, from [`progress_bar`]; hidden by default.
+    pub(crate) progress: ProgressBar,
     pub(crate) embedded: Embedded,
 }
 
@@ -102,7 +104,7 @@ impl Default for Config {
             password: None,
             concurrency: 64,
             stop: Stop::Duration(Duration::from_secs(12)),
-            progress: false,
+            progress: ProgressBar::hidden(),
             embedded: Embedded::default(),
         }
     }
@@ -156,6 +158,30 @@ impl fmt::Display for Fatal {
     }
 }
 
+impl Fatal {
+    /// The `kind` of the `--json` error object.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Usage(_) => "usage",
+            Self::Login(err) if err.is_grant_rejected() => "login_refused",
+            Self::Login(err) if err.is_connect() => "connect",
+            Self::Login(err) if err.is_timeout() => "timeout",
+            Self::Login(_) => "login_failed",
+            Self::LoginTimeout => "timeout",
+            Self::Api(_) => "api",
+            Self::Server(_) => "server",
+        }
+    }
+
+    /// 2 for a bad setting, as for a bad command line; 1 otherwise.
+    pub(crate) fn exit_status(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// An error and its causes on one line. The crate's errors and hyper's hold
 /// no secret.
 fn chain(err: &dyn std::error::Error) -> String {
@@ -172,236 +198,6 @@ fn chain(err: &dyn std::error::Error) -> String {
     line
 }
 
-/// Where the requests went.
-#[derive(Debug, Clone)]
-pub(crate) enum Target {
-    /// The embedded server, with its final counters.
-    Embedded {
-        base_url: String,
-        token_lifetime: Duration,
-        revoked_at: Option<Duration>,
-        counters: MockCounters,
-    },
-    /// A real server.
-    Remote { api_url: String },
-}
-
-/// What the run did.
-#[derive(Debug, Clone)]
-pub(crate) struct Summary {
-    pub(crate) target: Target,
-    pub(crate) concurrency: usize,
-    /// Requests that got an answer or failed.
-    pub(crate) requests: u64,
-    /// Answers with a 2xx status.
-    pub(crate) ok: u64,
-    /// Answers by status code.
-    pub(crate) status: BTreeMap<u16, u64>,
-    /// Failures without an answer, by kind: `token`, `connect`, `timeout`,
-    /// `transport`, `body`.
-    pub(crate) errors: BTreeMap<&'static str, u64>,
-    /// The layer's counters.
-    pub(crate) stats: Stats,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
-    pub(crate) max_ms: f64,
-    pub(crate) elapsed: Duration,
-    /// Why the run stopped before its end, if it did.
-    pub(crate) aborted: Option<String>,
-}
-
-impl Summary {
-    /// Whether every request got a 2xx.
-    pub(crate) fn all_ok(&self) -> bool {
-        self.aborted.is_none() && self.requests > 0 && self.ok == self.requests
-    }
-
-    /// The JSON object of `--json`: exactly these keys, in this order.
-    pub(crate) fn to_json(&self) -> String {
-        let status: BTreeMap<String, u64> = self
-            .status
-            .iter()
-            .map(|(code, n)| (code.to_string(), *n))
-            .collect();
-        format!(
-            concat!(
-                r#"{{"requests":{},"ok":{},"status":{},"errors":{},"#,
-                r#""grants":{{"password":{},"refresh_token":{}}},"retries_401":{},"#,
-                r#""p50_ms":{},"p99_ms":{},"elapsed_s":{}}}"#,
-            ),
-            self.requests,
-            self.ok,
-            json(&status),
-            json(&self.errors),
-            self.stats.grants_of(GrantType::Password),
-            self.stats.grants_of(GrantType::RefreshToken),
-            self.stats.replays,
-            json(&round3(self.p50_ms)),
-            json(&round3(self.p99_ms)),
-            json(&round3(self.elapsed.as_secs_f64())),
-        )
-    }
-
-    /// The summary table.
-    pub(crate) fn table(&self) -> String {
-        let secs = self.elapsed.as_secs_f64();
-        let rate = if secs > 0.0 {
-            self.requests as f64 / secs
-        } else {
-            0.0
-        };
-        let s = &self.stats;
-        let mut out = String::new();
-        let mut row = |name: &str, value: String| {
-            out.push_str(&format!("  {name:<18} {value}\n"));
-        };
-        let target = match &self.target {
-            Target::Embedded {
-                base_url,
-                token_lifetime,
-                ..
-            } => format!(
-                "embedded Daxium-compatible server at {base_url} ({} s tokens, rotation on)",
-                token_lifetime.as_secs_f64()
-            ),
-            Target::Remote { api_url } => api_url.clone(),
-        };
-        row("target", target);
-        row(
-            "run",
-            format!(
-                "{secs:.2} s, {} in flight, {} req/s",
-                self.concurrency,
-                group(rate.round() as u64)
-            ),
-        );
-        row("requests", group(self.requests));
-        row(
-            "ok (2xx)",
-            format!(
-                "{} ({:.2}%)",
-                group(self.ok),
-                percent(self.ok, self.requests)
-            ),
-        );
-        let status = self
-            .status
-            .iter()
-            .map(|(code, n)| format!("{code}: {}", group(*n)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        row(
-            "status",
-            if status.is_empty() {
-                "-".into()
-            } else {
-                status
-            },
-        );
-        let errors = self
-            .errors
-            .iter()
-            .map(|(kind, n)| format!("{kind}: {}", group(*n)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        row(
-            "errors",
-            if errors.is_empty() {
-                "none".into()
-            } else {
-                errors
-            },
-        );
-        row(
-            "latency",
-            format!(
-                "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-                self.p50_ms, self.p99_ms, self.max_ms
-            ),
-        );
-        row(
-            "password grants",
-            format!(
-                "{} (ok {}, refused {}, failed {})",
-                s.grants_of(GrantType::Password),
-                s.password_ok,
-                s.password_rejected,
-                s.password_failed
-            ),
-        );
-        row(
-            "refresh grants",
-            format!(
-                "{} (ok {}, refused {}, failed {})",
-                s.grants_of(GrantType::RefreshToken),
-                s.refresh_ok,
-                s.refresh_rejected,
-                s.refresh_failed
-            ),
-        );
-        row(
-            "401 replays",
-            format!("{} (401s not replayed: {})", s.replays, s.replays_skipped),
-        );
-        row("waited for a token", group(s.waited));
-        if let Target::Embedded {
-            revoked_at,
-            counters,
-            ..
-        } = &self.target
-        {
-            let refused = counters.api_requests - counters.api_ok;
-            let revoked = match revoked_at {
-                Some(at) => format!("revoked every token at {:.1} s; ", at.as_secs_f64()),
-                None => String::new(),
-            };
-            row(
-                "server",
-                format!(
-                    "{revoked}{} API requests, {} refused ({} revoked, {} expired)",
-                    group(counters.api_requests),
-                    group(refused),
-                    counters.api_revoked,
-                    counters.api_expired
-                ),
-            );
-        }
-        if let Some(reason) = &self.aborted {
-            row("stopped early", reason.clone());
-        }
-        out
-    }
-}
-
-fn json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).expect("maps of strings and numbers serialize")
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
-    }
-}
-
-/// `1234567` as `1,234,567`.
-fn group(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 type Https = HttpsConnector<HttpConnector>;
 type Api = AuthService<Client<Https, ReplayBody<Empty<Bytes>>>>;
 
@@ -412,6 +208,9 @@ struct Live {
     completed: AtomicU64,
     ok: AtomicU64,
     stop: AtomicBool,
+    /// Latencies of answered requests: one histogram, whatever the
+    /// concurrency. Locked for one record, never across an `.await`.
+    latency: Mutex<Latency>,
 }
 
 /// What one worker saw.
@@ -419,8 +218,6 @@ struct Live {
 struct Tally {
     status: BTreeMap<u16, u64>,
     errors: BTreeMap<&'static str, u64>,
-    /// Latencies of answered requests, in microseconds.
-    latencies: Vec<u32>,
 }
 
 /// Runs the load and returns its summary. Fails before sending any load when
@@ -495,7 +292,9 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         ));
     }
 
-    let bar = progress_bar(&config);
+    let bar = config.progress.clone();
+    // The bar counts from the start of the load, not from the login.
+    bar.reset();
     let mut tally = Tally::default();
     let mut tick = tokio::time::interval(TICK);
     let mut revoked_at = None;
@@ -562,7 +361,6 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
     let elapsed = started.elapsed();
     bar.finish_and_clear();
 
-    tally.latencies.sort_unstable();
     let requests = tally.status.values().sum::<u64>() + tally.errors.values().sum::<u64>();
     let ok = tally
         .status
@@ -587,12 +385,11 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         status: tally.status,
         errors: tally.errors,
         stats: layer.stats(),
-        p50_ms: percentile_ms(&tally.latencies, 50),
-        p99_ms: percentile_ms(&tally.latencies, 99),
-        max_ms: tally
-            .latencies
-            .last()
-            .map_or(0.0, |us| f64::from(*us) / 1000.0),
+        latency: live
+            .latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
         elapsed,
         aborted,
     })
@@ -737,8 +534,11 @@ async fn worker(
         let started = Instant::now();
         match one_request(api.clone(), &uri).await {
             Ok(status) => {
-                let micros = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                tally.latencies.push(micros);
+                let latency = started.elapsed();
+                live.latency
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(latency);
                 *tally.status.entry(status.as_u16()).or_default() += 1;
                 if status.is_success() {
                     live.ok.fetch_add(1, Relaxed);
@@ -758,23 +558,12 @@ fn merge(into: &mut Tally, from: Tally) {
     for (kind, n) in from.errors {
         *into.errors.entry(kind).or_default() += n;
     }
-    into.latencies.extend(from.latencies);
 }
 
-/// Nearest-rank percentile of sorted microseconds, in milliseconds.
-fn percentile_ms(sorted: &[u32], pct: usize) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (sorted.len() * pct).div_ceil(100).max(1);
-    f64::from(sorted[rank - 1]) / 1000.0
-}
-
-fn progress_bar(config: &Config) -> ProgressBar {
-    if !config.progress {
-        return ProgressBar::hidden();
-    }
-    let (len, template) = match config.stop {
+/// The progress bar of a run that stops at `stop`, drawn on stderr when it
+/// is a terminal.
+pub(crate) fn progress_bar(stop: Stop) -> ProgressBar {
+    let (len, template) = match stop {
         Stop::Requests(n) => (
             n,
             "{spinner} {elapsed:>4} [{bar:32}] {pos}/{len} requests  {msg}",
@@ -816,26 +605,4 @@ fn update_bar(
         stats.grants(),
         stats.replays
     ));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn groups_thousands() {
-        assert_eq!(group(0), "0");
-        assert_eq!(group(999), "999");
-        assert_eq!(group(1000), "1,000");
-        assert_eq!(group(1234567), "1,234,567");
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
-        assert_eq!(percentile_ms(&v, 50), 50.0);
-        assert_eq!(percentile_ms(&v, 99), 99.0);
-        assert_eq!(percentile_ms(&[7000], 99), 7.0);
-        assert_eq!(percentile_ms(&[], 50), 0.0);
-    }
 }
