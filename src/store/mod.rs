@@ -57,12 +57,26 @@ mod key;
 mod memory;
 mod record;
 
+#[cfg(feature = "file")]
+mod codec;
+#[cfg(feature = "file")]
+mod file;
+#[cfg(feature = "sealed")]
+mod seal;
+
 pub use self::{
     error::StoreError,
     key::{LeaseOwner, LoginKey},
     memory::MemoryStore,
     record::{Record, StoredRecord},
 };
+
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub use self::file::{FileStore, FileStoreBuilder};
+#[cfg(feature = "sealed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sealed")))]
+pub use self::seal::SealKey;
 
 /// What a version-checked write did.
 #[derive(Debug, Clone)]
@@ -347,6 +361,16 @@ impl AnyStore {
         let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
         match scheme.to_ascii_lowercase().as_str() {
             "memory" => Ok(Self::new(MemoryStore::new())),
+            #[cfg(feature = "file")]
+            "file" => {
+                let path = url
+                    .get("file://".len()..)
+                    .filter(|path| path.starts_with('/'))
+                    .ok_or_else(|| {
+                        StoreError::config("file", "a file store URL is file:///ABSOLUTE/PATH")
+                    })?;
+                Ok(Self::new(FileStore::new(path)?))
+            }
             _ => Err(StoreError::config(
                 "any",
                 "unknown store URL scheme (or its feature is off)",

@@ -124,6 +124,27 @@ impl Record {
     pub fn scope(&self) -> Option<&str> {
         self.scope.as_deref()
     }
+
+    #[cfg_attr(not(feature = "file"), allow(dead_code))]
+    pub(crate) fn from_parts(
+        access: AccessToken,
+        refresh: Option<RefreshToken>,
+        refresh_spent: bool,
+        expires_at_ms: u64,
+        scope: Option<String>,
+    ) -> Self {
+        let refresh = match (refresh, refresh_spent) {
+            (_, true) => Refresh::Spent,
+            (Some(token), false) => Refresh::Usable(token),
+            (None, false) => Refresh::None,
+        };
+        Self {
+            access,
+            refresh,
+            expires_at_ms,
+            scope,
+        }
+    }
 }
 
 impl fmt::Debug for Record {
@@ -201,17 +222,21 @@ pub(crate) fn unix_ms(at: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A record for unit tests: tokens `acc-sentinel` and `ref-sentinel`, scope
+/// `all`, expiring at 1,700,000,000,123 ms.
+#[cfg(test)]
+pub(crate) fn sample() -> Record {
+    Record::new(
+        AccessToken::new("acc-sentinel").unwrap(),
+        Some(RefreshToken::new("ref-sentinel").unwrap()),
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+    )
+    .with_scope(Some("all".into()))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn record() -> Record {
-        Record::new(
-            AccessToken::new("acc-sentinel").unwrap(),
-            Some(RefreshToken::new("ref-sentinel").unwrap()),
-            UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-        )
-    }
+    use super::{sample as record, *};
 
     #[test]
     fn debug_never_shows_a_token() {

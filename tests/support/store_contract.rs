@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use daxium_auth::{
     AccessToken, RefreshToken,
-    store::{Lease, LeaseOwner, LoginKey, Record, TokenStore, WriteOutcome},
+    store::{Conflict, Lease, LeaseOwner, LoginKey, Record, TokenStore, WriteOutcome},
 };
 use tokio::time::Instant;
 
@@ -40,6 +40,39 @@ pub(crate) async fn takes(
         .is_acquired()
 }
 
+/// Writes the record of `tag` over `expected`, which must be the stored
+/// version; the new version.
+pub(crate) async fn put(
+    store: &impl TokenStore,
+    key: &LoginKey,
+    expected: Option<u64>,
+    tag: &str,
+) -> u64 {
+    written(
+        store
+            .write(key, expected, &record(tag))
+            .await
+            .expect("the store answers"),
+    )
+}
+
+/// Writes over `expected`, which must not be the stored version; what the
+/// store holds instead.
+pub(crate) async fn conflict(
+    store: &impl TokenStore,
+    key: &LoginKey,
+    expected: Option<u64>,
+) -> Conflict {
+    match store
+        .write(key, expected, &record("refused"))
+        .await
+        .expect("the store answers")
+    {
+        WriteOutcome::Conflict(conflict) => conflict,
+        other => panic!("expected a conflict over {expected:?}, got {other:?}"),
+    }
+}
+
 fn written(outcome: WriteOutcome) -> u64 {
     match outcome {
         WriteOutcome::Written { version } => version,
@@ -54,34 +87,23 @@ pub(crate) async fn compare_and_set(store: &impl TokenStore) {
     assert!(store.read(&key).await.unwrap().is_none());
 
     // Expecting a version when nothing is stored conflicts with "nothing".
-    match store.write(&key, Some(1), &record("zero")).await.unwrap() {
-        WriteOutcome::Conflict(conflict) => {
-            assert_eq!(conflict.version(), None);
-            assert!(conflict.record().is_none());
-        }
-        other => panic!("expected a conflict, got {other:?}"),
-    }
+    let nothing = conflict(store, &key, Some(1)).await;
+    assert_eq!(nothing.version(), None);
+    assert!(nothing.record().is_none());
 
-    assert_eq!(
-        written(store.write(&key, None, &record("one")).await.unwrap()),
-        1
-    );
+    assert_eq!(put(store, &key, None, "one").await, 1);
     let two = record("two");
     assert_eq!(written(store.write(&key, Some(1), &two).await.unwrap()), 2);
 
     for stale in [None, Some(1), Some(3)] {
-        match store.write(&key, stale, &record("stale")).await.unwrap() {
-            WriteOutcome::Conflict(conflict) => {
-                assert_eq!(conflict.version(), Some(2), "expecting {stale:?}");
-                let current = conflict.into_record().expect("the stored record");
-                assert_eq!(current.version(), 2);
-                assert_eq!(
-                    current.record().access_token().expose_secret(),
-                    "access-two"
-                );
-            }
-            other => panic!("expected a conflict for {stale:?}, got {other:?}"),
-        }
+        let found = conflict(store, &key, stale).await;
+        assert_eq!(found.version(), Some(2), "expecting {stale:?}");
+        let current = found.into_record().expect("the stored record");
+        assert_eq!(current.version(), 2);
+        assert_eq!(
+            current.record().access_token().expose_secret(),
+            "access-two"
+        );
     }
 
     let stored = store.read(&key).await.unwrap().expect("a record");
@@ -160,17 +182,11 @@ pub(crate) async fn another_login_is_never_read(store: &impl TokenStore) {
     let bob = LoginKey::new("contract-client", "bob@example.com");
     let other_client = LoginKey::new("other-client", "alice@example.com");
 
-    assert_eq!(
-        written(store.write(&alice, None, &record("alice")).await.unwrap()),
-        1
-    );
+    assert_eq!(put(store, &alice, None, "alice").await, 1);
     assert!(store.read(&bob).await.unwrap().is_none());
     assert!(store.read(&other_client).await.unwrap().is_none());
 
-    assert_eq!(
-        written(store.write(&bob, None, &record("bob")).await.unwrap()),
-        1
-    );
+    assert_eq!(put(store, &bob, None, "bob").await, 1);
     let read_alice = store.read(&alice).await.unwrap().expect("alice's record");
     let read_bob = store.read(&bob).await.unwrap().expect("bob's record");
     assert_eq!(read_alice.login(), &alice);
@@ -192,10 +208,7 @@ pub(crate) async fn a_waiter_sees_another_handles_write(
     writer: &impl TokenStore,
 ) {
     let key = key("wake");
-    assert_eq!(
-        written(writer.write(&key, None, &record("one")).await.unwrap()),
-        1
-    );
+    assert_eq!(put(writer, &key, None, "one").await, 1);
     let max_wait = Duration::from_secs(10);
     let delay = Duration::from_millis(100);
 
@@ -234,10 +247,7 @@ pub(crate) async fn a_waiter_sees_another_handles_write(
 /// Without a write, a wait ends at its deadline with nothing.
 pub(crate) async fn a_wait_without_a_write_times_out(store: &impl TokenStore) {
     let key = key("timeout");
-    assert_eq!(
-        written(store.write(&key, None, &record("one")).await.unwrap()),
-        1
-    );
+    assert_eq!(put(store, &key, None, "one").await, 1);
     let max_wait = Duration::from_millis(300);
     let started = Instant::now();
     let seen = store
