@@ -56,7 +56,7 @@ const STORE: &str = "file";
 /// A new `FileStore` on the directory (a restart) adopts the records found
 /// there. The record format is the shared envelope: JSON naming the login's
 /// digest and the version, with the record in clear or, with a
-/// [`SealKey`](super::SealKey) (feature `sealed`), sealed.
+/// `SealKey` (feature `sealed`), sealed.
 ///
 /// Every call runs its file I/O on tokio's blocking pool and gives up after the
 /// store's timeout ([`FileStore::DEFAULT_TIMEOUT`]); a write that timed out may

@@ -57,10 +57,12 @@ mod key;
 mod memory;
 mod record;
 
-#[cfg(feature = "file")]
+#[cfg(any(feature = "redis", feature = "file"))]
 mod codec;
 #[cfg(feature = "file")]
 mod file;
+#[cfg(feature = "redis")]
+mod redis;
 #[cfg(feature = "sealed")]
 mod seal;
 
@@ -74,6 +76,9 @@ pub use self::{
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub use self::file::{FileStore, FileStoreBuilder};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "sealed")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sealed")))]
 pub use self::seal::SealKey;
@@ -361,6 +366,8 @@ impl AnyStore {
         let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
         match scheme.to_ascii_lowercase().as_str() {
             "memory" => Ok(Self::new(MemoryStore::new())),
+            #[cfg(feature = "redis")]
+            "redis" | "rediss" => Ok(Self::new(RedisStore::new(url)?)),
             #[cfg(feature = "file")]
             "file" => {
                 let path = url

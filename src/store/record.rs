@@ -125,7 +125,7 @@ impl Record {
         self.scope.as_deref()
     }
 
-    #[cfg_attr(not(feature = "file"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "redis", feature = "file")), allow(dead_code))]
     pub(crate) fn from_parts(
         access: AccessToken,
         refresh: Option<RefreshToken>,

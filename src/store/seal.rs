@@ -66,7 +66,7 @@ impl SealKey {
     }
 
     /// `nonce || ciphertext || tag`.
-    #[cfg_attr(not(feature = "file"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "redis", feature = "file")), allow(dead_code))]
     pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| no_randomness())?;
@@ -88,7 +88,7 @@ impl SealKey {
 
     /// The plaintext, or `None` when `sealed` does not open under this key
     /// and `aad`.
-    #[cfg_attr(not(feature = "file"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "redis", feature = "file")), allow(dead_code))]
     pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < NONCE_LEN {
             return None;

@@ -3,6 +3,9 @@
 //! Time goes through tokio, so the memory store runs it under paused time and
 //! the real stores on the real clock.
 
+// Each store's tests use the parts that apply to it.
+#![allow(dead_code)]
+
 use std::time::{Duration, SystemTime};
 
 use daxium_auth::{
@@ -265,4 +268,27 @@ pub(crate) async fn a_wait_without_a_write_times_out(store: &impl TokenStore) {
         .await
         .unwrap();
     assert!(seen.is_none());
+}
+
+/// What `key` holds cannot be read (another login's, another seal key's, a
+/// damaged value) but has `version`: it reads as absent, a write expecting
+/// nothing meets that version, and a write over it replaces it.
+pub(crate) async fn an_unreadable_record_is_replaced_over_its_version(
+    store: &impl TokenStore,
+    key: &LoginKey,
+    version: u64,
+) {
+    assert!(store.read(key).await.unwrap().is_none());
+    let unreadable = conflict(store, key, None).await;
+    assert_eq!(unreadable.version(), Some(version));
+    assert!(unreadable.record().is_none());
+    assert_eq!(
+        put(store, key, Some(version), "replacing").await,
+        version + 1
+    );
+    let read = store.read(key).await.unwrap().expect("the new record");
+    assert_eq!(
+        read.record().access_token().expose_secret(),
+        "access-replacing"
+    );
 }
