@@ -121,3 +121,26 @@ async fn any_store_passes_every_call_through() {
     contract::a_waiter_sees_another_handles_write(&store, &store.clone()).await;
     assert!(format!("{store:?}").starts_with("AnyStore"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn absurd_durations_are_clamped_to_a_day() {
+    let store = MemoryStore::new();
+    let key = contract::key("absurd");
+    let (a, b) = (LeaseOwner::random(), LeaseOwner::random());
+    assert!(contract::takes(&store, &key, &a, Duration::MAX).await);
+    let day = Duration::from_secs(24 * 3600);
+    assert_eq!(
+        store.acquire_lease(&key, &b, Duration::MAX).await.unwrap(),
+        Lease::Held {
+            remaining: Some(day)
+        }
+    );
+    let started = Instant::now();
+    let seen = store
+        .wait_for_change(&key, None, Duration::MAX)
+        .await
+        .unwrap();
+    assert!(seen.is_none());
+    assert_eq!(started.elapsed(), day);
+    assert!(contract::takes(&store, &key, &b, Duration::from_secs(1)).await);
+}

@@ -339,6 +339,47 @@ mod tests {
         assert!(decoded.record.is_none());
     }
 
+    /// The log lines `f` writes at `warn` and above.
+    fn logged(f: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture(Arc::default());
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(capture.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn an_unreadable_record_is_logged_without_its_contents() {
+        let codec = Codec::clear("test");
+        let alice = LoginKey::new("cid", "alice-sentinel");
+        let bob = LoginKey::new("cid", "bob");
+        let bytes = codec.encode(&alice, 1, &record()).unwrap();
+        let text = logged(|| assert!(codec.decode(&bob, &bytes).record.is_none()));
+        assert!(text.contains("treated as absent"), "{text}");
+        assert!(text.contains("filed for another login"), "{text}");
+        assert!(text.contains(bob.id()), "{text}");
+        assert!(!text.contains("sentinel"), "{text}");
+        let text = logged(|| assert!(codec.decode(&alice, &bytes).record.is_some()));
+        assert!(text.is_empty(), "{text}");
+    }
+
     #[test]
     fn garbage_reads_as_absent_without_a_version() {
         let codec = Codec::clear("test");
@@ -389,5 +430,9 @@ mod tests {
         // A sealing store refuses a record in clear.
         let clear = Codec::clear("test").encode(&key, 1, &record()).unwrap();
         assert!(codec.decode(&key, &clear).record.is_none());
+
+        let text = logged(|| assert!(other_key.decode(&key, &bytes).record.is_none()));
+        assert!(text.contains("does not open under the seal key"), "{text}");
+        assert!(!text.contains("sentinel"), "{text}");
     }
 }

@@ -21,11 +21,11 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{
-    Conflict, Lease, LeaseOwner, LoginKey, MIN_TTL, Record, StoreError, StoredRecord, TokenStore,
-    WriteOutcome,
+    Conflict, Lease, LeaseOwner, LoginKey, Record, StoreError, StoredRecord, TokenStore,
+    WriteOutcome, check_call_timeout,
     codec::{Codec, Decoded, MAX_ENVELOPE},
     error::Kind,
-    next_version,
+    lease_ttl, next_version,
     record::unix_ms,
 };
 
@@ -80,7 +80,7 @@ struct Inner {
 struct Held {
     owner: LeaseOwner,
     // Dropping the file closes it, which releases the lock.
-    _file: File,
+    file: File,
     until: Instant,
     generation: u64,
 }
@@ -100,8 +100,8 @@ pub struct FileStoreBuilder {
 }
 
 impl FileStoreBuilder {
-    /// How long one call may take, file I/O and lock waits included (default
-    /// [`FileStore::DEFAULT_TIMEOUT`]).
+    /// How long one call may take, file I/O and lock waits included: 1 ms
+    /// ..= 60 s (default [`FileStore::DEFAULT_TIMEOUT`]).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -121,9 +121,7 @@ impl FileStoreBuilder {
     /// The store. Creates the directory (mode 0700 on unix) if it is missing;
     /// this blocks for that one call.
     pub fn build(self) -> Result<FileStore, StoreError> {
-        if self.timeout.is_zero() {
-            return Err(StoreError::config(STORE, "the timeout must not be zero"));
-        }
+        check_call_timeout(self.timeout, STORE)?;
         if self.dir.exists() && !self.dir.is_dir() {
             return Err(StoreError::config(STORE, "not a directory"));
         }
@@ -331,7 +329,7 @@ impl Inner {
         ttl: Duration,
         now: Instant,
     ) -> Result<Taken, StoreError> {
-        let ttl = ttl.max(MIN_TTL);
+        let ttl = lease_ttl(ttl);
         let until = now + ttl;
         let expires_at_ms = unix_ms(SystemTime::now()).saturating_add(millis(ttl));
         let mut leases = self.leases();
@@ -340,7 +338,7 @@ impl Inner {
                 return Ok(Taken::Held(Some(held.until - now)));
             }
             if held.until > now {
-                write_lease_info(&held._file, owner, expires_at_ms)?;
+                write_lease_info(&held.file, owner, expires_at_ms)?;
                 held.until = until;
                 held.generation = self.generation.fetch_add(1, Ordering::Relaxed);
                 return Ok(Taken::Acquired {
@@ -360,7 +358,7 @@ impl Inner {
                     key.id().to_owned(),
                     Held {
                         owner: owner.clone(),
-                        _file: file,
+                        file,
                         until,
                         generation,
                     },

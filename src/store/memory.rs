@@ -13,8 +13,8 @@ use std::{
 use tokio::{sync::Notify, time::Instant};
 
 use super::{
-    Conflict, Lease, LeaseOwner, LoginKey, MIN_TTL, Record, StoreError, StoredRecord, TokenStore,
-    WriteOutcome, next_version,
+    Conflict, Lease, LeaseOwner, LoginKey, Record, StoreError, StoredRecord, TokenStore,
+    WriteOutcome, lease_ttl, next_version, wait_deadline,
 };
 
 /// A [`TokenStore`] in the memory of the process.
@@ -126,7 +126,7 @@ impl TokenStore for MemoryStore {
                     key.id().to_owned(),
                     Held {
                         owner: owner.clone(),
-                        until: now + ttl.max(MIN_TTL),
+                        until: now + lease_ttl(ttl),
                     },
                 );
                 Ok(Lease::Acquired)
@@ -153,7 +153,7 @@ impl TokenStore for MemoryStore {
         since: Option<u64>,
         max_wait: Duration,
     ) -> Result<Option<StoredRecord>, StoreError> {
-        let deadline = Instant::now() + max_wait;
+        let deadline = wait_deadline(max_wait);
         // Each turn is one write to the store, and the deadline bounds them.
         loop {
             let written = self.inner.written.notified();

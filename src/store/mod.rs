@@ -196,7 +196,7 @@ pub trait TokenStore: Send + Sync + 'static {
         record: &Record,
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
 
-    /// Takes the lease of `key` for `owner` for `ttl` (at least 1 ms), unless
+    /// Takes the lease of `key` for `owner` for `ttl` (1 ms ..= 24 h), unless
     /// another owner holds it; taking it again while holding it renews the
     /// time to live.
     fn acquire_lease(
@@ -217,7 +217,7 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Waits until the record of `key` has a version other than `since`
     /// (`None`: until there is a record at all) and returns it, or returns
-    /// `None` once `max_wait` has passed.
+    /// `None` once `max_wait` (at most 24 h) has passed.
     ///
     /// The default polls [`read`](Self::read), from every 10 ms to every
     /// 250 ms; a store that can be told of writes (Redis pub/sub, a condition
@@ -238,7 +238,38 @@ const POLL_FIRST: Duration = Duration::from_millis(10);
 const POLL_MAX: Duration = Duration::from_millis(250);
 
 /// The shortest lease a store grants.
-pub(crate) const MIN_TTL: Duration = Duration::from_millis(1);
+const MIN_TTL: Duration = Duration::from_millis(1);
+
+/// The longest lease a store grants, and the longest wait for a change.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest timeout a store accepts for one call.
+const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A lease's time to live as stores grant it: 1 ms ..= 24 h.
+pub(crate) fn lease_ttl(ttl: Duration) -> Duration {
+    ttl.clamp(MIN_TTL, MAX_TTL)
+}
+
+/// The end of a wait of `max_wait`, at most 24 h away.
+pub(crate) fn wait_deadline(max_wait: Duration) -> Instant {
+    Instant::now() + max_wait.min(MAX_TTL)
+}
+
+/// Refuses a call timeout of zero or over a minute.
+#[cfg(any(feature = "redis", feature = "file"))]
+pub(crate) fn check_call_timeout(
+    timeout: Duration,
+    store: &'static str,
+) -> Result<Duration, StoreError> {
+    if timeout.is_zero() || timeout > MAX_CALL_TIMEOUT {
+        return Err(StoreError::config(
+            store,
+            "the timeout must be between 1 ms and 60 s",
+        ));
+    }
+    Ok(timeout)
+}
 
 /// Reads until the version is other than `since`, with backoff, for at most
 /// `max_wait`.
@@ -248,7 +279,7 @@ pub(crate) async fn poll_for_change<S: TokenStore + ?Sized>(
     since: Option<u64>,
     max_wait: Duration,
 ) -> Result<Option<StoredRecord>, StoreError> {
-    let deadline = Instant::now() + max_wait;
+    let deadline = wait_deadline(max_wait);
     let mut delay = POLL_FIRST;
     loop {
         if let Some(record) = store.read(key).await?

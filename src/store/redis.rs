@@ -15,11 +15,11 @@ use tokio::{sync::OnceCell, time::Instant};
 use zeroize::Zeroizing;
 
 use super::{
-    Conflict, Lease, LeaseOwner, LoginKey, MIN_TTL, Record, StoreError, StoredRecord, TokenStore,
-    WriteOutcome,
+    Conflict, Lease, LeaseOwner, LoginKey, Record, StoreError, StoredRecord, TokenStore,
+    WriteOutcome, check_call_timeout,
     codec::{Codec, MAX_ENVELOPE},
     error::Kind,
-    next_version, poll_for_change,
+    lease_ttl, next_version, poll_for_change, wait_deadline,
 };
 
 const STORE: &str = "redis";
@@ -123,8 +123,8 @@ pub struct RedisStoreBuilder {
 }
 
 impl RedisStoreBuilder {
-    /// How long one call may take, connecting included (default
-    /// [`RedisStore::DEFAULT_TIMEOUT`]).
+    /// How long one call may take, connecting included: 1 ms ..= 60 s
+    /// (default [`RedisStore::DEFAULT_TIMEOUT`]).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -163,9 +163,7 @@ impl RedisStoreBuilder {
     /// For `rediss://`, the ring crypto provider becomes rustls's process
     /// default unless one is installed already.
     pub fn build(self) -> Result<RedisStore, StoreError> {
-        if self.timeout.is_zero() {
-            return Err(StoreError::config(STORE, "the timeout must not be zero"));
-        }
+        check_call_timeout(self.timeout, STORE)?;
         let url = self.url.expose_secret();
         let scheme = url.split_once("://").map(|(scheme, _)| scheme);
         if !matches!(scheme, Some(s) if s.eq_ignore_ascii_case("redis") || s.eq_ignore_ascii_case("rediss"))
@@ -428,7 +426,7 @@ fn redis_error(e: RedisError) -> StoreError {
 }
 
 fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.max(MIN_TTL).as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(lease_ttl(ttl).as_millis()).unwrap_or(u64::MAX)
 }
 
 impl TokenStore for RedisStore {
@@ -534,7 +532,7 @@ impl TokenStore for RedisStore {
         since: Option<u64>,
         max_wait: Duration,
     ) -> Result<Option<StoredRecord>, StoreError> {
-        let deadline = Instant::now() + max_wait;
+        let deadline = wait_deadline(max_wait);
         if let Some(outcome) = self.wait_subscribed(key, since, deadline).await {
             return outcome;
         }
