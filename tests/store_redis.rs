@@ -509,3 +509,41 @@ mod sealed {
         );
     }
 }
+
+#[test]
+fn a_store_outlives_the_runtime_that_first_used_it() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let key = contract::key("runtimes");
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    assert_eq!(
+        first.block_on(contract::put(&store, &key, None, "first")),
+        1
+    );
+    drop(first);
+
+    let second = runtime();
+    let read = second.block_on(async {
+        // The connection's driver died with the first runtime; the manager
+        // connects again on this one. Bounded: 40 attempts.
+        for _ in 0..40 {
+            match store.read(&key).await {
+                Ok(found) => return found,
+                Err(e) => assert!(e.is_unavailable() || e.is_timeout(), "{e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the store never answered on the second runtime");
+    });
+    assert_eq!(read.expect("the first runtime's write").version(), 1);
+    assert_eq!(
+        second.block_on(contract::put(&store, &key, Some(1), "second")),
+        2
+    );
+}
