@@ -53,6 +53,7 @@ mod layer;
 mod origin;
 mod service;
 mod stats;
+pub mod store;
 mod token;
 
 pub use crate::layer::DEFAULT_REPLAY_LIMIT;
@@ -81,6 +82,7 @@ pub use crate::{
     layer::{AuthLayer, AuthLayerBuilder},
     service::AuthService,
     stats::Stats,
+    store::{MemoryStore, StoreError, TokenStore},
     token::{
         AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_TOKEN_LEN, MIN_LIFETIME, RefreshToken,
         TokenPair,

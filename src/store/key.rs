@@ -1,0 +1,238 @@
+//! The names a store files things under: [`LoginKey`], one per login (client id
+//! and username), and [`LeaseOwner`], the random name of one lease taker. Both
+//! are safe to log: neither is derived from a secret.
+
+use std::{
+    fmt,
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::credentials::Credentials;
+
+/// The key of one login in a token store: a client id and a username.
+///
+/// Stores file a record under [`id`](Self::id), a digest that names the login
+/// without spelling it out, so that Redis key names and file names do not show
+/// the username:
+///
+/// ```text
+/// id = lowercase hex of SHA-256( "daxium-auth login v1\n"
+///                                || u64 big-endian length of client_id
+///                                || client_id || username )
+/// ```
+///
+/// The length prefix keeps `("ab", "c")` and `("a", "bc")` apart. The digest
+/// hides nothing from someone who can guess the username (it is not a
+/// secret), and no secret goes into it: the client secret and the password
+/// change without changing the key, and the tokens of the account are shared
+/// across such changes. One store (one Redis key prefix, one directory) serves
+/// one token endpoint: point the logins of another environment elsewhere.
+///
+/// `Debug` shows the client id and the digest, not the username.
+///
+/// ```
+/// use daxium_auth::store::LoginKey;
+///
+/// let key = LoginKey::new("my-client", "me@example.com");
+/// assert_eq!(key.id().len(), 64);
+/// assert_ne!(key, LoginKey::new("my-client", "you@example.com"));
+/// assert!(!format!("{key:?}").contains("me@example.com"));
+/// ```
+#[derive(Clone)]
+pub struct LoginKey {
+    inner: Arc<KeyInner>,
+}
+
+struct KeyInner {
+    client_id: String,
+    username: String,
+    id: String,
+}
+
+impl LoginKey {
+    /// The key of the login of `username` through OAuth client `client_id`.
+    pub fn new(client_id: impl Into<String>, username: impl Into<String>) -> Self {
+        let client_id = client_id.into();
+        let username = username.into();
+        let mut digest = Sha256::new();
+        digest.update(b"daxium-auth login v1\n");
+        digest.update((client_id.len() as u64).to_be_bytes());
+        digest.update(client_id.as_bytes());
+        digest.update(username.as_bytes());
+        let id = hex(&digest.finalize());
+        Self {
+            inner: Arc::new(KeyInner {
+                client_id,
+                username,
+                id,
+            }),
+        }
+    }
+
+    /// The key of the login that `credentials` make.
+    pub fn from_credentials(credentials: &Credentials) -> Self {
+        Self::new(credentials.client_id(), credentials.username())
+    }
+
+    /// The OAuth client id.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// The username.
+    pub fn username(&self) -> &str {
+        &self.inner.username
+    }
+
+    /// The digest that stores file the login under: 64 lowercase hex digits.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+}
+
+impl PartialEq for LoginKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.inner.client_id == other.inner.client_id && self.inner.username == other.inner.username
+    }
+}
+
+impl Eq for LoginKey {}
+
+impl Hash for LoginKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.inner.id.hash(state);
+    }
+}
+
+impl fmt::Debug for LoginKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginKey")
+            .field("client_id", &self.inner.client_id)
+            .field("id", &self.inner.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The name of one taker of a lease: 128 random bits as 32 hex digits.
+///
+/// A replica makes one for each refresh it leads, so that releasing a lease
+/// that expired and was taken over by another replica does nothing. Owners are
+/// not secrets; `Debug` and [`as_str`](Self::as_str) show them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct LeaseOwner(String);
+
+impl LeaseOwner {
+    /// A fresh owner from the operating system's random numbers.
+    ///
+    /// Should the system have none to give, the owner is made from the
+    /// process id, the time and a counter, still unique on a host.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        if getrandom::fill(&mut bytes).is_err() {
+            bytes = fallback_unique();
+        }
+        Self(hex(&bytes))
+    }
+
+    /// The owner as stored (in a Redis lease value, in a lock file).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LeaseOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseOwner({})", self.0)
+    }
+}
+
+#[cold]
+fn fallback_unique() -> [u8; 16] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut digest = Sha256::new();
+    digest.update(std::process::id().to_be_bytes());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    digest.update(nanos.to_be_bytes());
+    digest.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest.finalize()[..16]);
+    out
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_follows_the_documented_scheme() {
+        let key = LoginKey::new("cid", "u@example.com");
+        let mut digest = Sha256::new();
+        digest.update(b"daxium-auth login v1\n");
+        digest.update(3u64.to_be_bytes());
+        digest.update(b"cidu@example.com");
+        assert_eq!(key.id(), hex(&digest.finalize()));
+        assert!(
+            key.id()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+    }
+
+    #[test]
+    fn the_length_prefix_keeps_logins_apart() {
+        assert_ne!(LoginKey::new("ab", "c").id(), LoginKey::new("a", "bc").id());
+        assert_ne!(LoginKey::new("ab", "c"), LoginKey::new("a", "bc"));
+        assert_eq!(LoginKey::new("a", "b").id(), LoginKey::new("a", "b").id());
+    }
+
+    #[test]
+    fn credentials_make_the_same_key_whatever_the_secrets() {
+        let a = Credentials::new("cid", "secret-1", "user", "pass-1");
+        let b = Credentials::new("cid", "secret-2", "user", "pass-2");
+        assert_eq!(
+            LoginKey::from_credentials(&a),
+            LoginKey::from_credentials(&b)
+        );
+        assert_eq!(LoginKey::from_credentials(&a), LoginKey::new("cid", "user"));
+    }
+
+    #[test]
+    fn debug_hides_the_username() {
+        let key = LoginKey::new("cid", "sentinel-user@example.com");
+        let text = format!("{key:?}");
+        assert!(text.contains("cid") && text.contains(key.id()));
+        assert!(!text.contains("sentinel-user"));
+    }
+
+    #[test]
+    fn owners_are_unique_hex() {
+        let a = LeaseOwner::random();
+        let b = LeaseOwner::random();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(fallback_unique(), fallback_unique());
+    }
+
+    #[test]
+    fn hex_encodes_every_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+}
