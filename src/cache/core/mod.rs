@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+mod fleet;
 mod ladder;
 mod timing;
 mod types;
@@ -42,6 +43,24 @@ struct Running<R> {
     sent: Option<R>,
     /// The credentials generation the grant was made with.
     credentials: u64,
+    reason: Reason,
+    /// Where the flight is in the store's protocol (`Grant` without a store).
+    step: Step,
+    /// Whether this replica holds the store's lease.
+    leased: bool,
+    /// The store version the grant builds on.
+    base: Option<u64>,
+}
+
+/// The steps of a flight with a token store (DESIGN §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Lease,
+    Read,
+    Watch,
+    Spend,
+    Grant,
+    Write,
 }
 
 struct Rejection<E> {
@@ -86,6 +105,10 @@ pub(crate) struct Core<P: Payload> {
     waiters: BTreeMap<WaiterId, Waiter>,
     /// Bumped by every change of credentials.
     credentials: u64,
+    /// The store version the token came from (`None`: a token of our own).
+    version: Option<u64>,
+    /// The store did not answer the last call: warned once per outage.
+    store_down: bool,
     next_token: u64,
     next_flight: u64,
     rejections: u64,
@@ -110,6 +133,8 @@ impl<P: Payload> Core<P> {
             last_refusal_grant: None,
             waiters: BTreeMap::new(),
             credentials: 0,
+            version: None,
+            store_down: false,
             next_token: 1,
             next_flight: 1,
             rejections: 0,
@@ -171,6 +196,7 @@ impl<P: Payload> Core<P> {
             Event::Granted { flight, grant } => self.granted(flight, grant, out),
             Event::GrantFailed { flight, failure } => self.failed(flight, failure, out),
             Event::CredentialsChanged { other_login } => self.credentials_changed(other_login, out),
+            Event::Stored { flight, reply } => self.stored(flight, reply, out),
             Event::Close => return self.close(out),
             Event::Kick => self.refresh_due = true,
             Event::Tick | Event::GrantLost { .. } | Event::TimerLost => {}
