@@ -136,8 +136,16 @@ impl<P: Payload> Core<P> {
             self.store_down = true;
             tracing::warn!(target: "daxium_auth", "token store unavailable; going on alone until it answers");
         }
-        if let Flight::Running(run) = &mut self.flight {
-            run.leased = false;
+        if let Flight::Running(run) = &mut self.flight
+            && std::mem::take(&mut run.leased)
+        {
+            // Should the store answer again, the others need not wait for the
+            // lease to lapse.
+            let flight = run.id;
+            out.push(Action::Store {
+                flight,
+                call: StoreCall::Release,
+            });
         }
         let grant = self.refresh.take().map_or(Grant::Password, Grant::Refresh);
         self.send(grant, out);
