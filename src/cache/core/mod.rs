@@ -17,6 +17,7 @@ mod tests;
 pub(crate) use self::types::*;
 
 /// The token held, with the times that retire it.
+#[cfg_attr(test, derive(Clone))]
 struct Token<A> {
     slot: Slot<A>,
     stale_at: Time,
@@ -27,6 +28,7 @@ struct Token<A> {
     replay_refused: bool,
 }
 
+#[cfg_attr(test, derive(Clone))]
 enum Flight<R> {
     Idle,
     Running(Running<R>),
@@ -36,6 +38,7 @@ enum Flight<R> {
     },
 }
 
+#[cfg_attr(test, derive(Clone))]
 struct Running<R> {
     id: FlightId,
     /// The refresh token sent, kept for a failure before it left and for an
@@ -63,6 +66,7 @@ enum Step {
     Write,
 }
 
+#[cfg_attr(test, derive(Clone))]
 struct Rejection<E> {
     error: E,
     until: Time,
@@ -70,6 +74,7 @@ struct Rejection<E> {
     number: u64,
 }
 
+#[cfg_attr(test, derive(Clone))]
 struct Waiter {
     deadline: Time,
     not: Option<u64>,
@@ -85,6 +90,7 @@ enum Published {
 }
 
 /// The state of one token cache.
+#[cfg_attr(test, derive(Clone))]
 pub(crate) struct Core<P: Payload> {
     config: CacheConfig,
     now: Time,

@@ -95,6 +95,7 @@ pub(crate) enum Event<P: Payload> {
 
 /// A record of the token store, as the core sees it: the driver turns its
 /// wall-clock expiry into the core's time. A spent refresh token is absent.
+#[cfg_attr(test, derive(Clone))]
 pub(crate) struct Record<P: Payload> {
     pub(crate) version: u64,
     pub(crate) access: P::Access,
@@ -201,6 +202,7 @@ pub(crate) enum Action<P: Payload> {
 }
 
 /// A call of the token store.
+#[cfg_attr(test, derive(Clone))]
 pub(crate) enum StoreCall<P: Payload> {
     /// Take (or renew) this replica's lease.
     Lease,
@@ -251,6 +253,7 @@ pub(crate) struct Slot<A> {
 }
 
 /// What readers see, without a lock.
+#[cfg_attr(test, derive(Clone))]
 pub(crate) enum View<P: Payload> {
     /// A valid token.
     Token(Slot<P::Access>, Phase),

@@ -21,6 +21,7 @@ use super::harness::{T, TErr};
 const REPLICAS: usize = 3;
 const LIFETIME: Duration = Duration::from_secs(60);
 
+#[derive(Clone)]
 enum Call {
     Grant {
         flight: FlightId,
@@ -32,6 +33,7 @@ enum Call {
     },
 }
 
+#[derive(Clone)]
 struct Replica {
     core: Core<T>,
     calls: VecDeque<Call>,
@@ -49,6 +51,7 @@ struct Stored {
     expires_at: Time,
 }
 
+#[derive(Clone)]
 struct World {
     replicas: Vec<Replica>,
     now: Time,
@@ -298,6 +301,151 @@ impl World {
     }
 }
 
+/// Applies one op; a `Kill` leaves at least one replica alive.
+fn apply(w: &mut World, op: &Op) {
+    match *op {
+        Op::Need(r) => {
+            w.need(r);
+        }
+        Op::Complete { r, pick, fail } => w.complete(r, pick, fail),
+        Op::Refused(r) => {
+            let id = match &w.replicas[r].view {
+                Some(View::Token(slot, _)) => slot.id,
+                _ => 0,
+            };
+            w.step(r, Event::Refused { id, waiter: None });
+        }
+        Op::Advance(ms) => w.advance(Duration::from_millis(ms)),
+        Op::Kill(r) => {
+            // A replica that dies holds its lease until it lapses; what it had
+            // sent stays sent.
+            if (0..REPLICAS).filter(|&i| w.replicas[i].alive).count() > 1 {
+                w.replicas[r].alive = false;
+                w.replicas[r].calls.clear();
+            }
+        }
+        Op::Store(up) => w.up = up,
+    }
+}
+
+/// The faults stop: the store answers, every call succeeds and time passes
+/// (longer than a lease's time to live, so a dead holder's lease lapses).
+/// Every live replica that asks holds a valid token.
+fn recovers(mut w: World) -> Result<(), String> {
+    w.up = true;
+    let alive: Vec<usize> = (0..REPLICAS).filter(|&r| w.replicas[r].alive).collect();
+    let asked: Vec<(usize, WaiterId)> = alive.into_iter().map(|r| (r, w.need(r))).collect();
+    for _ in 0..80 {
+        for r in 0..REPLICAS {
+            w.complete(r, 0, false);
+        }
+        w.advance(Duration::from_millis(500));
+    }
+    for (r, waiter) in asked {
+        let got = w.replicas[r].answered.get(&waiter).copied();
+        let token = matches!(&w.replicas[r].view, Some(View::Token(..)));
+        if got != Some(true) && !token {
+            return Err(format!(
+                "replica {r} holds no token once the faults stopped"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every sequence of `depth` ops from `alphabet`, from `w`: the safety checks
+/// run at every step (they panic), liveness at every leaf. Returns the number
+/// of states visited.
+fn explore(w: &World, alphabet: &[Op], depth: usize) -> u64 {
+    if depth == 0 {
+        recovers(w.clone()).unwrap();
+        return 1;
+    }
+    let mut states = 1;
+    for op in alphabet {
+        let mut next = w.clone();
+        apply(&mut next, op);
+        states += explore(&next, alphabet, depth - 1);
+    }
+    states
+}
+
+/// The depth the exhaustive check explores, `FLEET_DEPTH` to go deeper.
+fn depth() -> usize {
+    std::env::var("FLEET_DEPTH")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(4)
+}
+
+#[test]
+fn every_fleet_interleaving_to_the_stated_depth_is_safe_and_recovers() {
+    let mut alphabet = Vec::new();
+    for r in 0..REPLICAS {
+        alphabet.push(Op::Need(r));
+        alphabet.push(Op::Complete {
+            r,
+            pick: 0,
+            fail: false,
+        });
+        alphabet.push(Op::Complete {
+            r,
+            pick: 0,
+            fail: true,
+        });
+        alphabet.push(Op::Kill(r));
+    }
+    alphabet.extend([
+        Op::Advance(1_000),
+        Op::Advance(31_000),
+        Op::Store(false),
+        Op::Store(true),
+    ]);
+    // From a start where replica 0 holds the record and its token has gone stale,
+    // and from a cold start.
+    let cold = World::new();
+    let mut warm = World::new();
+    for op in [
+        Op::Need(0),
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Advance(45_000),
+    ] {
+        apply(&mut warm, &op);
+    }
+    assert!(warm.record.is_some(), "the warm start has a stored record");
+    let depth = depth();
+    let states = explore(&cold, &alphabet, depth) + explore(&warm, &alphabet, depth);
+    eprintln!(
+        "fleet model: 3 replicas, {} ops, depth {depth}: {states} states",
+        alphabet.len()
+    );
+    assert!(states > 1);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Need(usize),
@@ -327,40 +475,10 @@ proptest! {
     fn a_fleet_never_sends_a_refresh_token_twice_and_recovers(ops in prop::collection::vec(op(), 1..80)) {
         let mut w = World::new();
         for op in &ops {
-            match *op {
-                Op::Need(r) => { w.need(r); }
-                Op::Complete { r, pick, fail } => w.complete(r, pick, fail),
-                Op::Refused(r) => {
-                    let id = match &w.replicas[r].view { Some(View::Token(slot, _)) => slot.id, _ => 0 };
-                    w.step(r, Event::Refused { id, waiter: None });
-                }
-                Op::Advance(ms) => w.advance(Duration::from_millis(ms)),
-                Op::Kill(r) => {
-                    // A replica that dies holds its lease until it lapses; what
-                    // it had sent stays sent.
-                    if (0..REPLICAS).filter(|&i| w.replicas[i].alive).count() > 1 {
-                        w.replicas[r].alive = false;
-                        w.replicas[r].calls.clear();
-                    }
-                }
-                Op::Store(up) => w.up = up,
-            }
+            apply(&mut w, op);
         }
-        // The faults stop: the store answers, every call succeeds, time passes.
-        w.up = true;
-        let alive: Vec<usize> = (0..REPLICAS).filter(|&r| w.replicas[r].alive).collect();
-        let asked: Vec<(usize, WaiterId)> = alive.into_iter().map(|r| (r, w.need(r))).collect();
-        // Longer than a lease's time to live: a dead holder's lease lapses.
-        for _ in 0..80 {
-            for r in 0..REPLICAS {
-                w.complete(r, 0, false);
-            }
-            w.advance(Duration::from_millis(500));
-        }
-        for (r, waiter) in asked {
-            let got = w.replicas[r].answered.get(&waiter).copied();
-            let token = matches!(&w.replicas[r].view, Some(View::Token(..)));
-            prop_assert!(got == Some(true) || token, "replica {} holds no token once the faults stopped", r);
+        if let Err(why) = recovers(w) {
+            prop_assert!(false, "{}", why);
         }
     }
 }

@@ -12,6 +12,7 @@ use super::super::{
 };
 
 /// The test payload: tokens and errors are numbers.
+#[derive(Clone)]
 pub(super) enum T {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
