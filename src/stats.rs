@@ -35,6 +35,7 @@ pub(crate) struct Counters {
     replays: AtomicU64,
     replays_skipped: AtomicU64,
     waited: AtomicU64,
+    store_errors: AtomicU64,
 }
 
 impl Counters {
@@ -58,6 +59,10 @@ impl Counters {
         self.replays_skipped.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn store_error(&self) {
+        self.store_errors.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn waited(&self) {
         self.waited.fetch_add(1, Relaxed);
     }
@@ -73,6 +78,7 @@ impl Counters {
             replays: self.replays.load(Relaxed),
             replays_skipped: self.replays_skipped.load(Relaxed),
             waited: self.waited.load(Relaxed),
+            store_errors: self.store_errors.load(Relaxed),
         }
     }
 }
@@ -100,6 +106,8 @@ pub struct Stats {
     pub replays_skipped: u64,
     /// Requests that waited for a grant (no valid token when they were made).
     pub waited: u64,
+    /// Calls to the token store that failed (down, timed out, refused).
+    pub store_errors: u64,
 }
 
 impl Stats {

@@ -174,6 +174,8 @@ impl<P: Payload> Core<P> {
         self.token = None;
         self.refresh = None;
         self.refused = false;
+        // A lease taken for the previous login lapses with its time to live.
+        self.version = None;
         if let Flight::Running(run) = &self.flight {
             out.push(Action::Abort { flight: run.id });
         }

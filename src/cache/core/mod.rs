@@ -380,6 +380,13 @@ impl<P: Payload> Core<P> {
         self.closed = true;
         if let Flight::Running(run) = &self.flight {
             out.push(Action::Abort { flight: run.id });
+            if run.leased {
+                let flight = run.id;
+                out.push(Action::Store {
+                    flight,
+                    call: StoreCall::Release,
+                });
+            }
         }
         self.flight = Flight::Idle;
         let all = std::mem::take(&mut self.waiters).into_keys().collect();

@@ -76,6 +76,9 @@ impl Shared {
             StoreCall::Release => return,
         };
         lost.event = None;
+        if let StoreReply::Down = reply {
+            self.counters.store_error();
+        }
         self.run(Event::Stored { flight, reply });
     }
 
