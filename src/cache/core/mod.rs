@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 mod fleet;
 mod ladder;
+mod published;
 mod timing;
 mod types;
 
@@ -313,67 +314,6 @@ impl<P: Payload> Core<P> {
     fn retry_all(&mut self, out: &mut Vec<Action<P>>) {
         let all = std::mem::take(&mut self.waiters).into_keys().collect();
         self.answer(all, Answer::Retry, out);
-    }
-
-    /// The next time something is due.
-    fn next_deadline(&self) -> Option<Time> {
-        let token = self.token.as_ref().map(|t| match t.stale {
-            false => t.stale_at,
-            true => t.expires_at,
-        });
-        let paused = match self.flight {
-            Flight::Paused { until } => Some(until),
-            _ => None,
-        };
-        let rejected = self.rejected.as_ref().map(|r| r.until);
-        let waiter = self.waiters.values().map(|w| w.deadline).min();
-        [token, paused, rejected, waiter]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-
-    fn arm(&mut self, out: &mut Vec<Action<P>>) {
-        let next = self.next_deadline();
-        if next != self.armed {
-            self.armed = next;
-            out.push(Action::Arm(next));
-        }
-    }
-
-    fn publish(&mut self, out: &mut Vec<Action<P>>) {
-        let (key, view) = self.view();
-        if self.published != Some(key) {
-            self.published = Some(key);
-            out.push(Action::Publish(view));
-        }
-    }
-
-    fn view(&self) -> (Published, View<P>) {
-        if self.closed {
-            return (Published::Closed, View::Failed(P::error(Why::Closed)));
-        }
-        match (&self.token, &self.rejected) {
-            (Some(token), _) => {
-                let phase = if self.armed.is_none() {
-                    Phase::Unchecked
-                } else if !matches!(self.flight, Flight::Idle) {
-                    Phase::Refreshing
-                } else if token.stale && self.rejected.is_none() {
-                    Phase::Stale
-                } else {
-                    Phase::Fresh
-                };
-                let view = View::Token(token.slot.clone(), phase);
-                (Published::Token(token.slot.id, phase), view)
-            }
-            // Failing fast needs the timer that lifts the rejection; without it,
-            // readers ask the core, which lifts it when its time has come.
-            (None, Some(r)) if self.armed.is_some() => {
-                (Published::Rejected(r.number), View::Failed(r.error.clone()))
-            }
-            (None, _) => (Published::Empty, View::Empty),
-        }
     }
 
     fn close(&mut self, out: &mut Vec<Action<P>>) {

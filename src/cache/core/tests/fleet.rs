@@ -18,7 +18,7 @@ use super::super::{
 };
 use super::harness::{T, TErr};
 
-const REPLICAS: usize = 3;
+pub(super) const REPLICAS: usize = 3;
 const LIFETIME: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
@@ -44,7 +44,7 @@ struct Replica {
 }
 
 #[derive(Clone)]
-struct Stored {
+pub(super) struct Stored {
     version: u64,
     access: u32,
     refresh: Option<u32>,
@@ -52,11 +52,11 @@ struct Stored {
 }
 
 #[derive(Clone)]
-struct World {
+pub(super) struct World {
     replicas: Vec<Replica>,
     now: Time,
     up: bool,
-    record: Option<Stored>,
+    pub(super) record: Option<Stored>,
     lease: Option<(usize, Time)>,
     /// Access token -> expiry, as the server issued them.
     access: BTreeMap<u32, Time>,
@@ -67,7 +67,7 @@ struct World {
 }
 
 impl World {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let config = CacheConfig {
             shared: true,
             ..CacheConfig::default()
@@ -302,7 +302,7 @@ impl World {
 }
 
 /// Applies one op; a `Kill` leaves at least one replica alive.
-fn apply(w: &mut World, op: &Op) {
+pub(super) fn apply(w: &mut World, op: &Op) {
     match *op {
         Op::Need(r) => {
             w.need(r);
@@ -331,7 +331,7 @@ fn apply(w: &mut World, op: &Op) {
 /// The faults stop: the store answers, every call succeeds and time passes
 /// (longer than a lease's time to live, so a dead holder's lease lapses).
 /// Every live replica that asks holds a valid token.
-fn recovers(mut w: World) -> Result<(), String> {
+pub(super) fn recovers(mut w: World) -> Result<(), String> {
     w.up = true;
     let alive: Vec<usize> = (0..REPLICAS).filter(|&r| w.replicas[r].alive).collect();
     let asked: Vec<(usize, WaiterId)> = alive.into_iter().map(|r| (r, w.need(r))).collect();
@@ -353,101 +353,8 @@ fn recovers(mut w: World) -> Result<(), String> {
     Ok(())
 }
 
-/// Every sequence of `depth` ops from `alphabet`, from `w`: the safety checks
-/// run at every step (they panic), liveness at every leaf. Returns the number
-/// of states visited.
-fn explore(w: &World, alphabet: &[Op], depth: usize) -> u64 {
-    if depth == 0 {
-        recovers(w.clone()).unwrap();
-        return 1;
-    }
-    let mut states = 1;
-    for op in alphabet {
-        let mut next = w.clone();
-        apply(&mut next, op);
-        states += explore(&next, alphabet, depth - 1);
-    }
-    states
-}
-
-/// The depth the exhaustive check explores, `FLEET_DEPTH` to go deeper.
-fn depth() -> usize {
-    std::env::var("FLEET_DEPTH")
-        .ok()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(4)
-}
-
-#[test]
-fn every_fleet_interleaving_to_the_stated_depth_is_safe_and_recovers() {
-    let mut alphabet = Vec::new();
-    for r in 0..REPLICAS {
-        alphabet.push(Op::Need(r));
-        alphabet.push(Op::Complete {
-            r,
-            pick: 0,
-            fail: false,
-        });
-        alphabet.push(Op::Complete {
-            r,
-            pick: 0,
-            fail: true,
-        });
-        alphabet.push(Op::Kill(r));
-    }
-    alphabet.extend([
-        Op::Advance(1_000),
-        Op::Advance(31_000),
-        Op::Store(false),
-        Op::Store(true),
-    ]);
-    // From a start where replica 0 holds the record and its token has gone stale,
-    // and from a cold start.
-    let cold = World::new();
-    let mut warm = World::new();
-    for op in [
-        Op::Need(0),
-        Op::Complete {
-            r: 0,
-            pick: 0,
-            fail: false,
-        },
-        Op::Complete {
-            r: 0,
-            pick: 0,
-            fail: false,
-        },
-        Op::Complete {
-            r: 0,
-            pick: 0,
-            fail: false,
-        },
-        Op::Complete {
-            r: 0,
-            pick: 0,
-            fail: false,
-        },
-        Op::Complete {
-            r: 0,
-            pick: 0,
-            fail: false,
-        },
-        Op::Advance(45_000),
-    ] {
-        apply(&mut warm, &op);
-    }
-    assert!(warm.record.is_some(), "the warm start has a stored record");
-    let depth = depth();
-    let states = explore(&cold, &alphabet, depth) + explore(&warm, &alphabet, depth);
-    eprintln!(
-        "fleet model: 3 replicas, {} ops, depth {depth}: {states} states",
-        alphabet.len()
-    );
-    assert!(states > 1);
-}
-
 #[derive(Debug, Clone)]
-enum Op {
+pub(super) enum Op {
     Need(usize),
     Complete { r: usize, pick: usize, fail: bool },
     Refused(usize),
