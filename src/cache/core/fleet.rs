@@ -180,7 +180,7 @@ impl<P: Payload> Core<P> {
         self.last_error = None;
         self.rejected = None;
         self.refused = false;
-        let all = self.waiters.keys().copied().collect();
+        let all = self.waiters.ids();
         self.answer(all, Answer::Token(slot), out);
     }
 

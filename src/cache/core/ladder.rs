@@ -79,7 +79,7 @@ impl<P: Payload> Core<P> {
         self.last_error = None;
         self.rejected = None;
         self.refused = false;
-        let all = self.waiters.keys().copied().collect();
+        let all = self.waiters.ids();
         self.answer(all, Answer::Token(slot), out);
         if run.leased {
             self.publish_pair(run, out);
@@ -144,7 +144,7 @@ impl<P: Payload> Core<P> {
     /// `give_up` holds (with the token's absence or the last error).
     fn answer_each(&mut self, give_up: impl Fn(&Waiter) -> bool, out: &mut Vec<Action<P>>) {
         let (mut tokens, mut no_replay, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-        for (&id, waiter) in &self.waiters {
+        for (id, waiter) in self.waiters.iter() {
             match self.best_for(waiter.not) {
                 Answer::Token(_) => tokens.push(id),
                 _ if !give_up(waiter) => {}

@@ -4,18 +4,19 @@
 //! (`cache/driver.rs`) runs the grants, the timer and the waiters, and the
 //! tests replay any interleaving of events against it.
 
-use std::collections::BTreeMap;
 
 mod fleet;
 mod ladder;
 mod published;
 mod timing;
 mod types;
+mod waiters;
 
 #[cfg(test)]
 mod tests;
 
 pub(crate) use self::types::*;
+use self::waiters::{Waiter, Waiters};
 
 /// The token held, with the times that retire it.
 #[cfg_attr(test, derive(Clone))]
@@ -75,11 +76,6 @@ struct Rejection<E> {
     number: u64,
 }
 
-#[cfg_attr(test, derive(Clone))]
-struct Waiter {
-    deadline: Time,
-    not: Option<u64>,
-}
 
 /// What was published last, to publish only changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +105,7 @@ pub(crate) struct Core<P: Payload> {
     /// one the refusal bound counts.
     refused: bool,
     last_refusal_grant: Option<Time>,
-    waiters: BTreeMap<WaiterId, Waiter>,
+    waiters: Waiters,
     /// Bumped by every change of credentials.
     credentials: u64,
     /// The store version the token came from (`None`: a token of our own).
@@ -138,7 +134,7 @@ impl<P: Payload> Core<P> {
             refresh_due: false,
             refused: false,
             last_refusal_grant: None,
-            waiters: BTreeMap::new(),
+            waiters: Waiters::default(),
             credentials: 0,
             version: None,
             store_down: false,
@@ -198,7 +194,7 @@ impl<P: Payload> Core<P> {
                 }
             }
             Event::WaiterGone { waiter } => {
-                self.waiters.remove(&waiter);
+                self.waiters.remove(waiter);
             }
             Event::Granted { flight, grant } => self.granted(flight, grant, out),
             Event::GrantFailed { flight, failure } => self.failed(flight, failure, out),
@@ -231,10 +227,7 @@ impl<P: Payload> Core<P> {
             self.flight = Flight::Idle;
             self.refresh_due = true;
         }
-        let due: Vec<_> = (self.waiters.iter())
-            .filter(|(_, w)| w.deadline <= now)
-            .map(|(&id, w)| (id, w.not))
-            .collect();
+        let due = self.waiters.due(now);
         for (id, not) in due {
             let answer = self.best_for(not);
             self.answer(vec![id], answer, out);
@@ -303,7 +296,7 @@ impl<P: Payload> Core<P> {
             return;
         }
         for id in &ids {
-            self.waiters.remove(id);
+            self.waiters.remove(*id);
         }
         out.push(Action::Answer {
             waiters: ids,
@@ -312,7 +305,7 @@ impl<P: Payload> Core<P> {
     }
 
     fn retry_all(&mut self, out: &mut Vec<Action<P>>) {
-        let all = std::mem::take(&mut self.waiters).into_keys().collect();
+        let all = self.waiters.take_all();
         self.answer(all, Answer::Retry, out);
     }
 
@@ -329,7 +322,7 @@ impl<P: Payload> Core<P> {
             }
         }
         self.flight = Flight::Idle;
-        let all = std::mem::take(&mut self.waiters).into_keys().collect();
+        let all = self.waiters.take_all();
         self.answer(all, Answer::Failed(P::error(Why::Closed)), out);
         self.token = None;
         self.refresh = None;

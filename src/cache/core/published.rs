@@ -16,7 +16,7 @@ impl<P: Payload> Core<P> {
             _ => None,
         };
         let rejected = self.rejected.as_ref().map(|r| r.until);
-        let waiter = self.waiters.values().map(|w| w.deadline).min();
+        let waiter = self.waiters.earliest();
         [token, paused, rejected, waiter]
             .into_iter()
             .flatten()
