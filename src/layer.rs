@@ -274,6 +274,19 @@ impl AuthLayerBuilder {
                 reason: "the minimum must be above zero",
             });
         }
+        if self.cache.rejected_cooldown.is_zero() {
+            // Without it, a refused password would be tried on every request.
+            return Err(BuildError::InvalidSetting {
+                name: "rejected_cooldown",
+                reason: "the cool-down must be above zero",
+            });
+        }
+        if self.cache.lease_ttl.is_zero() {
+            return Err(BuildError::InvalidSetting {
+                name: "lease_ttl",
+                reason: "the lease's time to live must be above zero",
+            });
+        }
         if self.cache.backoff_min > self.cache.backoff_max {
             return Err(BuildError::InvalidSetting {
                 name: "backoff",

@@ -2,7 +2,8 @@
 //! cancellation at every point, runtimes that go away, odd servers and absurd
 //! settings. The logic tests run under paused tokio time with a scripted
 //! endpoint; the HTTP ones against the crate's mock server on 127.0.0.1. A
-//! test marked `#[ignore = "defect: …"]` shows a defect that is still open.
+//! test marked `#[ignore = "known limitation: …"]` shows what the cache does
+//! not handle, and why.
 
 use std::{
     convert::Infallible,
@@ -72,16 +73,7 @@ fn seen_tokens(s: &scripted::Setup) -> Vec<String> {
 
 // === runtimes that go away ===
 
-/// Root cause: `Lost` is created inside the grant's async body
-/// (src/cache/driver/tasks.rs:34), so it exists only once the task has been
-/// polled. A task dropped unpolled (its runtime shut down first, or `spawn`
-/// on a runtime already shutting down, src/cache/driver/mod.rs:243) reports
-/// nothing, and the core keeps `Flight::Running` for ever: every later caller
-/// times out. Fix: build the `Lost` guard in `finish()` before `spawn` and
-/// move it into the future (an argument), so that dropping the future
-/// unpolled reports `GrantLost` too.
 #[test]
-#[ignore = "defect: a grant task dropped before its first poll is never reported lost; the cache waits for it forever"]
 fn a_grant_spawned_just_before_its_runtime_shuts_down_is_restarted() {
     let s = setup();
     // The caller starts the grant and goes away before the runtime ran the
@@ -96,12 +88,10 @@ fn a_grant_spawned_just_before_its_runtime_shuts_down_is_restarted() {
     assert_eq!(s.endpoint.grants(), 1);
 }
 
-/// The same root cause as the test above, met through the hot path: the
-/// stale token's kick spawns the refresh, the request completes in the same
-/// poll, and the runtime goes. The core shows the old token as `Refreshing`
-/// for ever; the hot path attaches it long after its expiry.
+/// Through the hot path: the stale token's kick spawns the refresh, the
+/// request completes in the same poll, and the runtime goes before the
+/// refresh's task ever ran. The next runtime's callers get a new token.
 #[test]
-#[ignore = "defect: a grant task dropped before its first poll is never reported lost; a stale refresh kicked on the way out blocks every later refresh"]
 fn a_background_refresh_kicked_just_before_shutdown_does_not_block_later_ones() {
     let s = setup();
     *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
@@ -130,16 +120,7 @@ fn a_background_refresh_kicked_just_before_shutdown_does_not_block_later_ones() 
     assert!(s.endpoint.grants() >= 2, "the refresh was made again");
 }
 
-/// Root cause: the timer's `Lost` is created inside its async body
-/// (src/cache/driver/tasks.rs:120). A timer task dropped unpolled reports no
-/// `TimerLost`, so the core keeps `armed` at that timer's deadline
-/// (src/cache/core/mod.rs:304). A later waiter whose deadline is later than
-/// that one changes nothing `arm()` sees, so no `Arm` action is emitted and no
-/// timer runs: the waiter is never answered, not even at its deadline, and the
-/// grant it waits for was lost the same way. Fix: as for the grant, create the
-/// guard in `finish()` (src/cache/driver/mod.rs:234) and move it into the task.
 #[test]
-#[ignore = "defect: a timer task dropped before its first poll is never reported lost; a later waiter whose deadline is not the earliest is never answered"]
 fn a_waiter_is_answered_after_a_runtime_took_an_unpolled_timer_and_grant_with_it() {
     let s = setup();
     let mut svc = s.service();
@@ -160,11 +141,7 @@ fn a_waiter_is_answered_after_a_runtime_took_an_unpolled_timer_and_grant_with_it
     );
 }
 
-/// Root cause: as above (src/cache/driver/tasks.rs:120). The core believes
-/// its timer armed and publishes `Phase::Fresh`; the hot path never asks the
-/// core again, so nothing retires the token at its expiry.
 #[test]
-#[ignore = "defect: a timer task dropped before its first poll is never reported lost; the hot path serves the token past its expiry"]
 fn a_timer_spawned_just_before_its_runtime_shuts_down_still_retires_the_token() {
     let s = setup();
     *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
@@ -193,15 +170,7 @@ fn a_timer_spawned_just_before_its_runtime_shuts_down_still_retires_the_token() 
 
 // === the wait budget ===
 
-/// Root cause: `need()` answers a waiter whose deadline has already come at
-/// once and removes it (src/cache/core/mod.rs:248); `progress()` starts a
-/// grant without a token only for a refusal or registered waiters
-/// (src/cache/core/ladder.rs:170), so with a zero budget no grant ever starts.
-/// Fix: a `Need` without a valid token marks a grant as wanted even when its
-/// waiter is answered at once (as `Kick` does for a stale token), or `build()`
-/// refuses a zero budget as it refuses a zero backoff (src/layer.rs:245).
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: with a zero wait budget no grant ever starts; every request fails for ever"]
 async fn a_zero_wait_budget_still_logs_in_in_the_background() {
     let s = setup_with(|b| b.wait_budget(Duration::ZERO));
     let svc = s.service();
@@ -213,16 +182,7 @@ async fn a_zero_wait_budget_still_logs_in_in_the_background() {
     assert_eq!(res.map(|r| r.status()).ok(), Some(StatusCode::OK));
 }
 
-/// Root cause: `AuthService::call` registers the waiter (`Shared::ask`,
-/// src/cache/driver/waiters.rs:27), but only `wait()` unregisters it, through a
-/// `Gone` guard made on its first poll (src/cache/driver/waiters.rs:72).
-/// `Ticket` has no `Drop`, so a `ResponseFuture` dropped before its first poll
-/// leaves its waiter in the core until its deadline: the ladder keeps
-/// retrying a failing endpoint for nobody (8 grants here instead of 1), and
-/// such waiters pile up in the map that every event scans. Fix: `Ticket`
-/// unregisters its pending waiter on drop (holding an `Arc<Shared>`).
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: a ResponseFuture dropped before its first poll stays a waiter until its budget ends, and grants are retried for it"]
 async fn a_request_dropped_before_its_first_poll_stops_waiting() {
     let s = setup_with(|b| b.wait_budget(Duration::from_secs(60)));
     for _ in 0..100 {
@@ -257,15 +217,14 @@ async fn a_request_dropped_while_it_waits_stops_waiting() {
     assert_eq!(s.endpoint.grants(), 1);
 }
 
-/// Root cause: the hot path (src/service.rs:150) trusts the published phase,
-/// which only the timer task changes at the token's deadlines; the timer
-/// lives on the runtime that armed it (src/cache/driver/mod.rs:234). A
-/// current-thread runtime that is kept but not driven, or a multi-thread one
-/// whose workers are blocked, leaves the phase at `Fresh` past the expiry.
-/// Fix: publish the expiry with the slot and compare it on the hot path (a
-/// clock read), or re-arm on the caller's runtime when a deadline is overdue.
+/// A known limitation: the hot path reads no clock and trusts the published
+/// phase, which the cache's timer changes at the token's deadlines. A timer
+/// whose runtime is alive but no longer driven (a current-thread runtime kept
+/// outside `block_on`, or a multi-thread one whose workers are all blocked)
+/// does not fire, and the phase stays `Fresh` past the expiry. A runtime that
+/// shuts down is handled (the timer reports itself lost).
 #[test]
-#[ignore = "defect: the hot path trusts a timer on a runtime that may not run; an idle runtime's timer lets an expired token out"]
+#[ignore = "known limitation: a timer on a runtime that is alive but not driven does not fire"]
 fn a_token_is_not_served_past_its_expiry_while_the_timers_runtime_is_idle() {
     let s = setup();
     *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
@@ -434,16 +393,7 @@ fn registration_time(n: u64) -> Duration {
     })
 }
 
-/// Root cause: every event runs `advance()`, which scans every waiter for a
-/// due deadline (src/cache/core/mod.rs:201), and `arm()`, whose
-/// `next_deadline()` scans them again for the earliest
-/// (src/cache/core/mod.rs:297), all under the driver's mutex. n callers
-/// registering behind one grant cost O(n^2): 8,000 take about sixty times as
-/// long as 1,000. Fix: keep the waiters' deadlines ordered as well (a
-/// `BTreeSet<(Time, WaiterId)>` beside the map), so the due ones and the
-/// earliest one are found in O(log n).
 #[test]
-#[ignore = "defect: every event scans all waiters twice (due deadlines, next deadline), so a stampede costs O(n^2) under the cache's lock"]
 fn registering_waiters_costs_the_same_for_each_one() {
     // Timing, as a ratio within one run, each side the best of a few runs (a
     // busy machine only makes a run slower): eight times the callers should
@@ -1096,13 +1046,7 @@ fn try_setup(
     })
 }
 
-/// Root cause: `rejected_cooldown` takes any value (src/layer.rs:221) and
-/// `build()` checks only the backoff (src/layer.rs:245); with zero, the
-/// rejection lifts at the instant it is set and every caller makes one more
-/// password grant, the hammering that locks accounts. Fix: refuse a zero
-/// cool-down in `build()` (or floor it, say at the backoff's minimum).
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: a zero rejected_cooldown is accepted and turns a refused password into one password grant per request"]
 async fn a_zero_rejection_cooldown_is_refused_or_still_stops_the_hammering() {
     let Ok(s) = try_setup(|b| b.rejected_cooldown(Duration::ZERO)) else {
         return;

@@ -555,8 +555,25 @@ fn extreme_settings_build_and_edge_settings_are_accepted() {
         ok(base().token_url(token).refresh_margin(Duration::MAX)),
         Ok(())
     );
-    assert_eq!(
+    // A zero cool-down would try a refused password on every request.
+    assert!(matches!(
         ok(base().token_url(token).rejected_cooldown(Duration::ZERO)),
+        Err(BuildError::InvalidSetting {
+            name: "rejected_cooldown",
+            ..
+        })
+    ));
+    assert!(matches!(
+        ok(base().token_url(token).lease_ttl(Duration::ZERO)),
+        Err(BuildError::InvalidSetting {
+            name: "lease_ttl",
+            ..
+        })
+    ));
+    assert_eq!(
+        ok(base()
+            .token_url(token)
+            .rejected_cooldown(Duration::from_nanos(1))),
         Ok(())
     );
     assert_eq!(

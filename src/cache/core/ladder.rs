@@ -189,7 +189,7 @@ impl<P: Payload> Core<P> {
         }
         let wanted = match &self.token {
             Some(token) => token.stale && std::mem::take(&mut self.refresh_due),
-            None => self.refused || !self.waiters.is_empty(),
+            None => self.refused || self.demand || !self.waiters.is_empty(),
         };
         if !wanted {
             return;
@@ -238,6 +238,7 @@ impl<P: Payload> Core<P> {
     fn start(&mut self, reason: Reason, out: &mut Vec<Action<P>>) {
         let flight = FlightId(self.next_flight);
         self.next_flight += 1;
+        self.demand = false;
         let shared = self.config.shared;
         self.flight = Flight::Running(Running {
             id: flight,

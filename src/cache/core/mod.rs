@@ -4,7 +4,6 @@
 //! (`cache/driver.rs`) runs the grants, the timer and the waiters, and the
 //! tests replay any interleaving of events against it.
 
-
 mod fleet;
 mod ladder;
 mod published;
@@ -76,7 +75,6 @@ struct Rejection<E> {
     number: u64,
 }
 
-
 /// What was published last, to publish only changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Published {
@@ -101,6 +99,9 @@ pub(crate) struct Core<P: Payload> {
     /// is refreshed now. Otherwise a stale token waits for a caller, so that
     /// an idle client makes no grants.
     refresh_due: bool,
+    /// A caller that could not wait found no token: a grant is wanted even
+    /// with no one waiting for it.
+    demand: bool,
     /// The token was dropped because the API refused it: the next grant is
     /// one the refusal bound counts.
     refused: bool,
@@ -132,6 +133,7 @@ impl<P: Payload> Core<P> {
             attempt: 0,
             rejected: None,
             refresh_due: false,
+            demand: false,
             refused: false,
             last_refusal_grant: None,
             waiters: Waiters::default(),
@@ -270,8 +272,12 @@ impl<P: Payload> Core<P> {
         self.waiters.insert(id, Waiter { deadline, not });
         match answer {
             Some(answer) => self.answer(vec![id], answer, out),
-            // Nothing happens before the deadline: answer now.
-            None if deadline <= self.now => self.answer(vec![id], self.best_for(not), out),
+            // Nothing happens before the deadline: answer now, and still make
+            // the grant the caller needed, for those who come next.
+            None if deadline <= self.now => {
+                self.demand |= self.token.is_none();
+                self.answer(vec![id], self.best_for(not), out);
+            }
             None => {}
         }
     }

@@ -22,6 +22,8 @@ mod store;
 mod tasks;
 mod waiters;
 
+use self::tasks::Lost;
+
 pub(crate) use self::waiters::Ticket;
 
 use super::core::{
@@ -81,6 +83,8 @@ struct Driver {
     waiters: HashMap<WaiterId, oneshot::Sender<Answer<Live>>>,
     next_waiter: u64,
     grant: Option<(FlightId, AbortHandle)>,
+    /// The grant the core has in flight, as far as the driver knows.
+    flight: Option<FlightId>,
     /// The deadline of the live timer task, if there is one.
     timer: Option<watch::Sender<Option<Instant>>>,
     /// The token store shared with other replicas, if any.
@@ -121,6 +125,7 @@ impl Shared {
                 waiters: HashMap::new(),
                 next_waiter: 1,
                 grant: None,
+                flight: None,
                 timer: None,
                 fleet,
                 actions: Vec::new(),
@@ -176,6 +181,10 @@ impl Shared {
     }
 
     fn handle(&self, driver: &mut Driver, event: Event<Live>, after: &mut After) -> usize {
+        if let Event::TimerLost = event {
+            // The next deadline gets a timer task of its own.
+            driver.timer = None;
+        }
         let mut actions = std::mem::take(&mut driver.actions);
         let now = self.time(Instant::now());
         driver.core.handle(now, event, &mut actions);
@@ -204,6 +213,7 @@ impl Shared {
                 grant,
                 reason,
             } => {
+                driver.flight = Some(flight);
                 let credentials = Arc::clone(&driver.credentials);
                 let request = match grant {
                     Grant::Password => GrantRequest::password(credentials),
@@ -212,6 +222,9 @@ impl Shared {
                 after.grant = Some((flight, request, reason));
             }
             Action::Abort { flight } => {
+                if driver.flight == Some(flight) {
+                    driver.flight = None;
+                }
                 if driver.grant.as_ref().is_some_and(|(id, _)| *id == flight) {
                     after.abort = driver.grant.take().map(|(_, task)| task);
                 }
@@ -248,29 +261,35 @@ impl Shared {
             // A waiter that went away needs no answer.
             let _ = tx.send(answer);
         }
+        // Each task gets its guard before it is spawned: a task dropped unpolled
+        // (its runtime shutting down, or no runtime at all) reports itself lost.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         if let Some(deadline) = after.timer {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(tasks::timer(Arc::downgrade(self), deadline))),
-                Err(_) => drop(self.run(Event::TimerLost)),
+            let lost = Lost::new_weak(Arc::downgrade(self), Event::TimerLost);
+            if let Some(runtime) = &runtime {
+                drop(runtime.spawn(tasks::timer(Arc::downgrade(self), deadline, lost)));
             }
         }
         for (flight, call, fleet) in after.store {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    drop(runtime.spawn(Arc::clone(self).store_call(flight, call, fleet)))
-                }
-                Err(_) => drop(self.run(Event::GrantLost { flight })),
+            let lost = Lost::new(self, Event::GrantLost { flight });
+            if let Some(runtime) = &runtime {
+                drop(runtime.spawn(Arc::clone(self).store_call(flight, call, fleet, lost)));
             }
         }
         if let Some((flight, request, reason)) = after.grant {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                self.run(Event::GrantLost { flight });
+            let lost = Lost::new(self, Event::GrantLost { flight });
+            let Some(runtime) = &runtime else {
                 return;
             };
-            let task = runtime.spawn(Arc::clone(self).grant(flight, request, reason));
-            // Kept to abort the grant when its login is replaced; if the abort
-            // came first, the grant's answer is ignored by the core anyway.
-            self.lock().grant = Some((flight, task.abort_handle()));
+            let task = runtime.spawn(Arc::clone(self).grant(flight, request, reason, lost));
+            // Kept to abort the grant when its login is replaced; an abort that
+            // came while it was being spawned is carried out now.
+            let mut driver = self.lock();
+            if driver.flight == Some(flight) {
+                driver.grant = Some((flight, task.abort_handle()));
+            } else {
+                task.abort();
+            }
         }
     }
 

@@ -34,6 +34,7 @@ impl Shared {
         flight: FlightId,
         call: StoreCall<Live>,
         fleet: Fleet,
+        mut lost: Lost,
     ) {
         let Fleet {
             store,
@@ -43,10 +44,10 @@ impl Shared {
         } = fleet;
         if let StoreCall::Release = call {
             // Nothing waits for it; a failure leaves the lease to its time to live.
+            lost.event = None;
             let _ = store.release_lease(&key, &owner).await;
             return;
         }
-        let mut lost = Lost::new(&self, Event::GrantLost { flight });
         let reply = match call {
             StoreCall::Lease => match store.acquire_lease(&key, &owner, ttl).await {
                 Ok(Lease::Acquired) => StoreReply::Leased,

@@ -24,14 +24,16 @@ use crate::{
 };
 
 impl Shared {
-    /// One grant, in a task of its own.
+    /// One grant, in a task of its own. `lost` is made before the task is
+    /// spawned, so that a task dropped before its first poll (its runtime
+    /// shutting down) reports the grant lost too.
     pub(super) async fn grant(
         self: Arc<Self>,
         flight: FlightId,
         request: GrantRequest,
         reason: Reason,
+        mut lost: Lost,
     ) {
-        let mut lost = Lost::new(&self, Event::GrantLost { flight });
         let grant_type = request.grant_type();
         let span = tracing::info_span!(
             target: "daxium_auth",
@@ -116,8 +118,14 @@ impl Shared {
 }
 
 /// Wakes the core at the deadlines it asks for, until the cache goes.
-pub(super) async fn timer(shared: Weak<Shared>, mut deadline: watch::Receiver<Option<Instant>>) {
-    let mut lost = Lost::new_weak(shared.clone(), Event::TimerLost);
+///
+/// `lost` is made before the task is spawned, so that a task dropped before
+/// its first poll reports itself lost too.
+pub(super) async fn timer(
+    shared: Weak<Shared>,
+    mut deadline: watch::Receiver<Option<Instant>>,
+    mut lost: Lost,
+) {
     let mut fired = None;
     loop {
         let at = *deadline.borrow_and_update();
@@ -159,7 +167,7 @@ impl Lost {
         Self::new_weak(Arc::downgrade(shared), event)
     }
 
-    fn new_weak(shared: Weak<Shared>, event: Event<Live>) -> Self {
+    pub(super) fn new_weak(shared: Weak<Shared>, event: Event<Live>) -> Self {
         Self {
             shared,
             event: Some(event),

@@ -13,11 +13,25 @@ use crate::{
     error::{Kind, TokenError},
 };
 
-/// A registered waiter: its answer, or `None` when it must ask again.
+/// A registered waiter: its answer, or `None` when it must ask again. A
+/// ticket dropped before its answer (a request future dropped before its
+/// first poll) unregisters the waiter.
 pub(crate) struct Ticket {
+    shared: Arc<Shared>,
     pending: Option<(WaiterId, oneshot::Receiver<Answer<Live>>)>,
     deadline: Time,
     not: Option<u64>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some((waiter, _)) = self.pending.take() {
+            drop(Gone {
+                shared: &self.shared,
+                waiter: Some(waiter),
+            });
+        }
+    }
 }
 
 impl Shared {
@@ -51,6 +65,7 @@ impl Shared {
             self.counters.waited();
         }
         Err(Ticket {
+            shared: Arc::clone(self),
             pending,
             deadline,
             not: refused,
