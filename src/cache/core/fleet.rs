@@ -104,6 +104,7 @@ impl<P: Payload> Core<P> {
                 access,
                 refresh: Some(refresh),
                 expires_at,
+                ..
             }) => {
                 // Spent in the store before it is sent: a holder that dies now
                 // leaves nothing for the next one to send again.
@@ -112,6 +113,7 @@ impl<P: Payload> Core<P> {
                     access,
                     refresh: Some(refresh.clone()),
                     expires_at,
+                    spent: true,
                 };
                 self.step(Step::Spend, |run| run.sent = Some(refresh));
                 out.push(Action::Store {
@@ -152,9 +154,12 @@ impl<P: Payload> Core<P> {
     }
 
     /// Whether a stored record is worth taking instead of a grant: newer than
-    /// what this replica holds, and not expired.
+    /// what this replica holds, not expired, and not a holder's mark that it
+    /// is refreshing (whose access token may be the one the API refused).
     fn adoptable(&self, record: &Record<P>) -> bool {
-        record.expires_at > self.now && self.version.is_none_or(|held| record.version > held)
+        !record.spent
+            && record.expires_at > self.now
+            && self.version.is_none_or(|held| record.version > held)
     }
 
     /// Takes the stored record's token as this replica's.
@@ -194,6 +199,7 @@ impl<P: Payload> Core<P> {
             access: token.slot.access.clone(),
             refresh: self.refresh.clone(),
             expires_at: token.expires_at,
+            spent: false,
         };
         let (flight, expected) = (run.id, run.base);
         run.step = Step::Write;

@@ -73,8 +73,9 @@ impl<P: Payload> Core<P> {
             stale: self.now >= stale_at,
             replay_refused: false,
         });
+        // The store version seen last stays: a record of that version is not
+        // adopted again (its token may be the one the API refused).
         self.refresh = refresh;
-        self.version = None;
         self.attempt = 0;
         self.last_error = None;
         self.rejected = None;

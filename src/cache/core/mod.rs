@@ -109,7 +109,8 @@ pub(crate) struct Core<P: Payload> {
     waiters: Waiters,
     /// Bumped by every change of credentials.
     credentials: u64,
-    /// The store version the token came from (`None`: a token of our own).
+    /// The newest store version this replica has taken or written; a record
+    /// is adopted only when newer.
     version: Option<u64>,
     /// The store did not answer the last call: warned once per outage.
     store_down: bool,

@@ -101,6 +101,9 @@ pub(crate) struct Record<P: Payload> {
     pub(crate) access: P::Access,
     pub(crate) refresh: Option<P::Refresh>,
     pub(crate) expires_at: Time,
+    /// Its refresh token was marked spent: a holder is refreshing it, and its
+    /// access token may be the one that was refused.
+    pub(crate) spent: bool,
 }
 
 /// What a store call answered.

@@ -111,6 +111,7 @@ impl Shared {
             access,
             refresh: record.refresh_token().cloned(),
             expires_at: self.now().saturating_add(remaining),
+            spent: record.is_refresh_spent(),
         }
     }
 

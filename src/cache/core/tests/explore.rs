@@ -45,6 +45,7 @@ fn every_fleet_interleaving_to_the_stated_depth_is_safe_and_recovers() {
             fail: true,
         });
         alphabet.push(Op::Kill(r));
+        alphabet.push(Op::Refused(r));
     }
     alphabet.extend([
         Op::Advance(1_000),

@@ -41,6 +41,8 @@ struct Replica {
     view: Option<View<T>>,
     armed: Option<Time>,
     answered: BTreeMap<WaiterId, bool>,
+    /// Access tokens the API refused to this replica.
+    refused: BTreeSet<u32>,
 }
 
 #[derive(Clone)]
@@ -49,6 +51,7 @@ pub(super) struct Stored {
     access: u32,
     refresh: Option<u32>,
     expires_at: Time,
+    spent: bool,
 }
 
 #[derive(Clone)]
@@ -80,6 +83,7 @@ impl World {
             view: None,
             armed: None,
             answered: BTreeMap::new(),
+            refused: BTreeSet::new(),
         };
         Self {
             replicas: (0..REPLICAS).map(|_| replica()).collect(),
@@ -151,7 +155,13 @@ impl World {
             Action::Abort { flight } => self.replicas[r].calls.retain(|c| match c {
                 Call::Grant { flight: f, .. } | Call::Store { flight: f, .. } => *f != flight,
             }),
-            Action::Publish(view) => self.replicas[r].view = Some(view),
+            Action::Publish(view) => {
+                if let View::Token(slot, _) = &view {
+                    let refused = self.replicas[r].refused.contains(&slot.access);
+                    assert!(!refused, "replica {r} took back the token the API refused");
+                }
+                self.replicas[r].view = Some(view);
+            }
             Action::Answer { waiters, answer } => {
                 for w in waiters {
                     let got = matches!(answer, Answer::Token(_));
@@ -171,6 +181,7 @@ impl World {
             access: s.access,
             refresh: s.refresh,
             expires_at: s.expires_at,
+            spent: s.spent,
         })
     }
 
@@ -186,6 +197,7 @@ impl World {
             access,
             refresh,
             expires_at,
+            spent,
         });
         StoreReply::Written(version)
     }
@@ -309,10 +321,11 @@ pub(super) fn apply(w: &mut World, op: &Op) {
         }
         Op::Complete { r, pick, fail } => w.complete(r, pick, fail),
         Op::Refused(r) => {
-            let id = match &w.replicas[r].view {
-                Some(View::Token(slot, _)) => slot.id,
-                _ => 0,
+            let (id, access) = match &w.replicas[r].view {
+                Some(View::Token(slot, _)) => (slot.id, Some(slot.access)),
+                _ => (0, None),
             };
+            w.replicas[r].refused.extend(access);
             w.step(r, Event::Refused { id, waiter: None });
         }
         Op::Advance(ms) => w.advance(Duration::from_millis(ms)),
