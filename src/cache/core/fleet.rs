@@ -37,8 +37,8 @@ impl<P: Payload> Core<P> {
             (Step::Lease, StoreReply::Held(remaining)) => {
                 let ttl = self.config.lease_ttl;
                 let wait = remaining.map_or(ttl, |r| r.min(ttl));
-                self.step(Step::Watch, |_| {});
                 let (since, until) = (self.version, self.now.saturating_add(wait));
+                self.step(Step::Watch, |run| run.until = until);
                 out.push(call(StoreCall::Watch { since, until }));
             }
             (Step::Read, StoreReply::Record(record))
@@ -57,22 +57,55 @@ impl<P: Payload> Core<P> {
                 self.flight = Flight::Idle;
                 self.adopt(record, out);
             }
+            // A record that cannot be taken (the holder's "refreshing" mark, an
+            // expired one): wait on for the next, until the lease could lapse.
+            (Step::Watch, StoreReply::Record(Some(record))) if self.now < self.watch_until() => {
+                let (since, until) = (Some(record.version), self.watch_until());
+                out.push(call(StoreCall::Watch { since, until }));
+            }
             // Nothing new in time: the holder may be gone; try the lease again.
             (Step::Watch, StoreReply::Record(_)) => {
                 self.step(Step::Lease, |_| {});
                 out.push(call(StoreCall::Lease));
             }
             (Step::Write, reply) => {
-                if let StoreReply::Written(version) = reply {
+                match reply {
                     // The store holds the refresh token now: this replica sends it
                     // only under the lease, after reading it back.
-                    self.version = Some(version);
-                    self.refresh = None;
+                    StoreReply::Written(version) => {
+                        self.version = Some(version);
+                        self.refresh = None;
+                    }
+                    // Not written: the refresh token is this replica's alone.
+                    StoreReply::Conflict(_) => {}
+                    // A write that timed out may have landed: the token may be the
+                    // fleet's now, and is never sent without the lease; and the
+                    // version it would have is not news when read back.
+                    _ => {
+                        self.refresh = None;
+                        self.version = Some(self.flight_base().map_or(1, |v| v + 1));
+                    }
                 }
                 self.flight = Flight::Idle;
                 out.push(call(StoreCall::Release));
             }
             _ => {}
+        }
+    }
+
+    /// The store version the flight in flight builds on.
+    fn flight_base(&self) -> Option<u64> {
+        match &self.flight {
+            Flight::Running(run) => run.base,
+            _ => None,
+        }
+    }
+
+    /// When the flight's wait for a new record ends.
+    fn watch_until(&self) -> super::Time {
+        match &self.flight {
+            Flight::Running(run) => run.until,
+            _ => super::Time::ZERO,
         }
     }
 
@@ -154,10 +187,12 @@ impl<P: Payload> Core<P> {
     }
 
     /// Whether a stored record is worth taking instead of a grant: newer than
-    /// what this replica holds, not expired, and not a holder's mark that it
-    /// is refreshing (whose access token may be the one the API refused).
+    /// what this replica holds, not expired, not the token the API refused
+    /// it, and not a holder's mark that it is refreshing (whose access token
+    /// may be the one refused).
     fn adoptable(&self, record: &Record<P>) -> bool {
         !record.spent
+            && self.refused_access.as_ref() != Some(&record.access)
             && record.expires_at > self.now
             && self.version.is_none_or(|held| record.version > held)
     }

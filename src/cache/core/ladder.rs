@@ -5,7 +5,7 @@
 
 use super::{
     Action, Answer, Class, Core, Failure, Flight, FlightId, Grant, Granted, Payload, Reason,
-    Rejection, Running, Slot, Step, StoreCall, Token, Waiter, Why,
+    Rejection, Running, Slot, Step, StoreCall, Time, Token, Waiter, Why,
     timing::{backoff, schedule},
 };
 
@@ -249,6 +249,7 @@ impl<P: Payload> Core<P> {
             step: if shared { Step::Lease } else { Step::Grant },
             leased: false,
             base: None,
+            until: Time::ZERO,
         });
         if shared {
             // The grant waits for the lease: someone else may be making it.

@@ -54,6 +54,8 @@ struct Running<R> {
     leased: bool,
     /// The store version the grant builds on.
     base: Option<u64>,
+    /// Until when a replica without the lease waits for a new record.
+    until: Time,
 }
 
 /// The steps of a flight with a token store (DESIGN §7).
@@ -99,6 +101,8 @@ pub(crate) struct Core<P: Payload> {
     /// is refreshed now. Otherwise a stale token waits for a caller, so that
     /// an idle client makes no grants.
     refresh_due: bool,
+    /// The token the API refused last: never taken back from the store.
+    refused_access: Option<P::Access>,
     /// A caller that could not wait found no token: a grant is wanted even
     /// with no one waiting for it.
     demand: bool,
@@ -134,6 +138,7 @@ impl<P: Payload> Core<P> {
             attempt: 0,
             rejected: None,
             refresh_due: false,
+            refused_access: None,
             demand: false,
             refused: false,
             last_refusal_grant: None,
@@ -290,7 +295,7 @@ impl<P: Payload> Core<P> {
             .is_some_and(|t| t.slot.id == id && !t.replay_refused)
         {
             tracing::debug!(target: "daxium_auth", "access token refused by the API; refreshing");
-            self.token = None;
+            self.refused_access = self.token.take().map(|t| t.slot.access);
             self.refused = true;
         }
         if let Some((waiter, deadline)) = waiter {

@@ -14,7 +14,7 @@ pub(crate) type Time = Duration;
 /// tests use numbers.
 pub(crate) trait Payload {
     /// What requests carry: the `Authorization` header value.
-    type Access: Clone;
+    type Access: Clone + PartialEq;
     /// A refresh token, given back to the driver when a grant is started.
     type Refresh: Clone;
     /// A failure, shared by every waiter that gets it.

@@ -251,6 +251,17 @@ impl World {
                     .push_back(Call::Store { flight, call });
                 return;
             }
+            // A write that times out may have landed all the same.
+            Call::Store {
+                flight,
+                call: call @ (StoreCall::Write { .. } | StoreCall::Spend { .. }),
+            } if fail && self.up && pick % 2 == 1 => {
+                let _ = self.store(r, &call, false);
+                Event::Stored {
+                    flight,
+                    reply: StoreReply::Down,
+                }
+            }
             Call::Store { flight, call } => {
                 let reply = self.store(r, &call, fail);
                 Event::Stored { flight, reply }
