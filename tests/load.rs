@@ -1008,3 +1008,41 @@ fn store_urls_that_cannot_work_are_refused_without_their_password() {
     assert_eq!(json["grants"]["password"], 2, "{json}");
     ran.assert_no_secret();
 }
+
+#[test]
+fn embedded_runs_on_a_kept_store_each_log_in_with_their_own_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    for run in 0..2 {
+        let ran = load(
+            &[
+                "--json",
+                "--requests",
+                "100",
+                "--replicas",
+                "2",
+                "--concurrency",
+                "4",
+                "--store",
+                &url,
+            ],
+            &[],
+        );
+        assert_eq!(ran.status, Some(0), "run {run}: {ran:#?}");
+        let json = ran.json();
+        assert_eq!(json["ok"], 100, "run {run}: {json}");
+        // Each run's server is new: the record of the run before is not its.
+        assert_eq!(json["grants"]["password"], 1, "run {run}: {json}");
+    }
+    let records = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(records, 2, "a record per run's login");
+}

@@ -626,6 +626,18 @@ async fn prepare(
                 .start()
                 .await
                 .map_err(Fatal::Server)?;
+            if config.store.is_some() {
+                // A login of this run's own: a store kept from an earlier run
+                // holds tokens of another embedded server, that this one never
+                // issued, under the same login otherwise.
+                let known = server.credentials();
+                server.set_credentials(Credentials::new(
+                    format!("{}-{}", known.client_id(), run_id()),
+                    known.client_secret().expose_secret(),
+                    known.username(),
+                    known.password().expose_secret(),
+                ));
+            }
             // The server's login, where the command line gives none.
             let known = server.credentials();
             let credentials = Credentials::new(
@@ -646,6 +658,14 @@ async fn prepare(
             Ok((Some(server), token_url, api_url, credentials))
         }
     }
+}
+
+/// A name for this run: the process id and the start time.
+fn run_id() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("run-{}-{}", std::process::id(), since_epoch.as_millis())
 }
 
 /// hyper-util's client over rustls (HTTPS, and HTTP for loopback tests),
