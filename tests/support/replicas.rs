@@ -187,6 +187,14 @@ pub(crate) fn replica(
     }
 }
 
+/// One replica alone, without a store, on a server of its own with tokens of
+/// `lifetime`: what a fleet's grants are measured against.
+pub(crate) async fn solo(lifetime: Duration) -> (MockServer, Vec<Arc<Replica>>) {
+    let server = server(lifetime).await;
+    let alone = replica(&server, None, &Arc::new(Issued::default()), |b| b);
+    (server, vec![Arc::new(alone)])
+}
+
 impl Replica {
     /// One GET of `url`: its status, or what failed.
     pub(crate) async fn get(&self, url: &str) -> Result<StatusCode, String> {
