@@ -6,6 +6,8 @@
 //! cargo run --release --example load                 # embedded server, 12 s
 //! cargo run --release --example load -- --json --requests 20000
 //! RUST_LOG=daxium_auth=debug cargo run --release --example load -- --duration 5
+//! cargo run --release --example load -- --replicas 8 --store redis://127.0.0.1:6379/
+//! cargo run --release --example load -- --replicas 4 --store file:///tmp/daxium-tokens
 //! cargo run --release --example load -- --token-url https://api.daxium-air.com/oauth/v2/token \
 //!     --api-url https://api.daxium-air.com/api/v1/structures --requests 100 --concurrency 4
 //! ```
@@ -13,7 +15,9 @@
 //! Without a token URL it starts the embedded Daxium-compatible server on
 //! 127.0.0.1 with 4-second tokens and rotation on, and revokes every token
 //! half-way through, so that one run shows background refreshes, a new login
-//! and the 401 replay. Run with `--help` for the options.
+//! and the 401 replay. With `--replicas N`, N layers (each its own token
+//! cache, as N processes would have) share the login through `--store`, and
+//! the summary counts the fleet's grants. Run with `--help` for the options.
 
 use std::process::ExitCode;
 

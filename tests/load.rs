@@ -5,8 +5,12 @@
 //! As a program, built by cargo and run as a subprocess: the command line
 //! (`--help`, bad flags with status 2), the `--json` summary and error object,
 //! the table with its latency histogram, `RUST_LOG`, and no secret on stdout
-//! or stderr. The example's own modules (their unit tests run here too) are
-//! included by path.
+//! or stderr. A fleet: replicas in one process on a memory store, several
+//! processes on one `FileStore` and on one `redis-server` making one login
+//! between them (against one Daxium-compatible server started here), a second
+//! run adopting the stored pair, and store URLs that are refused without
+//! their password. The example's own modules (their unit tests run here too)
+//! are included by path.
 #![cfg(all(feature = "mock", feature = "rustls"))]
 
 #[path = "../examples/load/args.rs"]
@@ -209,8 +213,15 @@ fn load_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let mut features = vec!["mock", "rustls"];
-        if cfg!(feature = "reqwest") {
-            features.push("reqwest");
+        for (on, feature) in [
+            (cfg!(feature = "reqwest"), "reqwest"),
+            (cfg!(feature = "file"), "file"),
+            (cfg!(feature = "redis"), "redis"),
+            (cfg!(feature = "sealed"), "sealed"),
+        ] {
+            if on {
+                features.push(feature);
+            }
         }
         let mut cargo = Command::new(env!("CARGO"));
         cargo
@@ -366,6 +377,10 @@ fn help_lists_every_flag_and_variable_and_no_secret() {
         "--requests",
         "--duration",
         "--json",
+        "--store",
+        "DAXIUM_STORE",
+        "--replicas",
+        "[default: 1]",
         "RUST_LOG",
     ] {
         assert!(ran.stdout.contains(name), "{name} in the help: {ran:#?}");
@@ -526,10 +541,13 @@ fn a_short_run_prints_every_documented_key_with_consistent_values() {
             "p90_ms",
             "p999_ms",
             "p99_ms",
+            "per_replica",
+            "replicas",
             "requests",
             "requests_per_s",
             "retries_401",
             "status",
+            "store",
             "waited_for_token",
         ]
     );
@@ -596,6 +614,10 @@ fn a_short_run_prints_every_documented_key_with_consistent_values() {
     );
     assert_eq!(json["aborted"], Value::Null);
     assert!(n("waited_for_token") <= n("requests"));
+    // One replica, no store.
+    assert_eq!(n("replicas"), 1);
+    assert_eq!(json["store"], Value::Null);
+    assert_eq!(json["per_replica"][0]["requests"], 400);
 }
 
 #[test]
@@ -673,4 +695,354 @@ fn rust_log_shows_the_layers_spans_and_events_on_stderr_only() {
         ran.stderr
     );
     ran.assert_no_secret();
+}
+
+// === a fleet ===
+
+#[allow(dead_code)]
+#[path = "support/redis.rs"]
+mod redis_server;
+
+/// The Daxium-compatible server that every `load` process of a test shares,
+/// on a runtime of its own that serves it while the test waits for the
+/// processes.
+struct Shared {
+    server: daxium_auth::mock::MockServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Shared {
+    /// 30 s tokens: no run here lasts long enough to refresh.
+    fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = runtime
+            .block_on(
+                daxium_auth::mock::MockServer::builder()
+                    .token_lifetime(Duration::from_secs(30))
+                    .reuse_protection(true)
+                    .start(),
+            )
+            .expect("bind 127.0.0.1");
+        Self {
+            server,
+            _runtime: runtime,
+        }
+    }
+
+    /// The flags that point `load` at this server, with the login's id and
+    /// username; the secrets go in [`Shared::env`].
+    fn args(&self) -> Vec<String> {
+        let credentials = self.server.credentials();
+        vec![
+            "--token-url".into(),
+            self.server.token_url(),
+            "--api-url".into(),
+            self.server.api_url("v1/structures"),
+            "--client-id".into(),
+            credentials.client_id().to_owned(),
+            "--username".into(),
+            credentials.username().to_owned(),
+        ]
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        use secrecy::ExposeSecret;
+        let credentials = self.server.credentials();
+        vec![
+            (
+                "DAXIUM_CLIENT_SECRET",
+                credentials.client_secret().expose_secret().to_owned(),
+            ),
+            (
+                "DAXIUM_PASSWORD",
+                credentials.password().expose_secret().to_owned(),
+            ),
+        ]
+    }
+}
+
+/// `processes` runs of `load` at once, each with `args` after the server's
+/// flags and `env`; each must succeed. Their JSON summaries.
+fn fleet_of_processes(
+    shared: &Shared,
+    processes: usize,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<Value> {
+    let runs: Vec<_> = (0..processes)
+        .map(|_| {
+            let mut all = shared.args();
+            all.extend(args.iter().map(|a| a.to_string()));
+            let mut vars: Vec<(String, String)> = shared
+                .env()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            thread::spawn(move || {
+                let args: Vec<&str> = all.iter().map(String::as_str).collect();
+                let env: Vec<(&str, &str)> =
+                    vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                load(&args, &env)
+            })
+        })
+        .collect();
+    runs.into_iter()
+        .map(|run| {
+            let ran = run.join().expect("a load process");
+            assert_eq!(ran.status, Some(0), "{ran:#?}");
+            ran.json()
+        })
+        .collect()
+}
+
+/// The fleet's password grants, by the summaries of its processes.
+fn logins(summaries: &[Value]) -> u64 {
+    summaries
+        .iter()
+        .map(|json| json["grants"]["password"].as_u64().unwrap())
+        .sum()
+}
+
+fn assert_each_shares(summaries: &[Value], scheme: &str, replicas: u64, requests: u64) {
+    for json in summaries {
+        assert_eq!(json["store"], scheme, "{json}");
+        assert_eq!(json["replicas"].as_u64(), Some(replicas), "{json}");
+        assert_eq!(json["requests"].as_u64(), Some(requests), "{json}");
+        assert_eq!(json["ok"], json["requests"], "{json}");
+        let per_replica = json["per_replica"].as_array().unwrap();
+        assert_eq!(per_replica.len() as u64, replicas);
+        let sum = |key: &str| -> u64 { per_replica.iter().map(|r| r[key].as_u64().unwrap()).sum() };
+        assert_eq!(sum("requests"), requests, "{json}");
+        let password: u64 = per_replica
+            .iter()
+            .map(|r| r["grants"]["password"].as_u64().unwrap())
+            .sum();
+        assert_eq!(password, json["grants"]["password"].as_u64().unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_in_one_process_share_one_login_through_a_memory_store() {
+    let server = daxium_auth::mock::MockServer::builder()
+        .reuse_protection(true)
+        .start()
+        .await
+        .expect("bind 127.0.0.1");
+    let credentials = server.credentials();
+    let config = Config {
+        token_url: Some(server.token_url()),
+        api_url: Some(server.api_url("v1/structures")),
+        client_id: Some(credentials.client_id().to_owned()),
+        client_secret: Some(credentials.client_secret().clone()),
+        username: Some(credentials.username().to_owned()),
+        password: Some(credentials.password().clone()),
+        concurrency: 8,
+        replicas: 4,
+        stop: Stop::Requests(400),
+        ..Config::default()
+    };
+    let summary = run::run(config).await.expect("the run starts");
+    assert!(summary.all_ok(), "{}", summary.table());
+    assert_eq!(summary.store, Some("memory"));
+    assert_eq!(summary.replicas.len(), 4);
+    assert_eq!(
+        summary.replicas.iter().map(|r| r.requests).sum::<u64>(),
+        400
+    );
+    // Every replica drove requests; one of them logged in for all.
+    assert!(
+        summary
+            .replicas
+            .iter()
+            .all(|r| r.requests > 0 && r.ok == r.requests)
+    );
+    assert_eq!(summary.stats.password_ok, 1, "{:?}", summary.stats);
+    assert_eq!(server.counters().password_ok, 1);
+    let logins: Vec<u64> = summary
+        .replicas
+        .iter()
+        .map(|r| r.stats.password_ok)
+        .collect();
+    assert_eq!(logins.iter().sum::<u64>(), 1, "{logins:?}");
+}
+
+#[test]
+fn load_processes_on_one_file_store_log_in_once_and_a_second_run_not_at_all() {
+    let shared = Shared::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let args = [
+        "--json",
+        "--store",
+        url.as_str(),
+        "--replicas",
+        "2",
+        "--concurrency",
+        "4",
+        "--requests",
+        "200",
+    ];
+    let first = fleet_of_processes(&shared, 3, &args, &[]);
+    assert_each_shares(&first, "file", 2, 200);
+    let counters = shared.server.counters();
+    assert_eq!(logins(&first), 1, "one login for 3 processes x 2 replicas");
+    assert_eq!(counters.password_ok, 1, "{counters:?}");
+    assert_eq!(counters.refresh_reuse, 0, "{counters:?}");
+
+    // A second run, with the store from the environment, adopts the pair.
+    let second = fleet_of_processes(
+        &shared,
+        1,
+        &["--json", "--requests", "50", "--concurrency", "2"],
+        &[("DAXIUM_STORE", url.as_str())],
+    );
+    assert_each_shares(&second, "file", 1, 50);
+    assert_eq!(logins(&second), 0, "{}", second[0]);
+    assert_eq!(second[0]["grants"]["refresh_token"], 0);
+    assert_eq!(shared.server.counters().password_ok, 1);
+}
+
+#[test]
+fn load_processes_on_one_redis_log_in_once() {
+    let shared = Shared::start();
+    let redis = redis_server::RedisServer::start();
+    let url = redis.url();
+    let args = [
+        "--json",
+        "--store",
+        url.as_str(),
+        "--replicas",
+        "4",
+        "--concurrency",
+        "8",
+        "--requests",
+        "400",
+    ];
+    let summaries = fleet_of_processes(&shared, 3, &args, &[]);
+    assert_each_shares(&summaries, "redis", 4, 400);
+    let counters = shared.server.counters();
+    assert_eq!(
+        logins(&summaries),
+        1,
+        "one login for 3 processes x 4 replicas"
+    );
+    assert_eq!(counters.password_ok, 1, "{counters:?}");
+    assert_eq!(counters.refresh_reuse, 0, "{counters:?}");
+    assert_eq!(counters.grant_requests, 1, "{counters:?}");
+}
+
+#[test]
+fn store_urls_that_cannot_work_are_refused_without_their_password() {
+    let not_a_dir = tempfile::NamedTempFile::new().unwrap();
+    let under_a_file = format!("file://{}/tokens", not_a_dir.path().display());
+    for (store, status, kind, says) in [
+        (
+            "postgres://user:pw-sentinel-91c2@127.0.0.1/db",
+            2,
+            "usage",
+            "unknown store URL scheme",
+        ),
+        ("file://relative/dir", 2, "usage", "file:///ABSOLUTE/PATH"),
+        (
+            "redis://user:pw-sentinel-91c2@[::1/",
+            2,
+            "usage",
+            "does not parse",
+        ),
+        // A directory that cannot be made: the run cannot start.
+        (under_a_file.as_str(), 1, "store", "file system error"),
+    ] {
+        let ran = load(&["--json", "--requests", "10", "--store", store], &[]);
+        assert_eq!(ran.status, Some(status), "{store}: {ran:#?}");
+        let (got, message) = ran.error_object();
+        assert_eq!(got, kind, "{store}: {ran:#?}");
+        assert!(message.contains(says), "{store}: {message}");
+        assert_eq!(ran.stderr.trim_end(), format!("error: {message}"));
+        ran.assert_no_secret();
+    }
+
+    // A Redis that refuses the password: the run cannot start, and says so
+    // without the password.
+    let redis = redis_server::RedisServer::with_password("the-right-one");
+    let url = redis.url_with(":pw-sentinel-91c2@");
+    let ran = load(&["--json", "--requests", "10"], &[("DAXIUM_STORE", &url)]);
+    assert_eq!(ran.status, Some(1), "{ran:#?}");
+    let (kind, message) = ran.error_object();
+    assert_eq!(kind, "store");
+    assert!(message.contains("refused its credentials"), "{message}");
+    ran.assert_no_secret();
+
+    // A Redis that does not answer is a warning: the replicas go on alone.
+    let shared = Shared::start();
+    let port = closed_port();
+    let url = format!("redis://user:pw-sentinel-91c2@127.0.0.1:{port}/");
+    let mut args = shared.args();
+    args.extend(
+        [
+            "--json",
+            "--requests",
+            "50",
+            "--replicas",
+            "2",
+            "--store",
+            &url,
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = shared.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let ran = load(&args, &env);
+    assert_eq!(ran.status, Some(0), "{ran:#?}");
+    assert!(ran.stderr.starts_with("warning: "), "{ran:#?}");
+    assert!(ran.stderr.contains("goes on alone"), "{ran:#?}");
+    let json = ran.json();
+    assert_eq!(json["store"], "redis");
+    assert_eq!(json["ok"], 50);
+    // Alone, each replica logged in for itself.
+    assert_eq!(json["grants"]["password"], 2, "{json}");
+    ran.assert_no_secret();
+}
+
+#[test]
+fn embedded_runs_on_a_kept_store_each_log_in_with_their_own_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    for run in 0..2 {
+        let ran = load(
+            &[
+                "--json",
+                "--requests",
+                "100",
+                "--replicas",
+                "2",
+                "--concurrency",
+                "4",
+                "--store",
+                &url,
+            ],
+            &[],
+        );
+        assert_eq!(ran.status, Some(0), "run {run}: {ran:#?}");
+        let json = ran.json();
+        assert_eq!(json["ok"], 100, "run {run}: {json}");
+        // Each run's server is new: the record of the run before is not its.
+        assert_eq!(json["grants"]["password"], 1, "run {run}: {json}");
+    }
+    let records = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert_eq!(records, 2, "a record per run's login");
 }

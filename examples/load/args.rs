@@ -15,6 +15,8 @@ use crate::run::{Config, Stop};
 
 /// The most requests in flight: each is a task and a connection.
 const MAX_CONCURRENCY: i64 = 100_000;
+/// The most replicas in one run: each is a layer with its own clients.
+const MAX_REPLICAS: i64 = 1_000;
 /// The longest run `--duration` takes, in seconds (about 115 days).
 const MAX_DURATION_SECS: f64 = 1e7;
 /// How long a run lasts without `--requests` or `--duration`.
@@ -27,6 +29,11 @@ const AFTER_HELP: &str = "\
 Without --token-url, load starts the embedded Daxium-compatible server on 127.0.0.1
 (4 s tokens, rotation on) and revokes every token half-way through, so that one run
 shows background refreshes, a new login and the 401 replay.
+
+--replicas N runs N layers in this process, each with its own token cache and clients as
+N processes would have, sharing the login through --store (redis://HOST:PORT/[DB],
+rediss://… for TLS, file:///ABSOLUTE/DIR, or memory:, the default for more than one
+replica); the summary counts the grants of the whole fleet.
 
 RUST_LOG (e.g. RUST_LOG=daxium_auth=debug) shows the layer's spans and events on
 stderr, above the progress bar.
@@ -44,6 +51,8 @@ pub(crate) struct Args {
     pub(crate) login: LoginArgs,
     #[command(flatten)]
     pub(crate) load: LoadArgs,
+    #[command(flatten)]
+    pub(crate) fleet: FleetArgs,
     /// Print one JSON object at the end, nothing else on stdout (a run that
     /// cannot start prints {"error": {"kind", "message"}})
     #[arg(long, help_heading = "Output")]
@@ -143,6 +152,27 @@ pub(crate) struct LoadArgs {
     pub(crate) duration: Option<Duration>,
 }
 
+/// A fleet sharing one login.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Fleet")]
+pub(crate) struct FleetArgs {
+    /// Share the login through this token store: redis://[USER:PASSWORD@]HOST[:PORT][/DB],
+    /// rediss://… (TLS), file:///ABSOLUTE/DIR, memory:
+    #[arg(long, env = "DAXIUM_STORE", value_name = "URL", hide_env_values = true)]
+    pub(crate) store: Option<SecretString>,
+    /// Independent layers in this process (each its own token cache, as that
+    /// many processes would be), sharing the store; the concurrency is split
+    /// between them
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_REPLICAS),
+        allow_negative_numbers = true
+    )]
+    pub(crate) replicas: u32,
+}
+
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
         .ok()
@@ -168,6 +198,8 @@ impl Args {
             password: self.login.password,
             concurrency: self.load.concurrency as usize,
             stop,
+            store: self.fleet.store,
+            replicas: self.fleet.replicas as usize,
             ..Config::default()
         }
     }
@@ -203,6 +235,7 @@ pub(crate) fn refusal_line(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+    use secrecy::ExposeSecret;
 
     use super::*;
 
@@ -243,9 +276,20 @@ mod tests {
             Some("https://api.daxium-air.com/api/v1/structures")
         );
 
+        assert!(config.store.is_none());
+        assert_eq!(config.replicas, 1);
+
         let config = parse(&["--duration", "0.5"]).unwrap().into_config();
         assert_eq!(config.stop, Stop::Duration(Duration::from_millis(500)));
         assert_eq!(config.concurrency, 64);
+        let config = parse(&["--store", "redis://127.0.0.1:6379/2", "--replicas", "8"])
+            .unwrap()
+            .into_config();
+        assert_eq!(
+            config.store.as_ref().map(ExposeSecret::expose_secret),
+            Some("redis://127.0.0.1:6379/2")
+        );
+        assert_eq!(config.replicas, 8);
         let config = parse(&[]).unwrap().into_config();
         assert_eq!(config.stop, Stop::Duration(DEFAULT_DURATION));
     }
@@ -263,6 +307,10 @@ mod tests {
             &["--duration", "inf"],
             &["--duration", "NaN"],
             &["--requests", "5", "--duration", "1"],
+            &["--replicas", "0"],
+            &["--replicas", "1001"],
+            &["--replicas", "some"],
+            &["--store"],
             &["--token-url"],
             &["--bogus"],
         ] {
@@ -274,7 +322,14 @@ mod tests {
 
     #[test]
     fn secrets_are_not_in_debug_nor_in_refusals() {
-        let args = parse(&["--client-secret", "cs-sentinel", "--password=pw-sentinel"]).unwrap();
+        let args = parse(&[
+            "--client-secret",
+            "cs-sentinel",
+            "--password=pw-sentinel",
+            "--store",
+            "redis://user:store-sentinel@127.0.0.1:6379/",
+        ])
+        .unwrap();
         let mut debug = format!("{args:?}");
         debug.push_str(&format!("{:?}", args.into_config()));
         assert!(!debug.contains("sentinel"), "{debug}");

@@ -1,7 +1,10 @@
 //! The load run itself, apart from the command line so that `tests/load.rs`
 //! can drive it in-process: concurrent GETs through `AuthLayer` over a hyper
 //! client, against a real server or the embedded Daxium-compatible one, with
-//! a progress bar; what it saw comes back as a [`Summary`].
+//! a progress bar; what it saw comes back as a [`Summary`]. With several
+//! replicas, each is a layer with its own token cache and clients, as a
+//! process of its own would be, and they share the login through a token
+//! store.
 
 use std::{
     collections::BTreeMap,
@@ -15,9 +18,12 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AuthLayer, AuthService, Credentials, HttpFetcher, ReplayBody, Stats, TokenError,
+    AuthLayer, AuthService, Credentials, HttpFetcher, MemoryStore, ReplayBody, Stats, TokenError,
+    TokenStore,
     mock::MockServer,
+    store::{AnyStore, LoginKey},
 };
+use futures_util::future::join_all;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
@@ -30,7 +36,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::{task::JoinSet, time::Instant};
 use tower::ServiceExt;
 
-use crate::summary::{Latency, Summary, Target, group};
+use crate::summary::{Latency, ReplicaSummary, Summary, Target, group};
 
 /// How long the login may take before the run gives up.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -47,6 +53,9 @@ const TICK: Duration = Duration::from_millis(10);
 const DRAW: Duration = Duration::from_millis(100);
 /// How long after a refresh no request can still carry the token it replaced.
 const SETTLED: Duration = Duration::from_millis(100);
+/// How long the first look at the token store may take before the run warns
+/// that the replicas go on alone.
+const STORE_CHECK: Duration = Duration::from_secs(2);
 
 /// When the run ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,6 +97,12 @@ pub(crate) struct Config {
     pub(crate) password: Option<SecretString>,
     pub(crate) concurrency: usize,
     pub(crate) stop: Stop,
+    /// The token store's URL (it may hold a Redis password); `None`: an
+    /// in-process store when there are several replicas, none for one.
+    pub(crate) store: Option<SecretString>,
+    /// Independent layers sharing the store; the concurrency is split
+    /// between them.
+    pub(crate) replicas: usize,
     /// The progress bar, from [`progress_bar`]; hidden by default.
     pub(crate) progress: ProgressBar,
     pub(crate) embedded: Embedded,
@@ -104,6 +119,8 @@ impl Default for Config {
             password: None,
             concurrency: 64,
             stop: Stop::Duration(Duration::from_secs(12)),
+            store: None,
+            replicas: 1,
             progress: ProgressBar::hidden(),
             embedded: Embedded::default(),
         }
@@ -119,6 +136,14 @@ impl fmt::Debug for Config {
             .field("username", &self.username)
             .field("concurrency", &self.concurrency)
             .field("stop", &self.stop)
+            .field(
+                "store",
+                &self
+                    .store
+                    .as_ref()
+                    .map(|url| scheme_of(url.expose_secret())),
+            )
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +162,9 @@ pub(crate) enum Fatal {
     Api(String),
     /// The embedded server could not start.
     Server(std::io::Error),
+    /// The token store could not be opened, or refused its credentials; the
+    /// message holds nothing of its URL's password.
+    Store(String),
 }
 
 impl fmt::Display for Fatal {
@@ -154,6 +182,7 @@ impl fmt::Display for Fatal {
             ),
             Self::Api(msg) => f.write_str(msg),
             Self::Server(err) => write!(f, "could not start the embedded server: {err}"),
+            Self::Store(msg) => f.write_str(msg),
         }
     }
 }
@@ -170,6 +199,7 @@ impl Fatal {
             Self::LoginTimeout => "timeout",
             Self::Api(_) => "api",
             Self::Server(_) => "server",
+            Self::Store(_) => "store",
         }
     }
 
@@ -227,6 +257,15 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
     if config.concurrency == 0 {
         return Err(Fatal::Usage("--concurrency must be at least 1".into()));
     }
+    if config.replicas == 0 {
+        return Err(Fatal::Usage("--replicas must be at least 1".into()));
+    }
+    if config.concurrency < config.replicas {
+        return Err(Fatal::Usage(
+            "--concurrency must be at least --replicas: each replica drives one request or more"
+                .into(),
+        ));
+    }
     match config.stop {
         Stop::Requests(0) => return Err(Fatal::Usage("--requests must be at least 1".into())),
         Stop::Duration(d) if d.is_zero() => {
@@ -234,40 +273,63 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         }
         _ => {}
     }
+    let sharing = open_store(&config)?;
     let (server, token_url, api_url, credentials) = prepare(&config).await?;
+    if let Some(sharing) = &sharing {
+        check_store(&config, sharing, &credentials).await?;
+    }
 
     let api_uri: Uri = api_url
         .parse()
         .map_err(|_| Fatal::Usage("--api-url does not parse as a URL".into()))?;
-    let fetcher = HttpFetcher::new(&token_url)
-        .map_err(|err| Fatal::Usage(format!("--token-url: {err}")))?
-        .timeout(GRANT_TIMEOUT);
-    let layer = AuthLayer::builder()
-        .fetcher(fetcher)
-        .credentials(credentials)
-        .api_origin(api_url.clone())
-        .build()
-        .map_err(|err| Fatal::Usage(format!("--api-url: {err}")))?;
-
-    // The login, bounded: a refused password or a dead endpoint is an error
-    // here, before any load.
-    match tokio::time::timeout(LOGIN_TIMEOUT, layer.cache().access_token()).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => return Err(Fatal::Login(err)),
-        Err(_) => return Err(Fatal::LoginTimeout),
-    }
-    let api = AuthService::new(http_client(), layer.clone());
-    match one_request(api.clone(), &api_uri).await {
-        Ok(status) if status.is_success() => {}
-        Ok(status) => {
-            return Err(Fatal::Api(format!(
-                "the API answered {status} to GET {api_url}"
-            )));
+    let mut replicas = Vec::with_capacity(config.replicas);
+    for _ in 0..config.replicas {
+        let fetcher = HttpFetcher::new(&token_url)
+            .map_err(|err| Fatal::Usage(format!("--token-url: {err}")))?
+            .timeout(GRANT_TIMEOUT);
+        let mut builder = AuthLayer::builder()
+            .fetcher(fetcher)
+            .credentials(credentials.clone())
+            .api_origin(api_url.clone());
+        if let Some(sharing) = &sharing {
+            builder = builder.store(sharing.store.clone());
         }
-        Err((kind, detail)) => {
-            return Err(Fatal::Api(format!(
-                "GET {api_url} failed ({kind}): {detail}"
-            )));
+        let layer = builder
+            .build()
+            .map_err(|err| Fatal::Usage(format!("--api-url: {err}")))?;
+        let api = AuthService::new(http_client(), layer.clone());
+        replicas.push(Replica { layer, api });
+    }
+
+    // The login of every replica at once, bounded: a refused password or a
+    // dead endpoint is an error here, before any load. With a store, one of
+    // them logs in and the others adopt its token.
+    let logins = replicas
+        .iter()
+        .map(|r| tokio::time::timeout(LOGIN_TIMEOUT, r.layer.cache().access_token()));
+    for login in join_all(logins).await {
+        match login {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return Err(Fatal::Login(err)),
+            Err(_) => return Err(Fatal::LoginTimeout),
+        }
+    }
+    let firsts = replicas
+        .iter()
+        .map(|r| one_request(r.api.clone(), &api_uri));
+    for first in join_all(firsts).await {
+        match first {
+            Ok(status) if status.is_success() => {}
+            Ok(status) => {
+                return Err(Fatal::Api(format!(
+                    "the API answered {status} to GET {api_url}"
+                )));
+            }
+            Err((kind, detail)) => {
+                return Err(Fatal::Api(format!(
+                    "GET {api_url} failed ({kind}): {detail}"
+                )));
+            }
         }
     }
 
@@ -282,9 +344,11 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         Stop::Duration(_) => None,
     };
     let mut workers = JoinSet::new();
-    for _ in 0..config.concurrency {
+    for i in 0..config.concurrency {
+        let replica = i % replicas.len();
         workers.spawn(worker(
-            api.clone(),
+            replica,
+            replicas[replica].api.clone(),
             api_uri.clone(),
             Arc::clone(&live),
             deadline,
@@ -296,18 +360,23 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
     // The bar counts from the start of the load, not from the login.
     bar.reset();
     let mut tally = Tally::default();
+    let mut per_replica: Vec<Tally> = replicas.iter().map(|_| Tally::default()).collect();
     let mut tick = tokio::time::interval(TICK);
     let mut revoked_at = None;
     let mut aborted = None;
     let (mut last_ok, mut last_ok_at) = (0, Instant::now());
     // The login has no previous token to race with: quiet from the start.
-    let (mut last_grants, mut last_grant_at) = (layer.stats().grants(), started - SETTLED);
+    let (mut last_grants, mut last_grant_at) = (fleet_stats(&replicas).grants(), started - SETTLED);
     let mut halfway_at = None;
     let mut last_draw = started - DRAW;
     loop {
         tokio::select! {
             joined = workers.join_next() => match joined {
-                Some(done) => merge(&mut tally, done.expect("a load worker panicked")),
+                Some(done) => {
+                    let (replica, seen) = done.expect("a load worker panicked");
+                    merge(&mut tally, &seen);
+                    merge(&mut per_replica[replica], &seen);
+                }
                 None => break,
             },
             _ = tick.tick() => {
@@ -315,11 +384,12 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
                 let completed = live.completed.load(Relaxed);
                 let ok = live.ok.load(Relaxed);
                 let elapsed = now - started;
+                let stats = fleet_stats(&replicas);
                 if now - last_draw >= DRAW {
                     last_draw = now;
-                    update_bar(&bar, &config, elapsed, completed, ok, &layer.stats());
+                    update_bar(&bar, &config, elapsed, completed, ok, &stats);
                 }
-                let grants = layer.stats().grants();
+                let grants = stats.grants();
                 if grants != last_grants {
                     (last_grants, last_grant_at) = (grants, now);
                 }
@@ -361,13 +431,7 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
     let elapsed = started.elapsed();
     bar.finish_and_clear();
 
-    let requests = tally.status.values().sum::<u64>() + tally.errors.values().sum::<u64>();
-    let ok = tally
-        .status
-        .iter()
-        .filter(|(code, _)| (200..300).contains(*code))
-        .map(|(_, n)| n)
-        .sum();
+    let (requests, ok) = tally.counts();
     let target = match &server {
         Some(server) => Target::Embedded {
             base_url: server.base_url(),
@@ -377,6 +441,18 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         },
         None => Target::Remote { api_url },
     };
+    let per_replica = replicas
+        .iter()
+        .zip(&per_replica)
+        .map(|(replica, seen)| {
+            let (requests, ok) = seen.counts();
+            ReplicaSummary {
+                requests,
+                ok,
+                stats: replica.layer.stats(),
+            }
+        })
+        .collect();
     Ok(Summary {
         target,
         concurrency: config.concurrency,
@@ -384,7 +460,9 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         ok,
         status: tally.status,
         errors: tally.errors,
-        stats: layer.stats(),
+        stats: fleet_stats(&replicas),
+        store: sharing.map(|s| s.scheme),
+        replicas: per_replica,
         latency: live
             .latency
             .lock()
@@ -393,6 +471,114 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         elapsed,
         aborted,
     })
+}
+
+/// One replica: a layer with its own token cache, and its own API client.
+struct Replica {
+    layer: AuthLayer,
+    api: Api,
+}
+
+/// The fleet's counters: the sum of its replicas'.
+fn fleet_stats(replicas: &[Replica]) -> Stats {
+    let mut sum = Stats::default();
+    for stats in replicas.iter().map(|r| r.layer.stats()) {
+        sum.password_ok += stats.password_ok;
+        sum.password_rejected += stats.password_rejected;
+        sum.password_failed += stats.password_failed;
+        sum.refresh_ok += stats.refresh_ok;
+        sum.refresh_rejected += stats.refresh_rejected;
+        sum.refresh_failed += stats.refresh_failed;
+        sum.replays += stats.replays;
+        sum.replays_skipped += stats.replays_skipped;
+        sum.waited += stats.waited;
+    }
+    sum
+}
+
+/// The token store the replicas share, and its URL's scheme (all the
+/// summary shows of it).
+struct Sharing {
+    store: AnyStore,
+    scheme: &'static str,
+}
+
+/// The store `--store` names; without one, an in-process store for several
+/// replicas and none for one. A URL the store refuses is a usage error; a
+/// store that cannot be opened (a directory that cannot be made) stops the
+/// run. No message holds the URL's password.
+fn open_store(config: &Config) -> Result<Option<Sharing>, Fatal> {
+    let Some(url) = &config.store else {
+        return Ok((config.replicas > 1).then(|| Sharing {
+            store: AnyStore::new(MemoryStore::new()),
+            scheme: "memory",
+        }));
+    };
+    let url = url.expose_secret();
+    let store = AnyStore::from_url(url).map_err(|err| {
+        let message = redact(&format!("--store: {}", chain(&err)), url);
+        if err.is_config() {
+            Fatal::Usage(message)
+        } else {
+            Fatal::Store(message)
+        }
+    })?;
+    Ok(Some(Sharing {
+        store,
+        scheme: scheme_of(url),
+    }))
+}
+
+/// One read of the login's record before the load: a store that refuses its
+/// credentials stops the run; one that does not answer is only a warning, as
+/// the replicas then go on alone until it does.
+async fn check_store(
+    config: &Config,
+    sharing: &Sharing,
+    credentials: &Credentials,
+) -> Result<(), Fatal> {
+    let url = config.store.as_ref().map_or("", |url| url.expose_secret());
+    let key = LoginKey::from_credentials(credentials);
+    let warning = match tokio::time::timeout(STORE_CHECK, sharing.store.read(&key)).await {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(err)) if err.is_auth_failed() => {
+            let message = format!("the token store refused its credentials: {}", chain(&err));
+            return Err(Fatal::Store(redact(&message, url)));
+        }
+        Ok(Err(err)) => redact(&chain(&err), url),
+        Err(_) => format!(
+            "the token store did not answer within {} s",
+            STORE_CHECK.as_secs()
+        ),
+    };
+    config.progress.suspend(|| {
+        eprintln!("warning: {warning}; each replica goes on alone until it answers");
+    });
+    Ok(())
+}
+
+/// The scheme of a store URL, for the summary: one of the known ones.
+pub(crate) fn scheme_of(url: &str) -> &'static str {
+    let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+    ["memory", "redis", "rediss", "file"]
+        .into_iter()
+        .find(|known| scheme.eq_ignore_ascii_case(known))
+        .unwrap_or("unknown")
+}
+
+/// `message` without the password of `url`'s user info, should a cause
+/// ever quote it.
+fn redact(message: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .map(|(userinfo, _)| userinfo.split_once(':').map_or(userinfo, |(_, p)| p))
+        .filter(|password| !password.is_empty());
+    match password {
+        Some(password) => message.replace(password, "****"),
+        None => message.to_owned(),
+    }
 }
 
 /// The server (embedded or not), token URL, API URL and login of a run.
@@ -440,6 +626,18 @@ async fn prepare(
                 .start()
                 .await
                 .map_err(Fatal::Server)?;
+            if config.store.is_some() {
+                // A login of this run's own: a store kept from an earlier run
+                // holds tokens of another embedded server, that this one never
+                // issued, under the same login otherwise.
+                let known = server.credentials();
+                server.set_credentials(Credentials::new(
+                    format!("{}-{}", known.client_id(), run_id()),
+                    known.client_secret().expose_secret(),
+                    known.username(),
+                    known.password().expose_secret(),
+                ));
+            }
             // The server's login, where the command line gives none.
             let known = server.credentials();
             let credentials = Credentials::new(
@@ -460,6 +658,14 @@ async fn prepare(
             Ok((Some(server), token_url, api_url, credentials))
         }
     }
+}
+
+/// A name for this run: the process id and the start time.
+fn run_id() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("run-{}-{}", std::process::id(), since_epoch.as_millis())
 }
 
 /// hyper-util's client over rustls (HTTPS, and HTTP for loopback tests),
@@ -515,12 +721,13 @@ async fn one_request(api: Api, uri: &Uri) -> Result<StatusCode, (&'static str, S
 }
 
 async fn worker(
+    replica: usize,
     api: Api,
     uri: Uri,
     live: Arc<Live>,
     deadline: Option<Instant>,
     limit: Option<u64>,
-) -> Tally {
+) -> (usize, Tally) {
     let mut tally = Tally::default();
     loop {
         if live.stop.load(Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -548,15 +755,27 @@ async fn worker(
         }
         live.completed.fetch_add(1, Relaxed);
     }
-    tally
+    (replica, tally)
 }
 
-fn merge(into: &mut Tally, from: Tally) {
-    for (code, n) in from.status {
-        *into.status.entry(code).or_default() += n;
+fn merge(into: &mut Tally, from: &Tally) {
+    for (code, n) in &from.status {
+        *into.status.entry(*code).or_default() += n;
     }
-    for (kind, n) in from.errors {
+    for (kind, n) in &from.errors {
         *into.errors.entry(kind).or_default() += n;
+    }
+}
+
+impl Tally {
+    /// Requests that got an answer or failed, and answers with a 2xx.
+    fn counts(&self) -> (u64, u64) {
+        let requests = self.status.values().sum::<u64>() + self.errors.values().sum::<u64>();
+        let ok = (self.status.iter())
+            .filter(|(code, _)| (200..300).contains(*code))
+            .map(|(_, n)| n)
+            .sum();
+        (requests, ok)
     }
 }
 
@@ -605,4 +824,47 @@ fn update_bar(
         stats.grants(),
         stats.replays
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_url_shows_its_scheme_only() {
+        assert_eq!(scheme_of("redis://user:secret@127.0.0.1:6379/0"), "redis");
+        assert_eq!(scheme_of("REDISS://h:1/"), "rediss");
+        assert_eq!(scheme_of("file:///var/lib/tokens"), "file");
+        assert_eq!(scheme_of("memory:"), "memory");
+        assert_eq!(scheme_of("secret-without-scheme"), "unknown");
+    }
+
+    #[test]
+    fn the_password_of_a_store_url_is_redacted() {
+        let url = "redis://user:hunter2-sentinel@127.0.0.1:6379/0";
+        let said = redact("could not log in as user with hunter2-sentinel", url);
+        assert_eq!(said, "could not log in as user with ****");
+        assert_eq!(
+            redact("no hunter2 here", "redis://:hunter2@h/"),
+            "no **** here"
+        );
+        assert_eq!(redact("as it was", "redis://127.0.0.1:6379/"), "as it was");
+        assert_eq!(redact("as it was", "file:///tmp/x"), "as it was");
+    }
+
+    #[test]
+    fn a_fleet_needs_a_request_in_flight_per_replica() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = Config {
+            concurrency: 2,
+            replicas: 3,
+            ..Config::default()
+        };
+        let err = runtime.block_on(run(config)).unwrap_err();
+        assert!(matches!(err, Fatal::Usage(_)), "{err:?}");
+        assert!(err.to_string().contains("--replicas"), "{err}");
+    }
 }

@@ -173,13 +173,28 @@ pub(crate) struct Summary {
     /// Failures without an answer, by kind: `token`, `connect`, `timeout`,
     /// `transport`, `body`.
     pub(crate) errors: BTreeMap<&'static str, u64>,
-    /// The layer's counters.
+    /// The counters of the whole fleet: the sum of its replicas'.
     pub(crate) stats: Stats,
+    /// The scheme of the token store the replicas share, if any.
+    pub(crate) store: Option<&'static str>,
+    /// What each replica did, in order.
+    pub(crate) replicas: Vec<ReplicaSummary>,
     /// Latencies of the answers.
     pub(crate) latency: Latency,
     pub(crate) elapsed: Duration,
     /// Why the run stopped before its end, if it did.
     pub(crate) aborted: Option<String>,
+}
+
+/// What one replica of the fleet did.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaSummary {
+    /// Requests its workers made.
+    pub(crate) requests: u64,
+    /// Answers with a 2xx status.
+    pub(crate) ok: u64,
+    /// Its layer's counters.
+    pub(crate) stats: Stats,
 }
 
 /// The `--json` object. The documented keys come first, in their documented
@@ -203,12 +218,32 @@ struct JsonSummary<'a> {
     concurrency: usize,
     waited_for_token: u64,
     aborted: Option<&'a str>,
+    replicas: usize,
+    store: Option<&'a str>,
+    per_replica: Vec<JsonReplica>,
 }
 
 #[derive(Serialize)]
 struct JsonGrants {
     password: u64,
     refresh_token: u64,
+}
+
+impl JsonGrants {
+    fn of(stats: &Stats) -> Self {
+        Self {
+            password: stats.grants_of(GrantType::Password),
+            refresh_token: stats.grants_of(GrantType::RefreshToken),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct JsonReplica {
+    requests: u64,
+    ok: u64,
+    grants: JsonGrants,
+    retries_401: u64,
 }
 
 /// The `--json` object of a run that could not start.
@@ -255,10 +290,7 @@ impl Summary {
             ok: self.ok,
             status: &self.status,
             errors: &self.errors,
-            grants: JsonGrants {
-                password: self.stats.grants_of(GrantType::Password),
-                refresh_token: self.stats.grants_of(GrantType::RefreshToken),
-            },
+            grants: JsonGrants::of(&self.stats),
             retries_401: self.stats.replays,
             p50_ms: round3(latency.percentile_ms(50.0)),
             p99_ms: round3(latency.percentile_ms(99.0)),
@@ -271,6 +303,16 @@ impl Summary {
             concurrency: self.concurrency,
             waited_for_token: self.stats.waited,
             aborted: self.aborted.as_deref(),
+            replicas: self.replicas.len(),
+            store: self.store,
+            per_replica: (self.replicas.iter())
+                .map(|replica| JsonReplica {
+                    requests: replica.requests,
+                    ok: replica.ok,
+                    grants: JsonGrants::of(&replica.stats),
+                    retries_401: replica.stats.replays,
+                })
+                .collect(),
         })
         .expect("numbers, strings and maps with string or integer keys serialize")
     }
@@ -294,6 +336,16 @@ impl Summary {
             Target::Remote { api_url } => api_url.clone(),
         };
         row("target", target);
+        if self.replicas.len() > 1 || self.store.is_some() {
+            let sharing = match self.store {
+                Some(scheme) => format!("sharing one login through a {scheme} token store"),
+                None => "each on its own".to_owned(),
+            };
+            row(
+                "fleet",
+                format!("{} replicas, {sharing}", self.replicas.len()),
+            );
+        }
         row(
             "run",
             format!(
@@ -370,6 +422,9 @@ impl Summary {
                 s.refresh_failed
             ),
         );
+        if self.replicas.len() > 1 {
+            row("grants by replica", by_replica(&self.replicas));
+        }
         row(
             "401 replays",
             format!("{} (401s not replayed: {})", s.replays, s.replays_skipped),
@@ -389,11 +444,13 @@ impl Summary {
             row(
                 "server",
                 format!(
-                    "{revoked}{} API requests, {} refused ({} revoked, {} expired)",
+                    "{revoked}{} API requests, {} refused ({} revoked, {} expired); \
+                     refresh tokens reused {}",
                     group(counters.api_requests),
                     group(refused),
                     counters.api_revoked,
-                    counters.api_expired
+                    counters.api_expired,
+                    counters.refresh_reuse
                 ),
             );
         }
@@ -402,6 +459,26 @@ impl Summary {
         }
         out
     }
+}
+
+/// Each replica's grants as `password+refresh`, the first 16 of them.
+fn by_replica(replicas: &[ReplicaSummary]) -> String {
+    const SHOWN: usize = 16;
+    let mut text = (replicas.iter().take(SHOWN))
+        .map(|r| {
+            format!(
+                "{}+{}",
+                r.stats.grants_of(GrantType::Password),
+                r.stats.grants_of(GrantType::RefreshToken)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if replicas.len() > SHOWN {
+        text.push_str(&format!(", … ({} more)", replicas.len() - SHOWN));
+    }
+    text.push_str(" (password+refresh)");
+    text
 }
 
 /// `200: 1,234, 401: 2`, or `empty` for an empty map.
@@ -583,6 +660,12 @@ mod tests {
             status: BTreeMap::from([(200, latencies.len() as u64 - 1), (401, 1)]),
             errors: BTreeMap::from([("timeout", 1)]),
             stats,
+            store: None,
+            replicas: vec![ReplicaSummary {
+                requests: latencies.len() as u64 + 1,
+                ok: latencies.len() as u64 - 1,
+                stats,
+            }],
             latency,
             elapsed: Duration::from_millis(2500),
             aborted: None,
@@ -608,6 +691,38 @@ mod tests {
         assert_eq!(json["requests_per_s"], 2.0);
         assert_eq!(json["concurrency"], 4);
         assert_eq!(json["aborted"], serde_json::Value::Null);
+        assert_eq!(json["replicas"], 1);
+        assert_eq!(json["store"], serde_json::Value::Null);
+        assert_eq!(
+            json["per_replica"],
+            serde_json::json!([{
+                "requests": 5,
+                "ok": 3,
+                "grants": {"password": 2, "refresh_token": 4},
+                "retries_401": 5
+            }])
+        );
+    }
+
+    #[test]
+    fn a_fleet_shows_its_store_and_each_replicas_grants() {
+        let mut fleet = summary(&[100, 200]);
+        let one = fleet.replicas[0].clone();
+        fleet.replicas = vec![one.clone(), one.clone(), one];
+        fleet.store = Some("redis");
+        let json: serde_json::Value = serde_json::from_str(&fleet.to_json()).unwrap();
+        assert_eq!(json["replicas"], 3);
+        assert_eq!(json["store"], "redis");
+        assert_eq!(json["per_replica"].as_array().unwrap().len(), 3);
+        let table = fleet.table();
+        assert!(
+            table.contains("3 replicas, sharing one login through a redis token store"),
+            "{table}"
+        );
+        assert!(
+            table.contains("grants by replica  2+4, 2+4, 2+4 (password+refresh)"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -244,6 +244,7 @@ const MIN_TTL: Duration = Duration::from_millis(1);
 const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The longest timeout a store accepts for one call.
+#[cfg(any(feature = "redis", feature = "file"))]
 const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A lease's time to live as stores grant it: 1 ms ..= 24 h.

@@ -1,0 +1,337 @@
+//! Replicas of one service for the fleet tests, against the crate's
+//! Daxium-compatible server on 127.0.0.1: each replica is an `AuthLayer` with
+//! its own cache, its own store handle and its own HTTP clients, as a process
+//! of its own would have. Their fetcher keeps every token pair the server
+//! issued (so that a test can look for them where they must not be), and can
+//! be told to hang once a refresh grant has been answered (as a replica that
+//! dies mid-grant would) or to do something first (freeze the store). Callers
+//! drive the replicas for a bounded time.
+
+// Each test binary uses the parts that apply to it.
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use daxium_auth::{
+    AuthLayer, AuthLayerBuilder, AuthService, GrantRequest, GrantType, HttpFetcher, ReplayBody,
+    TokenFetcher, fetcher, mock::MockServer, store::AnyStore,
+};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use tokio::{sync::Notify, task::JoinSet, time::Instant};
+use tower::{Layer, ServiceExt};
+
+/// How long one request may take before the test counts it failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The Daxium-compatible server of the fleet tests: tokens of `lifetime`,
+/// rotation on, and reuse protection on (a refresh token presented twice
+/// revokes the login's every token, and counts in `refresh_reuse`).
+pub(crate) async fn server(lifetime: Duration) -> MockServer {
+    MockServer::builder()
+        .token_lifetime(lifetime)
+        .rotation(true)
+        .reuse_protection(true)
+        .start()
+        .await
+        .expect("bind 127.0.0.1")
+}
+
+/// Every token pair the replicas' fetchers received: what the server issued.
+#[derive(Default)]
+pub(crate) struct Issued {
+    tokens: Mutex<Vec<String>>,
+    pairs: AtomicU64,
+}
+
+impl Issued {
+    fn keep(&self, pair: &daxium_auth::TokenPair) {
+        let mut tokens = self.tokens.lock().unwrap();
+        tokens.push(pair.access_token().expose_secret().to_owned());
+        if let Some(refresh) = pair.refresh_token() {
+            tokens.push(refresh.expose_secret().to_owned());
+        }
+        self.pairs.fetch_add(1, SeqCst);
+    }
+
+    /// Every access and refresh token received.
+    pub(crate) fn tokens(&self) -> Vec<String> {
+        self.tokens.lock().unwrap().clone()
+    }
+
+    /// How many pairs were received.
+    pub(crate) fn pairs(&self) -> u64 {
+        self.pairs.load(SeqCst)
+    }
+}
+
+/// What a replica's fetcher does, once, after the server has answered a
+/// refresh grant and before the cache sees the answer.
+pub(crate) enum Then {
+    /// Hang: the refresh token is spent at the server, the new pair never
+    /// reaches the cache, and the replica keeps the store's lease until its
+    /// time to live (or until the layer is dropped, which aborts the grant).
+    Hang,
+    /// Run this first, then deliver the pair.
+    Run(Box<dyn FnOnce() + Send>),
+}
+
+/// The [`Then`] a replica's next refresh answer meets, and whether it has.
+#[derive(Default)]
+pub(crate) struct AfterRefresh {
+    then: Mutex<Option<Then>>,
+    fired: AtomicBool,
+    reached: Notify,
+}
+
+impl AfterRefresh {
+    pub(crate) fn set(&self, then: Then) {
+        *self.then.lock().unwrap() = Some(then);
+    }
+
+    /// Whether a refresh answer has met it.
+    pub(crate) fn has_fired(&self) -> bool {
+        self.fired.load(SeqCst)
+    }
+
+    /// Waits (at most `within`) until a refresh answer meets it; whether one
+    /// did.
+    pub(crate) async fn fired(&self, within: Duration) -> bool {
+        let reached = self.reached.notified();
+        tokio::pin!(reached);
+        reached.as_mut().enable();
+        if self.has_fired() {
+            return true;
+        }
+        tokio::time::timeout(within, reached).await.is_ok() || self.has_fired()
+    }
+
+    async fn meet(&self) {
+        let Some(then) = self.then.lock().unwrap().take() else {
+            return;
+        };
+        let hang = match then {
+            Then::Hang => true,
+            Then::Run(f) => {
+                f();
+                false
+            }
+        };
+        self.fired.store(true, SeqCst);
+        self.reached.notify_waiters();
+        if hang {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+type Inner = Client<HttpConnector, ReplayBody<Empty<Bytes>>>;
+
+/// One replica: its layer and its API client.
+pub(crate) struct Replica {
+    pub(crate) layer: AuthLayer,
+    pub(crate) api: AuthService<Inner>,
+    pub(crate) after_refresh: Arc<AfterRefresh>,
+}
+
+/// A replica of `server`'s login sharing `store` (none: a replica alone),
+/// with the settings `configure` adds.
+pub(crate) fn replica(
+    server: &MockServer,
+    store: Option<AnyStore>,
+    issued: &Arc<Issued>,
+    configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder,
+) -> Replica {
+    let http = HttpFetcher::new(&server.token_url()).expect("a loopback token URL");
+    let after_refresh = Arc::new(AfterRefresh::default());
+    let fetcher = {
+        let (issued, after) = (Arc::clone(issued), Arc::clone(&after_refresh));
+        fetcher::from_fn(move |grant: GrantRequest| {
+            let (http, issued, after) = (http.clone(), Arc::clone(&issued), Arc::clone(&after));
+            async move {
+                let refresh = grant.grant_type() == GrantType::RefreshToken;
+                let pair = http.fetch(grant).await?;
+                issued.keep(&pair);
+                if refresh {
+                    after.meet().await;
+                }
+                Ok(pair)
+            }
+        })
+    };
+    let mut builder = AuthLayer::builder()
+        .fetcher(fetcher)
+        .credentials(server.credentials())
+        .api_origin(server.base_url());
+    if let Some(store) = store {
+        builder = builder.store(store);
+    }
+    let layer = configure(builder).build().expect("valid settings");
+    let inner = Client::builder(TokioExecutor::new()).build_http();
+    Replica {
+        api: layer.layer(inner),
+        layer,
+        after_refresh,
+    }
+}
+
+/// One replica alone, without a store, on a server of its own with tokens of
+/// `lifetime`: what a fleet's grants are measured against.
+pub(crate) async fn solo(lifetime: Duration) -> (MockServer, Vec<Arc<Replica>>) {
+    let server = server(lifetime).await;
+    let alone = replica(&server, None, &Arc::new(Issued::default()), |b| b);
+    (server, vec![Arc::new(alone)])
+}
+
+impl Replica {
+    /// One GET of `url`: its status, or what failed.
+    pub(crate) async fn get(&self, url: &str) -> Result<StatusCode, String> {
+        let request = Request::get(url)
+            .body(Empty::<Bytes>::new())
+            .expect("a valid request");
+        let exchange = async {
+            let response = self
+                .api
+                .clone()
+                .oneshot(request)
+                .await
+                .map_err(|e| format!("{e}"))?;
+            let status = response.status();
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?;
+            Ok(status)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_TIMEOUT:?}")))
+    }
+
+    /// The access token the replica holds now (waiting for one if need be).
+    pub(crate) async fn token(&self) -> String {
+        let token = tokio::time::timeout(REQUEST_TIMEOUT, self.layer.cache().access_token())
+            .await
+            .expect("a token in time")
+            .expect("a token");
+        token.expose_secret().to_owned()
+    }
+}
+
+/// What driving a fleet saw.
+#[derive(Debug, Default)]
+pub(crate) struct Driven {
+    pub(crate) requests: u64,
+    pub(crate) ok: u64,
+    /// The first failures, with the replica and the time they happened.
+    pub(crate) failures: Vec<String>,
+}
+
+impl Driven {
+    pub(crate) fn assert_all_ok(&self) {
+        assert!(self.requests > 0, "no request was made");
+        assert_eq!(
+            self.ok,
+            self.requests,
+            "{} of {} requests failed; first: {:?}",
+            self.requests - self.ok,
+            self.requests,
+            self.failures
+        );
+    }
+
+    fn merge(&mut self, other: Driven) {
+        self.requests += other.requests;
+        self.ok += other.ok;
+        let room = 10usize.saturating_sub(self.failures.len());
+        self.failures.extend(other.failures.into_iter().take(room));
+    }
+}
+
+/// `callers` tasks per replica, each sending a GET of `url` every `every`
+/// until `until`, concurrently; what they saw.
+pub(crate) async fn drive(
+    replicas: &[Arc<Replica>],
+    url: impl Into<String>,
+    callers: usize,
+    every: Duration,
+    until: Instant,
+) -> Driven {
+    let url: String = url.into();
+    let started = Instant::now();
+    // Bounded in count as well as in time.
+    let most = until.saturating_duration_since(started).as_millis() as u64
+        / every.as_millis().max(1) as u64
+        + 1;
+    let mut tasks = JoinSet::new();
+    for (index, replica) in replicas.iter().enumerate() {
+        for _ in 0..callers {
+            let (replica, url) = (Arc::clone(replica), url.clone());
+            tasks.spawn(async move {
+                let mut seen = Driven::default();
+                for _ in 0..most {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    seen.requests += 1;
+                    match replica.get(&url).await {
+                        Ok(StatusCode::OK) => seen.ok += 1,
+                        outcome => {
+                            let at = started.elapsed().as_secs_f64();
+                            seen.failures
+                                .push(format!("replica {index} at {at:.2} s: {outcome:?}"));
+                        }
+                    }
+                    tokio::time::sleep(every).await;
+                }
+                seen
+            });
+        }
+    }
+    let mut driven = Driven::default();
+    while let Some(done) = tasks.join_next().await {
+        driven.merge(done.expect("a caller panicked"));
+    }
+    driven
+}
+
+/// Runs `f` on tokio's blocking pool (for the `redis-server` harness, which
+/// waits with the thread's clock).
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("the blocking task")
+}
+
+/// Waits until `done` holds, checking every 10 ms for at most `within`;
+/// whether it held.
+pub(crate) async fn eventually<F: Future<Output = bool>>(
+    within: Duration,
+    mut done: impl FnMut() -> F,
+) -> bool {
+    let deadline = Instant::now() + within;
+    let turns = within.as_millis() / 10 + 1;
+    for _ in 0..turns {
+        if done().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done().await
+}
