@@ -455,8 +455,10 @@ mod on_redis {
         );
         let died_at = Instant::now();
         assert_eq!(shared.counters().refresh_ok, 1);
-        // Its last handle goes: the grant's task is aborted, the lease stays.
-        drop(holder);
+        // It crashes: nothing of it runs again, and its lease stays until it
+        // lapses. (A layer dropped in an orderly way releases its lease, and
+        // the others take over at once.)
+        std::mem::forget(holder);
 
         // The others carry on; the recovery grant is a login, since the
         // stored refresh token is marked spent.
@@ -583,11 +585,6 @@ mod on_redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "defect: after a 401, a replica adopts the record its lease holder wrote \
-                to mark the refresh token spent, which carries the very access token that \
-                was refused (a newer version is all adoptable() asks); the replay is refused, \
-                and the replica serves 401s until that token goes stale; the holder itself \
-                does the same after its refresh token is refused (src/cache/core/fleet.rs)"]
     async fn after_the_server_revokes_every_token_each_refused_request_is_replayed_with_a_new_one()
     {
         let redis = blocking(RedisServer::start).await;
@@ -631,10 +628,6 @@ mod on_redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "defect: a replica that finds the lease held and reads a record it cannot \
-                adopt (expired) goes back to the lease at once and watches again from the \
-                same version: a loop of lease, subscribe and read until the holder writes \
-                (src/cache/core/fleet.rs, Step::Watch)"]
     async fn replicas_that_wait_for_a_slow_grant_wait_quietly() {
         let redis = blocking(RedisServer::start).await;
         let url = redis.url();
@@ -687,10 +680,6 @@ mod on_redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "defect: a replica whose write of a new pair timed out keeps the pair's \
-                refresh token as its own although the write may have landed, and sends it \
-                alone at its next refresh with the store down; the next holder sends it \
-                again from the store (src/cache/core/fleet.rs, Step::Write)"]
     async fn a_write_that_timed_out_and_landed_later_never_has_a_refresh_token_sent_twice() {
         let redis = blocking(RedisServer::start).await;
         let url = redis.url();
@@ -752,12 +741,14 @@ mod on_redis {
         sleep_until(refreshed_at + LIFETIME.mul_f64(0.55)).await;
         signal(pid, "STOP");
         assert_eq!(a.get(&api).await, Ok(StatusCode::OK));
+        // The refresh token of the write that timed out may be the fleet's now:
+        // A never sends it alone, and logs in on its own instead.
         let alone = eventually(Duration::from_secs(3), || {
-            std::future::ready(shared.counters().refresh_ok >= 2)
+            std::future::ready(shared.counters().password_ok >= 2)
         })
         .await;
         signal(pid, "CONT");
-        assert!(alone, "A refreshed on its own: {:?}", shared.counters());
+        assert!(alone, "A logged in on its own: {:?}", shared.counters());
 
         // B, whose token expired, takes the stored pair under the lease.
         sleep_until(refreshed_at + LIFETIME + Duration::from_millis(100)).await;

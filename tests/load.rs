@@ -1031,8 +1031,11 @@ fn embedded_runs_on_a_kept_store_each_log_in_with_their_own_server() {
         assert_eq!(ran.status, Some(0), "run {run}: {ran:#?}");
         let json = ran.json();
         assert_eq!(json["ok"], 100, "run {run}: {json}");
-        // Each run's server is new: the record of the run before is not its.
-        assert_eq!(json["grants"]["password"], 1, "run {run}: {json}");
+        // Each run's server is new: the record of the run before is not its,
+        // so each run logs in (once, or twice when the server's revocation
+        // half-way through comes before the run ends).
+        let logins = json["grants"]["password"].as_u64().unwrap();
+        assert!((1..=2).contains(&logins), "run {run}: {json}");
     }
     let records = std::fs::read_dir(dir.path())
         .unwrap()

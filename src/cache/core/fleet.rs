@@ -186,15 +186,17 @@ impl<P: Payload> Core<P> {
         self.send(grant, out);
     }
 
-    /// Whether a stored record is worth taking instead of a grant: newer than
-    /// what this replica holds, not expired, not the token the API refused
+    /// Whether a stored record is worth taking instead of a grant: another
+    /// version than this replica's, not expired, not the token the API refused
     /// it, and not a holder's mark that it is refreshing (whose access token
     /// may be the one refused).
     fn adoptable(&self, record: &Record<P>) -> bool {
         !record.spent
             && self.refused_access.as_ref() != Some(&record.access)
             && record.expires_at > self.now
-            && self.version.is_none_or(|held| record.version > held)
+            // Versions only grow in a store: one below ours means the store lost
+            // its data and this is a new record.
+            && self.version != Some(record.version)
     }
 
     /// Takes the stored record's token as this replica's.
