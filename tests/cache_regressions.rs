@@ -1,38 +1,48 @@
-//! One regression test for each defect found in the token cache, through the
-//! public API only: a scripted token endpoint and an API written as tower
-//! services, under paused tokio time (and, for the timers, two runtimes).
+//! One regression test for each defect found in the token cache and the
+//! service around it, through the public API only: a login switched or
+//! refused mid-grant, a fetcher that returns clones of one error or panics,
+//! transient failures on a cold start, timers and calls without their
+//! runtime, an API that refuses every token, a server that revokes on
+//! refresh, a replay whose future held the last handle, and a rotated refresh
+//! token in an unusable answer. The scripted token endpoint and API of the
+//! test support, or a fetcher and an API written here as tower services where
+//! a defect needs its own, under paused tokio time (and, for the timers, two
+//! runtimes).
 
 use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
+    future::Future,
+    pin::pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, AuthService, Credentials, ErrorBody, GrantType, RefreshToken,
-    ReplayBody, TokenError, TokenPair, fetcher,
+    AccessToken, AuthLayer, AuthService, Credentials, ErrorBody, GrantType, HttpFetcher,
+    RefreshToken, ReplayBody, TokenError, TokenPair, fetcher,
 };
 use futures_util::future::join_all;
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 
-#[allow(dead_code)]
-#[path = "support/scripted.rs"]
-mod scripted;
+mod support;
 
-use scripted::{Step, get, send, setup, setup_with};
+use support::scripted::{
+    Api, Endpoint, Setup, Step, api_service, get, layer_with, send, setup, setup_with,
+};
 
-type Inner = tower::util::BoxCloneSyncService<
-    Request<ReplayBody<Full<Bytes>>>,
-    Response<Full<Bytes>>,
-    Infallible,
->;
+type Inner = support::scripted::Inner<Full<Bytes>>;
+
+fn login(user: &str, password: &str) -> Credentials {
+    Credentials::new("client", "client-secret", user, password)
+}
 
 /// The bearer token of an API request.
 fn bearer(req: &Request<ReplayBody<Full<Bytes>>>) -> Option<String> {
@@ -405,5 +415,214 @@ async fn a_replay_waits_for_the_refresh_in_flight_of_a_server_that_revokes_on_re
     assert!(
         layer.stats().replays > 0,
         "the server did revoke tokens under the requests"
+    );
+}
+
+// === 7. switching to another user kept refreshing the old user's session ===
+
+/// `set_credentials` with another username kept the old login's refresh
+/// token: the previous user's session was refreshed for ever and the new user
+/// never logged in (while the refresh token rotated).
+#[tokio::test(start_paused = true)]
+async fn set_credentials_for_another_user_ends_the_old_session() {
+    let s = setup();
+    *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
+    s.layer.cache().access_token().await.unwrap();
+    s.layer.set_credentials(login("bob", "password"));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        s.layer.cache().access_token().await.unwrap();
+    }
+    let log = s.endpoint.log();
+    assert!(
+        log.iter().any(|g| g == "password:bob"),
+        "bob never logged in: {log:?}"
+    );
+}
+
+// === 8. a replay hung when its future held the last handle ===
+
+/// The 401 path moved the future to `Reacquire`, which kept only an
+/// `Arc<Shared>`: when the future held the last handle on the layer (the
+/// service went into `oneshot`, the layer was dropped), dropping `Sent`
+/// dropped the `Handle`, which aborted the refresh it had just started and
+/// published nothing. The waiter then waited on a `watch` that nobody would
+/// ever send.
+#[tokio::test(start_paused = true)]
+async fn replay_does_not_hang_when_the_future_holds_the_last_handle() {
+    let Setup { api, layer, .. } = setup();
+    layer.cache().access_token().await.unwrap();
+    api.revoke_all(); // the API revokes the token
+    let svc = layer.layer(api_service(&api));
+    drop(layer); // common: `let svc = AuthLayer::new(..)?.layer(client);`
+    let res = tokio::time::timeout(Duration::from_secs(600), svc.oneshot(get())).await;
+    let res = res.expect("the request hung: a waiter that nobody will wake");
+    assert_eq!(res.unwrap().status(), StatusCode::OK);
+}
+
+// === 9. a rejection of old credentials blocked the new ones ===
+
+/// `set_credentials` while the password grant with the old (wrong) password
+/// was in flight: the rejection landed after the change, was recorded as
+/// terminal, and its cool-down task was bound to the *new* credentials, so
+/// the corrected password was not tried for `rejected_cooldown` (5 min), and
+/// calling `set_credentials` again with it was a no-op (`same_as`).
+#[tokio::test(start_paused = true)]
+async fn a_rejection_of_old_credentials_does_not_block_new_ones() {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    endpoint
+        .refused_passwords
+        .lock()
+        .unwrap()
+        .push("wrong".into());
+    *endpoint.latency.lock().unwrap() = Duration::from_secs(1);
+    let layer = layer_with(&endpoint, |b| b.credentials(login("alice", "wrong")));
+    let svc = layer.layer(api_service::<Full<Bytes>>(&api));
+    let first = tokio::spawn(svc.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(100)).await; // the grant is in flight
+    layer.set_credentials(login("alice", "right"));
+    // Either outcome is fine for the call that raced the change.
+    let _ = first.await.unwrap();
+
+    layer.set_credentials(login("alice", "right")); // the user insists: no-op
+    let res = svc.clone().oneshot(get()).await;
+    assert_eq!(
+        endpoint.log(),
+        ["password:alice", "password:alice"],
+        "the corrected password must be tried"
+    );
+    assert_eq!(res.unwrap().status(), StatusCode::OK);
+}
+
+// === 10. a panicking fetcher was retried in a tight loop ===
+
+/// A fetcher that panics (a bug, or a parser panic on a strange body) killed
+/// the grant task; `FlightGuard` reset the flight to `Idle` and published
+/// `Empty`; every waiter woke and started the next grant at once: no
+/// backoff, the token endpoint was hit in a loop for as long as anyone waited.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_fetcher_is_not_retried_in_a_tight_loop() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let calls2 = Arc::clone(&calls);
+    let layer = AuthLayer::builder()
+        .credentials(login("alice", "password"))
+        .api_origin("http://127.0.0.1:9")
+        .fetcher(fetcher::from_fn(move |_grant| {
+            let n = calls2.fetch_add(1, SeqCst) + 1;
+            async move {
+                // Bounded so that the test ends even with the defect.
+                if n <= 50 {
+                    panic!("fetcher bug #{n}");
+                }
+                Ok(TokenPair::new(
+                    AccessToken::new("tok")?,
+                    None,
+                    Duration::from_secs(3600),
+                ))
+            }
+        }))
+        .build()
+        .unwrap();
+    // The caller waits through the backoff (500 ms, doubling, jittered down to
+    // half): at most three attempts start within one second.
+    let res = tokio::time::timeout(Duration::from_secs(1), layer.cache().access_token()).await;
+    assert!(
+        calls.load(SeqCst) <= 3,
+        "{} grant attempts in no time, with no backoff (result: {res:?})",
+        calls.load(SeqCst)
+    );
+}
+
+// === 11. one call outside a tokio runtime poisoned the cache for good ===
+
+/// `start_locked` without a runtime published `Failed(Closed)` and set the
+/// flight back to `Idle` *without publishing again*: the `ArcSwap` kept
+/// `Failed` and nothing ever replaced it, so every later call, inside a
+/// runtime too, failed fast with "closed".
+#[test]
+fn a_call_outside_a_runtime_does_not_poison_the_cache() {
+    let s = setup();
+    {
+        // Polled by a non-tokio executor (futures::executor, smol, a sync test).
+        let mut fut = pin!(s.layer.cache().access_token());
+        let mut cx = Context::from_waker(Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(e)) => eprintln!("outside a runtime: {e}"),
+            other => eprintln!("outside a runtime: pending={}", other.is_pending()),
+        }
+    }
+    let token = paused_runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), s.layer.cache().access_token()).await
+    });
+    let token = token.expect("no hang");
+    assert!(
+        token.is_ok(),
+        "inside a runtime, the cache must recover: {token:?}"
+    );
+}
+
+// === 12. the rotated refresh token was lost when the rest of the answer was unusable ===
+
+/// DESIGN §2: "a rotated refresh token is never lost, also when the rest of
+/// the response fails to parse". A refresh answered 200 with a new refresh
+/// token but an unusable access token dropped the new refresh token: the next
+/// grant was a password grant.
+#[tokio::test(start_paused = true)]
+async fn a_rotated_refresh_token_survives_an_unusable_answer() {
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log2 = Arc::clone(&log);
+    let client = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let log = Arc::clone(&log2);
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap();
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(format!(
+                    "{}:{}",
+                    form["grant_type"],
+                    form.get("refresh_token").map_or("", String::as_str)
+                ));
+                log.len()
+            };
+            let json = match n {
+                1 => {
+                    r#"{"access_token":"a1","refresh_token":"r1","expires_in":60,"token_type":"bearer"}"#
+                }
+                // The refresh is honoured (r1 is spent, r2 issued) but the access
+                // token is unusable.
+                2 => {
+                    r#"{"access_token":"not a b64token","refresh_token":"r2","expires_in":60,"token_type":"bearer"}"#
+                }
+                _ => {
+                    r#"{"access_token":"a3","refresh_token":"r3","expires_in":60,"token_type":"bearer"}"#
+                }
+            };
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(json.as_bytes())))
+                    .unwrap(),
+            )
+        }
+    });
+    let fetcher = HttpFetcher::with_client("http://127.0.0.1:9/oauth/v2/token", client).unwrap();
+    let layer = AuthLayer::builder()
+        .credentials(login("alice", "password"))
+        .api_origin("http://127.0.0.1:9")
+        .backoff(Duration::from_millis(100), Duration::from_millis(100))
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    layer.cache().access_token().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    // The caller waits through the unusable answer; the next attempt sends r2.
+    let token = layer.cache().access_token().await.unwrap();
+    assert_eq!(token.expose_secret(), "a3");
+    assert_eq!(
+        log.lock().unwrap().as_slice(),
+        ["password:", "refresh_token:r1", "refresh_token:r2"]
     );
 }

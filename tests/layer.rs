@@ -21,11 +21,9 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{Layer, Service, ServiceExt};
 
-#[allow(dead_code)]
-#[path = "support/scripted.rs"]
-mod scripted;
+mod support;
 
-use scripted::*;
+use support::scripted::*;
 
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_calls_on_an_empty_cache_make_one_grant() {
