@@ -6,44 +6,25 @@
 
 use std::{
     convert::Infallible,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use bytes::Bytes;
-use daxium_auth::{
-    AccessToken, AuthLayer, AuthLayerBuilder, BuildError, Credentials, HttpFetcher, ReplayBody,
-    TokenPair, fetcher,
-};
+use daxium_auth::{AuthLayer, AuthLayerBuilder, BuildError, HttpFetcher, ReplayBody};
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::Full;
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt};
 
+mod support;
+
+use support::{
+    fixed::FixedToken,
+    scripted::{Api, Endpoint, Step, credentials},
+};
+
 const TOKEN: &str = "tok-123";
-
-fn credentials() -> Credentials {
-    Credentials::new("client", "secret", "user@example.com", "password")
-}
-
-/// A fetcher that issues `TOKEN` and counts its grants.
-fn counting_fetcher(grants: &Arc<AtomicUsize>) -> impl daxium_auth::TokenFetcher {
-    let grants = Arc::clone(grants);
-    fetcher::from_fn(move |_grant| {
-        let grants = Arc::clone(&grants);
-        async move {
-            grants.fetch_add(1, SeqCst);
-            Ok(TokenPair::new(
-                AccessToken::new(TOKEN)?,
-                None,
-                Duration::from_secs(3600),
-            ))
-        }
-    })
-}
 
 /// The inner service: records the URI and the `Authorization` header of
 /// every request, and answers `status`.
@@ -139,7 +120,7 @@ const LOOPBACK: &[&str] = &[
 
 #[test]
 fn http_token_urls_are_refused_unless_loopback() {
-    let grants = Arc::new(AtomicUsize::new(0));
+    let tokens = FixedToken::new(TOKEN);
     for url in INSECURE {
         let expected = Err(BuildError::InsecureUrl { what: "token" });
         assert_eq!(
@@ -157,7 +138,7 @@ fn http_token_urls_are_refused_unless_loopback() {
         assert_eq!(
             base()
                 .token_url(*url)
-                .fetcher(counting_fetcher(&grants))
+                .fetcher(tokens.clone())
                 .build()
                 .map(drop),
             expected,
@@ -176,7 +157,7 @@ fn http_token_urls_are_refused_unless_loopback() {
     ] {
         assert!(base().token_url(url).build().is_ok(), "{url}");
     }
-    assert_eq!(grants.load(SeqCst), 0, "building never makes a grant");
+    assert_eq!(tokens.grants(), 0, "building never makes a grant");
 }
 
 #[test]
@@ -218,10 +199,10 @@ fn http_api_origins_are_refused_unless_loopback() {
 
 #[tokio::test]
 async fn the_token_goes_to_the_api_origin_only() {
-    let grants = Arc::new(AtomicUsize::new(0));
+    let tokens = FixedToken::new(TOKEN);
     let layer = base()
         .api_origin("https://api.example.com")
-        .fetcher(counting_fetcher(&grants))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     let cases: &[(&str, bool)] = &[
@@ -254,13 +235,13 @@ async fn the_token_goes_to_the_api_origin_only() {
     for ((uri, expected), (seen_uri, carried)) in cases.iter().zip(&sent) {
         assert_eq!(carried, expected, "{uri} (seen as {seen_uri})");
     }
-    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(tokens.grants(), 1);
 
     // Requests elsewhere never start a grant.
-    let fresh = Arc::new(AtomicUsize::new(0));
+    let fresh = FixedToken::new(TOKEN);
     let layer = base()
         .api_origin("https://api.example.com")
-        .fetcher(counting_fetcher(&fresh))
+        .fetcher(fresh.clone())
         .build()
         .unwrap();
     let foreign: Vec<&str> = cases
@@ -270,16 +251,16 @@ async fn the_token_goes_to_the_api_origin_only() {
         .collect();
     let sent = tokens_sent(&layer, &foreign).await;
     assert!(sent.iter().all(|(_, carried)| !carried));
-    assert_eq!(fresh.load(SeqCst), 0, "no grant for foreign origins");
+    assert_eq!(fresh.grants(), 0, "no grant for foreign origins");
     assert_eq!(layer.stats().waited, 0);
 }
 
 #[tokio::test]
 async fn the_default_origin_is_the_token_urls() {
-    let grants = Arc::new(AtomicUsize::new(0));
+    let tokens = FixedToken::new(TOKEN);
     let layer = base()
         .token_url("https://auth.example.com/oauth/v2/token")
-        .fetcher(counting_fetcher(&grants))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     let sent = tokens_sent(
@@ -297,7 +278,7 @@ async fn the_default_origin_is_the_token_urls() {
     // A loopback token URL: its exact port only.
     let layer = base()
         .token_url("http://127.0.0.1:8080/oauth/v2/token")
-        .fetcher(counting_fetcher(&grants))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     let sent = tokens_sent(
@@ -316,12 +297,12 @@ async fn the_default_origin_is_the_token_urls() {
 
 #[tokio::test]
 async fn api_origins_replace_the_default_and_add_up() {
-    let grants = Arc::new(AtomicUsize::new(0));
+    let tokens = FixedToken::new(TOKEN);
     let layer = base()
         .token_url("https://auth.example.com/oauth/v2/token")
         .api_origin("https://a.example.com")
         .api_origin("https://b.example.com:8443/ignored/path?and=query")
-        .fetcher(counting_fetcher(&grants))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     let sent = tokens_sent(
@@ -342,7 +323,7 @@ async fn api_origins_replace_the_default_and_add_up() {
     let layer = base()
         .token_url("https://auth.example.com/oauth/v2/token")
         .any_origin()
-        .fetcher(counting_fetcher(&grants))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     let sent = tokens_sent(
@@ -355,10 +336,10 @@ async fn api_origins_replace_the_default_and_add_up() {
 
 #[tokio::test]
 async fn a_401_from_another_origin_neither_refreshes_nor_replays() {
-    let grants = Arc::new(AtomicUsize::new(0));
+    let tokens = FixedToken::new(TOKEN);
     let layer = base()
         .api_origin("https://api.example.com")
-        .fetcher(counting_fetcher(&grants))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     // Get a token first.
@@ -374,7 +355,7 @@ async fn a_401_from_another_origin_neither_refreshes_nor_replays() {
         recorder.take(),
         [("https://evil.example.com/".to_owned(), None)]
     );
-    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(tokens.grants(), 1);
     assert_eq!(
         (layer.stats().replays, layer.stats().replays_skipped),
         (0, 0)
@@ -385,7 +366,7 @@ async fn a_401_from_another_origin_neither_refreshes_nor_replays() {
 
 #[test]
 fn bad_builder_input_is_a_typed_error() {
-    let grants = Arc::new(AtomicUsize::new(0));
+    let tokens = FixedToken::new(TOKEN);
     let token = "https://api.daxium-air.com/oauth/v2/token";
     let ms = Duration::from_millis;
     type Case = (
@@ -393,7 +374,7 @@ fn bad_builder_input_is_a_typed_error() {
         Box<dyn Fn() -> AuthLayerBuilder>,
         fn(&BuildError) -> bool,
     );
-    let g = Arc::clone(&grants);
+    let g = tokens.clone();
     let cases: Vec<Case> = vec![
         ("nothing at all", Box::new(AuthLayer::builder), |e| {
             matches!(e, BuildError::Missing("credentials"))
@@ -413,7 +394,7 @@ fn bad_builder_input_is_a_typed_error() {
         ),
         (
             "a fetcher but no token URL and no origin",
-            Box::new(move || base().fetcher(counting_fetcher(&g))),
+            Box::new(move || base().fetcher(g.clone())),
             |e| matches!(e, BuildError::Missing(_)),
         ),
         (
@@ -528,7 +509,7 @@ fn bad_builder_input_is_a_typed_error() {
             "{url:?}"
         );
     }
-    assert_eq!(grants.load(SeqCst), 0);
+    assert_eq!(tokens.grants(), 0);
 }
 
 #[test]
@@ -572,27 +553,16 @@ fn extreme_settings_build_and_edge_settings_are_accepted() {
 async fn extreme_timings_keep_working() {
     // The largest backoff and margins: a grant failure still fails fast
     // (nothing overflows), and a token is still used.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.latency.lock().unwrap() = Duration::ZERO;
+    endpoint.push(Step::Error(daxium_auth::TokenError::timeout()));
     let layer = base()
         .api_origin("https://api.example.com")
         .backoff(Duration::MAX, Duration::MAX)
         .refresh_margin(Duration::MAX)
         .rejected_cooldown(Duration::MAX)
-        .fetcher(fetcher::from_fn(move |_grant| {
-            let n = counter.fetch_add(1, SeqCst);
-            async move {
-                if n == 0 {
-                    Err(daxium_auth::TokenError::timeout())
-                } else {
-                    Ok(TokenPair::new(
-                        AccessToken::new(TOKEN)?,
-                        None,
-                        Duration::from_secs(3600),
-                    ))
-                }
-            }
-        }))
+        .fetcher(endpoint.fetcher())
         .build()
         .unwrap();
     let err = layer.cache().access_token().await.unwrap_err();
@@ -601,25 +571,15 @@ async fn extreme_timings_keep_working() {
     for _ in 0..100 {
         assert!(layer.cache().access_token().await.unwrap_err().is_timeout());
     }
-    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(endpoint.grants(), 1);
 
     // And a huge refresh margin on a short token: refreshed at half-life,
     // never on every request.
-    let grants = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&grants);
+    let tokens = FixedToken::new(TOKEN).lifetime(Duration::from_secs(10));
     let layer = base()
         .api_origin("https://api.example.com")
         .refresh_margin(Duration::MAX)
-        .fetcher(fetcher::from_fn(move |_grant| {
-            counter.fetch_add(1, SeqCst);
-            async move {
-                Ok(TokenPair::new(
-                    AccessToken::new(TOKEN)?,
-                    None,
-                    Duration::from_secs(10),
-                ))
-            }
-        }))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     for _ in 0..100 {
@@ -627,7 +587,7 @@ async fn extreme_timings_keep_working() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // 10 s of 10 s tokens, stale at 4-5 s: 1 + 2 or 3 refreshes.
-    let n = grants.load(SeqCst);
+    let n = tokens.grants();
     assert!((2..=4).contains(&n), "{n} grants");
 }
 
