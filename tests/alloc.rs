@@ -135,13 +135,20 @@ fn the_counter_counts() {
     assert!(floor(false) > 0, "building a request allocates");
 }
 
-#[test]
-fn replay_off_adds_no_allocation() {
+/// The floor's and the layer's allocations for one request, the layer with
+/// `replay` and the request with `NoReplay` when `no_replay`.
+fn floor_and_layer(replay: bool, no_replay: bool) -> (u64, u64) {
     let rt = runtime();
     let _guard = rt.enter();
-    let floor = floor(false);
-    let mut service = layer(&rt, false).layer(Checked);
-    let auth = allocations(|| one_request(&mut service, false));
+    let floor = floor(no_replay);
+    let mut service = layer(&rt, replay).layer(Checked);
+    let auth = allocations(|| one_request(&mut service, no_replay));
+    (floor, auth)
+}
+
+#[test]
+fn replay_off_adds_no_allocation() {
+    let (floor, auth) = floor_and_layer(false, false);
     eprintln!("replay off (layer setting): floor {floor}, AuthLayer {auth} allocations");
     assert_eq!(
         auth, floor,
@@ -151,11 +158,7 @@ fn replay_off_adds_no_allocation() {
 
 #[test]
 fn no_replay_extension_adds_no_allocation() {
-    let rt = runtime();
-    let _guard = rt.enter();
-    let floor = floor(true);
-    let mut service = layer(&rt, true).layer(Checked);
-    let auth = allocations(|| one_request(&mut service, true));
+    let (floor, auth) = floor_and_layer(true, true);
     eprintln!("replay off (NoReplay extension): floor {floor}, AuthLayer {auth} allocations");
     assert_eq!(
         auth, floor,
@@ -165,11 +168,7 @@ fn no_replay_extension_adds_no_allocation() {
 
 #[test]
 fn replay_on_adds_at_most_two_allocations() {
-    let rt = runtime();
-    let _guard = rt.enter();
-    let floor = floor(false);
-    let mut service = layer(&rt, true).layer(Checked);
-    let auth = allocations(|| one_request(&mut service, false));
+    let (floor, auth) = floor_and_layer(true, false);
     eprintln!("replay on: floor {floor}, AuthLayer {auth} allocations");
     assert!(
         auth <= floor + 2,

@@ -24,8 +24,8 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, AuthService, Credentials, ErrorBody, GrantType, HttpFetcher,
-    RefreshToken, ReplayBody, TokenError, TokenPair, fetcher,
+    AccessToken, AuthService, Credentials, ErrorBody, GrantType, HttpFetcher, RefreshToken,
+    ReplayBody, TokenError, TokenPair, fetcher,
 };
 use futures_util::future::join_all;
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
@@ -35,7 +35,7 @@ use tower::{Layer, ServiceExt};
 mod support;
 
 use support::scripted::{
-    Api, Endpoint, Setup, Step, api_service, get, layer_with, send, setup, setup_with,
+    Api, Endpoint, Setup, Step, api_service, builder, get, layer_with, send, setup, setup_with,
 };
 
 type Inner = support::scripted::Inner<Full<Bytes>>;
@@ -67,9 +67,8 @@ async fn a_grant_in_flight_for_the_previous_login_is_dropped_whole() {
         refresh_owner: Mutex::new(HashMap::new()),
     });
     let fetch_users = Arc::clone(&users);
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new("client", "secret", "alice", "pw-a"))
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
+        .credentials(login("alice", "pw-a"))
         .fetcher(fetcher::from_fn(move |grant| {
             let users = Arc::clone(&fetch_users);
             async move {
@@ -114,7 +113,7 @@ async fn a_grant_in_flight_for_the_previous_login_is_dropped_whole() {
     // Alice's login is in flight when the application switches to Bob.
     let alice = tokio::spawn(svc.clone().oneshot(get()));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    layer.set_credentials(Credentials::new("client", "secret", "bob", "pw-b"));
+    layer.set_credentials(login("bob", "pw-b"));
     seen.lock().unwrap().clear();
     let _ = alice.await.unwrap();
     for _ in 0..5 {
@@ -150,9 +149,8 @@ async fn a_fetcher_may_return_clones_of_one_error() {
     );
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new("client", "secret", "alice", "wrong"))
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
+        .credentials(login("alice", "wrong"))
         .fetcher(fetcher::from_fn(move |_grant| {
             counter.fetch_add(1, SeqCst);
             let err = refused.clone();
@@ -179,9 +177,8 @@ async fn a_tower_service_fetcher_may_return_clones_of_one_error_too() {
         let err = refused.clone();
         async move { Err::<TokenPair, _>(err) }
     });
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new("client", "secret", "alice", "wrong"))
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
+        .credentials(login("alice", "wrong"))
         .fetcher(fetcher::from_service(service))
         .build()
         .unwrap();
@@ -337,9 +334,8 @@ async fn a_replay_waits_for_the_refresh_in_flight_of_a_server_that_revokes_on_re
         seen: Mutex::new(HashSet::new()),
     });
     let grants = Arc::clone(&server);
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new("client", "secret", "alice", "pw"))
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
+        .credentials(login("alice", "pw"))
         .fetcher(fetcher::from_fn(move |_grant| {
             let server = Arc::clone(&grants);
             async move {
@@ -505,9 +501,8 @@ async fn a_rejection_of_old_credentials_does_not_block_new_ones() {
 async fn a_panicking_fetcher_is_not_retried_in_a_tight_loop() {
     let calls = Arc::new(AtomicUsize::new(0));
     let calls2 = Arc::clone(&calls);
-    let layer = AuthLayer::builder()
+    let layer = builder()
         .credentials(login("alice", "password"))
-        .api_origin("http://127.0.0.1:9")
         .fetcher(fetcher::from_fn(move |_grant| {
             let n = calls2.fetch_add(1, SeqCst) + 1;
             async move {
@@ -609,9 +604,8 @@ async fn a_rotated_refresh_token_survives_an_unusable_answer() {
         }
     });
     let fetcher = HttpFetcher::with_client("http://127.0.0.1:9/oauth/v2/token", client).unwrap();
-    let layer = AuthLayer::builder()
+    let layer = builder()
         .credentials(login("alice", "password"))
-        .api_origin("http://127.0.0.1:9")
         .backoff(Duration::from_millis(100), Duration::from_millis(100))
         .fetcher(fetcher)
         .build()

@@ -87,6 +87,13 @@ async fn tokens_sent(layer: &AuthLayer, uris: &[&str]) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Which of `uris` carried the token, through a layer built from `builder`.
+async fn carried(builder: AuthLayerBuilder, uris: &[&str]) -> Vec<bool> {
+    let layer = builder.fetcher(FixedToken::new(TOKEN)).build().unwrap();
+    let sent = tokens_sent(&layer, uris).await;
+    sent.into_iter().map(|(_, carried)| carried).collect()
+}
+
 fn base() -> AuthLayerBuilder {
     AuthLayer::builder().credentials(credentials())
 }
@@ -257,14 +264,8 @@ async fn the_token_goes_to_the_api_origin_only() {
 
 #[tokio::test]
 async fn the_default_origin_is_the_token_urls() {
-    let tokens = FixedToken::new(TOKEN);
-    let layer = base()
-        .token_url("https://auth.example.com/oauth/v2/token")
-        .fetcher(tokens.clone())
-        .build()
-        .unwrap();
-    let sent = tokens_sent(
-        &layer,
+    let sent = carried(
+        base().token_url("https://auth.example.com/oauth/v2/token"),
         &[
             "https://auth.example.com/api/v1/items",
             "https://api.example.com/api/v1/items",
@@ -272,17 +273,11 @@ async fn the_default_origin_is_the_token_urls() {
         ],
     )
     .await;
-    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
-    assert_eq!(carried, [true, false, false]);
+    assert_eq!(sent, [true, false, false]);
 
     // A loopback token URL: its exact port only.
-    let layer = base()
-        .token_url("http://127.0.0.1:8080/oauth/v2/token")
-        .fetcher(tokens.clone())
-        .build()
-        .unwrap();
-    let sent = tokens_sent(
-        &layer,
+    let sent = carried(
+        base().token_url("http://127.0.0.1:8080/oauth/v2/token"),
         &[
             "http://127.0.0.1:8080/api",
             "http://127.0.0.1:8081/api",
@@ -291,22 +286,16 @@ async fn the_default_origin_is_the_token_urls() {
         ],
     )
     .await;
-    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
-    assert_eq!(carried, [true, false, false, false]);
+    assert_eq!(sent, [true, false, false, false]);
 }
 
 #[tokio::test]
 async fn api_origins_replace_the_default_and_add_up() {
-    let tokens = FixedToken::new(TOKEN);
-    let layer = base()
-        .token_url("https://auth.example.com/oauth/v2/token")
-        .api_origin("https://a.example.com")
-        .api_origin("https://b.example.com:8443/ignored/path?and=query")
-        .fetcher(tokens.clone())
-        .build()
-        .unwrap();
-    let sent = tokens_sent(
-        &layer,
+    let sent = carried(
+        base()
+            .token_url("https://auth.example.com/oauth/v2/token")
+            .api_origin("https://a.example.com")
+            .api_origin("https://b.example.com:8443/ignored/path?and=query"),
         &[
             "https://a.example.com/x",
             "https://b.example.com:8443/x",
@@ -316,22 +305,17 @@ async fn api_origins_replace_the_default_and_add_up() {
         ],
     )
     .await;
-    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
-    assert_eq!(carried, [true, true, false, false]);
+    assert_eq!(sent, [true, true, false, false]);
 
     // `any_origin`: every request, for inner services that fix the destination.
-    let layer = base()
-        .token_url("https://auth.example.com/oauth/v2/token")
-        .any_origin()
-        .fetcher(tokens.clone())
-        .build()
-        .unwrap();
-    let sent = tokens_sent(
-        &layer,
+    let sent = carried(
+        base()
+            .token_url("https://auth.example.com/oauth/v2/token")
+            .any_origin(),
         &["https://a.example.com/x", "http://b.example.com/x", "/x"],
     )
     .await;
-    assert!(sent.iter().all(|(_, c)| *c));
+    assert_eq!(sent, [true, true, true]);
 }
 
 #[tokio::test]
@@ -514,39 +498,30 @@ fn bad_builder_input_is_a_typed_error() {
 
 #[test]
 fn extreme_settings_build_and_edge_settings_are_accepted() {
-    let token = "https://api.daxium-air.com/oauth/v2/token";
-    let ok = |b: AuthLayerBuilder| b.build().map(drop);
-    assert_eq!(
-        ok(base()
-            .token_url(token)
-            .backoff(Duration::MAX, Duration::MAX)),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base()
-            .token_url(token)
-            .backoff(Duration::from_nanos(1), Duration::from_nanos(1))),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base().token_url(token).refresh_margin(Duration::ZERO)),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base().token_url(token).refresh_margin(Duration::MAX)),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base().token_url(token).rejected_cooldown(Duration::ZERO)),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base().token_url(token).rejected_cooldown(Duration::MAX)),
-        Ok(())
-    );
-    assert_eq!(ok(base().token_url(token).replay_limit(0)), Ok(()));
-    assert_eq!(ok(base().token_url(token).replay_limit(usize::MAX)), Ok(()));
-    assert_eq!(ok(base().token_url(token).replay(false)), Ok(()));
+    type Setting = fn(AuthLayerBuilder) -> AuthLayerBuilder;
+    let settings: [(&str, Setting); 9] = [
+        ("the longest backoff", |b| {
+            b.backoff(Duration::MAX, Duration::MAX)
+        }),
+        ("the shortest backoff", |b| {
+            b.backoff(Duration::from_nanos(1), Duration::from_nanos(1))
+        }),
+        ("no refresh margin", |b| b.refresh_margin(Duration::ZERO)),
+        ("the longest refresh margin", |b| {
+            b.refresh_margin(Duration::MAX)
+        }),
+        ("no cool-down", |b| b.rejected_cooldown(Duration::ZERO)),
+        ("the longest cool-down", |b| {
+            b.rejected_cooldown(Duration::MAX)
+        }),
+        ("a replay limit of zero", |b| b.replay_limit(0)),
+        ("the largest replay limit", |b| b.replay_limit(usize::MAX)),
+        ("replay off", |b| b.replay(false)),
+    ];
+    for (what, setting) in settings {
+        let builder = base().token_url("https://api.daxium-air.com/oauth/v2/token");
+        assert_eq!(setting(builder).build().map(drop), Ok(()), "{what}");
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AuthLayer, Credentials, GrantRequest, GrantType, NoReplay, ReplayBody, TokenError, fetcher,
+    Credentials, GrantRequest, GrantType, NoReplay, ReplayBody, TokenError, fetcher,
 };
 use futures_util::future::join_all;
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
@@ -569,9 +569,7 @@ async fn a_connect_failure_keeps_the_refresh_token() {
     // A fetcher that cannot connect for the first refresh: that token never left.
     let sent = Arc::new(Mutex::new(Vec::<String>::new()));
     let (endpoint2, sent2) = (Arc::clone(&endpoint), Arc::clone(&sent));
-    let layer = AuthLayer::builder()
-        .credentials(credentials())
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
         .backoff(Duration::from_millis(100), Duration::from_millis(100))
         .fetcher(fetcher::from_fn(move |grant: GrantRequest| {
             let (endpoint, sent) = (Arc::clone(&endpoint2), Arc::clone(&sent2));

@@ -231,17 +231,23 @@ pub(crate) fn credentials() -> Credentials {
     Credentials::new("client", "client-secret", "user@example.com", "password")
 }
 
+/// A builder for the API at 127.0.0.1:9 with the test credentials, still
+/// without a fetcher.
+pub(crate) fn builder() -> AuthLayerBuilder {
+    AuthLayer::builder()
+        .credentials(credentials())
+        .api_origin("http://127.0.0.1:9")
+}
+
 /// A layer for the API at 127.0.0.1:9 whose grants go to `endpoint`, then
 /// `configure`d.
 pub(crate) fn layer_with(
     endpoint: &Arc<Endpoint>,
     configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder,
 ) -> AuthLayer {
-    let builder = AuthLayer::builder()
-        .credentials(credentials())
-        .api_origin("http://127.0.0.1:9")
-        .fetcher(endpoint.fetcher());
-    configure(builder).build().unwrap()
+    configure(builder().fetcher(endpoint.fetcher()))
+        .build()
+        .unwrap()
 }
 
 pub(crate) struct Setup {
