@@ -94,6 +94,15 @@ async fn carried(builder: AuthLayerBuilder, uris: &[&str]) -> Vec<bool> {
     sent.into_iter().map(|(_, carried)| carried).collect()
 }
 
+/// A layer for `https://api.example.com` whose token `tokens` issues.
+fn api_layer(tokens: &FixedToken) -> AuthLayer {
+    base()
+        .api_origin("https://api.example.com")
+        .fetcher(tokens.clone())
+        .build()
+        .unwrap()
+}
+
 fn base() -> AuthLayerBuilder {
     AuthLayer::builder().credentials(credentials())
 }
@@ -207,11 +216,7 @@ fn http_api_origins_are_refused_unless_loopback() {
 #[tokio::test]
 async fn the_token_goes_to_the_api_origin_only() {
     let tokens = FixedToken::new(TOKEN);
-    let layer = base()
-        .api_origin("https://api.example.com")
-        .fetcher(tokens.clone())
-        .build()
-        .unwrap();
+    let layer = api_layer(&tokens);
     let cases: &[(&str, bool)] = &[
         ("https://api.example.com/api/v1/items", true),
         ("https://API.Example.COM/api/v1/items", true),
@@ -246,11 +251,7 @@ async fn the_token_goes_to_the_api_origin_only() {
 
     // Requests elsewhere never start a grant.
     let fresh = FixedToken::new(TOKEN);
-    let layer = base()
-        .api_origin("https://api.example.com")
-        .fetcher(fresh.clone())
-        .build()
-        .unwrap();
+    let layer = api_layer(&fresh);
     let foreign: Vec<&str> = cases
         .iter()
         .filter(|(_, carried)| !carried)
@@ -321,11 +322,7 @@ async fn api_origins_replace_the_default_and_add_up() {
 #[tokio::test]
 async fn a_401_from_another_origin_neither_refreshes_nor_replays() {
     let tokens = FixedToken::new(TOKEN);
-    let layer = base()
-        .api_origin("https://api.example.com")
-        .fetcher(tokens.clone())
-        .build()
-        .unwrap();
+    let layer = api_layer(&tokens);
     // Get a token first.
     layer.cache().access_token().await.unwrap();
     let recorder = Recorder::default();
