@@ -13,6 +13,7 @@ use crate::{
     origin::{Origin, ShownUrl, check_url},
     service::AuthService,
     stats::Stats,
+    store::{AnyStore, TokenStore},
 };
 
 /// The default cap on a request body kept for a replay: 64 KiB.
@@ -110,6 +111,7 @@ pub struct AuthLayerBuilder {
     origins: Vec<String>,
     any_origin: bool,
     cache: CacheConfig,
+    store: Option<AnyStore>,
     replay: bool,
     replay_limit: usize,
 }
@@ -123,6 +125,7 @@ impl Default for AuthLayerBuilder {
             origins: Vec::new(),
             any_origin: false,
             cache: CacheConfig::default(),
+            store: None,
             replay: true,
             replay_limit: DEFAULT_REPLAY_LIMIT,
         }
@@ -141,6 +144,7 @@ impl fmt::Debug for AuthLayerBuilder {
             )
             .field("any_origin", &self.any_origin)
             .field("cache", &self.cache)
+            .field("store", &self.store.is_some())
             .field("replay", &self.replay)
             .field("replay_limit", &self.replay_limit)
             .finish()
@@ -234,6 +238,28 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// Shares the login with other replicas through `store` (DESIGN §7): a
+    /// [`RedisStore`](crate::store) for a fleet, a `FileStore` for the
+    /// processes of one host, or a [`MemoryStore`](crate::MemoryStore) for
+    /// layers of one process. Grants then take the store's lease: the replica
+    /// that holds it re-reads the record (and adopts a newer one), marks the
+    /// refresh token spent before sending it, and writes the new pair; the
+    /// others wait for it and adopt it. With the store down, each replica goes
+    /// on alone with grants of its own, never with the shared refresh token.
+    /// Without a store, the cache keeps its tokens to itself.
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(AnyStore::new(store));
+        self
+    }
+
+    /// How long a replica holds the store's lease at most while it makes a
+    /// grant (default 30 s): a replica that dies holding it delays the others
+    /// by at most this long.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.cache.lease_ttl = ttl;
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<AuthLayer, BuildError> {
         let credentials = self.credentials.ok_or(BuildError::Missing("credentials"))?;
@@ -283,7 +309,7 @@ impl AuthLayerBuilder {
             (None, None) => return Err(BuildError::Missing("token_url or fetcher")),
         };
         Ok(AuthLayer {
-            cache: TokenCache::new(fetcher, credentials, self.cache),
+            cache: TokenCache::new(fetcher, credentials, self.cache, self.store),
             config: Arc::new(LayerConfig {
                 replay: self.replay,
                 replay_limit: self.replay_limit,

@@ -51,6 +51,7 @@
 //! | `daxium_auth_replays_total` | counter | | requests replayed after a 401 |
 //! | `daxium_auth_replays_skipped_total` | counter | | 401 answers not replayed: replay off, body over the cap or not fully sent |
 //! | `daxium_auth_waited_total` | counter | | requests that waited for a grant, having no valid token |
+//! | `daxium_auth_store_errors_total` | counter | | calls to the token store that failed (down, timed out, refused) |
 //!
 //! `grant_type` is `password` or `refresh_token`; `outcome` is `ok`,
 //! `rejected` (the endpoint refused the grant) or `failed` (a 5xx, a network
@@ -59,8 +60,8 @@
 //! token cache describes the metrics (unit and help text) to the recorder in
 //! place when it is made, so install the recorder before building the
 //! layer. Only the rare paths record anything: a grant's end, a replay, a
-//! wait; a request with a fresh token touches no metric, and without the
-//! feature no metric code is compiled in.
+//! wait, a failed store call; a request with a fresh token touches no
+//! metric, and without the feature no metric code is compiled in.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![warn(missing_debug_implementations)]

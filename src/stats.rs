@@ -1,6 +1,7 @@
-//! Counters of what the layer did: grants by type and outcome, replays, and
-//! requests that had to wait for a token. Only the rare paths count, so the
-//! hot path touches no shared counter.
+//! Counters of what the layer did: grants by type and outcome, replays,
+//! requests that had to wait for a token, and failed calls to the token
+//! store. Only the rare paths count, so the hot path touches no shared
+//! counter.
 //!
 //! With the `metrics` feature, every count also goes to the `metrics` facade,
 //! and so to whichever exporter the application installed; the names and
@@ -43,6 +44,7 @@ pub(crate) struct Counters {
     replays: AtomicU64,
     replays_skipped: AtomicU64,
     waited: AtomicU64,
+    store_errors: AtomicU64,
 }
 
 impl Default for Counters {
@@ -59,6 +61,7 @@ impl Default for Counters {
             replays: AtomicU64::new(0),
             replays_skipped: AtomicU64::new(0),
             waited: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
         }
     }
 }
@@ -107,6 +110,12 @@ impl Counters {
         self.replays_skipped.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn store_error(&self) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(export::STORE_ERRORS).increment(1);
+        self.store_errors.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn waited(&self) {
         #[cfg(feature = "metrics")]
         metrics::counter!(export::WAITED).increment(1);
@@ -124,6 +133,7 @@ impl Counters {
             replays: self.replays.load(Relaxed),
             replays_skipped: self.replays_skipped.load(Relaxed),
             waited: self.waited.load(Relaxed),
+            store_errors: self.store_errors.load(Relaxed),
         }
     }
 }
@@ -151,6 +161,8 @@ pub struct Stats {
     pub replays_skipped: u64,
     /// Requests that waited for a grant (no valid token when they were made).
     pub waited: u64,
+    /// Calls to the token store that failed (down, timed out, refused).
+    pub store_errors: u64,
 }
 
 impl Stats {
@@ -191,6 +203,7 @@ mod export {
     pub(super) const REPLAYS: &str = "daxium_auth_replays_total";
     pub(super) const REPLAYS_SKIPPED: &str = "daxium_auth_replays_skipped_total";
     pub(super) const WAITED: &str = "daxium_auth_waited_total";
+    pub(super) const STORE_ERRORS: &str = "daxium_auth_store_errors_total";
 
     pub(super) fn describe() {
         metrics::describe_counter!(
@@ -213,6 +226,11 @@ mod export {
             WAITED,
             Unit::Count,
             "Requests that waited for a grant, having no valid token"
+        );
+        metrics::describe_counter!(
+            STORE_ERRORS,
+            Unit::Count,
+            "Calls to the token store that failed (down, timed out, refused)"
         );
     }
 
@@ -323,6 +341,59 @@ mod tests {
                 series(GRANTS, "password", "ok", DebugValue::Counter(2)),
                 series(GRANTS, "refresh_token", "rejected", DebugValue::Counter(1)),
             ]
+        );
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn replays_skips_waits_and_store_errors_go_to_their_counters() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        use super::export::{REPLAYS, REPLAYS_SKIPPED, STORE_ERRORS, WAITED};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let stats = metrics::with_local_recorder(&recorder, || {
+            let counters = Counters::default();
+            counters.replayed();
+            counters.replay_skipped();
+            counters.replay_skipped();
+            for _ in 0..3 {
+                counters.waited();
+            }
+            for _ in 0..4 {
+                counters.store_error();
+            }
+            counters.snapshot()
+        });
+        let mut seen: Vec<(String, usize, DebugValue)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let labels = key.key().labels().count();
+                (key.key().name().to_owned(), labels, value)
+            })
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        let counter = |name: &str, n| (name.to_owned(), 0, DebugValue::Counter(n));
+        assert_eq!(
+            seen,
+            [
+                counter(REPLAYS_SKIPPED, stats.replays_skipped),
+                counter(REPLAYS, stats.replays),
+                counter(STORE_ERRORS, stats.store_errors),
+                counter(WAITED, stats.waited),
+            ]
+        );
+        assert_eq!(
+            (
+                stats.replays,
+                stats.replays_skipped,
+                stats.waited,
+                stats.store_errors
+            ),
+            (1, 2, 3, 4)
         );
     }
 }

@@ -28,26 +28,21 @@ use daxium_auth::{
     ReplayBody, TokenError, TokenPair, fetcher,
 };
 use futures_util::future::join_all;
-use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 
 mod support;
 
 use support::scripted::{
-    Api, Endpoint, Setup, Step, api_service, builder, get, layer_with, send, setup, setup_with,
+    Api, Endpoint, Setup, Step, api_service, bearer, builder, get, layer_with, paused_runtime,
+    send, setup, setup_with,
 };
 
 type Inner = support::scripted::Inner<Full<Bytes>>;
 
 fn login(user: &str, password: &str) -> Credentials {
     Credentials::new("client", "client-secret", user, password)
-}
-
-/// The bearer token of an API request.
-fn bearer(req: &Request<ReplayBody<Full<Bytes>>>) -> Option<String> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::to_owned)
 }
 
 // === 1. switching login kept the old user's session ===
@@ -230,14 +225,6 @@ async fn a_dead_endpoint_still_fails_within_the_wait_budget() {
 }
 
 // === 4. timers died with their runtime ===
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn a_token_is_never_served_past_its_expiry_after_its_runtime_is_gone() {

@@ -217,6 +217,7 @@ fn names_and_labels_are_the_documented_ones_and_hold_no_secret() {
         "daxium_auth_replays_total",
         "daxium_auth_replays_skipped_total",
         "daxium_auth_waited_total",
+        "daxium_auth_store_errors_total",
     ];
     let all = recorded.counters.keys().chain(recorded.histograms.keys());
     for (name, labels) in all {

@@ -16,6 +16,7 @@ use crate::{
     error::{Kind, TokenError},
     fetcher::DynFetcher,
     stats::Stats,
+    store::AnyStore,
     token::AccessToken,
 };
 
@@ -59,8 +60,9 @@ impl TokenCache {
         fetcher: Arc<dyn DynFetcher>,
         credentials: Credentials,
         config: CacheConfig,
+        store: Option<AnyStore>,
     ) -> Self {
-        let shared = Arc::new(Shared::new(fetcher, credentials, config));
+        let shared = Arc::new(Shared::new(fetcher, credentials, config, store));
         Self {
             handle: Arc::new(Handle { shared }),
         }

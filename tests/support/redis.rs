@@ -1,12 +1,14 @@
 //! A real `redis-server` for the tests: started on a free port of 127.0.0.1
 //! with persistence off and its files in a temporary directory, waited for
-//! within a bound, and killed when dropped. Plain TCP, AUTH and TLS.
+//! within a bound, and killed when dropped. Plain TCP, AUTH and TLS. On a
+//! machine without it, Debian's `redis-server` package is installed first.
 
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Once,
     time::{Duration, Instant},
 };
 
@@ -24,6 +26,45 @@ enum Listen {
         key: PathBuf,
         ca: PathBuf,
     },
+}
+
+/// Installs Debian's `redis-server` once when it is not on the PATH, so that
+/// `cargo test` works on a fresh machine (as root, or with sudo).
+fn ensure_installed() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        if found {
+            return;
+        }
+        eprintln!("redis-server is missing: installing Debian's package");
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let (program, prefix): (&str, &[&str]) = if root {
+            ("apt-get", &[])
+        } else {
+            ("sudo", &["apt-get"])
+        };
+        for args in [
+            &["update", "-qq"][..],
+            &["install", "-y", "-qq", "redis-server"][..],
+        ] {
+            let status = Command::new(program)
+                .args(prefix)
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status();
+            assert!(
+                status.is_ok_and(|s| s.success()),
+                "could not install redis-server with apt-get {args:?}"
+            );
+        }
+    });
 }
 
 /// A running `redis-server`, killed on drop.
@@ -102,6 +143,7 @@ impl RedisServer {
 
     /// Starts the server on `self.port`; whether it answers in time.
     fn spawn(&mut self) -> bool {
+        ensure_installed();
         let port = self.port.to_string();
         let mut args: Vec<String> = vec![
             "--bind".into(),

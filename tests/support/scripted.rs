@@ -17,8 +17,9 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, AuthLayerBuilder, AuthService, Credentials, ErrorBody, GrantRequest,
-    GrantType, RefreshToken, ReplayBody, TokenError, TokenFetcher, TokenPair, fetcher,
+    AccessToken, AuthLayer, AuthLayerBuilder, AuthService, BuildError, Credentials, ErrorBody,
+    GrantRequest, GrantType, RefreshToken, ReplayBody, TokenError, TokenFetcher, TokenPair,
+    fetcher,
 };
 use http::{HeaderValue, Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::{BodyExt, Full};
@@ -82,6 +83,17 @@ impl Endpoint {
 
     pub(crate) fn grants(&self) -> usize {
         self.password.load(SeqCst) + self.refresh.load(SeqCst)
+    }
+
+    /// Fails if a refresh token reached the endpoint twice.
+    pub(crate) fn assert_no_refresh_token_sent_twice(&self) {
+        let sent = self.refresh_seen.lock().unwrap();
+        let unique: HashSet<_> = sent.iter().collect();
+        assert_eq!(
+            unique.len(),
+            sent.len(),
+            "a refresh token sent twice: {sent:?}"
+        );
     }
 
     pub(crate) fn push(&self, step: Step) {
@@ -261,20 +273,42 @@ pub(crate) fn setup() -> Setup {
 }
 
 pub(crate) fn setup_with(configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder) -> Setup {
+    try_setup_with(configure).unwrap()
+}
+
+/// [`setup_with`], for settings that the build may refuse.
+pub(crate) fn try_setup_with(
+    configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder,
+) -> Result<Setup, BuildError> {
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
-    let layer = layer_with(&endpoint, configure);
-    Setup {
+    let layer = configure(builder().fetcher(endpoint.fetcher())).build()?;
+    Ok(Setup {
         api,
         endpoint,
         layer,
-    }
+    })
 }
 
 impl Setup {
     pub(crate) fn service(&self) -> AuthService<Inner<Full<Bytes>>> {
         self.layer.layer(api_service(&self.api))
     }
+}
+
+/// The bearer token of an API request.
+pub(crate) fn bearer<B>(req: &Request<B>) -> Option<String> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::to_owned)
+}
+
+/// A current-thread runtime with paused time, for tests that change runtimes.
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
 }
 
 pub(crate) fn get() -> Request<Full<Bytes>> {

@@ -5,17 +5,30 @@
 
 use super::{
     Action, Answer, Class, Core, Failure, Flight, FlightId, Grant, Granted, Payload, Reason,
-    Rejection, Running, Slot, Token, Waiter, Why,
+    Rejection, Running, Slot, Step, StoreCall, Token, Waiter, Why,
     timing::{backoff, schedule},
 };
 
 impl<P: Payload> Core<P> {
+    /// Releases the store's lease after a flight, unless the ladder goes on
+    /// under it.
+    fn let_go(&mut self, leased: bool, out: &mut Vec<Action<P>>) {
+        if let (true, Flight::Idle | Flight::Paused { .. }) = (leased, &self.flight) {
+            out.push(Action::Store {
+                flight: FlightId(0),
+                call: StoreCall::Release,
+            });
+        }
+    }
+
     pub(super) fn running(&self, flight: FlightId) -> bool {
         matches!(&self.flight, Flight::Running(run) if run.id == flight)
     }
 
+    /// The flight in flight, if it is `flight` and its grant was sent.
     fn take_running(&mut self, flight: FlightId) -> Option<Running<P::Refresh>> {
-        if !self.running(flight) {
+        let sent = matches!(&self.flight, Flight::Running(run) if run.id == flight && run.step == Step::Grant);
+        if !sent {
             return None;
         }
         match std::mem::replace(&mut self.flight, Flight::Idle) {
@@ -30,13 +43,13 @@ impl<P: Payload> Core<P> {
         grant: Granted<P>,
         out: &mut Vec<Action<P>>,
     ) {
-        let Some(run) = self.take_running(flight) else {
+        let Some(mut run) = self.take_running(flight) else {
             return;
         };
         let margin = self.config.refresh_margin;
         let (stale_at, expires_at) = schedule(grant.sent_at, grant.lifetime, margin, grant.jitter);
         // An answer without a refresh token keeps the one that was sent.
-        let refresh = grant.refresh.or(run.sent);
+        let refresh = grant.refresh.or(run.sent.take());
         if expires_at <= self.now {
             let failure = Failure {
                 error: P::error(Why::Expired),
@@ -45,7 +58,8 @@ impl<P: Payload> Core<P> {
                 retry_after: None,
                 jitter: grant.jitter,
             };
-            return self.settle_failure(failure, run.credentials, false, out);
+            self.settle_failure(failure, run.credentials, false, out);
+            return self.let_go(run.leased, out);
         }
         let slot = Slot {
             id: self.next_token,
@@ -60,12 +74,16 @@ impl<P: Payload> Core<P> {
             replay_refused: false,
         });
         self.refresh = refresh;
+        self.version = None;
         self.attempt = 0;
         self.last_error = None;
         self.rejected = None;
         self.refused = false;
-        let all = self.waiters.keys().copied().collect();
+        let all = self.waiters.ids();
         self.answer(all, Answer::Token(slot), out);
+        if run.leased {
+            self.publish_pair(run, out);
+        }
     }
 
     pub(super) fn failed(
@@ -78,11 +96,13 @@ impl<P: Payload> Core<P> {
             return;
         };
         let was_refresh = run.sent.is_some();
-        if failure.rotated.is_none() && failure.class == Class::Unsent {
-            // It never left: the refresh token is still good.
+        if failure.rotated.is_none() && failure.class == Class::Unsent && !run.leased {
+            // It never left: the refresh token is still good. (A shared one was
+            // marked spent in the store already, and stays so.)
             self.refresh = run.sent;
         }
         self.settle_failure(failure, run.credentials, was_refresh, out);
+        self.let_go(run.leased, out);
     }
 
     /// The ladder after a failure: the password grant at once when the refresh
@@ -124,7 +144,7 @@ impl<P: Payload> Core<P> {
     /// `give_up` holds (with the token's absence or the last error).
     fn answer_each(&mut self, give_up: impl Fn(&Waiter) -> bool, out: &mut Vec<Action<P>>) {
         let (mut tokens, mut no_replay, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-        for (&id, waiter) in &self.waiters {
+        for (id, waiter) in self.waiters.iter() {
             match self.best_for(waiter.not) {
                 Answer::Token(_) => tokens.push(id),
                 _ if !give_up(waiter) => {}
@@ -154,6 +174,8 @@ impl<P: Payload> Core<P> {
         self.token = None;
         self.refresh = None;
         self.refused = false;
+        // A lease taken for the previous login lapses with its time to live.
+        self.version = None;
         if let Flight::Running(run) = &self.flight {
             out.push(Action::Abort { flight: run.id });
         }
@@ -193,21 +215,47 @@ impl<P: Payload> Core<P> {
         self.start(reason, out);
     }
 
-    /// A refresh token is spent the moment it is sent: it leaves the cache here.
+    /// Sends the grant of the flight in flight. A refresh token is spent the
+    /// moment it is sent: the flight keeps it only to give it back if the
+    /// request never left.
+    pub(super) fn send(&mut self, grant: Grant<P::Refresh>, out: &mut Vec<Action<P>>) {
+        let Flight::Running(run) = &mut self.flight else {
+            return;
+        };
+        run.step = Step::Grant;
+        run.sent = match &grant {
+            Grant::Refresh(refresh) => Some(refresh.clone()),
+            Grant::Password => None,
+        };
+        out.push(Action::Start {
+            flight: run.id,
+            grant,
+            reason: run.reason,
+        });
+    }
+
+    /// Starts a flight: the grant, or first the store's lease.
     fn start(&mut self, reason: Reason, out: &mut Vec<Action<P>>) {
         let flight = FlightId(self.next_flight);
         self.next_flight += 1;
-        let sent = self.refresh.take();
-        let grant = sent.clone().map_or(Grant::Password, Grant::Refresh);
+        let shared = self.config.shared;
         self.flight = Flight::Running(Running {
             id: flight,
-            sent,
+            sent: None,
             credentials: self.credentials,
-        });
-        out.push(Action::Start {
-            flight,
-            grant,
             reason,
+            step: if shared { Step::Lease } else { Step::Grant },
+            leased: false,
+            base: None,
         });
+        if shared {
+            // The grant waits for the lease: someone else may be making it.
+            return out.push(Action::Store {
+                flight,
+                call: StoreCall::Lease,
+            });
+        }
+        let grant = self.refresh.take().map_or(Grant::Password, Grant::Refresh);
+        self.send(grant, out);
     }
 }

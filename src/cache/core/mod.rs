@@ -4,18 +4,22 @@
 //! (`cache/driver.rs`) runs the grants, the timer and the waiters, and the
 //! tests replay any interleaving of events against it.
 
-use std::collections::BTreeMap;
 
+mod fleet;
 mod ladder;
+mod published;
 mod timing;
 mod types;
+mod waiters;
 
 #[cfg(test)]
 mod tests;
 
 pub(crate) use self::types::*;
+use self::waiters::{Waiter, Waiters};
 
 /// The token held, with the times that retire it.
+#[cfg_attr(test, derive(Clone))]
 struct Token<A> {
     slot: Slot<A>,
     stale_at: Time,
@@ -26,6 +30,7 @@ struct Token<A> {
     replay_refused: bool,
 }
 
+#[cfg_attr(test, derive(Clone))]
 enum Flight<R> {
     Idle,
     Running(Running<R>),
@@ -35,6 +40,7 @@ enum Flight<R> {
     },
 }
 
+#[cfg_attr(test, derive(Clone))]
 struct Running<R> {
     id: FlightId,
     /// The refresh token sent, kept for a failure before it left and for an
@@ -42,8 +48,27 @@ struct Running<R> {
     sent: Option<R>,
     /// The credentials generation the grant was made with.
     credentials: u64,
+    reason: Reason,
+    /// Where the flight is in the store's protocol (`Grant` without a store).
+    step: Step,
+    /// Whether this replica holds the store's lease.
+    leased: bool,
+    /// The store version the grant builds on.
+    base: Option<u64>,
 }
 
+/// The steps of a flight with a token store (DESIGN §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Lease,
+    Read,
+    Watch,
+    Spend,
+    Grant,
+    Write,
+}
+
+#[cfg_attr(test, derive(Clone))]
 struct Rejection<E> {
     error: E,
     until: Time,
@@ -51,10 +76,6 @@ struct Rejection<E> {
     number: u64,
 }
 
-struct Waiter {
-    deadline: Time,
-    not: Option<u64>,
-}
 
 /// What was published last, to publish only changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +87,7 @@ enum Published {
 }
 
 /// The state of one token cache.
+#[cfg_attr(test, derive(Clone))]
 pub(crate) struct Core<P: Payload> {
     config: CacheConfig,
     now: Time,
@@ -83,9 +105,13 @@ pub(crate) struct Core<P: Payload> {
     /// one the refusal bound counts.
     refused: bool,
     last_refusal_grant: Option<Time>,
-    waiters: BTreeMap<WaiterId, Waiter>,
+    waiters: Waiters,
     /// Bumped by every change of credentials.
     credentials: u64,
+    /// The store version the token came from (`None`: a token of our own).
+    version: Option<u64>,
+    /// The store did not answer the last call: warned once per outage.
+    store_down: bool,
     next_token: u64,
     next_flight: u64,
     rejections: u64,
@@ -108,8 +134,10 @@ impl<P: Payload> Core<P> {
             refresh_due: false,
             refused: false,
             last_refusal_grant: None,
-            waiters: BTreeMap::new(),
+            waiters: Waiters::default(),
             credentials: 0,
+            version: None,
+            store_down: false,
             next_token: 1,
             next_flight: 1,
             rejections: 0,
@@ -166,11 +194,12 @@ impl<P: Payload> Core<P> {
                 }
             }
             Event::WaiterGone { waiter } => {
-                self.waiters.remove(&waiter);
+                self.waiters.remove(waiter);
             }
             Event::Granted { flight, grant } => self.granted(flight, grant, out),
             Event::GrantFailed { flight, failure } => self.failed(flight, failure, out),
             Event::CredentialsChanged { other_login } => self.credentials_changed(other_login, out),
+            Event::Stored { flight, reply } => self.stored(flight, reply, out),
             Event::Close => return self.close(out),
             Event::Kick => self.refresh_due = true,
             Event::Tick | Event::GrantLost { .. } | Event::TimerLost => {}
@@ -198,10 +227,7 @@ impl<P: Payload> Core<P> {
             self.flight = Flight::Idle;
             self.refresh_due = true;
         }
-        let due: Vec<_> = (self.waiters.iter())
-            .filter(|(_, w)| w.deadline <= now)
-            .map(|(&id, w)| (id, w.not))
-            .collect();
+        let due = self.waiters.due(now);
         for (id, not) in due {
             let answer = self.best_for(not);
             self.answer(vec![id], answer, out);
@@ -270,7 +296,7 @@ impl<P: Payload> Core<P> {
             return;
         }
         for id in &ids {
-            self.waiters.remove(id);
+            self.waiters.remove(*id);
         }
         out.push(Action::Answer {
             waiters: ids,
@@ -279,78 +305,24 @@ impl<P: Payload> Core<P> {
     }
 
     fn retry_all(&mut self, out: &mut Vec<Action<P>>) {
-        let all = std::mem::take(&mut self.waiters).into_keys().collect();
+        let all = self.waiters.take_all();
         self.answer(all, Answer::Retry, out);
-    }
-
-    /// The next time something is due.
-    fn next_deadline(&self) -> Option<Time> {
-        let token = self.token.as_ref().map(|t| match t.stale {
-            false => t.stale_at,
-            true => t.expires_at,
-        });
-        let paused = match self.flight {
-            Flight::Paused { until } => Some(until),
-            _ => None,
-        };
-        let rejected = self.rejected.as_ref().map(|r| r.until);
-        let waiter = self.waiters.values().map(|w| w.deadline).min();
-        [token, paused, rejected, waiter]
-            .into_iter()
-            .flatten()
-            .min()
-    }
-
-    fn arm(&mut self, out: &mut Vec<Action<P>>) {
-        let next = self.next_deadline();
-        if next != self.armed {
-            self.armed = next;
-            out.push(Action::Arm(next));
-        }
-    }
-
-    fn publish(&mut self, out: &mut Vec<Action<P>>) {
-        let (key, view) = self.view();
-        if self.published != Some(key) {
-            self.published = Some(key);
-            out.push(Action::Publish(view));
-        }
-    }
-
-    fn view(&self) -> (Published, View<P>) {
-        if self.closed {
-            return (Published::Closed, View::Failed(P::error(Why::Closed)));
-        }
-        match (&self.token, &self.rejected) {
-            (Some(token), _) => {
-                let phase = if self.armed.is_none() {
-                    Phase::Unchecked
-                } else if !matches!(self.flight, Flight::Idle) {
-                    Phase::Refreshing
-                } else if token.stale && self.rejected.is_none() {
-                    Phase::Stale
-                } else {
-                    Phase::Fresh
-                };
-                let view = View::Token(token.slot.clone(), phase);
-                (Published::Token(token.slot.id, phase), view)
-            }
-            // Failing fast needs the timer that lifts the rejection; without it,
-            // readers ask the core, which lifts it when its time has come.
-            (None, Some(r)) if self.armed.is_some() => {
-                (Published::Rejected(r.number), View::Failed(r.error.clone()))
-            }
-            (None, _) => (Published::Empty, View::Empty),
-        }
     }
 
     fn close(&mut self, out: &mut Vec<Action<P>>) {
         self.closed = true;
         if let Flight::Running(run) = &self.flight {
             out.push(Action::Abort { flight: run.id });
+            if run.leased {
+                let flight = run.id;
+                out.push(Action::Store {
+                    flight,
+                    call: StoreCall::Release,
+                });
+            }
         }
         self.flight = Flight::Idle;
-        let all = std::mem::take(&mut self.waiters).into_keys().collect();
+        let all = self.waiters.take_all();
         self.answer(all, Answer::Failed(P::error(Why::Closed)), out);
         self.token = None;
         self.refresh = None;

@@ -86,6 +86,38 @@ pub(crate) enum Event<P: Payload> {
     CredentialsChanged { other_login: bool },
     /// The last handle on the cache went away.
     Close,
+    /// A store call of flight `flight` answered.
+    Stored {
+        flight: FlightId,
+        reply: StoreReply<P>,
+    },
+}
+
+/// A record of the token store, as the core sees it: the driver turns its
+/// wall-clock expiry into the core's time. A spent refresh token is absent.
+#[cfg_attr(test, derive(Clone))]
+pub(crate) struct Record<P: Payload> {
+    pub(crate) version: u64,
+    pub(crate) access: P::Access,
+    pub(crate) refresh: Option<P::Refresh>,
+    pub(crate) expires_at: Time,
+}
+
+/// What a store call answered.
+pub(crate) enum StoreReply<P: Payload> {
+    /// The lease is ours.
+    Leased,
+    /// Another replica holds the lease, for at most this long.
+    Held(Option<Duration>),
+    /// The record read (`None`: there is none), or the new record a wait saw
+    /// (`None`: the wait ended without one).
+    Record(Option<Record<P>>),
+    /// A write landed as this version.
+    Written(u64),
+    /// A write found another version; what is stored now, if readable.
+    Conflict(Option<Record<P>>),
+    /// The store did not answer (down, timed out, refused).
+    Down,
 }
 
 /// A successful grant.
@@ -162,6 +194,32 @@ pub(crate) enum Action<P: Payload> {
     },
     /// Wake the core with [`Event::Tick`] at this time (`None`: no need).
     Arm(Option<Time>),
+    /// Call the token store for flight `flight`.
+    Store {
+        flight: FlightId,
+        call: StoreCall<P>,
+    },
+}
+
+/// A call of the token store.
+#[cfg_attr(test, derive(Clone))]
+pub(crate) enum StoreCall<P: Payload> {
+    /// Take (or renew) this replica's lease.
+    Lease,
+    /// Read the record.
+    Read,
+    /// Wait for a record of another version than `since`, until `until`.
+    Watch { since: Option<u64>, until: Time },
+    /// Write `record` (of its version) again with its refresh token marked
+    /// spent, before that token is sent.
+    Spend { record: Record<P> },
+    /// Write a new pair over version `expected`.
+    Write {
+        expected: Option<u64>,
+        record: Record<P>,
+    },
+    /// Release the lease (if still ours); nothing answers.
+    Release,
 }
 
 /// What a waiter gets.
@@ -195,6 +253,7 @@ pub(crate) struct Slot<A> {
 }
 
 /// What readers see, without a lock.
+#[cfg_attr(test, derive(Clone))]
 pub(crate) enum View<P: Payload> {
     /// A valid token.
     Token(Slot<P::Access>, Phase),
@@ -240,6 +299,11 @@ pub(crate) struct CacheConfig {
     /// The least time between two grants started because the API refused a
     /// token.
     pub(crate) refusal_interval: Duration,
+    /// Whether a token store is shared with other replicas: grants then
+    /// follow the lease protocol.
+    pub(crate) shared: bool,
+    /// The lease's time to live.
+    pub(crate) lease_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -251,6 +315,8 @@ impl Default for CacheConfig {
             rejected_cooldown: Duration::from_secs(300),
             wait_budget: Duration::from_secs(10),
             refusal_interval: Duration::from_secs(1),
+            shared: false,
+            lease_ttl: Duration::from_secs(30),
         }
     }
 }

@@ -18,20 +18,22 @@ use tokio::{
     time::Instant,
 };
 
+mod store;
 mod tasks;
 mod waiters;
 
 pub(crate) use self::waiters::Ticket;
 
 use super::core::{
-    Action, Answer, CacheConfig, Core, Event, FlightId, Grant, Payload, Reason, Slot, Time, View,
-    WaiterId, Why,
+    Action, Answer, CacheConfig, Core, Event, FlightId, Grant, Payload, Reason, Slot, StoreCall,
+    Time, View, WaiterId, Why,
 };
 use crate::{
     credentials::Credentials,
     error::{Kind, TokenError},
     fetcher::{DynFetcher, GrantRequest},
     stats::Counters,
+    store::{AnyStore, LeaseOwner, LoginKey},
     token::RefreshToken,
 };
 
@@ -81,6 +83,8 @@ struct Driver {
     grant: Option<(FlightId, AbortHandle)>,
     /// The deadline of the live timer task, if there is one.
     timer: Option<watch::Sender<Option<Instant>>>,
+    /// The token store shared with other replicas, if any.
+    fleet: Option<store::Fleet>,
     actions: Vec<Action<Live>>,
 }
 
@@ -91,14 +95,23 @@ struct After {
     grant: Option<(FlightId, GrantRequest, Reason)>,
     timer: Option<watch::Receiver<Option<Instant>>>,
     abort: Option<AbortHandle>,
+    store: Vec<(FlightId, StoreCall<Live>, store::Fleet)>,
 }
 
 impl Shared {
     pub(crate) fn new(
         fetcher: Arc<dyn DynFetcher>,
         credentials: Credentials,
-        config: CacheConfig,
+        mut config: CacheConfig,
+        store: Option<AnyStore>,
     ) -> Self {
+        config.shared = store.is_some();
+        let fleet = store.map(|store| store::Fleet {
+            store,
+            key: LoginKey::from_credentials(&credentials),
+            owner: LeaseOwner::random(),
+            lease_ttl: config.lease_ttl,
+        });
         Self {
             view: ArcSwap::from_pointee(View::Empty),
             budget: config.wait_budget,
@@ -109,6 +122,7 @@ impl Shared {
                 next_waiter: 1,
                 grant: None,
                 timer: None,
+                fleet,
                 actions: Vec::new(),
             }),
             fetcher,
@@ -202,6 +216,11 @@ impl Shared {
                     after.abort = driver.grant.take().map(|(_, task)| task);
                 }
             }
+            Action::Store { flight, call } => {
+                if let Some(fleet) = &driver.fleet {
+                    after.store.push((flight, call, fleet.clone()));
+                }
+            }
             Action::Arm(at) => {
                 let at = at.map(|t| self.instant(t));
                 match &driver.timer {
@@ -235,6 +254,14 @@ impl Shared {
                 Err(_) => drop(self.run(Event::TimerLost)),
             }
         }
+        for (flight, call, fleet) in after.store {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    drop(runtime.spawn(Arc::clone(self).store_call(flight, call, fleet)))
+                }
+                Err(_) => drop(self.run(Event::GrantLost { flight })),
+            }
+        }
         if let Some((flight, request, reason)) = after.grant {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 self.run(Event::GrantLost { flight });
@@ -260,6 +287,9 @@ impl Shared {
             }
             let other_login = driver.credentials.client_id() != credentials.client_id()
                 || driver.credentials.username() != credentials.username();
+            if let Some(fleet) = driver.fleet.as_mut().filter(|_| other_login) {
+                fleet.key = LoginKey::from_credentials(&credentials);
+            }
             driver.credentials = Arc::new(credentials);
             Some(Event::CredentialsChanged { other_login })
         });

@@ -149,13 +149,13 @@ pub(super) async fn timer(shared: Weak<Shared>, mut deadline: watch::Receiver<Op
 
 /// Tells the core that a task ended without finishing its work: dropped with
 /// its runtime, or never run.
-struct Lost {
+pub(super) struct Lost {
     shared: Weak<Shared>,
-    event: Option<Event<Live>>,
+    pub(super) event: Option<Event<Live>>,
 }
 
 impl Lost {
-    fn new(shared: &Arc<Shared>, event: Event<Live>) -> Self {
+    pub(super) fn new(shared: &Arc<Shared>, event: Event<Live>) -> Self {
         Self::new_weak(Arc::downgrade(shared), event)
     }
 

@@ -82,6 +82,9 @@ impl Harness {
                     assert!(self.answers.insert(waiter, answer.clone()).is_none());
                 }
             }
+            // This harness runs a replica without a store; `fleet.rs` drives
+            // replicas with one.
+            Action::Store { .. } => panic!("a store call from a cache without a store"),
             Action::Arm(at) => {
                 if let Some(at) = at {
                     assert!(at > self.now, "a deadline is armed in the future");

@@ -12,6 +12,7 @@ use super::super::{
 };
 
 /// The test payload: tokens and errors are numbers.
+#[derive(Clone)]
 pub(super) enum T {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,30 +255,7 @@ impl Harness {
             };
         let event = match reply {
             Reply::Ok { lifetime, rotate } => {
-                let lifetime = Duration::from_secs(lifetime);
-                let access = self.serial();
-                let expires = info.started + lifetime;
-                self.access.insert(access, (info.login, expires));
-                let refresh = rotate.then(|| self.serial());
-                if let Some(r) = refresh {
-                    self.refresh.insert(r, info.login);
-                }
-                if current && expires > self.now {
-                    self.attempt = 0;
-                    self.not_before = None;
-                } else if current {
-                    self.transient(None);
-                }
-                Event::Granted {
-                    flight,
-                    grant: Granted {
-                        access,
-                        refresh,
-                        lifetime,
-                        sent_at: info.started,
-                        jitter,
-                    },
-                }
+                self.issue(flight, &info, current, lifetime, rotate, jitter)
             }
             Reply::Rejected => {
                 if current && info.grant == Grant::Password && self.credentials_at(&info) {
@@ -307,6 +285,40 @@ impl Harness {
             }
         };
         self.step(self.now, event);
+    }
+
+    /// The token server issues a pair for `flight`.
+    fn issue(
+        &mut self,
+        flight: FlightId,
+        info: &FlightInfo,
+        current: bool,
+        lifetime: u64,
+        rotate: bool,
+        jitter: f64,
+    ) -> Event<T> {
+        let lifetime = Duration::from_secs(lifetime);
+        let access = self.serial();
+        let expires = info.started + lifetime;
+        self.access.insert(access, (info.login, expires));
+        let refresh = rotate.then(|| self.serial());
+        if let Some(r) = refresh {
+            self.refresh.insert(r, info.login);
+        }
+        if current && expires > self.now {
+            self.attempt = 0;
+            self.not_before = None;
+        } else if current {
+            self.transient(None);
+        }
+        let grant = Granted {
+            access,
+            refresh,
+            lifetime,
+            sent_at: info.started,
+            jitter,
+        };
+        Event::Granted { flight, grant }
     }
 
     /// Whether the credentials are those the flight started with.

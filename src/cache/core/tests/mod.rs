@@ -7,6 +7,8 @@ use std::time::Duration;
 use super::{Answer, CacheConfig, FlightId, Grant, Phase, Reason, View, WaiterId};
 
 mod checks;
+mod explore;
+mod fleet;
 mod harness;
 mod props;
 mod refusals;

@@ -148,7 +148,7 @@ fn apply(h: &mut Harness, op: &Op, outstanding: &mut Vec<WaiterId>) {
     }
 }
 
-fn cases() -> u32 {
+pub(super) fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|n| n.parse().ok())

@@ -1,0 +1,206 @@
+//! The core's side of a token store shared by a fleet (DESIGN §7): a flight
+//! takes the lease, reads the record again and adopts a newer one, marks the
+//! refresh token spent before sending it, writes the new pair under the
+//! version check and releases the lease. Without the lease it waits for a new
+//! record; with the store down it carries on alone, never with a shared
+//! refresh token.
+
+use super::{
+    Action, Answer, Core, Flight, FlightId, Grant, Payload, Record, Running, Slot, Step, StoreCall,
+    StoreReply, Token, timing::schedule,
+};
+
+impl<P: Payload> Core<P> {
+    /// A store call of flight `flight` answered.
+    pub(super) fn stored(
+        &mut self,
+        flight: FlightId,
+        reply: StoreReply<P>,
+        out: &mut Vec<Action<P>>,
+    ) {
+        let step = match &self.flight {
+            Flight::Running(run) if run.id == flight => run.step,
+            _ => return,
+        };
+        if !matches!(reply, StoreReply::Down) {
+            self.store_down = false;
+        }
+        let call = |call| Action::Store { flight, call };
+        match (step, reply) {
+            (Step::Lease | Step::Read | Step::Watch | Step::Spend, StoreReply::Down) => {
+                self.alone(out)
+            }
+            (Step::Lease, StoreReply::Leased) => {
+                self.step(Step::Read, |run| run.leased = true);
+                out.push(call(StoreCall::Read));
+            }
+            (Step::Lease, StoreReply::Held(remaining)) => {
+                let ttl = self.config.lease_ttl;
+                let wait = remaining.map_or(ttl, |r| r.min(ttl));
+                self.step(Step::Watch, |_| {});
+                let (since, until) = (self.version, self.now.saturating_add(wait));
+                out.push(call(StoreCall::Watch { since, until }));
+            }
+            (Step::Read, StoreReply::Record(record))
+            | (Step::Spend, StoreReply::Conflict(record)) => self.under_lease(record, out),
+            (Step::Spend, StoreReply::Written(version)) => {
+                let mut refresh = None;
+                self.step(Step::Grant, |run| {
+                    run.base = Some(version);
+                    refresh = run.sent.take();
+                });
+                if let Some(refresh) = refresh {
+                    self.send(Grant::Refresh(refresh), out);
+                }
+            }
+            (Step::Watch, StoreReply::Record(Some(record))) if self.adoptable(&record) => {
+                self.flight = Flight::Idle;
+                self.adopt(record, out);
+            }
+            // Nothing new in time: the holder may be gone; try the lease again.
+            (Step::Watch, StoreReply::Record(_)) => {
+                self.step(Step::Lease, |_| {});
+                out.push(call(StoreCall::Lease));
+            }
+            (Step::Write, reply) => {
+                if let StoreReply::Written(version) = reply {
+                    // The store holds the refresh token now: this replica sends it
+                    // only under the lease, after reading it back.
+                    self.version = Some(version);
+                    self.refresh = None;
+                }
+                self.flight = Flight::Idle;
+                out.push(call(StoreCall::Release));
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves the flight in flight to `step`, changing it with `change`.
+    fn step(&mut self, step: Step, change: impl FnOnce(&mut Running<P::Refresh>)) {
+        if let Flight::Running(run) = &mut self.flight {
+            run.step = step;
+            change(run);
+        }
+    }
+
+    /// Under the lease, with the record as stored now: adopt it, or grant.
+    fn under_lease(&mut self, record: Option<Record<P>>, out: &mut Vec<Action<P>>) {
+        let Flight::Running(run) = &self.flight else {
+            return;
+        };
+        let flight = run.id;
+        match record {
+            Some(record) if self.adoptable(&record) => {
+                self.flight = Flight::Idle;
+                self.adopt(record, out);
+                out.push(Action::Store {
+                    flight,
+                    call: StoreCall::Release,
+                });
+            }
+            Some(Record {
+                version,
+                access,
+                refresh: Some(refresh),
+                expires_at,
+            }) => {
+                // Spent in the store before it is sent: a holder that dies now
+                // leaves nothing for the next one to send again.
+                let record = Record {
+                    version,
+                    access,
+                    refresh: Some(refresh.clone()),
+                    expires_at,
+                };
+                self.step(Step::Spend, |run| run.sent = Some(refresh));
+                out.push(Action::Store {
+                    flight,
+                    call: StoreCall::Spend { record },
+                });
+            }
+            record => {
+                let base = record.map(|r| r.version);
+                self.step(Step::Grant, |run| run.base = base);
+                // A refresh token of this replica's own (from a grant while the
+                // store was down) is no one else's: it may be sent.
+                let grant = self.refresh.take().map_or(Grant::Password, Grant::Refresh);
+                self.send(grant, out);
+            }
+        }
+    }
+
+    /// The store did not answer: this flight goes on without it.
+    fn alone(&mut self, out: &mut Vec<Action<P>>) {
+        if !self.store_down {
+            self.store_down = true;
+            tracing::warn!(target: "daxium_auth", "token store unavailable; going on alone until it answers");
+        }
+        if let Flight::Running(run) = &mut self.flight
+            && std::mem::take(&mut run.leased)
+        {
+            // Should the store answer again, the others need not wait for the
+            // lease to lapse.
+            let flight = run.id;
+            out.push(Action::Store {
+                flight,
+                call: StoreCall::Release,
+            });
+        }
+        let grant = self.refresh.take().map_or(Grant::Password, Grant::Refresh);
+        self.send(grant, out);
+    }
+
+    /// Whether a stored record is worth taking instead of a grant: newer than
+    /// what this replica holds, and not expired.
+    fn adoptable(&self, record: &Record<P>) -> bool {
+        record.expires_at > self.now && self.version.is_none_or(|held| record.version > held)
+    }
+
+    /// Takes the stored record's token as this replica's.
+    fn adopt(&mut self, record: Record<P>, out: &mut Vec<Action<P>>) {
+        let remaining = record.expires_at.saturating_sub(self.now);
+        let (stale_at, expires_at) = schedule(self.now, remaining, self.config.refresh_margin, 0.0);
+        let slot = Slot {
+            id: self.next_token,
+            access: record.access,
+        };
+        self.next_token += 1;
+        self.token = Some(Token {
+            slot: slot.clone(),
+            stale_at,
+            expires_at,
+            stale: self.now >= stale_at,
+            replay_refused: false,
+        });
+        // The refresh token stays in the store, used only under the lease.
+        self.refresh = None;
+        self.version = Some(record.version);
+        self.attempt = 0;
+        self.last_error = None;
+        self.rejected = None;
+        self.refused = false;
+        let all = self.waiters.ids();
+        self.answer(all, Answer::Token(slot), out);
+    }
+
+    /// After a grant under the lease: the new pair goes to the store.
+    pub(super) fn publish_pair(&mut self, mut run: Running<P::Refresh>, out: &mut Vec<Action<P>>) {
+        let Some(token) = &self.token else {
+            return;
+        };
+        let record = Record {
+            version: 0,
+            access: token.slot.access.clone(),
+            refresh: self.refresh.clone(),
+            expires_at: token.expires_at,
+        };
+        let (flight, expected) = (run.id, run.base);
+        run.step = Step::Write;
+        self.flight = Flight::Running(run);
+        out.push(Action::Store {
+            flight,
+            call: StoreCall::Write { expected, record },
+        });
+    }
+}

@@ -1,0 +1,98 @@
+//! The fleet model checked exhaustively: every sequence of ops to a stated
+//! depth, from a cold start and from a stale stored record, with the safety
+//! checks of `fleet.rs` at every step and its liveness check at every leaf.
+
+use super::fleet::{Op, REPLICAS, World, apply, recovers};
+
+/// Every sequence of `depth` ops from `alphabet`, from `w`: the safety checks
+/// run at every step (they panic), liveness at every leaf. Returns the number
+/// of states visited.
+fn explore(w: &World, alphabet: &[Op], depth: usize) -> u64 {
+    if depth == 0 {
+        recovers(w.clone()).unwrap();
+        return 1;
+    }
+    let mut states = 1;
+    for op in alphabet {
+        let mut next = w.clone();
+        apply(&mut next, op);
+        states += explore(&next, alphabet, depth - 1);
+    }
+    states
+}
+
+/// The depth the exhaustive check explores, `FLEET_DEPTH` to go deeper.
+fn depth() -> usize {
+    std::env::var("FLEET_DEPTH")
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(4)
+}
+
+#[test]
+fn every_fleet_interleaving_to_the_stated_depth_is_safe_and_recovers() {
+    let mut alphabet = Vec::new();
+    for r in 0..REPLICAS {
+        alphabet.push(Op::Need(r));
+        alphabet.push(Op::Complete {
+            r,
+            pick: 0,
+            fail: false,
+        });
+        alphabet.push(Op::Complete {
+            r,
+            pick: 0,
+            fail: true,
+        });
+        alphabet.push(Op::Kill(r));
+    }
+    alphabet.extend([
+        Op::Advance(1_000),
+        Op::Advance(31_000),
+        Op::Store(false),
+        Op::Store(true),
+    ]);
+    // From a start where replica 0 holds the record and its token has gone stale,
+    // and from a cold start.
+    let cold = World::new();
+    let mut warm = World::new();
+    for op in [
+        Op::Need(0),
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Complete {
+            r: 0,
+            pick: 0,
+            fail: false,
+        },
+        Op::Advance(45_000),
+    ] {
+        apply(&mut warm, &op);
+    }
+    assert!(warm.record.is_some(), "the warm start has a stored record");
+    let depth = depth();
+    let states = explore(&cold, &alphabet, depth) + explore(&warm, &alphabet, depth);
+    eprintln!(
+        "fleet model: 3 replicas, {} ops, depth {depth}: {states} states",
+        alphabet.len()
+    );
+    assert!(states > 1);
+}

@@ -1,0 +1,391 @@
+//! The fleet's property test: three replicas, each its own core, share one
+//! model of a token store (a versioned record and a lease with a time to live)
+//! and one token server that rotates refresh tokens. Random interleavings of
+//! their calls, each answered or failed, store outages, replicas that die
+//! mid-protocol, 401s and time passing are checked after every step: a refresh
+//! token is sent at most once fleet-wide, no replica shows a token past its
+//! expiry, no replica has two grants in flight; and once the faults stop,
+//! every live replica that asks gets a valid token.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::super::{
+    Action, Answer, CacheConfig, Class, Core, Event, Failure, FlightId, Grant, Granted, Record,
+    StoreCall, StoreReply, Time, View, WaiterId,
+};
+use super::harness::{T, TErr};
+
+pub(super) const REPLICAS: usize = 3;
+const LIFETIME: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+enum Call {
+    Grant {
+        flight: FlightId,
+        sent_at: Time,
+    },
+    Store {
+        flight: FlightId,
+        call: StoreCall<T>,
+    },
+}
+
+#[derive(Clone)]
+struct Replica {
+    core: Core<T>,
+    calls: VecDeque<Call>,
+    alive: bool,
+    view: Option<View<T>>,
+    armed: Option<Time>,
+    answered: BTreeMap<WaiterId, bool>,
+}
+
+#[derive(Clone)]
+pub(super) struct Stored {
+    version: u64,
+    access: u32,
+    refresh: Option<u32>,
+    expires_at: Time,
+}
+
+#[derive(Clone)]
+pub(super) struct World {
+    replicas: Vec<Replica>,
+    now: Time,
+    up: bool,
+    pub(super) record: Option<Stored>,
+    lease: Option<(usize, Time)>,
+    /// Access token -> expiry, as the server issued them.
+    access: BTreeMap<u32, Time>,
+    sent: BTreeSet<u32>,
+    next: u32,
+    next_waiter: u64,
+    ttl: Duration,
+}
+
+impl World {
+    pub(super) fn new() -> Self {
+        let config = CacheConfig {
+            shared: true,
+            ..CacheConfig::default()
+        };
+        let ttl = config.lease_ttl;
+        let replica = || Replica {
+            core: Core::new(config.clone()),
+            calls: VecDeque::new(),
+            alive: true,
+            view: None,
+            armed: None,
+            answered: BTreeMap::new(),
+        };
+        Self {
+            replicas: (0..REPLICAS).map(|_| replica()).collect(),
+            now: Time::ZERO,
+            up: true,
+            record: None,
+            lease: None,
+            access: BTreeMap::new(),
+            sent: BTreeSet::new(),
+            next: 0,
+            next_waiter: 1,
+            ttl,
+        }
+    }
+
+    fn serial(&mut self) -> u32 {
+        self.next += 1;
+        self.next
+    }
+
+    fn step(&mut self, r: usize, event: Event<T>) {
+        if !self.replicas[r].alive {
+            return;
+        }
+        let mut out = Vec::new();
+        self.replicas[r].core.handle(self.now, event, &mut out);
+        for action in out {
+            self.execute(r, action);
+        }
+        if let Some(View::Token(slot, _)) = &self.replicas[r].view {
+            assert!(
+                self.access[&slot.access] > self.now,
+                "replica {r} shows an expired token"
+            );
+        }
+    }
+
+    fn execute(&mut self, r: usize, action: Action<T>) {
+        match action {
+            Action::Start { flight, grant, .. } => {
+                let grants = self.replicas[r]
+                    .calls
+                    .iter()
+                    .filter(|c| matches!(c, Call::Grant { .. }));
+                assert_eq!(grants.count(), 0, "replica {r}: two grants in flight");
+                if let Grant::Refresh(token) = &grant {
+                    assert!(
+                        self.sent.insert(*token),
+                        "refresh token {token} sent twice in the fleet"
+                    );
+                }
+                let call = Call::Grant {
+                    flight,
+                    sent_at: self.now,
+                };
+                self.replicas[r].calls.push_back(call);
+            }
+            Action::Store {
+                call: StoreCall::Release,
+                ..
+            } => {
+                if self.up && self.lease.is_some_and(|(owner, _)| owner == r) {
+                    self.lease = None;
+                }
+            }
+            Action::Store { flight, call } => self.replicas[r]
+                .calls
+                .push_back(Call::Store { flight, call }),
+            Action::Abort { flight } => self.replicas[r].calls.retain(|c| match c {
+                Call::Grant { flight: f, .. } | Call::Store { flight: f, .. } => *f != flight,
+            }),
+            Action::Publish(view) => self.replicas[r].view = Some(view),
+            Action::Answer { waiters, answer } => {
+                for w in waiters {
+                    let got = matches!(answer, Answer::Token(_));
+                    assert!(
+                        self.replicas[r].answered.insert(w, got).is_none(),
+                        "answered twice"
+                    );
+                }
+            }
+            Action::Arm(at) => self.replicas[r].armed = at,
+        }
+    }
+
+    fn record(&self) -> Option<Record<T>> {
+        self.record.as_ref().map(|s| Record {
+            version: s.version,
+            access: s.access,
+            refresh: s.refresh,
+            expires_at: s.expires_at,
+        })
+    }
+
+    fn write(&mut self, expected: Option<u64>, record: &Record<T>, spent: bool) -> StoreReply<T> {
+        if self.record.as_ref().map(|s| s.version) != expected {
+            return StoreReply::Conflict(self.record());
+        }
+        let version = expected.map_or(1, |v| v + 1);
+        let refresh = if spent { None } else { record.refresh };
+        let (access, expires_at) = (record.access, record.expires_at);
+        self.record = Some(Stored {
+            version,
+            access,
+            refresh,
+            expires_at,
+        });
+        StoreReply::Written(version)
+    }
+
+    fn store(&mut self, r: usize, call: &StoreCall<T>, fail: bool) -> StoreReply<T> {
+        if !self.up || fail {
+            return StoreReply::Down;
+        }
+        match call {
+            StoreCall::Lease => match self.lease {
+                Some((owner, until)) if owner != r && until > self.now => {
+                    StoreReply::Held(Some(until - self.now))
+                }
+                _ => {
+                    self.lease = Some((r, self.now + self.ttl));
+                    StoreReply::Leased
+                }
+            },
+            StoreCall::Read => StoreReply::Record(self.record()),
+            StoreCall::Watch { since, .. } => {
+                let changed = self.record.as_ref().map(|s| s.version) != *since;
+                StoreReply::Record(if changed { self.record() } else { None })
+            }
+            StoreCall::Spend { record } => self.write(Some(record.version), record, true),
+            StoreCall::Write { expected, record } => self.write(*expected, record, false),
+            StoreCall::Release => StoreReply::Down,
+        }
+    }
+
+    /// Answers the `pick`th pending call of replica `r`.
+    fn complete(&mut self, r: usize, pick: usize, fail: bool) {
+        let replica = &mut self.replicas[r];
+        if !replica.alive || replica.calls.is_empty() {
+            return;
+        }
+        let at = pick % replica.calls.len();
+        let call = replica.calls.remove(at).expect("in range");
+        let event = match call {
+            Call::Store {
+                flight,
+                call: StoreCall::Watch { since, until },
+            } if !fail
+                && self.up
+                && self.record.as_ref().map(|s| s.version) == since
+                && self.now < until =>
+            {
+                // Nothing new yet: the wait goes on.
+                let call = StoreCall::Watch { since, until };
+                self.replicas[r]
+                    .calls
+                    .push_back(Call::Store { flight, call });
+                return;
+            }
+            Call::Store { flight, call } => {
+                let reply = self.store(r, &call, fail);
+                Event::Stored { flight, reply }
+            }
+            Call::Grant { flight, .. } if fail => Event::GrantFailed {
+                flight,
+                failure: Failure {
+                    error: TErr::Grant(flight.0 as u32),
+                    class: Class::Sent,
+                    rotated: None,
+                    retry_after: None,
+                    jitter: 0.5,
+                },
+            },
+            Call::Grant {
+                flight, sent_at, ..
+            } => {
+                let access = self.serial();
+                let refresh = self.serial();
+                self.access.insert(access, sent_at + LIFETIME);
+                let grant = Granted {
+                    access,
+                    refresh: Some(refresh),
+                    lifetime: LIFETIME,
+                    sent_at,
+                    jitter: 0.5,
+                };
+                Event::Granted { flight, grant }
+            }
+        };
+        self.step(r, event);
+    }
+
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        for _ in 0..16 {
+            let due = (0..REPLICAS).find(|&r| {
+                self.replicas[r].alive && self.replicas[r].armed.is_some_and(|at| at <= end)
+            });
+            let Some(r) = due else { break };
+            self.now = self.now.max(self.replicas[r].armed.unwrap_or(end));
+            self.step(r, Event::Tick);
+        }
+        self.now = end;
+    }
+
+    fn need(&mut self, r: usize) -> WaiterId {
+        let waiter = WaiterId(self.next_waiter);
+        self.next_waiter += 1;
+        let deadline = self.now + Duration::from_secs(10);
+        self.step(
+            r,
+            Event::Need {
+                waiter,
+                deadline,
+                not: None,
+            },
+        );
+        waiter
+    }
+}
+
+/// Applies one op; a `Kill` leaves at least one replica alive.
+pub(super) fn apply(w: &mut World, op: &Op) {
+    match *op {
+        Op::Need(r) => {
+            w.need(r);
+        }
+        Op::Complete { r, pick, fail } => w.complete(r, pick, fail),
+        Op::Refused(r) => {
+            let id = match &w.replicas[r].view {
+                Some(View::Token(slot, _)) => slot.id,
+                _ => 0,
+            };
+            w.step(r, Event::Refused { id, waiter: None });
+        }
+        Op::Advance(ms) => w.advance(Duration::from_millis(ms)),
+        Op::Kill(r) => {
+            // A replica that dies holds its lease until it lapses; what it had
+            // sent stays sent.
+            if (0..REPLICAS).filter(|&i| w.replicas[i].alive).count() > 1 {
+                w.replicas[r].alive = false;
+                w.replicas[r].calls.clear();
+            }
+        }
+        Op::Store(up) => w.up = up,
+    }
+}
+
+/// The faults stop: the store answers, every call succeeds and time passes
+/// (longer than a lease's time to live, so a dead holder's lease lapses).
+/// Every live replica that asks holds a valid token.
+pub(super) fn recovers(mut w: World) -> Result<(), String> {
+    w.up = true;
+    let alive: Vec<usize> = (0..REPLICAS).filter(|&r| w.replicas[r].alive).collect();
+    let asked: Vec<(usize, WaiterId)> = alive.into_iter().map(|r| (r, w.need(r))).collect();
+    for _ in 0..80 {
+        for r in 0..REPLICAS {
+            w.complete(r, 0, false);
+        }
+        w.advance(Duration::from_millis(500));
+    }
+    for (r, waiter) in asked {
+        let got = w.replicas[r].answered.get(&waiter).copied();
+        let token = matches!(&w.replicas[r].view, Some(View::Token(..)));
+        if got != Some(true) && !token {
+            return Err(format!(
+                "replica {r} holds no token once the faults stopped"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum Op {
+    Need(usize),
+    Complete { r: usize, pick: usize, fail: bool },
+    Refused(usize),
+    Advance(u64),
+    Kill(usize),
+    Store(bool),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let r = 0..REPLICAS;
+    prop_oneof![
+        3 => r.clone().prop_map(Op::Need),
+        8 => (r.clone(), 0..4usize, prop::bool::weighted(0.2)).prop_map(|(r, pick, fail)| Op::Complete { r, pick, fail }),
+        1 => r.clone().prop_map(Op::Refused),
+        3 => prop_oneof![0..=2_000u64, 2_001..=120_000u64].prop_map(Op::Advance),
+        1 => r.prop_map(Op::Kill),
+        1 => any::<bool>().prop_map(Op::Store),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: super::props::cases() / 2, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_fleet_never_sends_a_refresh_token_twice_and_recovers(ops in prop::collection::vec(op(), 1..80)) {
+        let mut w = World::new();
+        for op in &ops {
+            apply(&mut w, op);
+        }
+        if let Err(why) = recovers(w) {
+            prop_assert!(false, "{}", why);
+        }
+    }
+}

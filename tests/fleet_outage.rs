@@ -1,0 +1,143 @@
+//! A fleet whose token store goes away and comes back, under paused time: the
+//! replicas go on alone with grants of their own (never the shared refresh
+//! token), count the store's failures, and share one record again once it
+//! answers.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use daxium_auth::{
+    AuthLayer, MemoryStore, StoreError, TokenStore,
+    store::{Lease, LeaseOwner, LoginKey, Record, StoredRecord, WriteOutcome},
+};
+use http::StatusCode;
+use tower::{Layer, ServiceExt};
+
+mod support;
+
+use support::scripted::{Api, Endpoint, api_service, get, layer_with};
+
+/// A `MemoryStore` that can be switched off: every call fails while it is.
+#[derive(Clone)]
+struct Flaky {
+    inner: MemoryStore,
+    down: Arc<AtomicBool>,
+}
+
+impl Flaky {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.down.load(SeqCst) {
+            return Err(StoreError::unavailable(
+                "flaky",
+                std::io::Error::other("switched off"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TokenStore for Flaky {
+    async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
+        self.check()?;
+        self.inner.read(key).await
+    }
+
+    async fn write(
+        &self,
+        key: &LoginKey,
+        expected: Option<u64>,
+        record: &Record,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.check()?;
+        self.inner.write(key, expected, record).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &LoginKey,
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.check()?;
+        self.inner.acquire_lease(key, owner, ttl).await
+    }
+
+    async fn release_lease(&self, key: &LoginKey, owner: &LeaseOwner) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.release_lease(key, owner).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_go_on_alone_while_the_store_is_down_and_share_again_after() {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
+    let store = Flaky {
+        inner: MemoryStore::new(),
+        down: Arc::new(AtomicBool::new(false)),
+    };
+    let layers: Vec<AuthLayer> = (0..3)
+        .map(|_| layer_with(&endpoint, |b| b.store(store.clone())))
+        .collect();
+    let services: Vec<_> = layers.iter().map(|l| l.layer(api_service(&api))).collect();
+    let round = || async {
+        for svc in &services {
+            let res = svc.clone().oneshot(get()).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+    };
+    round().await;
+    assert_eq!(endpoint.password.load(SeqCst), 1, "one login for the fleet");
+
+    // The store goes away for five minutes: every request still succeeds,
+    // each replica with grants of its own.
+    store.down.store(true, SeqCst);
+    let at_outage = endpoint.grants();
+    for _ in 0..300 {
+        round().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let alone = endpoint.grants() - at_outage;
+    assert!(
+        alone >= 3 * 8,
+        "three replicas alone made {alone} grants in 300 s"
+    );
+    let errors: u64 = layers.iter().map(|l| l.stats().store_errors).sum();
+    assert!(errors > 0, "the store's failures are counted");
+
+    // It comes back. After the next refreshes the fleet shares one record
+    // again: over 100 s of 60 s tokens it makes the grants of one replica (a
+    // refresh at 50-60% of each lifetime: 2 or 3), where three alone make
+    // three times as many; its requests carry those tokens and at most the
+    // three held when the window opened.
+    store.down.store(false, SeqCst);
+    for _ in 0..100 {
+        round().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (grants, seen) = (endpoint.grants(), api.seen.lock().unwrap().len());
+    for _ in 0..100 {
+        round().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let window = endpoint.grants() - grants;
+    assert!(
+        window <= 4,
+        "{window} grants in 100 s once the store is back"
+    );
+    let tokens: HashSet<_> = api.seen.lock().unwrap()[seen..].iter().cloned().collect();
+    assert!(
+        tokens.len() <= window + 3,
+        "{} tokens from {window} grants",
+        tokens.len()
+    );
+
+    endpoint.assert_no_refresh_token_sent_twice();
+}
