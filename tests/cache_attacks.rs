@@ -26,7 +26,8 @@ use tower::{Layer, Service, ServiceExt};
 mod support;
 
 use support::scripted::{
-    self, Step, bearer, builder, get, paused_runtime, send, setup, setup_with, try_setup_with,
+    self, Step, answer, bearer, builder, get, paused_runtime, send, setup, setup_with,
+    try_setup_with,
 };
 
 type Inner = scripted::Inner<Full<Bytes>>;
@@ -206,9 +207,7 @@ async fn a_zero_wait_budget_still_logs_in_in_the_background() {
 #[ignore = "defect: a ResponseFuture dropped before its first poll stays a waiter until its budget ends, and grants are retried for it"]
 async fn a_request_dropped_before_its_first_poll_stops_waiting() {
     let s = setup_with(|b| b.wait_budget(Duration::from_secs(60)));
-    for _ in 0..100 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(100, Step::Fail);
     let mut svc = s.service();
     // `select!` and `join` patterns create futures that are never polled.
     svc.ready().await.unwrap();
@@ -224,9 +223,7 @@ async fn a_request_dropped_before_its_first_poll_stops_waiting() {
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_while_it_waits_stops_waiting() {
     let s = setup_with(|b| b.wait_budget(Duration::from_secs(60)));
-    for _ in 0..100 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(100, Step::Fail);
     let svc = s.service();
     let call = send(&svc, get());
     assert!(
@@ -702,15 +699,7 @@ async fn no_refresh_token_reaches_the_endpoint_twice_through_faults_and_revocati
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 let ok =
                     bearer(&req).is_some_and(|t| server.access_valid.lock().unwrap().contains(&t));
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                Ok(Response::builder()
-                    .status(status)
-                    .body(Full::default())
-                    .unwrap())
+                Ok(answer(ok, Bytes::new()))
             }
         },
     ));
@@ -1056,9 +1045,7 @@ async fn a_zero_rejection_cooldown_is_refused_or_still_stops_the_hammering() {
     let Ok(s) = try_setup_with(|b| b.rejected_cooldown(Duration::ZERO)) else {
         return;
     };
-    for _ in 0..100 {
-        s.endpoint.push(Step::Reject);
-    }
+    s.endpoint.push_n(100, Step::Reject);
     let svc = s.service();
     for _ in 0..100 {
         let _ = send(&svc, get()).await;
@@ -1120,9 +1107,7 @@ async fn an_endless_backoff_fails_fast_instead_of_hanging() {
         b.backoff(Duration::MAX, Duration::MAX)
             .wait_budget(Duration::from_secs(5))
     });
-    for _ in 0..10 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(10, Step::Fail);
     let svc = s.service();
     for _ in 0..3 {
         let started = tokio::time::Instant::now();
@@ -1317,15 +1302,7 @@ async fn a_late_401_for_an_old_token_replays_with_the_refresh_in_flight() {
                     hold.notified().await;
                 }
                 let ok = bearer(&req).is_some_and(|t| valid.lock().unwrap().contains(&t));
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                Ok(Response::builder()
-                    .status(status)
-                    .body(Full::default())
-                    .unwrap())
+                Ok(answer(ok, Bytes::new()))
             }
         },
     ));

@@ -35,8 +35,8 @@ use tower::{Layer, ServiceExt};
 mod support;
 
 use support::scripted::{
-    Api, Endpoint, Setup, Step, api_service, bearer, builder, get, layer_with, paused_runtime,
-    send, setup, setup_with,
+    Api, Endpoint, Setup, Step, answer, api_service, bearer, builder, get, layer_with,
+    paused_runtime, send, setup, setup_with,
 };
 
 type Inner = support::scripted::Inner<Full<Bytes>>;
@@ -208,9 +208,7 @@ async fn a_cold_start_rides_out_one_transient_failure() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_endpoint_still_fails_within_the_wait_budget() {
     let s = setup_with(|b| b.wait_budget(Duration::from_secs(3)));
-    for _ in 0..100 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(100, Step::Fail);
     let svc = s.service();
     let started = tokio::time::Instant::now();
     let err = send(&svc, get()).await.unwrap_err();
@@ -354,15 +352,7 @@ async fn a_replay_waits_for_the_refresh_in_flight_of_a_server_that_revokes_on_re
                 };
                 tokio::time::sleep(Duration::from_millis(latency)).await;
                 let ok = bearer(&req).is_some_and(|t| server.valid.lock().unwrap().contains(&t));
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                Ok(Response::builder()
-                    .status(status)
-                    .body(Full::default())
-                    .unwrap())
+                Ok(answer(ok, Bytes::new()))
             }
         },
     ));

@@ -237,9 +237,7 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
 #[tokio::test(start_paused = true)]
 async fn a_wrong_password_makes_one_grant_for_a_thousand_callers() {
     let s = setup_with(|b| b.rejected_cooldown(Duration::from_secs(120)));
-    for _ in 0..3 {
-        s.endpoint.push(Step::Reject);
-    }
+    s.endpoint.push_n(3, Step::Reject);
     let svc = s.service();
     let calls = (0..1_000).map(|_| {
         let svc = svc.clone();
@@ -287,9 +285,7 @@ async fn an_outage_is_invisible_while_the_token_is_valid() {
     *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(100);
     let svc = s.service();
     send(&svc, get()).await.unwrap();
-    for _ in 0..5 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(5, Step::Fail);
     tokio::time::sleep(Duration::from_secs(51)).await;
     // Requests keep flowing, one every second, while the refresh backs off.
     for _ in 0..30 {
@@ -315,9 +311,7 @@ async fn an_outage_with_no_valid_token_fails_fast_with_one_shared_error() {
         b.backoff(Duration::from_secs(2), Duration::from_secs(8))
             .wait_budget(Duration::from_millis(500))
     });
-    for _ in 0..3 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(3, Step::Fail);
     let svc = s.service();
     let calls = (0..100).map(|_| {
         let svc = svc.clone();

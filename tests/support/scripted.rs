@@ -29,6 +29,7 @@ use tower::{Layer, ServiceExt};
 pub(crate) const API: &str = "http://127.0.0.1:9/api/items";
 
 /// What the endpoint answers next, before its default of a new token pair.
+#[derive(Clone)]
 pub(crate) enum Step {
     /// A Daxium refusal: 401 `DAERR-0401`.
     Reject,
@@ -98,6 +99,12 @@ impl Endpoint {
 
     pub(crate) fn push(&self, step: Step) {
         self.script.lock().unwrap().push_back(step);
+    }
+
+    /// `step` for each of the next `n` grants.
+    pub(crate) fn push_n(&self, n: usize, step: Step) {
+        let mut script = self.script.lock().unwrap();
+        script.extend(std::iter::repeat_n(step, n));
     }
 
     /// The grants made, in order: `password:<username>` or
@@ -200,6 +207,20 @@ impl Api {
     }
 }
 
+/// The API's answer: 200 with `body` for a valid token, 401 (with `body` as
+/// well) otherwise.
+pub(crate) fn answer(valid: bool, body: Bytes) -> Response<Full<Bytes>> {
+    let status = if valid {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    Response::builder()
+        .status(status)
+        .body(Full::new(body))
+        .unwrap()
+}
+
 pub(crate) type Inner<B> =
     tower::util::BoxCloneSyncService<Request<ReplayBody<B>>, Response<Full<Bytes>>, Infallible>;
 
@@ -226,15 +247,7 @@ where
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .is_some_and(|t| api.valid.lock().unwrap().contains(t));
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            let status = if ok {
-                StatusCode::OK
-            } else {
-                StatusCode::UNAUTHORIZED
-            };
-            Ok(Response::builder()
-                .status(status)
-                .body(Full::new(body))
-                .unwrap())
+            Ok(answer(ok, body))
         }
     }))
 }
