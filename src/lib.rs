@@ -36,6 +36,32 @@
 //!
 //! See the README for the behaviour in detail, the integrations and the
 //! configuration.
+//!
+//! # Metrics
+//!
+//! [`AuthLayer::stats`] reads the counters of one token cache. With the
+//! `metrics` feature, the same counts also go to the
+//! [`metrics`](https://docs.rs/metrics/0.24) facade, so that the exporter the
+//! application installs (Prometheus, OpenTelemetry, ...) picks them up:
+//!
+//! | Name | Kind | Labels | What |
+//! |---|---|---|---|
+//! | `daxium_auth_grants_total` | counter | `grant_type`, `outcome` | grants made at the token endpoint |
+//! | `daxium_auth_grant_duration_seconds` | histogram | `grant_type`, `outcome` | time from a grant's request to its answer, in seconds |
+//! | `daxium_auth_replays_total` | counter | | requests replayed after a 401 |
+//! | `daxium_auth_replays_skipped_total` | counter | | 401 answers not replayed: replay off, body over the cap or not fully sent |
+//! | `daxium_auth_waited_total` | counter | | requests that waited for a grant, having no valid token |
+//! | `daxium_auth_store_errors_total` | counter | | calls to the token store that failed (down, timed out, refused) |
+//!
+//! `grant_type` is `password` or `refresh_token`; `outcome` is `ok`,
+//! `rejected` (the endpoint refused the grant) or `failed` (a 5xx, a network
+//! error, a timeout, an unusable answer). No label ever holds a secret, a URL
+//! or a user name. Every layer of the process adds to the same series. Each
+//! token cache describes the metrics (unit and help text) to the recorder in
+//! place when it is made, so install the recorder before building the
+//! layer. Only the rare paths record anything: a grant's end, a replay, a
+//! wait, a failed store call; a request with a fresh token touches no
+//! metric, and without the feature no metric code is compiled in.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![warn(missing_debug_implementations)]

@@ -1,8 +1,17 @@
-//! Counters of what the layer did: grants by type and outcome, replays, and
-//! requests that had to wait for a token. Only the rare paths count, so the
-//! hot path touches no shared counter.
+//! Counters of what the layer did: grants by type and outcome, replays,
+//! requests that had to wait for a token, and failed calls to the token
+//! store. Only the rare paths count, so the hot path touches no shared
+//! counter.
+//!
+//! With the `metrics` feature, every count also goes to the `metrics` facade,
+//! and so to whichever exporter the application installed; the names and
+//! labels are listed in the crate docs. Each token cache describes the
+//! metrics to the recorder in place when it is made.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
 
 use crate::fetcher::GrantType;
 
@@ -24,7 +33,7 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     password_ok: AtomicU64,
     password_rejected: AtomicU64,
@@ -38,8 +47,29 @@ pub(crate) struct Counters {
     store_errors: AtomicU64,
 }
 
+impl Default for Counters {
+    fn default() -> Self {
+        #[cfg(feature = "metrics")]
+        export::describe();
+        Self {
+            password_ok: AtomicU64::new(0),
+            password_rejected: AtomicU64::new(0),
+            password_failed: AtomicU64::new(0),
+            refresh_ok: AtomicU64::new(0),
+            refresh_rejected: AtomicU64::new(0),
+            refresh_failed: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
+            replays_skipped: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Counters {
     pub(crate) fn grant(&self, grant: GrantType, outcome: Outcome) {
+        #[cfg(feature = "metrics")]
+        export::grant(grant, outcome);
         let counter = match (grant, outcome) {
             (GrantType::Password, Outcome::Ok) => &self.password_ok,
             (GrantType::Password, Outcome::Rejected) => &self.password_rejected,
@@ -51,19 +81,37 @@ impl Counters {
         counter.fetch_add(1, Relaxed);
     }
 
+    /// [`grant`](Self::grant), and the grant's latency, from the moment its
+    /// request was sent to its answer, for the `metrics` histogram.
+    pub(crate) fn grant_timed(&self, grant: GrantType, outcome: Outcome, latency: Duration) {
+        self.grant(grant, outcome);
+        #[cfg(feature = "metrics")]
+        export::grant_duration(grant, outcome, latency);
+        #[cfg(not(feature = "metrics"))]
+        let _ = latency;
+    }
+
     pub(crate) fn replayed(&self) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(export::REPLAYS).increment(1);
         self.replays.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn replay_skipped(&self) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(export::REPLAYS_SKIPPED).increment(1);
         self.replays_skipped.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn store_error(&self) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(export::STORE_ERRORS).increment(1);
         self.store_errors.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn waited(&self) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(export::WAITED).increment(1);
         self.waited.fetch_add(1, Relaxed);
     }
 
@@ -129,5 +177,216 @@ impl Stats {
                 self.refresh_ok + self.refresh_rejected + self.refresh_failed
             }
         }
+    }
+}
+
+/// The counts as `metrics` series. The label values are the grant type and
+/// the outcome, never anything a caller or the endpoint supplied.
+#[cfg(feature = "metrics")]
+mod export {
+    use std::time::Duration;
+
+    use metrics::Unit;
+
+    use super::Outcome;
+    use crate::fetcher::GrantType;
+
+    pub(super) const GRANTS: &str = "daxium_auth_grants_total";
+    pub(super) const GRANT_DURATION: &str = "daxium_auth_grant_duration_seconds";
+    pub(super) const REPLAYS: &str = "daxium_auth_replays_total";
+    pub(super) const REPLAYS_SKIPPED: &str = "daxium_auth_replays_skipped_total";
+    pub(super) const WAITED: &str = "daxium_auth_waited_total";
+    pub(super) const STORE_ERRORS: &str = "daxium_auth_store_errors_total";
+
+    pub(super) fn describe() {
+        metrics::describe_counter!(
+            GRANTS,
+            Unit::Count,
+            "Grants made at the token endpoint, by grant type and outcome"
+        );
+        metrics::describe_histogram!(
+            GRANT_DURATION,
+            Unit::Seconds,
+            "Time from a grant's request to its answer, by grant type and outcome"
+        );
+        metrics::describe_counter!(REPLAYS, Unit::Count, "Requests replayed after a 401");
+        metrics::describe_counter!(
+            REPLAYS_SKIPPED,
+            Unit::Count,
+            "401 answers not replayed: replay off, body over the cap or not fully sent"
+        );
+        metrics::describe_counter!(
+            WAITED,
+            Unit::Count,
+            "Requests that waited for a grant, having no valid token"
+        );
+        metrics::describe_counter!(
+            STORE_ERRORS,
+            Unit::Count,
+            "Calls to the token store that failed (down, timed out, refused)"
+        );
+    }
+
+    pub(super) fn grant(grant: GrantType, outcome: Outcome) {
+        metrics::counter!(GRANTS, "grant_type" => grant.as_str(), "outcome" => outcome.as_str())
+            .increment(1);
+    }
+
+    pub(super) fn grant_duration(grant: GrantType, outcome: Outcome, latency: Duration) {
+        metrics::histogram!(
+            GRANT_DURATION,
+            "grant_type" => grant.as_str(),
+            "outcome" => outcome.as_str()
+        )
+        .record(latency.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Counters, Outcome};
+    use crate::fetcher::GrantType;
+
+    #[test]
+    fn grant_timed_counts_as_grant_does() {
+        let counters = Counters::default();
+        counters.grant_timed(GrantType::Password, Outcome::Ok, Duration::from_millis(250));
+        counters.grant_timed(
+            GrantType::RefreshToken,
+            Outcome::Rejected,
+            Duration::from_secs(2),
+        );
+        counters.grant(GrantType::Password, Outcome::Ok);
+        let stats = counters.snapshot();
+        assert_eq!((stats.password_ok, stats.refresh_rejected), (2, 1));
+        assert_eq!(stats.grants(), 3);
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn grant_timed_records_the_latency_in_seconds_under_the_grant_labels() {
+        use metrics::Unit;
+        use metrics_util::{
+            MetricKind,
+            debugging::{DebugValue, DebuggingRecorder},
+        };
+
+        use super::export::{GRANT_DURATION, GRANTS};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let counters = Counters::default();
+            counters.grant_timed(GrantType::Password, Outcome::Ok, Duration::from_millis(250));
+            counters.grant_timed(
+                GrantType::RefreshToken,
+                Outcome::Rejected,
+                Duration::from_millis(1500),
+            );
+            counters.grant(GrantType::Password, Outcome::Ok);
+        });
+        // Name, labels and value of each series, checking its unit and help text.
+        type Series = (String, Vec<(String, String)>, DebugValue);
+        let mut seen: Vec<Series> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, unit, description, value)| {
+                let unit_wanted = match key.kind() {
+                    MetricKind::Histogram => Unit::Seconds,
+                    _ => Unit::Count,
+                };
+                assert_eq!(unit, Some(unit_wanted), "{key:?}");
+                assert!(description.is_some_and(|d| !d.is_empty()), "{key:?}");
+                let labels = key
+                    .key()
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                (key.key().name().to_owned(), labels, value)
+            })
+            .collect();
+        seen.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let series = |name: &str, grant_type: &str, outcome: &str, value| {
+            let labels = vec![
+                ("grant_type".to_owned(), grant_type.to_owned()),
+                ("outcome".to_owned(), outcome.to_owned()),
+            ];
+            (name.to_owned(), labels, value)
+        };
+        assert_eq!(
+            seen,
+            [
+                series(
+                    GRANT_DURATION,
+                    "password",
+                    "ok",
+                    DebugValue::Histogram(vec![0.25.into()])
+                ),
+                series(
+                    GRANT_DURATION,
+                    "refresh_token",
+                    "rejected",
+                    DebugValue::Histogram(vec![1.5.into()])
+                ),
+                series(GRANTS, "password", "ok", DebugValue::Counter(2)),
+                series(GRANTS, "refresh_token", "rejected", DebugValue::Counter(1)),
+            ]
+        );
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn replays_skips_waits_and_store_errors_go_to_their_counters() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        use super::export::{REPLAYS, REPLAYS_SKIPPED, STORE_ERRORS, WAITED};
+
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let stats = metrics::with_local_recorder(&recorder, || {
+            let counters = Counters::default();
+            counters.replayed();
+            counters.replay_skipped();
+            counters.replay_skipped();
+            for _ in 0..3 {
+                counters.waited();
+            }
+            for _ in 0..4 {
+                counters.store_error();
+            }
+            counters.snapshot()
+        });
+        let mut seen: Vec<(String, usize, DebugValue)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let labels = key.key().labels().count();
+                (key.key().name().to_owned(), labels, value)
+            })
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        let counter = |name: &str, n| (name.to_owned(), 0, DebugValue::Counter(n));
+        assert_eq!(
+            seen,
+            [
+                counter(REPLAYS_SKIPPED, stats.replays_skipped),
+                counter(REPLAYS, stats.replays),
+                counter(STORE_ERRORS, stats.store_errors),
+                counter(WAITED, stats.waited),
+            ]
+        );
+        assert_eq!(
+            (
+                stats.replays,
+                stats.replays_skipped,
+                stats.waited,
+                stats.store_errors
+            ),
+            (1, 2, 3, 4)
+        );
     }
 }

@@ -6,70 +6,79 @@
 //! same work through tower-http's `AddAuthorization` (a constant header):
 //!
 //! - replay off, as a layer setting or per request (`NoReplay`): no allocation
-//!   added;
+//!   added, also when each request goes through a clone of the service made
+//!   for it (as hyper, axum and `svc.clone().oneshot` do);
 //! - replay on (the default), fresh token: at most 2 added.
+//!
+//! The inner service, the URI and the token are the `hot_path` bench's
+//! (`benches/support`); the layer's token comes from the test support's
+//! fixed-token fetcher.
 
 use std::{
     convert::Infallible,
     fmt,
-    future::{Future, Ready, ready},
+    future::{Future, Ready},
     hint::black_box,
     pin::pin,
     task::{Context, Poll, Waker},
-    time::Duration,
 };
 
 use bytes::Bytes;
-use daxium_auth::{AccessToken, AuthLayer, Credentials, NoReplay, TokenPair, fetcher};
+use daxium_auth::{AuthLayer, NoReplay};
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::Empty;
 use tower::{Layer, Service};
 use tower_http::auth::AddAuthorization;
 
-const URI: &str = "http://127.0.0.1:8080/api/v1/items";
-const ORIGIN: &str = "http://127.0.0.1:8080";
-const TOKEN: &str =
-    "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
+#[path = "../benches/support/mod.rs"]
+mod bench;
+mod support;
 
-/// The inner service of the `hot_path` bench: answers 200 at once. It checks
-/// the header so that the comparison is between layers that both attach it.
+use bench::{ORIGIN, TOKEN};
+use support::{fixed::FixedToken, scripted::credentials};
+
+/// The bench's inner service, checking that the request carries the header,
+/// so that the comparison is between layers that both attach it.
 #[derive(Debug, Clone, Copy)]
-struct Inner;
+struct Checked;
 
-impl<B> Service<Request<B>> for Inner {
+impl<B> Service<Request<B>> for Checked {
     type Response = Response<Empty<Bytes>>;
     type Error = Infallible;
     type Future = Ready<Result<Self::Response, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<Request<B>>::poll_ready(&mut bench::Inner, cx)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         assert!(req.headers().contains_key(AUTHORIZATION));
-        drop(black_box(req));
-        ready(Ok(Response::new(Empty::new())))
+        bench::Inner.call(req)
     }
 }
 
 fn request(no_replay: bool) -> Request<Empty<Bytes>> {
-    let mut req = Request::get(URI).body(Empty::new()).expect("valid request");
+    let mut req = bench::request();
     if no_replay {
         req.extensions_mut().insert(NoReplay);
     }
     req
 }
 
-fn drive<S>(svc: &mut S, req: Request<Empty<Bytes>>) -> S::Response
+/// One request through `svc`: answered 200 at the first poll, then dropped.
+fn one_request<S>(svc: &mut S, no_replay: bool)
 where
-    S: Service<Request<Empty<Bytes>>>,
+    S: Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>>,
     S::Error: fmt::Debug,
 {
     let mut cx = Context::from_waker(Waker::noop());
     assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-    let fut = pin!(svc.call(req));
+    let fut = pin!(svc.call(request(no_replay)));
     match fut.poll(&mut cx) {
-        Poll::Ready(Ok(res)) => res,
+        Poll::Ready(Ok(res)) => {
+            assert_eq!(res.status(), StatusCode::OK);
+            drop(black_box(res));
+        }
         other => panic!(
             "no response after one poll: {:?}",
             other.map(|r| r.map(|_| ()))
@@ -77,26 +86,15 @@ where
     }
 }
 
-/// Allocations made by this thread for one request through `svc`: the
-/// largest count over a few requests, after two requests of warm-up (the
-/// first request through a service copies the header once).
-fn allocations<S>(svc: &mut S, no_replay: bool) -> u64
-where
-    S: Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>>,
-    S::Error: fmt::Debug,
-{
+/// Allocations made by this thread for one run of `run`: the largest count
+/// over five runs, after two runs of warm-up (the first request through a
+/// service copies the header once).
+fn allocations(mut run: impl FnMut()) -> u64 {
     for _ in 0..2 {
-        drive(svc, request(no_replay));
+        run();
     }
     (0..5)
-        .map(|_| {
-            allocation_counter::measure(|| {
-                let res = drive(svc, request(no_replay));
-                assert_eq!(res.status(), StatusCode::OK);
-                drop(black_box(res));
-            })
-            .count_total
-        })
+        .map(|_| allocation_counter::measure(&mut run).count_total)
         .max()
         .expect("five runs")
 }
@@ -104,19 +102,8 @@ where
 /// A layer whose cache holds a fresh one-hour token.
 fn layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLayer {
     let layer = AuthLayer::builder()
-        .credentials(Credentials::new(
-            "client-id",
-            "client-secret",
-            "user",
-            "password",
-        ))
-        .fetcher(fetcher::from_fn(|_grant| async {
-            Ok(TokenPair::new(
-                AccessToken::new(TOKEN)?,
-                None,
-                Duration::from_secs(3600),
-            ))
-        }))
+        .credentials(credentials())
+        .fetcher(FixedToken::new(TOKEN))
         .api_origin(ORIGIN)
         .replay(replay)
         .build()
@@ -132,11 +119,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+fn floor_service() -> AddAuthorization<Checked> {
+    AddAuthorization::bearer(Checked, TOKEN).as_sensitive(true)
+}
+
 fn floor(no_replay: bool) -> u64 {
-    allocations(
-        &mut AddAuthorization::bearer(Inner, TOKEN).as_sensitive(true),
-        no_replay,
-    )
+    let mut floor = floor_service();
+    allocations(|| one_request(&mut floor, no_replay))
 }
 
 #[test]
@@ -146,12 +135,20 @@ fn the_counter_counts() {
     assert!(floor(false) > 0, "building a request allocates");
 }
 
-#[test]
-fn replay_off_adds_no_allocation() {
+/// The floor's and the layer's allocations for one request, the layer with
+/// `replay` and the request with `NoReplay` when `no_replay`.
+fn floor_and_layer(replay: bool, no_replay: bool) -> (u64, u64) {
     let rt = runtime();
     let _guard = rt.enter();
-    let floor = floor(false);
-    let auth = allocations(&mut layer(&rt, false).layer(Inner), false);
+    let floor = floor(no_replay);
+    let mut service = layer(&rt, replay).layer(Checked);
+    let auth = allocations(|| one_request(&mut service, no_replay));
+    (floor, auth)
+}
+
+#[test]
+fn replay_off_adds_no_allocation() {
+    let (floor, auth) = floor_and_layer(false, false);
     eprintln!("replay off (layer setting): floor {floor}, AuthLayer {auth} allocations");
     assert_eq!(
         auth, floor,
@@ -161,10 +158,7 @@ fn replay_off_adds_no_allocation() {
 
 #[test]
 fn no_replay_extension_adds_no_allocation() {
-    let rt = runtime();
-    let _guard = rt.enter();
-    let floor = floor(true);
-    let auth = allocations(&mut layer(&rt, true).layer(Inner), true);
+    let (floor, auth) = floor_and_layer(true, true);
     eprintln!("replay off (NoReplay extension): floor {floor}, AuthLayer {auth} allocations");
     assert_eq!(
         auth, floor,
@@ -174,10 +168,7 @@ fn no_replay_extension_adds_no_allocation() {
 
 #[test]
 fn replay_on_adds_at_most_two_allocations() {
-    let rt = runtime();
-    let _guard = rt.enter();
-    let floor = floor(false);
-    let auth = allocations(&mut layer(&rt, true).layer(Inner), false);
+    let (floor, auth) = floor_and_layer(true, false);
     eprintln!("replay on: floor {floor}, AuthLayer {auth} allocations");
     assert!(
         auth <= floor + 2,
@@ -192,8 +183,28 @@ fn clones_of_a_service_add_no_allocation_either() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(false);
-    let service = layer(&rt, false).layer(Inner);
+    let service = layer(&rt, false).layer(Checked);
     let mut clone = service.clone();
-    let auth = allocations(&mut clone, false);
+    let auth = allocations(|| one_request(&mut clone, false));
     assert_eq!(auth, floor);
+}
+
+/// The per-service copy of the header (`own_copy`) was made by the service
+/// that called; a clone made per request (hyper, axum, `svc.clone().oneshot`)
+/// started from its parent's cached copy, which was absent or stale once the
+/// token rotated, so every request copied the header: two allocations (the
+/// `Bytes` vec, and its promotion to shared on the first clone), against the
+/// design's zero with replay off.
+#[test]
+fn clone_per_request_adds_no_allocation() {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let floor_parent = floor_service();
+    let parent = layer(&rt, false).layer(Checked);
+    let floor = allocations(|| one_request(&mut floor_parent.clone(), false));
+    let auth = allocations(|| one_request(&mut parent.clone(), false));
+    assert_eq!(
+        auth, floor,
+        "clone-per-request: {auth} allocations against {floor}"
+    );
 }

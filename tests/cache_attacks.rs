@@ -6,7 +6,6 @@
 //! not handle, and why.
 
 use std::{
-    convert::Infallible,
     future::Future,
     sync::{
         Arc, Mutex,
@@ -21,21 +20,18 @@ use daxium_auth::{
     TokenPair, fetcher,
 };
 use futures_util::{FutureExt, future::join_all};
-use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 
-#[allow(dead_code)]
-#[path = "support/scripted.rs"]
-mod scripted;
+mod support;
 
-use scripted::{Step, get, send, setup, setup_with};
+use support::scripted::{
+    self, Step, answer, bearer, builder, get, paused_runtime, send, setup, setup_with,
+    try_setup_with,
+};
 
-type Inner = tower::util::BoxCloneSyncService<
-    Request<ReplayBody<Full<Bytes>>>,
-    Response<Full<Bytes>>,
-    Infallible,
->;
+type Inner = scripted::Inner<Full<Bytes>>;
 
 /// Every test that waits is bounded: a hang is a failure, not a stuck run.
 const BOUND: Duration = Duration::from_secs(60);
@@ -45,20 +41,6 @@ async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
         Ok(out) => out,
         Err(_) => panic!("{what}: no answer within {BOUND:?}"),
     }
-}
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
-
-/// The bearer token of an API request.
-fn bearer(req: &Request<ReplayBody<Full<Bytes>>>) -> Option<String> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::to_owned)
 }
 
 fn seen_tokens(s: &scripted::Setup) -> Vec<String> {
@@ -185,9 +167,7 @@ async fn a_zero_wait_budget_still_logs_in_in_the_background() {
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_before_its_first_poll_stops_waiting() {
     let s = setup_with(|b| b.wait_budget(Duration::from_secs(60)));
-    for _ in 0..100 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(100, Step::Fail);
     let mut svc = s.service();
     // `select!` and `join` patterns create futures that are never polled.
     svc.ready().await.unwrap();
@@ -203,9 +183,7 @@ async fn a_request_dropped_before_its_first_poll_stops_waiting() {
 #[tokio::test(start_paused = true)]
 async fn a_request_dropped_while_it_waits_stops_waiting() {
     let s = setup_with(|b| b.wait_budget(Duration::from_secs(60)));
-    for _ in 0..100 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(100, Step::Fail);
     let svc = s.service();
     let call = send(&svc, get());
     assert!(
@@ -253,9 +231,7 @@ fn a_grant_lost_with_a_live_runtime_is_restarted_on_the_waiters_runtime() {
         Arc::clone(&answer),
         Arc::clone(&started),
     );
-    let layer = AuthLayer::builder()
-        .credentials(scripted::credentials())
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
         .fetcher(fetcher::from_fn(move |_grant| {
             let nth = c.fetch_add(1, SeqCst) + 1;
             let answers = a.load(SeqCst);
@@ -548,9 +524,7 @@ async fn the_waiting_call_uses_the_ready_service_and_the_replay_drives_a_clone_r
 
 #[tokio::test(start_paused = true)]
 async fn a_fetcher_that_never_answers_is_bounded_by_the_wait_budget() {
-    let layer = AuthLayer::builder()
-        .credentials(scripted::credentials())
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
         .wait_budget(Duration::from_secs(2))
         .fetcher(fetcher::from_fn(|_grant| async {
             std::future::pending::<Result<TokenPair, TokenError>>().await
@@ -571,9 +545,7 @@ async fn a_fetcher_that_never_answers_is_bounded_by_the_wait_budget() {
 async fn a_panicking_fetcher_is_a_failure_the_caller_waits_through() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
-    let layer = AuthLayer::builder()
-        .credentials(scripted::credentials())
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
         .fetcher(fetcher::from_fn(move |_grant| {
             let nth = counter.fetch_add(1, SeqCst);
             assert_ne!(nth, 0, "a panic before the future exists");
@@ -661,9 +633,7 @@ async fn no_refresh_token_reaches_the_endpoint_twice_through_faults_and_revocati
         access_valid: Mutex::default(),
     });
     let grants = Arc::clone(&server);
-    let layer = AuthLayer::builder()
-        .credentials(scripted::credentials())
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
         .backoff(Duration::from_millis(100), Duration::from_secs(1))
         .fetcher(fetcher::from_fn(move |grant| {
             let server = Arc::clone(&grants);
@@ -679,15 +649,7 @@ async fn no_refresh_token_reaches_the_endpoint_twice_through_faults_and_revocati
                 tokio::time::sleep(Duration::from_millis(30)).await;
                 let ok =
                     bearer(&req).is_some_and(|t| server.access_valid.lock().unwrap().contains(&t));
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                Ok(Response::builder()
-                    .status(status)
-                    .body(Full::default())
-                    .unwrap())
+                Ok(answer(ok, Bytes::new()))
             }
         },
     ));
@@ -970,9 +932,7 @@ async fn no_request_carries_an_expired_token_with_a_slow_flaky_endpoint() {
     let rng = Arc::new(AtomicUsize::new(7));
     let (issued, roll) = (Arc::clone(&issued_at), Arc::clone(&rng));
     let lifetime = Duration::from_secs(3);
-    let layer = AuthLayer::builder()
-        .credentials(scripted::credentials())
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
         .refresh_margin(Duration::from_millis(500))
         .backoff(Duration::from_millis(50), Duration::from_millis(400))
         .fetcher(fetcher::from_fn(move |_grant| {
@@ -1024,43 +984,19 @@ async fn no_request_carries_an_expired_token_with_a_slow_flaky_endpoint() {
 
 // === absurd settings ===
 
-/// A layer on the scripted endpoint whose build may refuse the settings.
-fn try_setup(
-    configure: impl FnOnce(daxium_auth::AuthLayerBuilder) -> daxium_auth::AuthLayerBuilder,
-) -> Result<scripted::Setup, daxium_auth::BuildError> {
-    let api = Arc::new(scripted::Api::default());
-    let endpoint = scripted::Endpoint::new(&api);
-    let grants = Arc::clone(&endpoint);
-    let builder = AuthLayer::builder()
-        .credentials(scripted::credentials())
-        .api_origin("http://127.0.0.1:9")
-        .fetcher(fetcher::from_fn(move |grant| {
-            let endpoint = Arc::clone(&grants);
-            async move { endpoint.grant(grant).await }
-        }));
-    let layer = configure(builder).build()?;
-    Ok(scripted::Setup {
-        api,
-        endpoint,
-        layer,
-    })
-}
-
 #[tokio::test(start_paused = true)]
-async fn a_zero_rejection_cooldown_is_refused_or_still_stops_the_hammering() {
-    let Ok(s) = try_setup(|b| b.rejected_cooldown(Duration::ZERO)) else {
-        return;
-    };
-    for _ in 0..100 {
-        s.endpoint.push(Step::Reject);
-    }
-    let svc = s.service();
-    for _ in 0..100 {
-        let _ = send(&svc, get()).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let grants = s.endpoint.grants();
-    assert!(grants <= 2, "{grants} password grants in one second");
+async fn a_zero_rejection_cooldown_is_refused() {
+    let refused = try_setup_with(|b| b.rejected_cooldown(Duration::ZERO)).err();
+    assert!(
+        matches!(
+            refused,
+            Some(daxium_auth::BuildError::InvalidSetting {
+                name: "rejected_cooldown",
+                ..
+            })
+        ),
+        "a zero cool-down would try a refused password on every request"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1115,9 +1051,7 @@ async fn an_endless_backoff_fails_fast_instead_of_hanging() {
         b.backoff(Duration::MAX, Duration::MAX)
             .wait_budget(Duration::from_secs(5))
     });
-    for _ in 0..10 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(10, Step::Fail);
     let svc = s.service();
     for _ in 0..3 {
         let started = tokio::time::Instant::now();
@@ -1282,9 +1216,7 @@ async fn a_late_401_for_an_old_token_replays_with_the_refresh_in_flight() {
     let valid = Arc::new(Mutex::new(std::collections::HashSet::new()));
     let issued = Arc::new(AtomicUsize::new(0));
     let (v, n) = (Arc::clone(&valid), Arc::clone(&issued));
-    let layer = AuthLayer::builder()
-        .credentials(scripted::credentials())
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
         .refresh_margin(Duration::from_secs(1))
         .fetcher(fetcher::from_fn(move |_grant| {
             let (valid, issued) = (Arc::clone(&v), Arc::clone(&n));
@@ -1314,15 +1246,7 @@ async fn a_late_401_for_an_old_token_replays_with_the_refresh_in_flight() {
                     hold.notified().await;
                 }
                 let ok = bearer(&req).is_some_and(|t| valid.lock().unwrap().contains(&t));
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                Ok(Response::builder()
-                    .status(status)
-                    .body(Full::default())
-                    .unwrap())
+                Ok(answer(ok, Bytes::new()))
             }
         },
     ));

@@ -1,43 +1,48 @@
-//! One regression test for each defect found in the token cache, through the
-//! public API only: a scripted token endpoint and an API written as tower
-//! services, under paused tokio time (and, for the timers, two runtimes).
+//! One regression test for each defect found in the token cache and the
+//! service around it, through the public API only: a login switched or
+//! refused mid-grant, a fetcher that returns clones of one error or panics,
+//! transient failures on a cold start, timers and calls without their
+//! runtime, an API that refuses every token, a server that revokes on
+//! refresh, a replay whose future held the last handle, and a rotated refresh
+//! token in an unusable answer. The scripted token endpoint and API of the
+//! test support, or a fetcher and an API written here as tower services where
+//! a defect needs its own, under paused tokio time (and, for the timers, two
+//! runtimes).
 
 use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
+    future::Future,
+    pin::pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering::SeqCst},
     },
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, AuthService, Credentials, ErrorBody, GrantType, RefreshToken,
+    AccessToken, AuthService, Credentials, ErrorBody, GrantType, HttpFetcher, RefreshToken,
     ReplayBody, TokenError, TokenPair, fetcher,
 };
 use futures_util::future::join_all;
-use http::{Request, Response, StatusCode, header::AUTHORIZATION};
-use http_body_util::Full;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 
-#[allow(dead_code)]
-#[path = "support/scripted.rs"]
-mod scripted;
+mod support;
 
-use scripted::{Step, get, send, setup, setup_with};
+use support::scripted::{
+    Api, Endpoint, Setup, Step, answer, api_service, bearer, builder, get, layer_with,
+    paused_runtime, send, setup, setup_with,
+};
 
-type Inner = tower::util::BoxCloneSyncService<
-    Request<ReplayBody<Full<Bytes>>>,
-    Response<Full<Bytes>>,
-    Infallible,
->;
+type Inner = support::scripted::Inner<Full<Bytes>>;
 
-/// The bearer token of an API request.
-fn bearer(req: &Request<ReplayBody<Full<Bytes>>>) -> Option<String> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(str::to_owned)
+fn login(user: &str, password: &str) -> Credentials {
+    Credentials::new("client", "client-secret", user, password)
 }
 
 // === 1. switching login kept the old user's session ===
@@ -57,9 +62,8 @@ async fn a_grant_in_flight_for_the_previous_login_is_dropped_whole() {
         refresh_owner: Mutex::new(HashMap::new()),
     });
     let fetch_users = Arc::clone(&users);
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new("client", "secret", "alice", "pw-a"))
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
+        .credentials(login("alice", "pw-a"))
         .fetcher(fetcher::from_fn(move |grant| {
             let users = Arc::clone(&fetch_users);
             async move {
@@ -104,7 +108,7 @@ async fn a_grant_in_flight_for_the_previous_login_is_dropped_whole() {
     // Alice's login is in flight when the application switches to Bob.
     let alice = tokio::spawn(svc.clone().oneshot(get()));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    layer.set_credentials(Credentials::new("client", "secret", "bob", "pw-b"));
+    layer.set_credentials(login("bob", "pw-b"));
     seen.lock().unwrap().clear();
     let _ = alice.await.unwrap();
     for _ in 0..5 {
@@ -140,9 +144,8 @@ async fn a_fetcher_may_return_clones_of_one_error() {
     );
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new("client", "secret", "alice", "wrong"))
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
+        .credentials(login("alice", "wrong"))
         .fetcher(fetcher::from_fn(move |_grant| {
             counter.fetch_add(1, SeqCst);
             let err = refused.clone();
@@ -171,9 +174,8 @@ async fn a_tower_service_fetcher_may_return_clones_of_one_error_too() {
         let err = refused.clone();
         async move { Err::<TokenPair, _>(err) }
     });
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new("client", "secret", "alice", "wrong"))
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
+        .credentials(login("alice", "wrong"))
         .fetcher(fetcher::from_service(service))
         .build()
         .unwrap();
@@ -208,9 +210,7 @@ async fn a_cold_start_rides_out_one_transient_failure() {
 #[tokio::test(start_paused = true)]
 async fn a_dead_endpoint_still_fails_within_the_wait_budget() {
     let s = setup_with(|b| b.wait_budget(Duration::from_secs(3)));
-    for _ in 0..100 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(100, Step::Fail);
     let svc = s.service();
     let started = tokio::time::Instant::now();
     let err = send(&svc, get()).await.unwrap_err();
@@ -225,14 +225,6 @@ async fn a_dead_endpoint_still_fails_within_the_wait_budget() {
 }
 
 // === 4. timers died with their runtime ===
-
-fn paused_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap()
-}
 
 #[test]
 fn a_token_is_never_served_past_its_expiry_after_its_runtime_is_gone() {
@@ -331,9 +323,8 @@ async fn a_replay_waits_for_the_refresh_in_flight_of_a_server_that_revokes_on_re
         seen: Mutex::new(HashSet::new()),
     });
     let grants = Arc::clone(&server);
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new("client", "secret", "alice", "pw"))
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
+        .credentials(login("alice", "pw"))
         .fetcher(fetcher::from_fn(move |_grant| {
             let server = Arc::clone(&grants);
             async move {
@@ -365,15 +356,7 @@ async fn a_replay_waits_for_the_refresh_in_flight_of_a_server_that_revokes_on_re
                 };
                 tokio::time::sleep(Duration::from_millis(latency)).await;
                 let ok = bearer(&req).is_some_and(|t| server.valid.lock().unwrap().contains(&t));
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                Ok(Response::builder()
-                    .status(status)
-                    .body(Full::default())
-                    .unwrap())
+                Ok(answer(ok, Bytes::new()))
             }
         },
     ));
@@ -409,5 +392,212 @@ async fn a_replay_waits_for_the_refresh_in_flight_of_a_server_that_revokes_on_re
     assert!(
         layer.stats().replays > 0,
         "the server did revoke tokens under the requests"
+    );
+}
+
+// === 7. switching to another user kept refreshing the old user's session ===
+
+/// `set_credentials` with another username kept the old login's refresh
+/// token: the previous user's session was refreshed for ever and the new user
+/// never logged in (while the refresh token rotated).
+#[tokio::test(start_paused = true)]
+async fn set_credentials_for_another_user_ends_the_old_session() {
+    let s = setup();
+    *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
+    s.layer.cache().access_token().await.unwrap();
+    s.layer.set_credentials(login("bob", "password"));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        s.layer.cache().access_token().await.unwrap();
+    }
+    let log = s.endpoint.log();
+    assert!(
+        log.iter().any(|g| g == "password:bob"),
+        "bob never logged in: {log:?}"
+    );
+}
+
+// === 8. a replay hung when its future held the last handle ===
+
+/// The 401 path moved the future to `Reacquire`, which kept only an
+/// `Arc<Shared>`: when the future held the last handle on the layer (the
+/// service went into `oneshot`, the layer was dropped), dropping `Sent`
+/// dropped the `Handle`, which aborted the refresh it had just started and
+/// published nothing. The waiter then waited on a `watch` that nobody would
+/// ever send.
+#[tokio::test(start_paused = true)]
+async fn replay_does_not_hang_when_the_future_holds_the_last_handle() {
+    let Setup { api, layer, .. } = setup();
+    layer.cache().access_token().await.unwrap();
+    api.revoke_all(); // the API revokes the token
+    let svc = layer.layer(api_service(&api));
+    drop(layer); // common: `let svc = AuthLayer::new(..)?.layer(client);`
+    let res = tokio::time::timeout(Duration::from_secs(600), svc.oneshot(get())).await;
+    let res = res.expect("the request hung: a waiter that nobody will wake");
+    assert_eq!(res.unwrap().status(), StatusCode::OK);
+}
+
+// === 9. a rejection of old credentials blocked the new ones ===
+
+/// `set_credentials` while the password grant with the old (wrong) password
+/// was in flight: the rejection landed after the change, was recorded as
+/// terminal, and its cool-down task was bound to the *new* credentials, so
+/// the corrected password was not tried for `rejected_cooldown` (5 min), and
+/// calling `set_credentials` again with it was a no-op (`same_as`).
+#[tokio::test(start_paused = true)]
+async fn a_rejection_of_old_credentials_does_not_block_new_ones() {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    endpoint
+        .refused_passwords
+        .lock()
+        .unwrap()
+        .push("wrong".into());
+    *endpoint.latency.lock().unwrap() = Duration::from_secs(1);
+    let layer = layer_with(&endpoint, |b| b.credentials(login("alice", "wrong")));
+    let svc = layer.layer(api_service::<Full<Bytes>>(&api));
+    let first = tokio::spawn(svc.clone().oneshot(get()));
+    tokio::time::sleep(Duration::from_millis(100)).await; // the grant is in flight
+    layer.set_credentials(login("alice", "right"));
+    // Either outcome is fine for the call that raced the change.
+    let _ = first.await.unwrap();
+
+    layer.set_credentials(login("alice", "right")); // the user insists: no-op
+    let res = svc.clone().oneshot(get()).await;
+    assert_eq!(
+        endpoint.log(),
+        ["password:alice", "password:alice"],
+        "the corrected password must be tried"
+    );
+    assert_eq!(res.unwrap().status(), StatusCode::OK);
+}
+
+// === 10. a panicking fetcher was retried in a tight loop ===
+
+/// A fetcher that panics (a bug, or a parser panic on a strange body) killed
+/// the grant task; `FlightGuard` reset the flight to `Idle` and published
+/// `Empty`; every waiter woke and started the next grant at once: no
+/// backoff, the token endpoint was hit in a loop for as long as anyone waited.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_fetcher_is_not_retried_in_a_tight_loop() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let calls2 = Arc::clone(&calls);
+    let layer = builder()
+        .credentials(login("alice", "password"))
+        .fetcher(fetcher::from_fn(move |_grant| {
+            let n = calls2.fetch_add(1, SeqCst) + 1;
+            async move {
+                // Bounded so that the test ends even with the defect.
+                if n <= 50 {
+                    panic!("fetcher bug #{n}");
+                }
+                Ok(TokenPair::new(
+                    AccessToken::new("tok")?,
+                    None,
+                    Duration::from_secs(3600),
+                ))
+            }
+        }))
+        .build()
+        .unwrap();
+    // The caller waits through the backoff (500 ms, doubling, jittered down to
+    // half): at most three attempts start within one second.
+    let res = tokio::time::timeout(Duration::from_secs(1), layer.cache().access_token()).await;
+    assert!(
+        calls.load(SeqCst) <= 3,
+        "{} grant attempts in no time, with no backoff (result: {res:?})",
+        calls.load(SeqCst)
+    );
+}
+
+// === 11. one call outside a tokio runtime poisoned the cache for good ===
+
+/// `start_locked` without a runtime published `Failed(Closed)` and set the
+/// flight back to `Idle` *without publishing again*: the `ArcSwap` kept
+/// `Failed` and nothing ever replaced it, so every later call, inside a
+/// runtime too, failed fast with "closed".
+#[test]
+fn a_call_outside_a_runtime_does_not_poison_the_cache() {
+    let s = setup();
+    {
+        // Polled by a non-tokio executor (futures::executor, smol, a sync test).
+        let mut fut = pin!(s.layer.cache().access_token());
+        let mut cx = Context::from_waker(Waker::noop());
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(e)) => eprintln!("outside a runtime: {e}"),
+            other => eprintln!("outside a runtime: pending={}", other.is_pending()),
+        }
+    }
+    let token = paused_runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), s.layer.cache().access_token()).await
+    });
+    let token = token.expect("no hang");
+    assert!(
+        token.is_ok(),
+        "inside a runtime, the cache must recover: {token:?}"
+    );
+}
+
+// === 12. the rotated refresh token was lost when the rest of the answer was unusable ===
+
+/// DESIGN §2: "a rotated refresh token is never lost, also when the rest of
+/// the response fails to parse". A refresh answered 200 with a new refresh
+/// token but an unusable access token dropped the new refresh token: the next
+/// grant was a password grant.
+#[tokio::test(start_paused = true)]
+async fn a_rotated_refresh_token_survives_an_unusable_answer() {
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log2 = Arc::clone(&log);
+    let client = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let log = Arc::clone(&log2);
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let form: HashMap<String, String> = serde_urlencoded::from_bytes(&body).unwrap();
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(format!(
+                    "{}:{}",
+                    form["grant_type"],
+                    form.get("refresh_token").map_or("", String::as_str)
+                ));
+                log.len()
+            };
+            let json = match n {
+                1 => {
+                    r#"{"access_token":"a1","refresh_token":"r1","expires_in":60,"token_type":"bearer"}"#
+                }
+                // The refresh is honoured (r1 is spent, r2 issued) but the access
+                // token is unusable.
+                2 => {
+                    r#"{"access_token":"not a b64token","refresh_token":"r2","expires_in":60,"token_type":"bearer"}"#
+                }
+                _ => {
+                    r#"{"access_token":"a3","refresh_token":"r3","expires_in":60,"token_type":"bearer"}"#
+                }
+            };
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(json.as_bytes())))
+                    .unwrap(),
+            )
+        }
+    });
+    let fetcher = HttpFetcher::with_client("http://127.0.0.1:9/oauth/v2/token", client).unwrap();
+    let layer = builder()
+        .credentials(login("alice", "password"))
+        .backoff(Duration::from_millis(100), Duration::from_millis(100))
+        .fetcher(fetcher)
+        .build()
+        .unwrap();
+    layer.cache().access_token().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    // The caller waits through the unusable answer; the next attempt sends r2.
+    let token = layer.cache().access_token().await.unwrap();
+    assert_eq!(token.expose_secret(), "a3");
+    assert_eq!(
+        log.lock().unwrap().as_slice(),
+        ["password:", "refresh_token:r1", "refresh_token:r2"]
     );
 }

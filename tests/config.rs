@@ -6,44 +6,25 @@
 
 use std::{
     convert::Infallible,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use bytes::Bytes;
-use daxium_auth::{
-    AccessToken, AuthLayer, AuthLayerBuilder, BuildError, Credentials, HttpFetcher, ReplayBody,
-    TokenPair, fetcher,
-};
+use daxium_auth::{AuthLayer, AuthLayerBuilder, BuildError, HttpFetcher, ReplayBody};
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::Full;
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt};
 
+mod support;
+
+use support::{
+    fixed::FixedToken,
+    scripted::{Api, Endpoint, Step, credentials},
+};
+
 const TOKEN: &str = "tok-123";
-
-fn credentials() -> Credentials {
-    Credentials::new("client", "secret", "user@example.com", "password")
-}
-
-/// A fetcher that issues `TOKEN` and counts its grants.
-fn counting_fetcher(grants: &Arc<AtomicUsize>) -> impl daxium_auth::TokenFetcher {
-    let grants = Arc::clone(grants);
-    fetcher::from_fn(move |_grant| {
-        let grants = Arc::clone(&grants);
-        async move {
-            grants.fetch_add(1, SeqCst);
-            Ok(TokenPair::new(
-                AccessToken::new(TOKEN)?,
-                None,
-                Duration::from_secs(3600),
-            ))
-        }
-    })
-}
 
 /// The inner service: records the URI and the `Authorization` header of
 /// every request, and answers `status`.
@@ -106,6 +87,22 @@ async fn tokens_sent(layer: &AuthLayer, uris: &[&str]) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// Which of `uris` carried the token, through a layer built from `builder`.
+async fn carried(builder: AuthLayerBuilder, uris: &[&str]) -> Vec<bool> {
+    let layer = builder.fetcher(FixedToken::new(TOKEN)).build().unwrap();
+    let sent = tokens_sent(&layer, uris).await;
+    sent.into_iter().map(|(_, carried)| carried).collect()
+}
+
+/// A layer for `https://api.example.com` whose token `tokens` issues.
+fn api_layer(tokens: &FixedToken) -> AuthLayer {
+    base()
+        .api_origin("https://api.example.com")
+        .fetcher(tokens.clone())
+        .build()
+        .unwrap()
+}
+
 fn base() -> AuthLayerBuilder {
     AuthLayer::builder().credentials(credentials())
 }
@@ -139,7 +136,7 @@ const LOOPBACK: &[&str] = &[
 
 #[test]
 fn http_token_urls_are_refused_unless_loopback() {
-    let grants = Arc::new(AtomicUsize::new(0));
+    let tokens = FixedToken::new(TOKEN);
     for url in INSECURE {
         let expected = Err(BuildError::InsecureUrl { what: "token" });
         assert_eq!(
@@ -157,7 +154,7 @@ fn http_token_urls_are_refused_unless_loopback() {
         assert_eq!(
             base()
                 .token_url(*url)
-                .fetcher(counting_fetcher(&grants))
+                .fetcher(tokens.clone())
                 .build()
                 .map(drop),
             expected,
@@ -176,7 +173,7 @@ fn http_token_urls_are_refused_unless_loopback() {
     ] {
         assert!(base().token_url(url).build().is_ok(), "{url}");
     }
-    assert_eq!(grants.load(SeqCst), 0, "building never makes a grant");
+    assert_eq!(tokens.grants(), 0, "building never makes a grant");
 }
 
 #[test]
@@ -218,12 +215,8 @@ fn http_api_origins_are_refused_unless_loopback() {
 
 #[tokio::test]
 async fn the_token_goes_to_the_api_origin_only() {
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = base()
-        .api_origin("https://api.example.com")
-        .fetcher(counting_fetcher(&grants))
-        .build()
-        .unwrap();
+    let tokens = FixedToken::new(TOKEN);
+    let layer = api_layer(&tokens);
     let cases: &[(&str, bool)] = &[
         ("https://api.example.com/api/v1/items", true),
         ("https://API.Example.COM/api/v1/items", true),
@@ -254,15 +247,11 @@ async fn the_token_goes_to_the_api_origin_only() {
     for ((uri, expected), (seen_uri, carried)) in cases.iter().zip(&sent) {
         assert_eq!(carried, expected, "{uri} (seen as {seen_uri})");
     }
-    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(tokens.grants(), 1);
 
     // Requests elsewhere never start a grant.
-    let fresh = Arc::new(AtomicUsize::new(0));
-    let layer = base()
-        .api_origin("https://api.example.com")
-        .fetcher(counting_fetcher(&fresh))
-        .build()
-        .unwrap();
+    let fresh = FixedToken::new(TOKEN);
+    let layer = api_layer(&fresh);
     let foreign: Vec<&str> = cases
         .iter()
         .filter(|(_, carried)| !carried)
@@ -270,20 +259,14 @@ async fn the_token_goes_to_the_api_origin_only() {
         .collect();
     let sent = tokens_sent(&layer, &foreign).await;
     assert!(sent.iter().all(|(_, carried)| !carried));
-    assert_eq!(fresh.load(SeqCst), 0, "no grant for foreign origins");
+    assert_eq!(fresh.grants(), 0, "no grant for foreign origins");
     assert_eq!(layer.stats().waited, 0);
 }
 
 #[tokio::test]
 async fn the_default_origin_is_the_token_urls() {
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = base()
-        .token_url("https://auth.example.com/oauth/v2/token")
-        .fetcher(counting_fetcher(&grants))
-        .build()
-        .unwrap();
-    let sent = tokens_sent(
-        &layer,
+    let sent = carried(
+        base().token_url("https://auth.example.com/oauth/v2/token"),
         &[
             "https://auth.example.com/api/v1/items",
             "https://api.example.com/api/v1/items",
@@ -291,17 +274,11 @@ async fn the_default_origin_is_the_token_urls() {
         ],
     )
     .await;
-    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
-    assert_eq!(carried, [true, false, false]);
+    assert_eq!(sent, [true, false, false]);
 
     // A loopback token URL: its exact port only.
-    let layer = base()
-        .token_url("http://127.0.0.1:8080/oauth/v2/token")
-        .fetcher(counting_fetcher(&grants))
-        .build()
-        .unwrap();
-    let sent = tokens_sent(
-        &layer,
+    let sent = carried(
+        base().token_url("http://127.0.0.1:8080/oauth/v2/token"),
         &[
             "http://127.0.0.1:8080/api",
             "http://127.0.0.1:8081/api",
@@ -310,22 +287,16 @@ async fn the_default_origin_is_the_token_urls() {
         ],
     )
     .await;
-    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
-    assert_eq!(carried, [true, false, false, false]);
+    assert_eq!(sent, [true, false, false, false]);
 }
 
 #[tokio::test]
 async fn api_origins_replace_the_default_and_add_up() {
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = base()
-        .token_url("https://auth.example.com/oauth/v2/token")
-        .api_origin("https://a.example.com")
-        .api_origin("https://b.example.com:8443/ignored/path?and=query")
-        .fetcher(counting_fetcher(&grants))
-        .build()
-        .unwrap();
-    let sent = tokens_sent(
-        &layer,
+    let sent = carried(
+        base()
+            .token_url("https://auth.example.com/oauth/v2/token")
+            .api_origin("https://a.example.com")
+            .api_origin("https://b.example.com:8443/ignored/path?and=query"),
         &[
             "https://a.example.com/x",
             "https://b.example.com:8443/x",
@@ -335,32 +306,23 @@ async fn api_origins_replace_the_default_and_add_up() {
         ],
     )
     .await;
-    let carried: Vec<bool> = sent.iter().map(|(_, c)| *c).collect();
-    assert_eq!(carried, [true, true, false, false]);
+    assert_eq!(sent, [true, true, false, false]);
 
     // `any_origin`: every request, for inner services that fix the destination.
-    let layer = base()
-        .token_url("https://auth.example.com/oauth/v2/token")
-        .any_origin()
-        .fetcher(counting_fetcher(&grants))
-        .build()
-        .unwrap();
-    let sent = tokens_sent(
-        &layer,
+    let sent = carried(
+        base()
+            .token_url("https://auth.example.com/oauth/v2/token")
+            .any_origin(),
         &["https://a.example.com/x", "http://b.example.com/x", "/x"],
     )
     .await;
-    assert!(sent.iter().all(|(_, c)| *c));
+    assert_eq!(sent, [true, true, true]);
 }
 
 #[tokio::test]
 async fn a_401_from_another_origin_neither_refreshes_nor_replays() {
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = base()
-        .api_origin("https://api.example.com")
-        .fetcher(counting_fetcher(&grants))
-        .build()
-        .unwrap();
+    let tokens = FixedToken::new(TOKEN);
+    let layer = api_layer(&tokens);
     // Get a token first.
     layer.cache().access_token().await.unwrap();
     let recorder = Recorder::default();
@@ -374,7 +336,7 @@ async fn a_401_from_another_origin_neither_refreshes_nor_replays() {
         recorder.take(),
         [("https://evil.example.com/".to_owned(), None)]
     );
-    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(tokens.grants(), 1);
     assert_eq!(
         (layer.stats().replays, layer.stats().replays_skipped),
         (0, 0)
@@ -385,7 +347,7 @@ async fn a_401_from_another_origin_neither_refreshes_nor_replays() {
 
 #[test]
 fn bad_builder_input_is_a_typed_error() {
-    let grants = Arc::new(AtomicUsize::new(0));
+    let tokens = FixedToken::new(TOKEN);
     let token = "https://api.daxium-air.com/oauth/v2/token";
     let ms = Duration::from_millis;
     type Case = (
@@ -393,7 +355,7 @@ fn bad_builder_input_is_a_typed_error() {
         Box<dyn Fn() -> AuthLayerBuilder>,
         fn(&BuildError) -> bool,
     );
-    let g = Arc::clone(&grants);
+    let g = tokens.clone();
     let cases: Vec<Case> = vec![
         ("nothing at all", Box::new(AuthLayer::builder), |e| {
             matches!(e, BuildError::Missing("credentials"))
@@ -413,7 +375,7 @@ fn bad_builder_input_is_a_typed_error() {
         ),
         (
             "a fetcher but no token URL and no origin",
-            Box::new(move || base().fetcher(counting_fetcher(&g))),
+            Box::new(move || base().fetcher(g.clone())),
             |e| matches!(e, BuildError::Missing(_)),
         ),
         (
@@ -528,88 +490,70 @@ fn bad_builder_input_is_a_typed_error() {
             "{url:?}"
         );
     }
-    assert_eq!(grants.load(SeqCst), 0);
+    assert_eq!(tokens.grants(), 0);
 }
 
 #[test]
 fn extreme_settings_build_and_edge_settings_are_accepted() {
-    let token = "https://api.daxium-air.com/oauth/v2/token";
-    let ok = |b: AuthLayerBuilder| b.build().map(drop);
-    assert_eq!(
-        ok(base()
-            .token_url(token)
-            .backoff(Duration::MAX, Duration::MAX)),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base()
-            .token_url(token)
-            .backoff(Duration::from_nanos(1), Duration::from_nanos(1))),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base().token_url(token).refresh_margin(Duration::ZERO)),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base().token_url(token).refresh_margin(Duration::MAX)),
-        Ok(())
-    );
-    // A zero cool-down would try a refused password on every request.
+    type Setting = fn(AuthLayerBuilder) -> AuthLayerBuilder;
+    let settings: [(&str, Setting); 9] = [
+        ("the longest backoff", |b| {
+            b.backoff(Duration::MAX, Duration::MAX)
+        }),
+        ("the shortest backoff", |b| {
+            b.backoff(Duration::from_nanos(1), Duration::from_nanos(1))
+        }),
+        ("no refresh margin", |b| b.refresh_margin(Duration::ZERO)),
+        ("the longest refresh margin", |b| {
+            b.refresh_margin(Duration::MAX)
+        }),
+        ("the shortest cool-down", |b| {
+            b.rejected_cooldown(Duration::from_nanos(1))
+        }),
+        ("the longest cool-down", |b| {
+            b.rejected_cooldown(Duration::MAX)
+        }),
+        ("a replay limit of zero", |b| b.replay_limit(0)),
+        ("the largest replay limit", |b| b.replay_limit(usize::MAX)),
+        ("replay off", |b| b.replay(false)),
+    ];
+    for (what, setting) in settings {
+        let builder = base().token_url("https://api.daxium-air.com/oauth/v2/token");
+        assert_eq!(setting(builder).build().map(drop), Ok(()), "{what}");
+    }
+    // A zero cool-down would try a refused password on every request; a zero
+    // lease would hand the fleet's lease around on every grant.
+    let base = || base().token_url("https://api.daxium-air.com/oauth/v2/token");
     assert!(matches!(
-        ok(base().token_url(token).rejected_cooldown(Duration::ZERO)),
+        base().rejected_cooldown(Duration::ZERO).build().map(drop),
         Err(BuildError::InvalidSetting {
             name: "rejected_cooldown",
             ..
         })
     ));
     assert!(matches!(
-        ok(base().token_url(token).lease_ttl(Duration::ZERO)),
+        base().lease_ttl(Duration::ZERO).build().map(drop),
         Err(BuildError::InvalidSetting {
             name: "lease_ttl",
             ..
         })
     ));
-    assert_eq!(
-        ok(base()
-            .token_url(token)
-            .rejected_cooldown(Duration::from_nanos(1))),
-        Ok(())
-    );
-    assert_eq!(
-        ok(base().token_url(token).rejected_cooldown(Duration::MAX)),
-        Ok(())
-    );
-    assert_eq!(ok(base().token_url(token).replay_limit(0)), Ok(()));
-    assert_eq!(ok(base().token_url(token).replay_limit(usize::MAX)), Ok(()));
-    assert_eq!(ok(base().token_url(token).replay(false)), Ok(()));
 }
 
 #[tokio::test(start_paused = true)]
 async fn extreme_timings_keep_working() {
     // The largest backoff and margins: a grant failure still fails fast
     // (nothing overflows), and a token is still used.
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&calls);
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.latency.lock().unwrap() = Duration::ZERO;
+    endpoint.push(Step::Error(daxium_auth::TokenError::timeout()));
     let layer = base()
         .api_origin("https://api.example.com")
         .backoff(Duration::MAX, Duration::MAX)
         .refresh_margin(Duration::MAX)
         .rejected_cooldown(Duration::MAX)
-        .fetcher(fetcher::from_fn(move |_grant| {
-            let n = counter.fetch_add(1, SeqCst);
-            async move {
-                if n == 0 {
-                    Err(daxium_auth::TokenError::timeout())
-                } else {
-                    Ok(TokenPair::new(
-                        AccessToken::new(TOKEN)?,
-                        None,
-                        Duration::from_secs(3600),
-                    ))
-                }
-            }
-        }))
+        .fetcher(endpoint.fetcher())
         .build()
         .unwrap();
     let err = layer.cache().access_token().await.unwrap_err();
@@ -618,25 +562,15 @@ async fn extreme_timings_keep_working() {
     for _ in 0..100 {
         assert!(layer.cache().access_token().await.unwrap_err().is_timeout());
     }
-    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(endpoint.grants(), 1);
 
     // And a huge refresh margin on a short token: refreshed at half-life,
     // never on every request.
-    let grants = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&grants);
+    let tokens = FixedToken::new(TOKEN).lifetime(Duration::from_secs(10));
     let layer = base()
         .api_origin("https://api.example.com")
         .refresh_margin(Duration::MAX)
-        .fetcher(fetcher::from_fn(move |_grant| {
-            counter.fetch_add(1, SeqCst);
-            async move {
-                Ok(TokenPair::new(
-                    AccessToken::new(TOKEN)?,
-                    None,
-                    Duration::from_secs(10),
-                ))
-            }
-        }))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     for _ in 0..100 {
@@ -644,7 +578,7 @@ async fn extreme_timings_keep_working() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // 10 s of 10 s tokens, stale at 4-5 s: 1 + 2 or 3 refreshes.
-    let n = grants.load(SeqCst);
+    let n = tokens.grants();
     assert!((2..=4).contains(&n), "{n} grants");
 }
 

@@ -29,7 +29,11 @@ const PASSWORD_ENCODED: &str = "p%26ss%3Dw%2Brd%25%C3%A9-SENTINEL";
 const TEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn credentials() -> Credentials {
-    Credentials::new("daxium-client", CLIENT_SECRET, "user@example.com", PASSWORD)
+    with_password(PASSWORD)
+}
+
+fn with_password(password: &str) -> Credentials {
+    Credentials::new("daxium-client", CLIENT_SECRET, "user@example.com", password)
 }
 
 async fn server() -> MockServer {
@@ -48,6 +52,14 @@ fn fetcher_for(server: &MockServer) -> HttpFetcher {
 
 fn password_grant() -> GrantRequest {
     GrantRequest::password(Arc::new(credentials()))
+}
+
+/// A password grant that must succeed.
+async fn log_in(fetcher: &impl TokenFetcher) -> TokenPair {
+    fetcher
+        .fetch(password_grant())
+        .await
+        .expect("password grant")
 }
 
 fn refresh_grant(pair: &TokenPair) -> GrantRequest {
@@ -73,6 +85,15 @@ fn assert_clean(text: &str, tokens: &[&str]) {
     for token in tokens {
         assert!(!text.contains(token), "a token is shown: {text}");
     }
+}
+
+/// A password grant on a new server that meets `fault` and fails, as
+/// [`fetch_err`] checks it.
+async fn password_grant_meeting(fault: Fault) -> (MockServer, TokenError) {
+    let server = server().await;
+    server.fail_next_grants(1, fault);
+    let err = fetch_err(&fetcher_for(&server), password_grant()).await;
+    (server, err)
 }
 
 /// A grant that must fail; the error's `Debug`, `Display` and source chain
@@ -105,10 +126,7 @@ fn secrets_of(pair: &TokenPair) -> Vec<String> {
 async fn password_grant_gets_a_token_pair() {
     let server = server().await;
     let fetcher = fetcher_for(&server);
-    let pair = fetcher
-        .fetch(password_grant())
-        .await
-        .expect("password grant");
+    let pair = log_in(&fetcher).await;
 
     assert!(!pair.access_token().expose_secret().is_empty());
     assert!(pair.refresh_token().is_some());
@@ -128,10 +146,7 @@ async fn password_grant_gets_a_token_pair() {
 async fn refresh_grant_rotates_the_pair() {
     let server = server().await;
     let fetcher = fetcher_for(&server);
-    let first = fetcher
-        .fetch(password_grant())
-        .await
-        .expect("password grant");
+    let first = log_in(&fetcher).await;
     let second = fetcher
         .fetch(refresh_grant(&first))
         .await
@@ -161,10 +176,7 @@ async fn refresh_grant_rotates_the_pair() {
 async fn spent_refresh_token_is_refused() {
     let server = server().await;
     let fetcher = fetcher_for(&server);
-    let first = fetcher
-        .fetch(password_grant())
-        .await
-        .expect("password grant");
+    let first = log_in(&fetcher).await;
     fetcher
         .fetch(refresh_grant(&first))
         .await
@@ -190,12 +202,7 @@ async fn spent_refresh_token_is_refused() {
 #[tokio::test]
 async fn wrong_password_is_refused_with_its_code() {
     let server = server().await;
-    server.set_credentials(Credentials::new(
-        "daxium-client",
-        CLIENT_SECRET,
-        "user@example.com",
-        "another password",
-    ));
+    server.set_credentials(with_password("another password"));
     let err = fetch_err(&fetcher_for(&server), password_grant()).await;
 
     assert!(err.is_grant_rejected() && !err.is_transient(), "{err:?}");
@@ -215,10 +222,7 @@ async fn service_impl_composes_with_tower_layers() {
         .concurrency_limit(1)
         .service(fetcher_for(&server));
     let fetcher = fetcher::from_service(stack);
-    let pair = fetcher
-        .fetch(password_grant())
-        .await
-        .expect("password grant");
+    let pair = log_in(&fetcher).await;
     assert!(pair.refresh_token().is_some());
 
     server.fail_next_grants(1, Fault::ServerError);
@@ -231,9 +235,7 @@ async fn service_impl_composes_with_tower_layers() {
 
 #[tokio::test]
 async fn server_error_is_transient() {
-    let server = server().await;
-    server.fail_next_grants(1, Fault::ServerError);
-    let err = fetch_err(&fetcher_for(&server), password_grant()).await;
+    let (_server, err) = password_grant_meeting(Fault::ServerError).await;
 
     assert!(err.is_transient() && !err.is_grant_rejected(), "{err:?}");
     assert!(err.may_have_been_sent() && !err.is_connect());
@@ -244,9 +246,7 @@ async fn server_error_is_transient() {
 
 #[tokio::test]
 async fn too_many_requests_carries_retry_after() {
-    let server = server().await;
-    server.fail_next_grants(1, Fault::TooManyRequests { retry_after: 7 });
-    let err = fetch_err(&fetcher_for(&server), password_grant()).await;
+    let (_server, err) = password_grant_meeting(Fault::TooManyRequests { retry_after: 7 }).await;
 
     assert!(err.is_transient(), "{err:?}");
     assert_eq!(err.status(), Some(StatusCode::TOO_MANY_REQUESTS));
@@ -323,12 +323,7 @@ async fn a_gateway_in_front_of_the_endpoint_refuses_nothing() {
         assert!(!err.to_string().contains("cdn-sentinel"), "{err}");
     }
     // The endpoint itself, behind the gateway, still refuses with its code.
-    server.set_credentials(Credentials::new(
-        "daxium-client",
-        CLIENT_SECRET,
-        "user@example.com",
-        "another password",
-    ));
+    server.set_credentials(with_password("another password"));
     let err = fetch_err(&fetcher, password_grant()).await;
     assert!(err.is_grant_rejected(), "{err:?}");
     assert_eq!(server.counters().faults_injected, 3);
@@ -336,9 +331,7 @@ async fn a_gateway_in_front_of_the_endpoint_refuses_nothing() {
 
 #[tokio::test]
 async fn reset_may_have_been_sent() {
-    let server = server().await;
-    server.fail_next_grants(1, Fault::Reset);
-    let err = fetch_err(&fetcher_for(&server), password_grant()).await;
+    let (server, err) = password_grant_meeting(Fault::Reset).await;
 
     assert!(err.is_transient() && err.may_have_been_sent(), "{err:?}");
     assert!(!err.is_connect() && !err.is_timeout());
@@ -373,9 +366,7 @@ async fn connection_refused_was_never_sent() {
 
 #[tokio::test]
 async fn malformed_json_is_an_invalid_response() {
-    let server = server().await;
-    server.fail_next_grants(1, Fault::MalformedJson);
-    let err = fetch_err(&fetcher_for(&server), password_grant()).await;
+    let (_server, err) = password_grant_meeting(Fault::MalformedJson).await;
 
     assert!(err.is_invalid_response() && err.is_transient(), "{err:?}");
     assert_eq!(err.status(), Some(StatusCode::OK));
@@ -385,9 +376,7 @@ async fn malformed_json_is_an_invalid_response() {
 
 #[tokio::test]
 async fn html_page_is_described_by_its_content_type() {
-    let server = server().await;
-    server.fail_next_grants(1, Fault::Html);
-    let err = fetch_err(&fetcher_for(&server), password_grant()).await;
+    let (_server, err) = password_grant_meeting(Fault::Html).await;
 
     assert!(err.is_transient() && err.is_invalid_response(), "{err:?}");
     let text = err.to_string();
@@ -400,9 +389,7 @@ async fn html_page_is_described_by_its_content_type() {
 
 #[tokio::test]
 async fn oversized_body_is_refused() {
-    let server = server().await;
-    server.fail_next_grants(1, Fault::Oversized);
-    let err = fetch_err(&fetcher_for(&server), password_grant()).await;
+    let (_server, err) = password_grant_meeting(Fault::Oversized).await;
 
     assert!(err.is_body_too_large() && err.is_transient(), "{err:?}");
     assert_eq!(err.status(), Some(StatusCode::OK));
@@ -451,10 +438,7 @@ async fn slow_endpoint_times_out() {
 async fn request_is_exactly_the_contract() {
     let server = server().await;
     let fetcher = fetcher_for(&server);
-    let pair = fetcher
-        .fetch(password_grant())
-        .await
-        .expect("password grant");
+    let pair = log_in(&fetcher).await;
     fetcher
         .fetch(refresh_grant(&pair))
         .await

@@ -9,18 +9,16 @@
 //! and, ignored with the defect each shows, a revocation of every token,
 //! replicas waiting for a slow grant, and a write that timed out but landed.
 
-use std::{collections::HashSet, sync::atomic::Ordering::SeqCst, time::Duration};
+use std::{sync::atomic::Ordering::SeqCst, time::Duration};
 
 use daxium_auth::{AuthLayer, MemoryStore, TokenStore};
 use futures_util::future::join_all;
 use http::StatusCode;
 use tower::{Layer, ServiceExt};
 
-#[allow(dead_code)]
-#[path = "support/scripted.rs"]
-mod scripted;
+mod support;
 
-use scripted::{Api, Endpoint, api_service, get, layer_with};
+use support::scripted::{Api, Endpoint, api_service, get, layer_with};
 
 fn fleet(
     endpoint: &std::sync::Arc<Endpoint>,
@@ -30,17 +28,6 @@ fn fleet(
     (0..n)
         .map(|_| layer_with(endpoint, |b| b.store(store.clone())))
         .collect()
-}
-
-/// No refresh token reached the endpoint twice.
-fn assert_no_reuse(endpoint: &Endpoint) {
-    let seen = endpoint.refresh_seen.lock().unwrap();
-    let unique: HashSet<_> = seen.iter().collect();
-    assert_eq!(
-        unique.len(),
-        seen.len(),
-        "a refresh token sent twice: {seen:?}"
-    );
 }
 
 /// Drives every service once a second for `seconds`; every request succeeds.
@@ -76,7 +63,7 @@ async fn a_fleet_on_one_store_makes_the_grants_of_one_replica() {
     let services: Vec<_> = layers.iter().map(|l| l.layer(api_service(&api))).collect();
     drive(&services, 600).await;
 
-    assert_no_reuse(&shared);
+    shared.assert_no_refresh_token_sent_twice();
     assert_eq!(shared.password.load(SeqCst), 1, "one login for the fleet");
     let (fleet_grants, solo_grants) = (shared.grants(), solo.grants());
     assert!(

@@ -19,11 +19,9 @@ use daxium_auth::{
 use http::StatusCode;
 use tower::{Layer, ServiceExt};
 
-#[allow(dead_code)]
-#[path = "support/scripted.rs"]
-mod scripted;
+mod support;
 
-use scripted::{Api, Endpoint, api_service, get, layer_with};
+use support::scripted::{Api, Endpoint, api_service, get, layer_with};
 
 /// A `MemoryStore` that can be switched off: every call fails while it is.
 #[derive(Clone)]
@@ -141,11 +139,5 @@ async fn replicas_go_on_alone_while_the_store_is_down_and_share_again_after() {
         tokens.len()
     );
 
-    let sent = endpoint.refresh_seen.lock().unwrap();
-    let unique: HashSet<_> = sent.iter().collect();
-    assert_eq!(
-        unique.len(),
-        sent.len(),
-        "a refresh token sent twice: {sent:?}"
-    );
+    endpoint.assert_no_refresh_token_sent_twice();
 }

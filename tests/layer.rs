@@ -13,7 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AuthLayer, Credentials, GrantRequest, GrantType, NoReplay, ReplayBody, TokenError, fetcher,
+    Credentials, GrantRequest, GrantType, NoReplay, ReplayBody, TokenError, fetcher,
 };
 use futures_util::future::join_all;
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
@@ -21,11 +21,9 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{Layer, Service, ServiceExt};
 
-#[allow(dead_code)]
-#[path = "support/scripted.rs"]
-mod scripted;
+mod support;
 
-use scripted::*;
+use support::scripted::*;
 
 #[tokio::test(start_paused = true)]
 async fn ten_thousand_calls_on_an_empty_cache_make_one_grant() {
@@ -239,9 +237,7 @@ async fn a_refused_refresh_token_falls_back_to_the_password_grant() {
 #[tokio::test(start_paused = true)]
 async fn a_wrong_password_makes_one_grant_for_a_thousand_callers() {
     let s = setup_with(|b| b.rejected_cooldown(Duration::from_secs(120)));
-    for _ in 0..3 {
-        s.endpoint.push(Step::Reject);
-    }
+    s.endpoint.push_n(3, Step::Reject);
     let svc = s.service();
     let calls = (0..1_000).map(|_| {
         let svc = svc.clone();
@@ -289,9 +285,7 @@ async fn an_outage_is_invisible_while_the_token_is_valid() {
     *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(100);
     let svc = s.service();
     send(&svc, get()).await.unwrap();
-    for _ in 0..5 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(5, Step::Fail);
     tokio::time::sleep(Duration::from_secs(51)).await;
     // Requests keep flowing, one every second, while the refresh backs off.
     for _ in 0..30 {
@@ -317,9 +311,7 @@ async fn an_outage_with_no_valid_token_fails_fast_with_one_shared_error() {
         b.backoff(Duration::from_secs(2), Duration::from_secs(8))
             .wait_budget(Duration::from_millis(500))
     });
-    for _ in 0..3 {
-        s.endpoint.push(Step::Fail);
-    }
+    s.endpoint.push_n(3, Step::Fail);
     let svc = s.service();
     let calls = (0..100).map(|_| {
         let svc = svc.clone();
@@ -571,9 +563,7 @@ async fn a_connect_failure_keeps_the_refresh_token() {
     // A fetcher that cannot connect for the first refresh: that token never left.
     let sent = Arc::new(Mutex::new(Vec::<String>::new()));
     let (endpoint2, sent2) = (Arc::clone(&endpoint), Arc::clone(&sent));
-    let layer = AuthLayer::builder()
-        .credentials(credentials())
-        .api_origin("http://127.0.0.1:9")
+    let layer = builder()
         .backoff(Duration::from_millis(100), Duration::from_millis(100))
         .fetcher(fetcher::from_fn(move |grant: GrantRequest| {
             let (endpoint, sent) = (Arc::clone(&endpoint2), Arc::clone(&sent2));

@@ -15,15 +15,12 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use bytes::Bytes;
-use daxium_auth::{AccessToken, AuthLayer, ReplayBody, TokenPair, fetcher};
+use daxium_auth::{AuthLayer, ReplayBody};
 use http::{Request, Response, StatusCode, header::AUTHORIZATION, header::LOCATION};
 use http_body_util::{Empty, Full, combinators::BoxBody};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
@@ -37,6 +34,10 @@ use tower_http::{
     follow_redirect::{FollowRedirect, RequestUri, policy::Limited},
     map_request_body::MapRequestBodyLayer,
 };
+
+mod support;
+
+use support::{fixed::FixedToken, scripted::credentials};
 
 const TOKEN: &str = "redirect-test-token";
 const BEARER: &str = "Bearer redirect-test-token";
@@ -135,21 +136,11 @@ impl Site {
     }
 }
 
-fn layer_for(api: &Site, grants: &Arc<AtomicUsize>) -> AuthLayer {
-    let grants = Arc::clone(grants);
+fn layer_for(api: &Site, tokens: &FixedToken) -> AuthLayer {
     AuthLayer::builder()
-        .credentials(daxium_auth::Credentials::new("c", "s", "u", "p"))
+        .credentials(credentials())
         .api_origin(api.url(""))
-        .fetcher(fetcher::from_fn(move |_grant| {
-            grants.fetch_add(1, SeqCst);
-            async {
-                Ok(TokenPair::new(
-                    AccessToken::new(TOKEN)?,
-                    None,
-                    Duration::from_secs(3600),
-                ))
-            }
-        }))
+        .fetcher(tokens.clone())
         .build()
         .unwrap()
 }
@@ -174,8 +165,8 @@ fn with(path: &str, auth: bool) -> (String, Option<String>) {
 async fn a_hop_to_another_origin_carries_no_token_whatever_the_policy() {
     let api = Site::start().await;
     let other = Site::start().await;
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = layer_for(&api, &grants);
+    let tokens = FixedToken::new(TOKEN);
+    let layer = layer_for(&api, &tokens);
     let statuses = [
         StatusCode::MOVED_PERMANENTLY,
         StatusCode::FOUND,
@@ -220,14 +211,14 @@ async fn a_hop_to_another_origin_carries_no_token_whatever_the_policy() {
             );
         }
     }
-    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(tokens.grants(), 1);
 }
 
 #[tokio::test]
 async fn a_hop_to_the_same_host_on_another_port_or_name_carries_no_token() {
     let api = Site::start().await;
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = layer_for(&api, &grants);
+    let tokens = FixedToken::new(TOKEN);
+    let layer = layer_for(&api, &tokens);
     // Same host, a port nobody listens on: the follower's request fails, but
     // what matters is that the layer did not attach the token to it.
     let recorded = Arc::new(Mutex::new(Vec::new()));
@@ -271,8 +262,8 @@ async fn a_hop_to_the_same_host_on_another_port_or_name_carries_no_token() {
 async fn hops_within_the_api_origin_keep_the_token() {
     let api = Site::start().await;
     let other = Site::start().await;
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = layer_for(&api, &grants);
+    let tokens = FixedToken::new(TOKEN);
+    let layer = layer_for(&api, &tokens);
     // A relative Location, then an absolute one, within the API origin.
     api.route("/a", StatusCode::FOUND, Some("/b".to_owned()));
     api.route("/b", StatusCode::TEMPORARY_REDIRECT, Some(api.url("/c")));
@@ -293,15 +284,15 @@ async fn hops_within_the_api_origin_keep_the_token() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(api.take(), [with("/out", true), with("/home", true)]);
     assert_eq!(other.take(), [with("/bounce", false)]);
-    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(tokens.grants(), 1);
 }
 
 #[tokio::test]
 async fn a_401_from_the_other_origin_neither_refreshes_nor_replays() {
     let api = Site::start().await;
     let other = Site::start().await;
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = layer_for(&api, &grants);
+    let tokens = FixedToken::new(TOKEN);
+    let layer = layer_for(&api, &tokens);
     api.route("/hop", StatusCode::FOUND, Some(other.url("/denied")));
     other.route("/denied", StatusCode::UNAUTHORIZED, None);
     let svc = FollowRedirect::with_policy(layer.layer(client()), Limited::new(5));
@@ -309,7 +300,7 @@ async fn a_401_from_the_other_origin_neither_refreshes_nor_replays() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(api.take(), [with("/hop", true)]);
     assert_eq!(other.take(), [with("/denied", false)]);
-    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(tokens.grants(), 1);
     let stats = layer.stats();
     assert_eq!((stats.replays, stats.replays_skipped), (0, 0));
 }
@@ -319,21 +310,11 @@ async fn a_downgrade_from_https_to_http_carries_no_token() {
     // The API origin is https on 127.0.0.1:PORT; the inner service stands in
     // for TLS and redirects to plain http on the same host and port.
     let port = 8443;
-    let grants = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&grants);
+    let tokens = FixedToken::new(TOKEN);
     let layer = AuthLayer::builder()
-        .credentials(daxium_auth::Credentials::new("c", "s", "u", "p"))
+        .credentials(credentials())
         .api_origin(format!("https://127.0.0.1:{port}"))
-        .fetcher(fetcher::from_fn(move |_grant| {
-            counter.fetch_add(1, SeqCst);
-            async {
-                Ok(TokenPair::new(
-                    AccessToken::new(TOKEN)?,
-                    None,
-                    Duration::from_secs(3600),
-                ))
-            }
-        }))
+        .fetcher(tokens.clone())
         .build()
         .unwrap();
     let seen: Seen = Seen::default();
@@ -381,7 +362,7 @@ async fn a_downgrade_from_https_to_http_carries_no_token() {
             "standard={standard}"
         );
     }
-    assert_eq!(grants.load(SeqCst), 1);
+    assert_eq!(tokens.grants(), 1);
 }
 
 // === the follower below the layer ===
@@ -398,8 +379,8 @@ fn boxed_client() -> Client<hyper_util::client::legacy::connect::HttpConnector, 
 async fn below_the_layer_the_guard_sees_only_the_first_uri() {
     let api = Site::start().await;
     let other = Site::start().await;
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = layer_for(&api, &grants);
+    let tokens = FixedToken::new(TOKEN);
+    let layer = layer_for(&api, &tokens);
     api.route("/hop", StatusCode::FOUND, Some(other.url("/landing")));
     let adapter = MapRequestBodyLayer::new(|body: Body| Boxed::new(body));
 
@@ -429,8 +410,8 @@ async fn below_the_layer_the_guard_sees_only_the_first_uri() {
 #[tokio::test]
 async fn below_the_layer_a_final_401_replays_the_whole_chain_once() {
     let api = Site::start().await;
-    let grants = Arc::new(AtomicUsize::new(0));
-    let layer = layer_for(&api, &grants);
+    let tokens = FixedToken::new(TOKEN);
+    let layer = layer_for(&api, &tokens);
     api.route("/hop", StatusCode::FOUND, Some("/denied".to_owned()));
     api.route("/denied", StatusCode::UNAUTHORIZED, None);
     let adapter = MapRequestBodyLayer::new(|body: Body| Boxed::new(body));
@@ -448,6 +429,6 @@ async fn below_the_layer_a_final_401_replays_the_whole_chain_once() {
         ]
     );
     // The 401 refused the token: one refresh (here, a new grant), one replay.
-    assert_eq!(grants.load(SeqCst), 2);
+    assert_eq!(tokens.grants(), 2);
     assert_eq!(layer.stats().replays, 1);
 }

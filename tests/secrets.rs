@@ -8,8 +8,6 @@
 #![cfg(all(feature = "mock", feature = "rustls"))]
 
 use std::{
-    collections::VecDeque,
-    convert::Infallible,
     error::Error as StdError,
     fmt::Write as _,
     io,
@@ -19,8 +17,8 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, BoxError, Credentials, ErrorBody, GrantRequest, GrantType, HttpFetcher,
-    RefreshToken, ReplayBody, TokenError, TokenPair, fetcher,
+    AuthLayer, BoxError, Credentials, ErrorBody, GrantRequest, HttpFetcher, RefreshToken,
+    ReplayBody, TokenError, TokenPair, fetcher,
     mock::{Fault, MockServer},
 };
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
@@ -28,6 +26,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tracing_subscriber::fmt::format::FmtSpan;
+
+mod support;
+
+use support::scripted::{Api, Endpoint, Step, api_service};
 
 const CLIENT_SECRET: &str = "SENTINEL-client-secret-4f1e";
 const PASSWORD: &str = "SENTINEL-password-93ab";
@@ -121,68 +123,16 @@ fn assert_no_secret(text: &str, secrets: &[String], what: &str) {
     assert!(found.is_empty(), "secrets in {what}:\n{}", found.join("\n"));
 }
 
-// === the cache level: a custom fetcher that issues sentinel tokens ===
-
-enum Step {
-    Fail(TokenError),
-}
-
-struct Endpoint {
-    script: Mutex<VecDeque<Step>>,
-    issued: Mutex<Vec<String>>,
-    refresh_seen: Mutex<Vec<String>>,
-    grants: Mutex<Vec<GrantType>>,
-}
-
-impl Endpoint {
-    async fn grant(&self, grant: GrantRequest) -> Result<TokenPair, TokenError> {
-        self.grants.lock().unwrap().push(grant.grant_type());
-        if let Some(refresh) = grant.refresh_token() {
-            self.refresh_seen
-                .lock()
-                .unwrap()
-                .push(refresh.expose_secret().to_owned());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let step = self.script.lock().unwrap().pop_front();
-        if let Some(Step::Fail(err)) = step {
-            return Err(err);
-        }
-        let n = self.issued.lock().unwrap().len() / 2 + 1;
-        let access = format!("{MARK}-access-{n}");
-        let refresh = format!("{MARK}-refresh-{n}");
-        self.issued
-            .lock()
-            .unwrap()
-            .extend([access.clone(), refresh.clone()]);
-        Ok(TokenPair::new(
-            AccessToken::new(&access)?,
-            Some(RefreshToken::new(&refresh)?),
-            Duration::from_secs(3600),
-        ))
-    }
-}
-
-/// An API in memory: accepts the access tokens the endpoint issued and not
-/// `revoked`; records what it saw.
-#[derive(Default)]
-struct Api {
-    revoked: Mutex<Vec<String>>,
-    requests: Mutex<Vec<String>>,
-    headers: Mutex<Vec<bool>>,
-}
+// === the cache level: the scripted endpoint, issuing sentinel tokens ===
 
 #[tokio::test(start_paused = true)]
 async fn the_cache_and_the_layer_never_show_a_secret() {
     logs();
     let mut seen = Seen::default();
-    let endpoint = Arc::new(Endpoint {
-        script: Mutex::new(VecDeque::new()),
-        issued: Mutex::new(Vec::new()),
-        refresh_seen: Mutex::new(Vec::new()),
-        grants: Mutex::new(Vec::new()),
-    });
     let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.prefix.lock().unwrap() = format!("{MARK}-");
+    *endpoint.latency.lock().unwrap() = Duration::from_millis(5);
 
     let builder = AuthLayer::builder()
         .credentials(credentials(PASSWORD))
@@ -192,60 +142,28 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
         // least): callers see each failure at once.
         .wait_budget(Duration::from_millis(20))
         .rejected_cooldown(Duration::from_millis(100))
-        .fetcher(fetcher::from_fn({
-            let endpoint = Arc::clone(&endpoint);
-            move |grant| {
-                let endpoint = Arc::clone(&endpoint);
-                async move { endpoint.grant(grant).await }
-            }
-        }));
+        .fetcher(endpoint.fetcher());
     seen.debug(&builder);
     let layer = builder.build().unwrap();
 
-    let inner = tower::service_fn({
-        let api = Arc::clone(&api);
-        let endpoint = Arc::clone(&endpoint);
-        move |req: Request<ReplayBody<Full<Bytes>>>| {
-            let api = Arc::clone(&api);
-            let endpoint = Arc::clone(&endpoint);
-            async move {
-                let auth = req.headers().get(AUTHORIZATION);
-                api.headers
-                    .lock()
-                    .unwrap()
-                    .push(auth.is_some_and(|v| v.is_sensitive()));
-                // What a logging middleware under the layer would print.
-                api.requests.lock().unwrap().push(format!("{req:?}"));
-                let ok = auth
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .is_some_and(|t| {
-                        endpoint.issued.lock().unwrap().iter().any(|v| v == t)
-                            && !api.revoked.lock().unwrap().iter().any(|v| v == t)
-                    });
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::UNAUTHORIZED
-                };
-                let body = req.into_body().collect().await.unwrap().to_bytes();
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .status(status)
-                        .body(Full::new(body))
-                        .unwrap(),
-                )
+    // What a logging middleware under the layer would print.
+    let printed = Arc::new(Mutex::new(Vec::new()));
+    let inner = ServiceBuilder::new()
+        .map_request({
+            let printed = Arc::clone(&printed);
+            move |req: Request<ReplayBody<Full<Bytes>>>| {
+                printed.lock().unwrap().push(format!("{req:?}"));
+                req
             }
-        }
-    });
+        })
+        .service(api_service::<Full<Bytes>>(&api));
     let svc = layer.layer(inner);
     seen.debug(&svc);
     seen.debug(&layer);
 
     let revoke_latest = || {
-        let issued = endpoint.issued.lock().unwrap();
-        let latest = issued[issued.len() - 2].clone();
-        api.revoked.lock().unwrap().push(latest);
+        let issued = endpoint.issued_tokens();
+        api.revoke(&issued[issued.len() - 2]);
     };
     let get = || {
         Request::post("https://api.example.com/api/items")
@@ -275,22 +193,22 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
         br#"{"code":"DAERR-0401","message":"Invalid credentials","url":"https://x/e","server_time":"1"}"#,
     );
     let failures = [
-        vec![Step::Fail(TokenError::transport(io::Error::new(
+        vec![Step::Error(TokenError::transport(io::Error::new(
             io::ErrorKind::ConnectionReset,
             "reset",
         )))],
-        vec![Step::Fail(TokenError::timeout())],
-        vec![Step::Fail(TokenError::connect(io::Error::new(
+        vec![Step::Error(TokenError::timeout())],
+        vec![Step::Error(TokenError::connect(io::Error::new(
             io::ErrorKind::ConnectionRefused,
             "refused",
         )))],
         // The refresh token is refused, then the password.
         vec![
-            Step::Fail(TokenError::rejected(
+            Step::Error(TokenError::rejected(
                 StatusCode::BAD_REQUEST,
                 ErrorBody::parse(br#"{"error":"invalid_grant","error_description":"spent"}"#),
             )),
-            Step::Fail(TokenError::rejected(
+            Step::Error(TokenError::rejected(
                 StatusCode::UNAUTHORIZED,
                 daerr.clone(),
             )),
@@ -346,10 +264,16 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
     seen.debug(&daxium_auth::NoReplay);
 
     // The inner service only ever saw a sensitive header.
-    let headers = api.headers.lock().unwrap().clone();
+    let headers: Vec<bool> = api
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|auth| auth.as_ref().is_some_and(|v| v.is_sensitive()))
+        .collect();
     assert!(headers.len() >= 7, "{headers:?}");
     assert!(headers.iter().all(|&sensitive| sensitive), "{headers:?}");
-    for req in api.requests.lock().unwrap().iter() {
+    for req in printed.lock().unwrap().iter() {
         let _ = writeln!(seen.0, "{req}");
     }
 
@@ -358,8 +282,9 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
         CLIENT_SECRET.to_owned(),
         PASSWORD.to_owned(),
     ];
-    secrets.extend(endpoint.issued.lock().unwrap().iter().cloned());
-    assert!(endpoint.issued.lock().unwrap().len() >= 10);
+    let issued = endpoint.issued_tokens();
+    assert!(issued.len() >= 10);
+    secrets.extend(issued);
     assert_no_secret(&seen.0, &secrets, "formatted values");
     let logs = log_text();
     assert!(

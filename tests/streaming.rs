@@ -25,6 +25,10 @@ use hyper_util::{
 };
 use tower::{Layer, ServiceExt};
 
+mod support;
+
+use support::layer_for;
+
 type Frames = StreamBody<Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 /// A stream of frames that says it is `len` bytes long, truly or not. Like
@@ -64,11 +68,7 @@ type Svc = AuthService<Client<HttpConnector, ReplayBody<Known>>>;
 
 async fn setup() -> (MockServer, AuthLayer, Svc) {
     let server = MockServer::start().await.expect("bind 127.0.0.1");
-    let layer = AuthLayer::builder()
-        .token_url(server.token_url())
-        .credentials(server.credentials())
-        .build()
-        .expect("valid settings");
+    let layer = layer_for(&server, |b| b);
     let client = Client::builder(TokioExecutor::new()).build_http();
     let svc = layer.layer(client);
     (server, layer, svc)
@@ -155,11 +155,7 @@ async fn a_stream_shorter_than_it_said_fails_and_is_not_replayed() {
 #[tokio::test]
 async fn a_plain_stream_with_a_content_length_header_is_replayed_after_a_401() {
     let server = MockServer::start().await.expect("bind 127.0.0.1");
-    let layer = AuthLayer::builder()
-        .token_url(server.token_url())
-        .credentials(server.credentials())
-        .build()
-        .expect("valid settings");
+    let layer = layer_for(&server, |b| b);
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody<Frames>>();
     let svc = layer.layer(client);
     revoke_the_current_token(&server, &layer).await;

@@ -36,6 +36,8 @@ use tonic_health::{
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, util::BoxCloneService};
 use tower_http::map_request_body::MapRequestBodyLayer;
 
+mod support;
+
 // === the server ===
 
 /// Starts the gRPC server on 127.0.0.1; with `http_401`, an unauthenticated
@@ -113,24 +115,19 @@ where
 // === the client ===
 
 async fn mock(lifetime: Duration) -> Arc<MockServer> {
-    Arc::new(
-        MockServer::builder()
-            .token_lifetime(lifetime)
-            .start()
-            .await
-            .expect("bind 127.0.0.1"),
-    )
+    Arc::new(support::server(lifetime).await)
 }
 
+/// The test support's layer for `mock`; with `grpc`, that server's origin as
+/// the API origin.
 fn layer(mock: &MockServer, grpc: Option<SocketAddr>) -> AuthLayer {
-    let mut builder = AuthLayer::builder()
-        .token_url(mock.token_url())
-        .credentials(mock.credentials())
-        .refresh_margin(Duration::from_millis(500));
-    if let Some(grpc) = grpc {
-        builder = builder.api_origin(format!("http://{grpc}"));
+    match grpc {
+        Some(grpc) => support::layer_for(mock, |b| {
+            b.refresh_margin(Duration::from_millis(500))
+                .api_origin(format!("http://{grpc}"))
+        }),
+        None => support::layer(mock),
     }
-    builder.build().expect("valid settings")
 }
 
 /// The URIs the channel was given, as the layer saw them.

@@ -1,9 +1,16 @@
-//! What the loopback integration tests share: the Daxium-compatible server with
-//! a given token lifetime, and a layer pointed at it.
+//! The one test harness of the integration tests. `scripted`: a token
+//! endpoint and a protected API in memory, for the layer's logic under paused
+//! time; `fixed`: a fetcher that always issues one token; and here, the
+//! crate's Daxium-compatible server on 127.0.0.1 with a layer pointed at it.
+//! Each test file uses a part of it.
+#![allow(dead_code)]
+
+pub(crate) mod fixed;
+pub(crate) mod scripted;
 
 use std::time::Duration;
 
-use daxium_auth::{AuthLayer, mock::MockServer};
+use daxium_auth::{AuthLayer, AuthLayerBuilder, mock::MockServer};
 
 /// The embedded server on 127.0.0.1, issuing tokens of `lifetime`.
 pub(crate) async fn server(lifetime: Duration) -> MockServer {
@@ -14,13 +21,19 @@ pub(crate) async fn server(lifetime: Duration) -> MockServer {
         .expect("bind 127.0.0.1")
 }
 
+/// A layer for `server` with the default settings, then `configure`d.
+pub(crate) fn layer_for(
+    server: &MockServer,
+    configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder,
+) -> AuthLayer {
+    let builder = AuthLayer::builder()
+        .token_url(server.token_url())
+        .credentials(server.credentials());
+    configure(builder).build().expect("valid settings")
+}
+
 /// A layer for `server`, refreshing 500 ms before expiry (half-life for
 /// shorter tokens).
 pub(crate) fn layer(server: &MockServer) -> AuthLayer {
-    AuthLayer::builder()
-        .token_url(server.token_url())
-        .credentials(server.credentials())
-        .refresh_margin(Duration::from_millis(500))
-        .build()
-        .expect("valid settings")
+    layer_for(server, |b| b.refresh_margin(Duration::from_millis(500)))
 }

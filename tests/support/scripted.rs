@@ -1,7 +1,9 @@
 //! A scripted token endpoint and a protected API, in memory, for the tests of
-//! the layer's logic: the endpoint counts grants, issues `access-N` /
-//! `refresh-N` and registers each access token with the API; the API answers
-//! 200 with the body echoed for a valid token and 401 otherwise.
+//! the layer's logic: the endpoint counts and logs grants, follows a script of
+//! failures, refuses the passwords it is told to, issues `access-N` /
+//! `refresh-N` (after a prefix, if set) and registers each access token with
+//! the API; the API answers 200 with the body echoed for a valid token and 401
+//! otherwise.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -15,31 +17,51 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, AuthService, Credentials, ErrorBody, GrantRequest, GrantType,
-    ReplayBody, TokenError, TokenPair, fetcher,
+    AccessToken, AuthLayer, AuthLayerBuilder, AuthService, BuildError, Credentials, ErrorBody,
+    GrantRequest, GrantType, RefreshToken, ReplayBody, TokenError, TokenFetcher, TokenPair,
+    fetcher,
 };
 use http::{HeaderValue, Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::{BodyExt, Full};
+use secrecy::ExposeSecret;
 use tower::{Layer, ServiceExt};
 
 pub(crate) const API: &str = "http://127.0.0.1:9/api/items";
 
-/// What the fetcher answers next, before its default of a new token pair.
+/// What the endpoint answers next, before its default of a new token pair.
+#[derive(Clone)]
 pub(crate) enum Step {
+    /// A Daxium refusal: 401 `DAERR-0401`.
     Reject,
+    /// A transient failure: a 503 from the test endpoint.
     Fail,
+    /// This error, as it is.
+    Error(TokenError),
 }
 
-/// A token endpoint in memory: counts grants, issues `access-N`/`refresh-N`,
-/// and registers each access token with the API.
+/// The refusal of [`Step::Reject`] and of a refused password.
+fn refusal() -> TokenError {
+    let body = ErrorBody::parse(br#"{"code":"DAERR-0401","message":"Invalid credentials"}"#);
+    TokenError::rejected(StatusCode::UNAUTHORIZED, body)
+}
+
+/// A token endpoint in memory: counts grants, logs each as
+/// `password:<username>` or `refresh:<refresh token>`, issues
+/// `<prefix>access-N`/`<prefix>refresh-N`, and registers each access token
+/// with the API.
 pub(crate) struct Endpoint {
     pub(crate) password: AtomicUsize,
     pub(crate) refresh: AtomicUsize,
     pub(crate) issued: AtomicUsize,
     pub(crate) refresh_seen: Mutex<Vec<String>>,
+    pub(crate) log: Mutex<Vec<String>>,
     pub(crate) script: Mutex<VecDeque<Step>>,
+    /// Passwords that the password grant refuses, whatever the script says.
+    pub(crate) refused_passwords: Mutex<Vec<String>>,
     pub(crate) latency: Mutex<Duration>,
     pub(crate) lifetime: Mutex<Duration>,
+    /// Put before every token issued.
+    pub(crate) prefix: Mutex<String>,
     pub(crate) api: Arc<Api>,
 }
 
@@ -50,9 +72,12 @@ impl Endpoint {
             refresh: AtomicUsize::new(0),
             issued: AtomicUsize::new(0),
             refresh_seen: Mutex::new(Vec::new()),
+            log: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
+            refused_passwords: Mutex::new(Vec::new()),
             latency: Mutex::new(Duration::from_millis(20)),
             lifetime: Mutex::new(Duration::from_secs(3600)),
+            prefix: Mutex::new(String::new()),
             api: Arc::clone(api),
         })
     }
@@ -61,42 +86,102 @@ impl Endpoint {
         self.password.load(SeqCst) + self.refresh.load(SeqCst)
     }
 
+    /// Fails if a refresh token reached the endpoint twice.
+    pub(crate) fn assert_no_refresh_token_sent_twice(&self) {
+        let sent = self.refresh_seen.lock().unwrap();
+        let unique: HashSet<_> = sent.iter().collect();
+        assert_eq!(
+            unique.len(),
+            sent.len(),
+            "a refresh token sent twice: {sent:?}"
+        );
+    }
+
     pub(crate) fn push(&self, step: Step) {
         self.script.lock().unwrap().push_back(step);
     }
 
+    /// `step` for each of the next `n` grants.
+    pub(crate) fn push_n(&self, n: usize, step: Step) {
+        let mut script = self.script.lock().unwrap();
+        script.extend(std::iter::repeat_n(step, n));
+    }
+
+    /// The grants made, in order: `password:<username>` or
+    /// `refresh:<refresh token>`.
+    pub(crate) fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Every token issued, in order: the access token, then the refresh
+    /// token, of each grant.
+    pub(crate) fn issued_tokens(&self) -> Vec<String> {
+        let prefix = self.prefix.lock().unwrap().clone();
+        (1..=self.issued.load(SeqCst))
+            .flat_map(|n| {
+                [
+                    format!("{prefix}access-{n}"),
+                    format!("{prefix}refresh-{n}"),
+                ]
+            })
+            .collect()
+    }
+
+    /// A fetcher that makes its grants here.
+    pub(crate) fn fetcher(self: &Arc<Self>) -> impl TokenFetcher + use<> {
+        let endpoint = Arc::clone(self);
+        fetcher::from_fn(move |grant| {
+            let endpoint = Arc::clone(&endpoint);
+            async move { endpoint.grant(grant).await }
+        })
+    }
+
     pub(crate) async fn grant(&self, grant: GrantRequest) -> Result<TokenPair, TokenError> {
-        match grant.grant_type() {
-            GrantType::Password => self.password.fetch_add(1, SeqCst),
+        let entry = match grant.grant_type() {
+            GrantType::Password => {
+                self.password.fetch_add(1, SeqCst);
+                format!("password:{}", grant.credentials().username())
+            }
             _ => {
                 let token = grant.refresh_token().unwrap().expose_secret().to_owned();
-                self.refresh_seen.lock().unwrap().push(token);
-                self.refresh.fetch_add(1, SeqCst)
+                self.refresh_seen.lock().unwrap().push(token.clone());
+                self.refresh.fetch_add(1, SeqCst);
+                format!("refresh:{token}")
             }
         };
+        self.log.lock().unwrap().push(entry);
         let latency = *self.latency.lock().unwrap();
         tokio::time::sleep(latency).await;
         let step = self.script.lock().unwrap().pop_front();
         match step {
-            Some(Step::Reject) => {
-                let body =
-                    ErrorBody::parse(br#"{"code":"DAERR-0401","message":"Invalid credentials"}"#);
-                return Err(TokenError::rejected(StatusCode::UNAUTHORIZED, body));
-            }
+            Some(Step::Reject) => return Err(refusal()),
             Some(Step::Fail) => {
                 return Err(TokenError::transport(std::io::Error::other(
                     "503 from the test endpoint",
                 )));
             }
+            Some(Step::Error(err)) => return Err(err),
             None => {}
         }
+        let password = grant.credentials().password().expose_secret();
+        if grant.grant_type() == GrantType::Password
+            && self
+                .refused_passwords
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|refused| refused == password)
+        {
+            return Err(refusal());
+        }
         let n = self.issued.fetch_add(1, SeqCst) + 1;
-        let access = format!("access-{n}");
+        let prefix = self.prefix.lock().unwrap().clone();
+        let access = format!("{prefix}access-{n}");
         self.api.valid.lock().unwrap().insert(access.clone());
         let lifetime = *self.lifetime.lock().unwrap();
         Ok(TokenPair::new(
             AccessToken::new(&access)?,
-            Some(daxium_auth::RefreshToken::new(&format!("refresh-{n}"))?),
+            Some(RefreshToken::new(&format!("{prefix}refresh-{n}"))?),
             lifetime,
         ))
     }
@@ -116,6 +201,24 @@ impl Api {
     pub(crate) fn revoke_all(&self) {
         self.valid.lock().unwrap().clear();
     }
+
+    pub(crate) fn revoke(&self, token: &str) {
+        self.valid.lock().unwrap().remove(token);
+    }
+}
+
+/// The API's answer: 200 with `body` for a valid token, 401 (with `body` as
+/// well) otherwise.
+pub(crate) fn answer(valid: bool, body: Bytes) -> Response<Full<Bytes>> {
+    let status = if valid {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    Response::builder()
+        .status(status)
+        .body(Full::new(body))
+        .unwrap()
 }
 
 pub(crate) type Inner<B> =
@@ -144,15 +247,7 @@ where
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .is_some_and(|t| api.valid.lock().unwrap().contains(t));
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            let status = if ok {
-                StatusCode::OK
-            } else {
-                StatusCode::UNAUTHORIZED
-            };
-            Ok(Response::builder()
-                .status(status)
-                .body(Full::new(body))
-                .unwrap())
+            Ok(answer(ok, body))
         }
     }))
 }
@@ -161,19 +256,23 @@ pub(crate) fn credentials() -> Credentials {
     Credentials::new("client", "client-secret", "user@example.com", "password")
 }
 
-pub(crate) fn layer_with(
-    endpoint: &Arc<Endpoint>,
-    configure: impl FnOnce(daxium_auth::AuthLayerBuilder) -> daxium_auth::AuthLayerBuilder,
-) -> AuthLayer {
-    let endpoint = Arc::clone(endpoint);
-    let builder = AuthLayer::builder()
+/// A builder for the API at 127.0.0.1:9 with the test credentials, still
+/// without a fetcher.
+pub(crate) fn builder() -> AuthLayerBuilder {
+    AuthLayer::builder()
         .credentials(credentials())
         .api_origin("http://127.0.0.1:9")
-        .fetcher(fetcher::from_fn(move |grant| {
-            let endpoint = Arc::clone(&endpoint);
-            async move { endpoint.grant(grant).await }
-        }));
-    configure(builder).build().unwrap()
+}
+
+/// A layer for the API at 127.0.0.1:9 whose grants go to `endpoint`, then
+/// `configure`d.
+pub(crate) fn layer_with(
+    endpoint: &Arc<Endpoint>,
+    configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder,
+) -> AuthLayer {
+    configure(builder().fetcher(endpoint.fetcher()))
+        .build()
+        .unwrap()
 }
 
 pub(crate) struct Setup {
@@ -186,23 +285,43 @@ pub(crate) fn setup() -> Setup {
     setup_with(|b| b)
 }
 
-pub(crate) fn setup_with(
-    configure: impl FnOnce(daxium_auth::AuthLayerBuilder) -> daxium_auth::AuthLayerBuilder,
-) -> Setup {
+pub(crate) fn setup_with(configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder) -> Setup {
+    try_setup_with(configure).unwrap()
+}
+
+/// [`setup_with`], for settings that the build may refuse.
+pub(crate) fn try_setup_with(
+    configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder,
+) -> Result<Setup, BuildError> {
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
-    let layer = layer_with(&endpoint, configure);
-    Setup {
+    let layer = configure(builder().fetcher(endpoint.fetcher())).build()?;
+    Ok(Setup {
         api,
         endpoint,
         layer,
-    }
+    })
 }
 
 impl Setup {
     pub(crate) fn service(&self) -> AuthService<Inner<Full<Bytes>>> {
         self.layer.layer(api_service(&self.api))
     }
+}
+
+/// The bearer token of an API request.
+pub(crate) fn bearer<B>(req: &Request<B>) -> Option<String> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(str::to_owned)
+}
+
+/// A current-thread runtime with paused time, for tests that change runtimes.
+pub(crate) fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
 }
 
 pub(crate) fn get() -> Request<Full<Bytes>> {

@@ -7,6 +7,7 @@ use std::{
     panic::AssertUnwindSafe,
     pin::pin,
     sync::{Arc, Weak},
+    time::Duration,
 };
 
 use futures_util::FutureExt;
@@ -50,7 +51,7 @@ impl Shared {
         let latency = sent_at.elapsed();
         let _entered = span.enter();
         span.record("latency_ms", latency.as_millis() as u64);
-        let event = self.settle(flight, grant_type, result, sent_at, &span);
+        let event = self.settle(flight, grant_type, result, (sent_at, latency), &span);
         let answered = self.run(event);
         span.record("waiters", answered);
     }
@@ -74,7 +75,7 @@ impl Shared {
         flight: FlightId,
         grant_type: GrantType,
         result: Result<TokenPair, TokenError>,
-        sent_at: Instant,
+        (sent_at, latency): (Instant, Duration),
         span: &tracing::Span,
     ) -> Event<Live> {
         let jitter = HasherRng::new().next_f64();
@@ -82,7 +83,7 @@ impl Shared {
         let err = match result {
             Ok(pair) => {
                 span.record("outcome", Outcome::Ok.as_str());
-                self.counters.grant(grant_type, Outcome::Ok);
+                self.counters.grant_timed(grant_type, Outcome::Ok, latency);
                 tracing::info!(target: "daxium_auth", "grant succeeded");
                 let (access, refresh, lifetime) = pair.into_parts();
                 let grant = Granted {
@@ -104,7 +105,7 @@ impl Shared {
             _ => (Class::Sent, Outcome::Failed),
         };
         span.record("outcome", outcome.as_str());
-        self.counters.grant(grant_type, outcome);
+        self.counters.grant_timed(grant_type, outcome, latency);
         tracing::warn!(target: "daxium_auth", error = %error, "grant failed");
         let failure = Failure {
             retry_after: error.retry_after(),
