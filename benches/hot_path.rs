@@ -28,16 +28,12 @@
 use std::{
     convert::Infallible,
     fmt,
-    future::Future,
     hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use daxium_auth::{AccessToken, AuthLayer, Credentials, NoReplay, TokenPair, fetcher};
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use tower::{Layer, Service};
@@ -45,56 +41,7 @@ use tower_http::auth::AddAuthorization;
 
 mod support;
 
-use support::{Inner, ORIGIN, Reference, TOKEN, request};
-
-fn request_no_replay() -> Request<Empty<Bytes>> {
-    let mut req = request();
-    req.extensions_mut().insert(NoReplay);
-    req
-}
-
-/// `poll_ready`, `call`, and one poll of the future: the response must be there.
-fn drive<S, B>(svc: &mut S, req: Request<B>) -> S::Response
-where
-    S: Service<Request<B>>,
-    S::Error: fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("the service is not ready"),
-    }
-    let fut = pin!(svc.call(req));
-    match fut.poll(&mut cx) {
-        Poll::Ready(Ok(res)) => res,
-        Poll::Ready(Err(err)) => panic!("the service failed: {err:?}"),
-        Poll::Pending => panic!("the response is not ready after one poll"),
-    }
-}
-
-/// A layer whose cache already holds a fresh one-hour token.
-fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLayer {
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new(
-            "client-id",
-            "client-secret",
-            "user",
-            "password",
-        ))
-        .fetcher(fetcher::from_fn(|_grant| async {
-            Ok(TokenPair::new(
-                AccessToken::new(TOKEN)?,
-                None,
-                Duration::from_secs(3600),
-            ))
-        }))
-        .api_origin(ORIGIN)
-        .replay(replay)
-        .build()
-        .expect("valid layer");
-    rt.block_on(layer.cache().access_token()).expect("a token");
-    layer
-}
+use support::{Inner, Reference, TOKEN, auth_layer, drive, request, request_no_replay};
 
 /// Nanoseconds per request over `n` requests through `svc`.
 fn round<S>(svc: &mut S, n: u32, no_replay: bool) -> f64
