@@ -1,7 +1,9 @@
 //! [`AuthService`]: attaches the current token to each request. The common
-//! path is one pointer comparison against the cache, a reference-count
-//! increment for the header, and no lock and no allocation; waiting for a grant
-//! and replaying after a 401 live in the [`ResponseFuture`].
+//! path is one comparison of the authority with the last one seen, one pointer
+//! comparison against the cache, two reference counts of the service's own
+//! (the header, the handle the future keeps for a 401), and no lock and no
+//! allocation; waiting for a grant and replaying after a 401 live in the
+//! [`ResponseFuture`].
 
 use std::{
     fmt,
@@ -17,10 +19,11 @@ use tower_service::Service;
 
 use crate::{
     body::{NoReplay, Replay, ReplayBody},
-    cache::{Answer, Live, Phase, Shared, View},
+    cache::{Answer, Live, LiveSlot, Phase, Shared, View},
     error::{Error, TokenError},
-    future::{ResponseFuture, Retry},
-    layer::{AuthLayer, LayerConfig},
+    future::{After, Pending, ResponseFuture, Retry},
+    layer::AuthLayer,
+    origin::LastOrigin,
 };
 
 /// Adds `Authorization: Bearer …` (marked sensitive) to each request for the
@@ -28,30 +31,38 @@ use crate::{
 /// when the API answers 401. Made by [`AuthLayer`].
 ///
 /// `poll_ready` is the inner service's; `call` uses the service that was made
-/// ready. Services made by `AuthLayer::layer` each keep their own copy of the
-/// header, so threads with their own service never contend on a reference count;
-/// clones share their parent's.
+/// ready. A request writes to nothing that another service shares: each
+/// service, and each clone from its second request on, keeps its own copy of
+/// the header and of the handle its futures report a 401 through, so that
+/// threads with their own service (or clone) never contend on a reference
+/// count.
 pub struct AuthService<S> {
     inner: S,
-    local: Arc<Local>,
     view: Cache<Published, Arc<View<Live>>>,
+    /// This service's copy of the current token's header, and the token's id.
     header: Option<(u64, HeaderValue)>,
-    /// The token id this instance has sent once with the shared header value.
+    /// The token id this service has sent once with the cache's own value.
     seen_once: u64,
+    /// What the futures keep for a 401; shared with the parent until this
+    /// service makes its own copy of the header.
+    link: Arc<Link>,
+    own_link: bool,
+    /// The layer's settings the hot path reads, copied here.
+    replay: bool,
+    guarded: bool,
+    replay_limit: usize,
+    last_origin: LastOrigin,
 }
 
-/// What the futures of one service (and its clones) need after the call.
-pub(crate) struct Local {
+/// What a future reports a 401 through: the layer, whose token cache it
+/// keeps alive until the future is done.
+pub(crate) struct Link {
     pub(crate) layer: AuthLayer,
 }
 
-impl Local {
+impl Link {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         self.layer.cache().shared()
-    }
-
-    pub(crate) fn config(&self) -> &LayerConfig {
-        self.layer.config()
     }
 }
 
@@ -71,12 +82,20 @@ impl<S> AuthService<S> {
     /// Wraps `inner` with the token cache of `layer`.
     pub fn new(inner: S, layer: AuthLayer) -> Self {
         let view = Cache::new(Published(Arc::clone(layer.cache().shared())));
+        let config = layer.config();
+        let (replay, guarded, replay_limit) =
+            (config.replay, config.origins.is_some(), config.replay_limit);
         Self {
             inner,
-            local: Arc::new(Local { layer }),
             view,
             header: None,
             seen_once: 0,
+            link: Arc::new(Link { layer }),
+            own_link: true,
+            replay,
+            guarded,
+            replay_limit,
+            last_origin: LastOrigin::default(),
         }
     }
 
@@ -97,7 +116,7 @@ impl<S> AuthService<S> {
 
     /// The layer whose token cache this service uses.
     pub fn layer(&self) -> &AuthLayer {
-        &self.local.layer
+        &self.link.layer
     }
 }
 
@@ -105,10 +124,15 @@ impl<S: Clone> Clone for AuthService<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            local: Arc::clone(&self.local),
             view: self.view.clone(),
             header: self.header.clone(),
             seen_once: self.seen_once,
+            link: Arc::clone(&self.link),
+            own_link: false,
+            replay: self.replay,
+            guarded: self.guarded,
+            replay_limit: self.replay_limit,
+            last_origin: self.last_origin.clone(),
         }
     }
 }
@@ -117,7 +141,7 @@ impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthService")
             .field("inner", &self.inner)
-            .field("layer", &self.local.layer)
+            .field("layer", &self.link.layer)
             .finish_non_exhaustive()
     }
 }
@@ -137,45 +161,86 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let config = self.local.config();
-        if let Some(origins) = &config.origins {
-            let uri = req.uri();
-            if uri.authority().is_some() && !origins.iter().any(|o| o.matches(uri)) {
-                return ResponseFuture::passthrough(self.inner.call(req.map(ReplayBody::new)));
+        if self.guarded {
+            let link = &self.link;
+            let allowed = self.last_origin.allows(req.uri(), || {
+                let origins = link.layer.config().origins.as_deref().unwrap_or_default();
+                origins.iter().any(|o| o.matches(req.uri()))
+            });
+            if !allowed {
+                let fut = self.inner.call(req.map(ReplayBody::new));
+                return ResponseFuture::passthrough(fut, Arc::clone(&self.link));
             }
         }
-        let replay = config.replay && req.extensions().get::<NoReplay>().is_none();
+        let replay = self.replay && req.extensions().get::<NoReplay>().is_none();
 
         let view = self.view.load();
         let slot = match &**view {
             View::Token(slot, Phase::Fresh | Phase::Refreshing) => slot,
             View::Token(slot, Phase::Stale) => {
                 // The token is still valid; the core starts one refresh.
-                self.local.shared().kick();
+                self.link.shared().kick();
                 slot
             }
             View::Failed(err) => return ResponseFuture::failed(err.clone()),
             View::Token(_, Phase::Unchecked) | View::Empty => {
-                return without_token(&mut self.inner, req, &self.local, replay);
+                return without_token(&mut self.inner, req, &self.link, replay, self.replay_limit);
             }
         };
         let id = slot.id;
         let header = match &self.header {
             Some((seen, header)) if *seen == id => header.clone(),
-            // A service cloned per request calls once: sharing the cache's value
-            // costs no allocation. A service that calls again makes its own copy,
-            // so threads with their own service never contend on one count.
-            _ if self.seen_once != id => {
-                self.seen_once = id;
-                slot.access.clone()
-            }
             _ => {
-                let header = own_copy(&slot.access);
-                self.header = Some((id, header.clone()));
-                header
+                let mut own = Own {
+                    header: &mut self.header,
+                    seen_once: &mut self.seen_once,
+                    link: &mut self.link,
+                    own_link: &mut self.own_link,
+                };
+                own.header_for(slot)
             }
         };
-        dispatch(&mut self.inner, req, id, header, &self.local, replay)
+        let link = Arc::clone(&self.link);
+        if !replay {
+            // One move of the request, as any layer that changes the body type makes.
+            let mut req = req.map(ReplayBody::new);
+            req.headers_mut().insert(AUTHORIZATION, header);
+            return ResponseFuture::sent(self.inner.call(req), After::Report { id, link });
+        }
+        dispatch(&mut self.inner, req, id, header, link, self.replay_limit)
+    }
+}
+
+/// The parts of a service that change when a new token comes.
+struct Own<'a> {
+    header: &'a mut Option<(u64, HeaderValue)>,
+    seen_once: &'a mut u64,
+    link: &'a mut Arc<Link>,
+    own_link: &'a mut bool,
+}
+
+impl Own<'_> {
+    /// The header for a token this service has no copy of yet.
+    #[cold]
+    #[inline(never)]
+    fn header_for(&mut self, slot: &LiveSlot) -> HeaderValue {
+        if *self.seen_once != slot.id {
+            // A service cloned per request calls once: sharing the cache's
+            // value costs no allocation.
+            *self.seen_once = slot.id;
+            return slot.access.clone();
+        }
+        // A service that calls again makes its own copies, so that threads
+        // with their own service never contend on one count.
+        if !*self.own_link {
+            *self.link = Arc::new(Link {
+                layer: self.link.layer.clone(),
+            });
+            *self.own_link = true;
+        }
+        let header = own_copy(&slot.access);
+        *self.header = Some((slot.id, header.clone()));
+        header
     }
 }
 
@@ -186,20 +251,31 @@ where
 fn without_token<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
-    local: &Arc<Local>,
+    link: &Arc<Link>,
     replay: bool,
+    limit: usize,
 ) -> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body,
 {
-    match local.shared().ask(None) {
-        Ok(Answer::Token(slot)) => dispatch(inner, req, slot.id, slot.access, local, replay),
+    match link.shared().ask(None) {
+        Ok(Answer::Token(slot)) => {
+            let link = Arc::clone(link);
+            send(inner, req, slot.id, slot.access, link, replay, limit)
+        }
         Ok(answer) => ResponseFuture::failed(failure(answer)),
         Err(ticket) => {
             let clone = inner.clone();
             let inner = std::mem::replace(inner, clone);
-            ResponseFuture::acquire(inner, req, Arc::clone(local), replay, ticket)
+            let pending = Pending {
+                inner,
+                req,
+                link: Arc::clone(link),
+                replay,
+                limit,
+            };
+            ResponseFuture::acquire(pending, ticket)
         }
     }
 }
@@ -231,29 +307,45 @@ fn own_copy(header: &HeaderValue) -> HeaderValue {
     own
 }
 
-/// Sends `req` with the token `id`, keeping what a replay needs.
-#[inline]
-pub(crate) fn dispatch<S, B, ResBody>(
+/// Sends `req` with the token `id`, keeping what a replay needs when `replay`.
+pub(crate) fn send<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
     id: u64,
     header: HeaderValue,
-    local: &Arc<Local>,
+    link: Arc<Link>,
     replay: bool,
+    limit: usize,
 ) -> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body,
 {
     if !replay {
-        // One move of the request, as any layer that changes the body type makes.
         let mut req = req.map(ReplayBody::new);
         req.headers_mut().insert(AUTHORIZATION, header);
-        return ResponseFuture::sent(inner.call(req), id, Arc::clone(local), None);
+        return ResponseFuture::sent(inner.call(req), After::Report { id, link });
     }
+    dispatch(inner, req, id, header, link, limit)
+}
+
+/// Sends `req` with the token `id`, keeping what a replay needs.
+#[inline]
+fn dispatch<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    id: u64,
+    header: HeaderValue,
+    link: Arc<Link>,
+    limit: usize,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
     // The request stays whole here too: taking it apart into `Parts` and back
     // moves more bytes than the rest of this function touches.
-    let limit = local.config().replay_limit;
+    //
     // A streamed body of unknown size may still have a declared length: the
     // recording is complete once that much has gone out. A body whose size is
     // known (the usual case) costs no header lookup.
@@ -269,11 +361,11 @@ where
         body
     });
     // The copy for a replay is taken before the header goes in.
-    let retry = match kind {
-        Replay::Never => None,
-        kind => Some(Box::new(Retry::new(&req, kind, inner.clone()))),
+    let after = match kind {
+        Replay::Never => After::Report { id, link },
+        kind => After::Replay(Box::new(Retry::new(&req, kind, inner.clone(), id, link))),
     };
     req.headers_mut().insert(AUTHORIZATION, header);
     let fut = inner.call(req);
-    ResponseFuture::sent(fut, id, Arc::clone(local), retry)
+    ResponseFuture::sent(fut, after)
 }
