@@ -21,9 +21,9 @@ use tower_service::Service;
 
 use crate::{
     body::{Replay, ReplayBody},
-    cache::{Answer, Event, Live, LiveSlot, Ticket},
+    cache::{Answer, Event, Live, LiveSlot, Shared, Ticket},
     error::{Error, TokenError},
-    service::{Link, failure, send},
+    service::{CacheNumber, Link, failure, send},
 };
 
 type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
@@ -73,12 +73,13 @@ pin_project! {
 }
 
 /// What the first attempt keeps for a 401: two words, so that the future
-/// stays about the size of the inner one.
+/// stays about the size of the inner one, and no reference count.
 pub(crate) enum After<S, B> {
     /// Report a 401 on token `id` (`0`: a request for another origin, which
-    /// carried no token).
-    Report { id: u64, link: Arc<Link> },
-    /// Report it, and replay the request.
+    /// carried no token) to the cache numbered `cache`, found at 401 time.
+    Report { id: u64, cache: CacheNumber },
+    /// Report it, and replay the request: the box keeps a handle on the
+    /// cache, which the replay needs alive.
     Replay(Box<Retry<S, B>>),
 }
 
@@ -145,25 +146,32 @@ impl<S, B> Retry<S, B> {
         }
     }
 
-    /// The replay request, or `None` when the body cannot be sent again.
-    fn into_request(self) -> Option<(S, Request<ReplayBody<B>>)> {
-        let body = self.body.body()?;
+    /// The token id and the handle, and the replay request, or `None` when
+    /// the body cannot be sent again.
+    #[allow(clippy::type_complexity)]
+    fn into_request(self) -> (u64, Arc<Link>, Option<(S, Request<ReplayBody<B>>)>) {
         let Self {
+            id,
+            link,
             method,
             uri,
             version,
             headers,
             extensions,
+            body,
             service,
             ..
         } = self;
+        let Some(body) = body.body() else {
+            return (id, link, None);
+        };
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = version;
         *req.headers_mut() = headers;
         *req.extensions_mut() = extensions;
-        Some((service, req))
+        (id, link, Some((service, req)))
     }
 }
 
@@ -172,8 +180,8 @@ where
     S: Service<Request<ReplayBody<B>>>,
 {
     /// A request for another origin: its 401 says nothing about the token.
-    pub(crate) fn passthrough(fut: S::Future, link: Arc<Link>) -> Self {
-        Self::sent(fut, After::Report { id: 0, link })
+    pub(crate) fn passthrough(fut: S::Future, cache: CacheNumber) -> Self {
+        Self::sent(fut, After::Report { id: 0, cache })
     }
 
     #[cold]
@@ -285,29 +293,35 @@ fn after_401<S, B, F, ResBody>(
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
 {
-    let (id, link) = match after {
-        After::Report { id, link } => (*id, Arc::clone(link)),
-        After::Replay(retry) => (retry.id, Arc::clone(&retry.link)),
+    let id = match after {
+        After::Report { id, .. } => *id,
+        After::Replay(retry) => retry.id,
     };
     // Another origin's 401 says nothing about the token.
     if id == 0 || !refuses_token(res.headers()) {
         return Err(res);
     }
-    let report = After::Report {
-        id,
-        link: Arc::clone(&link),
+    let spent = After::Report {
+        id: 0,
+        cache: CacheNumber::NONE,
     };
-    let retry = match std::mem::replace(after, report) {
-        After::Replay(retry) => (*retry).into_request(),
-        After::Report { .. } => None,
+    let (link, service, req) = match std::mem::replace(after, spent) {
+        After::Report { id, cache } => {
+            // No replay, but the cache still refreshes if this token is current.
+            if let Some(shared) = cache.find() {
+                refused_without_replay(&shared, id);
+            }
+            return Err(res);
+        }
+        After::Replay(retry) => match (*retry).into_request() {
+            (_, link, Some((service, req))) => (link, service, req),
+            (id, link, None) => {
+                refused_without_replay(link.shared(), id);
+                return Err(res);
+            }
+        },
     };
     let shared = link.shared();
-    let Some((service, req)) = retry else {
-        // No replay, but the cache still refreshes if this token is current.
-        shared.run(Event::Refused { id, waiter: None });
-        shared.counters.replay_skipped();
-        return Err(res);
-    };
     match shared.ask(Some(id)) {
         Ok(Answer::Token(slot)) => Ok(replay(service, req, slot, link)),
         Ok(Answer::Failed(err)) => Ok(rare(Rare::Failed { err: Some(err) })),
@@ -325,6 +339,13 @@ where
             }),
         })),
     }
+}
+
+/// Tells the cache that token `id` was refused, for a request that is not
+/// replayed.
+fn refused_without_replay(shared: &Arc<Shared>, id: u64) {
+    shared.run(Event::Refused { id, waiter: None });
+    shared.counters.replay_skipped();
 }
 
 fn rare<S, B, F>(rare: Rare<S, B>) -> State<S, B, F>

@@ -1,14 +1,19 @@
 //! [`AuthService`]: attaches the current token to each request. The common
 //! path is one comparison of the authority with the last one seen, one pointer
-//! comparison against the cache, two reference counts of the service's own
-//! (the header, the handle the future keeps for a 401), and no lock and no
-//! allocation; waiting for a grant and replaying after a 401 live in the
-//! [`ResponseFuture`].
+//! comparison against the cache, one reference count of the service's own
+//! (the header), and no lock and no allocation; waiting for a grant and
+//! replaying after a 401 live in the [`ResponseFuture`], which finds the cache
+//! by number when a 401 comes.
 
 use std::{
+    collections::BTreeMap,
     fmt,
+    num::NonZeroU64,
     ops::Deref,
-    sync::Arc,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -48,6 +53,7 @@ pub struct AuthService<S> {
     link: Arc<Link>,
     own_link: bool,
     /// The layer's settings the hot path reads, copied here.
+    cache: CacheNumber,
     replay: bool,
     guarded: bool,
     replay_limit: usize,
@@ -63,6 +69,42 @@ pub(crate) struct Link {
 impl Link {
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         self.layer.cache().shared()
+    }
+}
+
+// === impl CacheNumber ===
+
+/// The number of a token cache in the registry where a future finds it at
+/// 401 time. A request's future keeps this number rather than a handle, which
+/// would cost every request a reference count on memory that every service of
+/// the cache writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct CacheNumber(NonZeroU64);
+
+/// The caches by number; the entries of dropped caches go at the next
+/// registration.
+static CACHES: Mutex<BTreeMap<CacheNumber, Weak<Shared>>> = Mutex::new(BTreeMap::new());
+static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
+
+impl CacheNumber {
+    /// A number no cache has.
+    pub(crate) const NONE: Self = Self(NonZeroU64::MAX);
+
+    /// Registers `shared` under a new number.
+    pub(crate) fn register(shared: &Arc<Shared>) -> Self {
+        let n = NEXT_CACHE.fetch_add(1, Ordering::Relaxed);
+        let number = Self(NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN));
+        let mut caches = CACHES.lock().unwrap_or_else(|e| e.into_inner());
+        caches.retain(|_, cache| cache.strong_count() > 0);
+        caches.insert(number, Arc::downgrade(shared));
+        number
+    }
+
+    /// The cache, if it is still there.
+    #[cold]
+    pub(crate) fn find(self) -> Option<Arc<Shared>> {
+        let caches = CACHES.lock().unwrap_or_else(|e| e.into_inner());
+        caches.get(&self)?.upgrade()
     }
 }
 
@@ -83,8 +125,12 @@ impl<S> AuthService<S> {
     pub fn new(inner: S, layer: AuthLayer) -> Self {
         let view = Cache::new(Published(Arc::clone(layer.cache().shared())));
         let config = layer.config();
-        let (replay, guarded, replay_limit) =
-            (config.replay, config.origins.is_some(), config.replay_limit);
+        let (cache, replay, guarded, replay_limit) = (
+            config.cache,
+            config.replay,
+            config.origins.is_some(),
+            config.replay_limit,
+        );
         Self {
             inner,
             view,
@@ -92,6 +138,7 @@ impl<S> AuthService<S> {
             seen_once: 0,
             link: Arc::new(Link { layer }),
             own_link: true,
+            cache,
             replay,
             guarded,
             replay_limit,
@@ -129,6 +176,7 @@ impl<S: Clone> Clone for AuthService<S> {
             seen_once: self.seen_once,
             link: Arc::clone(&self.link),
             own_link: false,
+            cache: self.cache,
             replay: self.replay,
             guarded: self.guarded,
             replay_limit: self.replay_limit,
@@ -169,7 +217,7 @@ where
             });
             if !allowed {
                 let fut = self.inner.call(req.map(ReplayBody::new));
-                return ResponseFuture::passthrough(fut, Arc::clone(&self.link));
+                return ResponseFuture::passthrough(fut, self.cache);
             }
         }
         let replay = self.replay && req.extensions().get::<NoReplay>().is_none();
@@ -200,13 +248,14 @@ where
                 own.header_for(slot)
             }
         };
-        let link = Arc::clone(&self.link);
         if !replay {
             // One move of the request, as any layer that changes the body type makes.
             let mut req = req.map(ReplayBody::new);
             req.headers_mut().insert(AUTHORIZATION, header);
-            return ResponseFuture::sent(self.inner.call(req), After::Report { id, link });
+            let cache = self.cache;
+            return ResponseFuture::sent(self.inner.call(req), After::Report { id, cache });
         }
+        let link = Arc::clone(&self.link);
         dispatch(&mut self.inner, req, id, header, link, self.replay_limit)
     }
 }
@@ -324,7 +373,8 @@ where
     if !replay {
         let mut req = req.map(ReplayBody::new);
         req.headers_mut().insert(AUTHORIZATION, header);
-        return ResponseFuture::sent(inner.call(req), After::Report { id, link });
+        let cache = link.layer.config().cache;
+        return ResponseFuture::sent(inner.call(req), After::Report { id, cache });
     }
     dispatch(inner, req, id, header, link, limit)
 }
@@ -362,7 +412,10 @@ where
     });
     // The copy for a replay is taken before the header goes in.
     let after = match kind {
-        Replay::Never => After::Report { id, link },
+        Replay::Never => After::Report {
+            id,
+            cache: link.layer.config().cache,
+        },
         kind => After::Replay(Box::new(Retry::new(&req, kind, inner.clone(), id, link))),
     };
     req.headers_mut().insert(AUTHORIZATION, header);
