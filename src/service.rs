@@ -172,8 +172,10 @@ impl<S: Clone> Clone for AuthService<S> {
         Self {
             inner: self.inner.clone(),
             view: self.view.clone(),
-            header: self.header.clone(),
-            seen_once: self.seen_once,
+            // The clone makes its own copy from its second request on: sharing
+            // the parent's would make both write to one count.
+            header: None,
+            seen_once: 0,
             link: Arc::clone(&self.link),
             own_link: false,
             cache: self.cache,
