@@ -46,7 +46,7 @@ pin_project! {
         S: Service<Request<ReplayBody<B>>>,
     {
         // The first attempt, or a request for another origin. The common
-        // path: nothing boxed but the copy kept for a replay.
+        // path: nothing boxed.
         Sent { #[pin] fut: F, after: After<S, B> },
         // Everything else, boxed: only the rare paths pay for its size.
         Rare { rare: Pin<Box<Rare<S, B>>> },
@@ -72,15 +72,18 @@ pin_project! {
     }
 }
 
-/// What the first attempt keeps for a 401: two words, so that the future
-/// stays about the size of the inner one, and no reference count.
+/// What the first attempt keeps for a 401: for a request without replay, two
+/// words and no reference count; for one with, the copy of the request, in
+/// place as the plain way keeps it (a box would cost an allocation and a free
+/// more than the moves of a larger future).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum After<S, B> {
     /// Report a 401 on token `id` (`0`: a request for another origin, which
     /// carried no token) to the cache numbered `cache`, found at 401 time.
     Report { id: u64, cache: CacheNumber },
-    /// Report it, and replay the request: the box keeps a handle on the
+    /// Report it, and replay the request: the copy keeps a handle on the
     /// cache, which the replay needs alive.
-    Replay(Box<Retry<S, B>>),
+    Replay(Retry<S, B>),
 }
 
 /// What the replay after a 401 keeps while it waits for a token.
@@ -313,7 +316,7 @@ where
             }
             return Err(res);
         }
-        After::Replay(retry) => match (*retry).into_request() {
+        After::Replay(retry) => match retry.into_request() {
             (_, link, Some((service, req))) => (link, service, req),
             (id, link, None) => {
                 refused_without_replay(link.shared(), id);

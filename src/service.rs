@@ -412,15 +412,13 @@ where
         kind = how;
         body
     });
+    if let Replay::Never = kind {
+        req.headers_mut().insert(AUTHORIZATION, header);
+        let cache = link.layer.config().cache;
+        return ResponseFuture::sent(inner.call(req), After::Report { id, cache });
+    }
     // The copy for a replay is taken before the header goes in.
-    let after = match kind {
-        Replay::Never => After::Report {
-            id,
-            cache: link.layer.config().cache,
-        },
-        kind => After::Replay(Box::new(Retry::new(&req, kind, inner.clone(), id, link))),
-    };
+    let retry = Retry::new(&req, kind, inner.clone(), id, link);
     req.headers_mut().insert(AUTHORIZATION, header);
-    let fut = inner.call(req);
-    ResponseFuture::sent(fut, after)
+    ResponseFuture::sent(inner.call(req), After::Replay(retry))
 }
