@@ -84,17 +84,34 @@ impl Origin {
 /// One service's origin guard: the decision for the last authority it saw, so
 /// that a service sending to one API host (the usual case) compares one short
 /// string per request, and matches against the configured origins only when
-/// the authority changes.
-#[derive(Debug, Clone, Default)]
+/// the authority changes. The authority is kept inline, so that a clone of the
+/// service (one per request, for some clients) allocates nothing; a longer one
+/// is matched every time.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct LastOrigin {
     /// The scheme (`1` http, `2` https; `0` for none yet) and authority of the
     /// last request, as it spelled them, and whether they get the token.
     scheme: u8,
-    authority: Box<[u8]>,
+    len: u8,
     allowed: bool,
+    authority: [u8; LastOrigin::MAX],
+}
+
+impl Default for LastOrigin {
+    fn default() -> Self {
+        Self {
+            scheme: 0,
+            len: 0,
+            allowed: false,
+            authority: [0; Self::MAX],
+        }
+    }
 }
 
 impl LastOrigin {
+    /// The longest authority remembered.
+    const MAX: usize = 61;
+
     /// Whether `uri` may carry the token: relative URIs always (the inner
     /// service fixes the destination), absolute ones when `origins` says that
     /// their origin is a configured one (asked once per authority).
@@ -111,7 +128,8 @@ impl LastOrigin {
             _ => return false,
         };
         let authority = authority.as_str().as_bytes();
-        if scheme == self.scheme && same_bytes(authority, &self.authority) {
+        let last = &self.authority[..usize::from(self.len)];
+        if scheme == self.scheme && same_bytes(authority, last) {
             return self.allowed;
         }
         self.remember(scheme, authority, origins)
@@ -121,9 +139,16 @@ impl LastOrigin {
     #[inline(never)]
     fn remember(&mut self, scheme: u8, authority: &[u8], origins: impl FnOnce() -> bool) -> bool {
         let allowed = origins();
-        self.scheme = scheme;
-        self.authority = authority.into();
-        self.allowed = allowed;
+        match u8::try_from(authority.len()) {
+            Ok(len) if authority.len() <= Self::MAX => {
+                self.authority[..authority.len()].copy_from_slice(authority);
+                self.len = len;
+                self.scheme = scheme;
+                self.allowed = allowed;
+            }
+            // Too long to keep: asked again next time.
+            _ => self.scheme = 0,
+        }
         allowed
     }
 }
@@ -321,12 +346,12 @@ mod tests {
     #[test]
     fn the_last_origin_is_remembered_per_authority() {
         let origin = Origin::of(&"https://api.example.com".parse().unwrap()).unwrap();
-        let mut asked = 0;
+        let asked = std::cell::Cell::new(0);
         let mut last = LastOrigin::default();
         let mut allows = |uri: &str| {
             let uri: Uri = uri.parse().unwrap();
             last.allows(&uri, || {
-                asked += 1;
+                asked.set(asked.get() + 1);
                 origin.matches(&uri)
             })
         };
@@ -340,7 +365,11 @@ mod tests {
         assert!(!allows("ftp://api.example.com/a"));
         assert!(allows("https://api.example.com:443/b"));
         assert!(allows("HTTPS://API.example.com/b"));
-        assert_eq!(asked, 6);
+        assert_eq!(asked.get(), 6);
+        let long = format!("https://{}.example.com/a", "x".repeat(60));
+        assert!(!allows(&long));
+        assert!(!allows(&long));
+        assert_eq!(asked.get(), 8);
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl<S: Clone> Clone for AuthService<S> {
             replay: self.replay,
             guarded: self.guarded,
             replay_limit: self.replay_limit,
-            last_origin: self.last_origin.clone(),
+            last_origin: self.last_origin,
         }
     }
 }
