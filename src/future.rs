@@ -68,7 +68,7 @@ pin_project! {
         Reacquire { token: Acquire, replay: Option<Reacquire<S, B>> },
         // The one replay; its answer goes back as it is, and the cache learns
         // when it was refused too.
-        Replay { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, id: u64, link: Arc<Link> },
+        Replay { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, id: u64, link: Arc<Link<S>> },
     }
 }
 
@@ -94,42 +94,36 @@ where
     service: S,
     req: Request<ReplayBody<B>>,
     refused: S::Response,
-    link: Arc<Link>,
+    link: Arc<Link<S>>,
 }
 
 /// A request that waits for a token, with the service made ready for it.
 pub(crate) struct Pending<S, B> {
     pub(crate) inner: S,
     pub(crate) req: Request<B>,
-    pub(crate) link: Arc<Link>,
+    pub(crate) link: Arc<Link<S>>,
     pub(crate) replay: bool,
     pub(crate) limit: usize,
 }
 
 /// What a replay needs: the request without its body, how to replay the body,
-/// and a clone of the service (driven ready by `Oneshot` before the call).
+/// and the link to the cache and to the service's spare clone (cloned again
+/// for the replay, and driven ready by `Oneshot` before the call).
 pub(crate) struct Retry<S, B> {
     id: u64,
-    link: Arc<Link>,
+    link: Arc<Link<S>>,
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
     body: Replay,
-    service: S,
     _body: std::marker::PhantomData<fn() -> B>,
 }
 
 impl<S, B> Retry<S, B> {
     #[inline]
-    pub(crate) fn new<T>(
-        req: &Request<T>,
-        body: Replay,
-        service: S,
-        id: u64,
-        link: Arc<Link>,
-    ) -> Self {
+    pub(crate) fn new<T>(req: &Request<T>, body: Replay, id: u64, link: Arc<Link<S>>) -> Self {
         Self {
             id,
             link,
@@ -144,7 +138,6 @@ impl<S, B> Retry<S, B> {
             },
             extensions: req.extensions().clone(),
             body,
-            service,
             _body: std::marker::PhantomData,
         }
     }
@@ -152,7 +145,10 @@ impl<S, B> Retry<S, B> {
     /// The token id and the handle, and the replay request, or `None` when
     /// the body cannot be sent again.
     #[allow(clippy::type_complexity)]
-    fn into_request(self) -> (u64, Arc<Link>, Option<(S, Request<ReplayBody<B>>)>) {
+    fn into_request(self) -> (u64, Arc<Link<S>>, Option<(S, Request<ReplayBody<B>>)>)
+    where
+        S: Clone,
+    {
         let Self {
             id,
             link,
@@ -162,10 +158,9 @@ impl<S, B> Retry<S, B> {
             headers,
             extensions,
             body,
-            service,
             ..
         } = self;
-        let Some(body) = body.body() else {
+        let (Some(body), Some(service)) = (body.body(), link.spare()) else {
             return (id, link, None);
         };
         let mut req = Request::new(body);
@@ -184,7 +179,7 @@ where
 {
     /// A request for another origin: its 401 says nothing about the token.
     pub(crate) fn passthrough(fut: S::Future, cache: CacheNumber) -> Self {
-        Self::sent(fut, After::Report { id: 0, cache })
+        Self::sent(fut, After::<S, B>::Report { id: 0, cache })
     }
 
     #[cold]
@@ -294,7 +289,7 @@ fn after_401<S, B, F, ResBody>(
     res: Response<ResBody>,
 ) -> Result<State<S, B, F>, Response<ResBody>>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
 {
     let id = match after {
         After::Report { id, .. } => *id,
@@ -365,7 +360,7 @@ fn replay<S, B, F>(
     service: S,
     mut req: Request<ReplayBody<B>>,
     slot: LiveSlot,
-    link: Arc<Link>,
+    link: Arc<Link<S>>,
 ) -> State<S, B, F>
 where
     S: Service<Request<ReplayBody<B>>>,

@@ -50,8 +50,10 @@ pub struct AuthService<S> {
     seen_once: u64,
     /// What the futures keep for a 401; shared with the parent until this
     /// service makes its own copy of the header.
-    link: Arc<Link>,
+    link: Arc<Link<S>>,
     own_link: bool,
+    /// Whether `link` holds a spare clone of the inner service yet.
+    spare_kept: bool,
     /// The layer's settings the hot path reads, copied here.
     cache: CacheNumber,
     replay: bool,
@@ -60,15 +62,47 @@ pub struct AuthService<S> {
     last_origin: LastOrigin,
 }
 
-/// What a future reports a 401 through: the layer, whose token cache it
-/// keeps alive until the future is done.
-pub(crate) struct Link {
+/// What a future that may replay keeps: the layer, whose token cache it keeps
+/// alive until the future is done, and a spare clone of the inner service,
+/// cloned again only for a replay. Sharing the spare costs a request one count
+/// of the service's own, where a clone of the inner service would write to
+/// what all its clones share (a client's pool, say).
+pub(crate) struct Link<S> {
     pub(crate) layer: AuthLayer,
+    /// Behind a lock only so that the future stays `Send` for an inner
+    /// service that is not `Sync`; taken to make the spare and for a replay.
+    spare: Mutex<Option<S>>,
 }
 
-impl Link {
+impl<S> Link<S> {
+    fn new(layer: AuthLayer) -> Self {
+        Self {
+            layer,
+            spare: Mutex::new(None),
+        }
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         self.layer.cache().shared()
+    }
+
+    /// Keeps a clone of `inner` for replays.
+    #[cold]
+    fn keep_spare(&self, inner: &S)
+    where
+        S: Clone,
+    {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.get_or_insert_with(|| inner.clone());
+    }
+
+    /// A clone of the spare, for a replay.
+    pub(crate) fn spare(&self) -> Option<S>
+    where
+        S: Clone,
+    {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.clone()
     }
 }
 
@@ -136,8 +170,9 @@ impl<S> AuthService<S> {
             view,
             header: None,
             seen_once: 0,
-            link: Arc::new(Link { layer }),
+            link: Arc::new(Link::new(layer)),
             own_link: true,
+            spare_kept: false,
             cache,
             replay,
             guarded,
@@ -178,6 +213,7 @@ impl<S: Clone> Clone for AuthService<S> {
             seen_once: 0,
             link: Arc::clone(&self.link),
             own_link: false,
+            spare_kept: self.spare_kept,
             cache: self.cache,
             replay: self.replay,
             guarded: self.guarded,
@@ -234,6 +270,10 @@ where
             }
             View::Failed(err) => return ResponseFuture::failed(err.clone()),
             View::Token(_, Phase::Unchecked) | View::Empty => {
+                if replay && !self.spare_kept {
+                    self.link.keep_spare(&self.inner);
+                    self.spare_kept = true;
+                }
                 return without_token(&mut self.inner, req, &self.link, replay, self.replay_limit);
             }
         };
@@ -246,6 +286,7 @@ where
                     seen_once: &mut self.seen_once,
                     link: &mut self.link,
                     own_link: &mut self.own_link,
+                    spare_kept: &mut self.spare_kept,
                 };
                 own.header_for(slot)
             }
@@ -257,20 +298,25 @@ where
             let cache = self.cache;
             return ResponseFuture::sent(self.inner.call(req), After::Report { id, cache });
         }
+        if !self.spare_kept {
+            self.link.keep_spare(&self.inner);
+            self.spare_kept = true;
+        }
         let link = Arc::clone(&self.link);
         dispatch(&mut self.inner, req, id, header, link, self.replay_limit)
     }
 }
 
 /// The parts of a service that change when a new token comes.
-struct Own<'a> {
+struct Own<'a, S> {
     header: &'a mut Option<(u64, HeaderValue)>,
     seen_once: &'a mut u64,
-    link: &'a mut Arc<Link>,
+    link: &'a mut Arc<Link<S>>,
     own_link: &'a mut bool,
+    spare_kept: &'a mut bool,
 }
 
-impl Own<'_> {
+impl<S> Own<'_, S> {
     /// The header for a token this service has no copy of yet.
     #[cold]
     #[inline(never)]
@@ -284,10 +330,10 @@ impl Own<'_> {
         // A service that calls again makes its own copies, so that threads
         // with their own service never contend on one count.
         if !*self.own_link {
-            *self.link = Arc::new(Link {
-                layer: self.link.layer.clone(),
-            });
+            *self.link = Arc::new(Link::new(self.link.layer.clone()));
             *self.own_link = true;
+            // Kept anew at the next request that may be replayed.
+            *self.spare_kept = false;
         }
         let header = own_copy(&slot.access);
         *self.header = Some((slot.id, header.clone()));
@@ -302,7 +348,7 @@ impl Own<'_> {
 fn without_token<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
-    link: &Arc<Link>,
+    link: &Arc<Link<S>>,
     replay: bool,
     limit: usize,
 ) -> ResponseFuture<S, B>
@@ -358,13 +404,14 @@ fn own_copy(header: &HeaderValue) -> HeaderValue {
     own
 }
 
-/// Sends `req` with the token `id`, keeping what a replay needs when `replay`.
+/// Sends `req` with the token `id`, keeping what a replay needs when `replay`
+/// (`link` then holds a spare service).
 pub(crate) fn send<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
     id: u64,
     header: HeaderValue,
-    link: Arc<Link>,
+    link: Arc<Link<S>>,
     replay: bool,
     limit: usize,
 ) -> ResponseFuture<S, B>
@@ -388,7 +435,7 @@ fn dispatch<S, B, ResBody>(
     req: Request<B>,
     id: u64,
     header: HeaderValue,
-    link: Arc<Link>,
+    link: Arc<Link<S>>,
     limit: usize,
 ) -> ResponseFuture<S, B>
 where
@@ -418,7 +465,7 @@ where
         return ResponseFuture::sent(inner.call(req), After::Report { id, cache });
     }
     // The copy for a replay is taken before the header goes in.
-    let retry = Retry::new(&req, kind, inner.clone(), id, link);
+    let retry = Retry::new(&req, kind, id, link);
     req.headers_mut().insert(AUTHORIZATION, header);
     ResponseFuture::sent(inner.call(req), After::Replay(retry))
 }
