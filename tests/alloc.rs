@@ -7,7 +7,8 @@
 //!
 //! - replay off, as a layer setting or per request (`NoReplay`): no allocation
 //!   added;
-//! - replay on (the default), fresh token: at most 2 added.
+//! - replay on (the default), fresh token: at most 2 added;
+//! - a service cloned for each request, replay on or off: none added either.
 
 use std::{
     convert::Infallible,
@@ -196,4 +197,45 @@ fn clones_of_a_service_add_no_allocation_either() {
     let mut clone = service.clone();
     let auth = allocations(&mut clone, false);
     assert_eq!(auth, floor);
+}
+
+/// Allocations for one request through a fresh clone of `svc`, made for that
+/// request (as clients that clone their service per call do), after a few
+/// requests through `svc` itself.
+fn allocations_through_a_clone_each<S>(svc: &mut S) -> u64
+where
+    S: Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>> + Clone,
+    S::Error: fmt::Debug,
+{
+    for _ in 0..2 {
+        drive(svc, request(false));
+    }
+    (0..5)
+        .map(|_| {
+            allocation_counter::measure(|| {
+                let mut clone = svc.clone();
+                let res = drive(&mut clone, request(false));
+                assert_eq!(res.status(), StatusCode::OK);
+                drop(black_box(res));
+            })
+            .count_total
+        })
+        .max()
+        .expect("five runs")
+}
+
+#[test]
+fn a_clone_for_each_request_adds_no_allocation() {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let floor = allocations_through_a_clone_each(
+        &mut AddAuthorization::bearer(Inner, TOKEN).as_sensitive(true),
+    );
+    for replay in [false, true] {
+        let auth = allocations_through_a_clone_each(&mut layer(&rt, replay).layer(Inner));
+        eprintln!(
+            "a clone for each request, replay {replay}: floor {floor}, AuthLayer {auth} allocations"
+        );
+        assert_eq!(auth, floor, "replay {replay}");
+    }
 }
