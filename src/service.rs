@@ -469,3 +469,38 @@ where
     req.headers_mut().insert(AUTHORIZATION, header);
     ResponseFuture::sent(inner.call(req), After::Replay(retry))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AccessToken, Credentials, TokenPair, fetcher};
+
+    fn layer() -> AuthLayer {
+        AuthLayer::builder()
+            .credentials(Credentials::new("id", "secret", "user", "password"))
+            .api_origin("https://api.example.com")
+            .fetcher(fetcher::from_fn(|_grant| async {
+                let token = AccessToken::new("tok")?;
+                Ok(TokenPair::new(
+                    token,
+                    None,
+                    std::time::Duration::from_secs(60),
+                ))
+            }))
+            .build()
+            .expect("valid layer")
+    }
+
+    #[test]
+    fn a_future_finds_its_cache_by_number_while_the_cache_lives() {
+        let (a, b) = (layer(), layer());
+        let (na, nb) = (a.config().cache, b.config().cache);
+        assert_ne!(na, nb);
+        assert!(Arc::ptr_eq(&na.find().expect("a"), a.cache().shared()));
+        assert!(Arc::ptr_eq(&nb.find().expect("b"), b.cache().shared()));
+        drop(a);
+        assert!(na.find().is_none());
+        assert!(nb.find().is_some());
+        assert!(CacheNumber::NONE.find().is_none());
+    }
+}
