@@ -7,7 +7,9 @@
 //! - `floor`: tower-http's `AddAuthorization`, clones of one service (a
 //!   constant header);
 //! - `reference`: the token under an `RwLock`, clones of one service;
-//! - `auth_replay_off` / `auth_replay_on`: `AuthLayer`, clones of one service.
+//! - `auth_replay_off` / `auth_replay_on`: `AuthLayer`, clones of one service;
+//! - the inner service alone, on one thread and on all: how far it scales
+//!   tells whether both cores were free (near 2) or a neighbour held one.
 //!
 //! Two phases, each with 2 threads and then 4 (`CONTENDED_THREADS=2,4,8`
 //! chooses): `steady`, the token never changes; `replaced`, a background
@@ -236,22 +238,28 @@ fn main() {
         let issued_before = issued.load(Ordering::Relaxed);
         let began = Instant::now();
         for threads in threads_to_run() {
-            let mut rates: [Vec<f64>; 4] = Default::default();
+            let mut rates: [Vec<f64>; 6] = Default::default();
             for _ in 0..ROUNDS {
                 rates[0].push(round(&handle, &floor, threads));
                 rates[1].push(round(&handle, &reference, threads));
                 rates[2].push(round(&handle, &off, threads));
                 rates[3].push(round(&handle, &on, threads));
+                // How far the inner service alone scales from one thread: near
+                // 2 when both cores are free, near 1 when a neighbour holds one.
+                rates[4].push(round(&handle, &Inner, 1));
+                rates[5].push(round(&handle, &Inner, threads));
             }
-            let [floor, reference, off, on] = rates.map(median);
+            let [floor, reference, off, on, bare_one, bare] = rates.map(median);
             println!(
                 "contended {phase}, {threads} threads ({ROUNDS} paired rounds of {PER_THREAD} requests a \
                  thread, medians, million requests/s): floor {floor:.3}, reference {reference:.3}, \
                  auth_replay_off {off:.3}, auth_replay_on {on:.3}; replay off / floor {:.3}, \
-                 replay on / floor {:.3}, reference / floor {:.3}",
+                 replay on / floor {:.3}, reference / floor {:.3}; the inner service alone scales \
+                 {:.2}x from 1 thread",
                 off / floor,
                 on / floor,
                 reference / floor,
+                bare / bare_one,
             );
         }
         if let Some(swapper) = swapper {
