@@ -1,22 +1,28 @@
-//! Throughput with two threads calling while a third changes the token every
-//! millisecond: each caller thread has its own service, and each sample runs a
-//! fixed number of requests per thread (`iter_custom`); criterion reports
-//! requests per second for both threads together.
+//! Throughput with several threads calling at once, each through its own clone
+//! of one service, in paired rounds: every round runs each variant in turn
+//! (all threads start together, each sends a fixed number of requests), so a
+//! change of the machine's load hits all of them alike; the medians of the
+//! rounds are printed, with the ratios to the floor.
 //!
-//! - `bare`: the inner service alone (the ceiling);
-//! - `floor`: tower-http's `AddAuthorization`, two clones of one service, so
-//!   they share the header's reference count; its header never changes;
-//! - `reference`: the token under an `RwLock`, written every millisecond;
-//! - `auth_replay_on` / `auth_replay_off`: `AuthLayer`, one service per thread
-//!   made by `layer.layer(inner)`; every millisecond the third thread reports
-//!   the current token as refused (`token_rejected`), so the cache drops it and
-//!   a fetcher answering at once commits a new one: a real swap, with the short
-//!   wait for the new token that it brings.
+//! - `floor`: tower-http's `AddAuthorization`, clones of one service (a
+//!   constant header);
+//! - `reference`: the token under an `RwLock`, clones of one service;
+//! - `auth_replay_off` / `auth_replay_on`: `AuthLayer`, clones of one service;
+//! - the inner service alone, on one thread and on all: how far it scales
+//!   tells whether both cores were free (near 2) or a neighbour held one.
+//!
+//! Two phases, each with 2 threads and then 4 (`CONTENDED_THREADS=2,4,8`
+//! chooses): `steady`, the token never changes; `replaced`, a background
+//! thread replaces the token every millisecond without any refusal. For the
+//! layers that means a refresh (`TokenCache::refresh_now`): the fetcher hands
+//! out a new token at once, and the cache publishes it while requests carry
+//! the previous one; for the reference, a write under its lock. The floor's
+//! header never changes, and it runs beside the same background thread.
 //!
 //! `cargo bench --bench contended`
 
 use std::{
-    fmt,
+    env,
     future::Future,
     hint::black_box,
     pin::pin,
@@ -30,9 +36,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use daxium_auth::{AccessToken, AuthLayer, Credentials, TokenPair, fetcher};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Empty;
 use tower::{Layer, Service};
 use tower_http::auth::AddAuthorization;
@@ -42,9 +47,10 @@ mod support;
 use support::{Inner, ORIGIN, Reference, TOKEN, bearer, request};
 
 const SWAP_EVERY: Duration = Duration::from_millis(1);
+const ROUNDS: usize = 15;
+const PER_THREAD: u64 = 100_000;
 
-/// Wakes the calling thread: a request that must wait for a new token parks
-/// until the cache publishes it.
+/// Wakes the calling thread: a request that must wait parks until woken.
 struct Unpark(thread::Thread);
 
 impl Wake for Unpark {
@@ -57,12 +63,11 @@ impl Wake for Unpark {
     }
 }
 
-/// One request to completion. A fresh token answers on the first poll; the
-/// rare request that meets a swap parks until the new token lands.
+/// One request to completion; a fresh token answers on the first poll.
 fn drive<S, B>(svc: &mut S, req: Request<B>, cx: &mut Context<'_>) -> S::Response
 where
     S: Service<Request<B>>,
-    S::Error: fmt::Debug,
+    S::Error: std::fmt::Debug,
 {
     loop {
         match svc.poll_ready(cx) {
@@ -81,74 +86,48 @@ where
     }
 }
 
-/// Runs `iters` requests on each of two threads, each with its own service,
-/// and returns the wall time from the common start to the last finish.
-fn run_pair<S>(rt: &tokio::runtime::Handle, services: &mut [S; 2], iters: u64) -> Duration
+/// Requests per second (millions) of `threads` clones of `svc` sending
+/// `PER_THREAD` requests each, from their common start to the last finish.
+fn round<S>(rt: &tokio::runtime::Handle, svc: &S, threads: usize) -> f64
 where
-    S: Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>> + Send,
-    S::Error: fmt::Debug,
+    S: Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>> + Clone + Send,
+    S::Error: std::fmt::Debug,
 {
-    let start = Barrier::new(3);
-    let [a, b] = services;
-    thread::scope(|scope| {
-        for svc in [a, b] {
+    let start = Barrier::new(threads + 1);
+    let elapsed = thread::scope(|scope| {
+        for _ in 0..threads {
+            let mut svc = svc.clone();
             let start = &start;
             scope.spawn(move || {
-                // A caller that finds no token may have to start the grant.
+                // A request that finds no token may have to start a grant.
                 let _runtime = rt.enter();
                 let waker = Waker::from(Arc::new(Unpark(thread::current())));
                 let mut cx = Context::from_waker(&waker);
+                // The clone's first requests make its own copies.
+                for _ in 0..2 {
+                    black_box(drive(&mut svc, request(), &mut cx));
+                }
                 start.wait();
-                for _ in 0..iters {
-                    let res = drive(svc, request(), &mut cx);
-                    debug_assert_eq!(res.status(), StatusCode::OK);
-                    black_box(res);
+                for _ in 0..PER_THREAD {
+                    black_box(drive(&mut svc, request(), &mut cx));
                 }
             });
         }
         start.wait();
-        let began = Instant::now();
-        // The scope joins both callers before it returns.
-        began
+        Instant::now()
     })
-    .elapsed()
+    .elapsed();
+    (threads as u64 * PER_THREAD) as f64 / elapsed.as_secs_f64() / 1e6
 }
 
-/// A thread that calls `swap` every millisecond until dropped.
-struct Swapper {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<u64>>,
-}
-
-impl Swapper {
-    fn start(mut swap: impl FnMut() + Send + 'static) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let handle = thread::spawn(move || {
-            let mut swaps = 0;
-            while !flag.load(Ordering::Relaxed) {
-                thread::sleep(SWAP_EVERY);
-                swap();
-                swaps += 1;
-            }
-            swaps
-        });
-        Self {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().map_or(0, |h| h.join().expect("swapper"))
-    }
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 /// A layer whose fetcher answers at once with a new token each time.
-fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> (AuthLayer, Arc<AtomicU64>) {
-    let issued = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&issued);
+fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool, issued: &Arc<AtomicU64>) -> AuthLayer {
+    let counter = Arc::clone(issued);
     let layer = AuthLayer::builder()
         .credentials(Credentials::new(
             "client-id",
@@ -168,93 +147,131 @@ fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> (AuthLayer, Arc<Ato
         .build()
         .expect("valid layer");
     rt.block_on(layer.cache().access_token()).expect("a token");
-    (layer, issued)
+    layer
 }
 
-/// Every millisecond: the current token is refused, and the cache swaps it.
-fn auth_swapper(rt: &tokio::runtime::Runtime, layer: &AuthLayer) -> Swapper {
-    let handle = rt.handle().clone();
-    let layer = layer.clone();
-    Swapper::start(move || {
-        let token = handle
-            .block_on(layer.cache().access_token())
-            .expect("a token");
-        // The refresh that follows is spawned on the current runtime.
-        let _runtime = handle.enter();
-        layer.cache().token_rejected(&token);
-    })
+/// The background thread of the `replaced` phase: every millisecond, each
+/// layer refreshes its token and the reference's lock is written.
+struct Swapper {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<u64>>,
 }
 
-fn contended(c: &mut Criterion) {
+impl Swapper {
+    fn start(
+        rt: tokio::runtime::Handle,
+        layers: Vec<AuthLayer>,
+        lock: Arc<RwLock<http::HeaderValue>>,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = thread::spawn(move || {
+            // The refreshes are spawned on the runtime.
+            let _runtime = rt.enter();
+            let mut swaps = 0;
+            while !flag.load(Ordering::Relaxed) {
+                thread::sleep(SWAP_EVERY);
+                swaps += 1;
+                for layer in &layers {
+                    layer.cache().refresh_now();
+                }
+                let header = bearer(&format!("{TOKEN}{swaps}"));
+                *lock.write().unwrap_or_else(|e| e.into_inner()) = header;
+            }
+            swaps
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().map_or(0, |h| h.join().expect("swapper"))
+    }
+}
+
+fn threads_to_run() -> Vec<usize> {
+    env::var("CONTENDED_THREADS")
+        .ok()
+        .map(|list| {
+            list.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        })
+        .filter(|list: &Vec<usize>| !list.is_empty())
+        .unwrap_or_else(|| vec![2, 4])
+}
+
+fn main() {
+    // `cargo test --benches` runs the binary without `--bench`: nothing to do.
+    if !env::args().any(|arg| arg == "--bench") {
+        return;
+    }
     // One worker runs the grants; the callers and the swapper are plain threads.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
-    let _guard = rt.enter();
     let handle = rt.handle().clone();
-
-    let mut group = c.benchmark_group("contended");
-    group.throughput(Throughput::Elements(2));
-
-    let mut bare = [Inner, Inner];
-    group.bench_function("bare", |b| {
-        b.iter_custom(|iters| run_pair(&handle, &mut bare, iters))
-    });
+    let issued = Arc::new(AtomicU64::new(0));
 
     let floor = AddAuthorization::bearer(Inner, TOKEN).as_sensitive(true);
-    let mut floor = [floor.clone(), floor];
-    group.bench_function("floor", |b| {
-        b.iter_custom(|iters| run_pair(&handle, &mut floor, iters))
-    });
-
-    let reference = Reference {
-        token: Arc::new(RwLock::new(bearer(TOKEN))),
-    };
-    let mut services = [reference.layer(Inner), reference.layer(Inner)];
+    let reference = Reference::new(TOKEN);
     let lock = Arc::clone(&reference.token);
-    let mut n = 0u64;
-    let swapper = Swapper::start(move || {
-        n += 1;
-        let header = bearer(&format!("{TOKEN}{n}"));
-        *lock.write().unwrap_or_else(|e| e.into_inner()) = header;
-    });
-    group.bench_function("reference", |b| {
-        b.iter_custom(|iters| run_pair(&handle, &mut services, iters))
-    });
-    let swaps = swapper.stop();
-    if swaps > 0 {
-        eprintln!("contended/reference: {swaps} token swaps");
-    }
+    let reference = reference.layer(Inner);
+    let off_layer = auth_layer(&rt, false, &issued);
+    let on_layer = auth_layer(&rt, true, &issued);
+    let off = off_layer.layer(Inner);
+    let on = on_layer.layer(Inner);
 
-    for (name, replay) in [("auth_replay_on", true), ("auth_replay_off", false)] {
-        let (layer, issued) = auth_layer(&rt, replay);
-        let mut services = [layer.layer(Inner), layer.layer(Inner)];
-        let swapper = auth_swapper(&rt, &layer);
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| run_pair(&handle, &mut services, iters))
+    for phase in ["steady", "replaced"] {
+        let swapper = (phase == "replaced").then(|| {
+            Swapper::start(
+                handle.clone(),
+                vec![off_layer.clone(), on_layer.clone()],
+                Arc::clone(&lock),
+            )
         });
-        let swaps = swapper.stop();
-        let stats = layer.stats();
-        if swaps == 0 {
-            continue;
+        let issued_before = issued.load(Ordering::Relaxed);
+        let began = Instant::now();
+        for threads in threads_to_run() {
+            let mut rates: [Vec<f64>; 6] = Default::default();
+            for _ in 0..ROUNDS {
+                rates[0].push(round(&handle, &floor, threads));
+                rates[1].push(round(&handle, &reference, threads));
+                rates[2].push(round(&handle, &off, threads));
+                rates[3].push(round(&handle, &on, threads));
+                // How far the inner service alone scales from one thread: near
+                // 2 when both cores are free, near 1 when a neighbour holds one.
+                rates[4].push(round(&handle, &Inner, 1));
+                rates[5].push(round(&handle, &Inner, threads));
+            }
+            let [floor, reference, off, on, bare_one, bare] = rates.map(median);
+            println!(
+                "contended {phase}, {threads} threads ({ROUNDS} paired rounds of {PER_THREAD} requests a \
+                 thread, medians, million requests/s): floor {floor:.3}, reference {reference:.3}, \
+                 auth_replay_off {off:.3}, auth_replay_on {on:.3}; replay off / floor {:.3}, \
+                 replay on / floor {:.3}, reference / floor {:.3}; the inner service alone scales \
+                 {:.2}x from 1 thread",
+                off / floor,
+                on / floor,
+                reference / floor,
+                bare / bare_one,
+            );
         }
-        eprintln!(
-            "contended/{name}: {swaps} token swaps, {} tokens issued, {} requests waited for a token; {stats:?}",
-            issued.load(Ordering::Relaxed),
-            stats.waited,
-        );
+        if let Some(swapper) = swapper {
+            let seconds = began.elapsed().as_secs_f64();
+            let swaps = swapper.stop();
+            let tokens = issued.load(Ordering::Relaxed) - issued_before;
+            println!(
+                "contended replaced: {swaps} refreshes asked in {seconds:.1} s, {tokens} new tokens \
+                 issued for the two layers; waited for a token: replay off {}, replay on {}",
+                off_layer.stats().waited,
+                on_layer.stats().waited,
+            );
+        }
     }
-    group.finish();
 }
-
-criterion_group! {
-    name = benches;
-    config = Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
-    targets = contended
-}
-criterion_main!(benches);

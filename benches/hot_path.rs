@@ -18,26 +18,23 @@
 //!   through `AuthLayer` with replay on.
 //!
 //! Before the criterion group, the same variants run in alternation (short
-//! rounds, one after the other) and the medians and ratios are printed: on a
+//! rounds, one after the other, the order turning every round) and the
+//! medians and the medians of the ratios within a round are printed: on a
 //! shared machine, a change of load then hits every variant alike.
 //!
-//! `cargo bench --bench hot_path` (`BENCH_NO_PAIRED=1` skips the
-//! alternating rounds, e.g. under callgrind:
-//! `valgrind --tool=callgrind <bench binary> --bench --profile-time 5 hot_path/floor`)
+//! `cargo bench --bench hot_path` (`BENCH_PAIRED_ONLY=1` runs only the
+//! alternating rounds; `BENCH_NO_PAIRED=1` skips them). Instructions per
+//! request come from the `instructions` bench.
 
 use std::{
     convert::Infallible,
     fmt,
-    future::Future,
     hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use daxium_auth::{AccessToken, AuthLayer, Credentials, NoReplay, TokenPair, fetcher};
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use tower::{Layer, Service};
@@ -45,56 +42,7 @@ use tower_http::auth::AddAuthorization;
 
 mod support;
 
-use support::{Inner, ORIGIN, Reference, TOKEN, request};
-
-fn request_no_replay() -> Request<Empty<Bytes>> {
-    let mut req = request();
-    req.extensions_mut().insert(NoReplay);
-    req
-}
-
-/// `poll_ready`, `call`, and one poll of the future: the response must be there.
-fn drive<S, B>(svc: &mut S, req: Request<B>) -> S::Response
-where
-    S: Service<Request<B>>,
-    S::Error: fmt::Debug,
-{
-    let mut cx = Context::from_waker(Waker::noop());
-    match svc.poll_ready(&mut cx) {
-        Poll::Ready(Ok(())) => {}
-        _ => panic!("the service is not ready"),
-    }
-    let fut = pin!(svc.call(req));
-    match fut.poll(&mut cx) {
-        Poll::Ready(Ok(res)) => res,
-        Poll::Ready(Err(err)) => panic!("the service failed: {err:?}"),
-        Poll::Pending => panic!("the response is not ready after one poll"),
-    }
-}
-
-/// A layer whose cache already holds a fresh one-hour token.
-fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLayer {
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new(
-            "client-id",
-            "client-secret",
-            "user",
-            "password",
-        ))
-        .fetcher(fetcher::from_fn(|_grant| async {
-            Ok(TokenPair::new(
-                AccessToken::new(TOKEN)?,
-                None,
-                Duration::from_secs(3600),
-            ))
-        }))
-        .api_origin(ORIGIN)
-        .replay(replay)
-        .build()
-        .expect("valid layer");
-    rt.block_on(layer.cache().access_token()).expect("a token");
-    layer
-}
+use support::{Inner, Reference, TOKEN, auth_layer, drive, request, request_no_replay};
 
 /// Nanoseconds per request over `n` requests through `svc`.
 fn round<S>(svc: &mut S, n: u32, no_replay: bool) -> f64
@@ -119,9 +67,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// The variants in alternation: short rounds, one after the other, so that a
-/// change in the machine's load hits all of them alike. Prints the median of
-/// each and the ratios that the targets are about.
+/// The variants in alternation: short rounds, one after the other, in an
+/// order that turns every round, so that a change in the machine's load hits
+/// all of them alike. Prints the median of each, and the medians of the
+/// ratios taken within each round (the paired ratios the targets are about).
 fn paired<A, B, C, D, E, F>(
     bare: &mut A,
     floor: &mut B,
@@ -140,29 +89,39 @@ fn paired<A, B, C, D, E, F>(
     F: Service<Request<Empty<Bytes>>>,
     F::Error: fmt::Debug,
 {
-    const ROUNDS: usize = 41;
-    const N: u32 = 20_000;
+    const ROUNDS: usize = 101;
+    const N: u32 = 10_000;
     let mut times: [Vec<f64>; 7] = Default::default();
-    for _ in 0..ROUNDS {
-        times[0].push(round(bare, N, false));
-        times[1].push(round(floor, N, false));
-        times[2].push(round(reference, N, false));
-        times[3].push(round(replay_on, N, false));
-        times[4].push(round(replay_off, N, false));
-        times[5].push(round(floor, N, true));
-        times[6].push(round(no_replay_ext, N, true));
+    {
+        let floor = std::cell::RefCell::new(floor);
+        let mut variants: [Box<dyn FnMut() -> f64 + '_>; 7] = [
+            Box::new(|| round(bare, N, false)),
+            Box::new(|| round(&mut **floor.borrow_mut(), N, false)),
+            Box::new(|| round(reference, N, false)),
+            Box::new(|| round(replay_on, N, false)),
+            Box::new(|| round(replay_off, N, false)),
+            Box::new(|| round(&mut **floor.borrow_mut(), N, true)),
+            Box::new(|| round(no_replay_ext, N, true)),
+        ];
+        for r in 0..ROUNDS {
+            for k in 0..variants.len() {
+                let i = (r + k) % variants.len();
+                times[i].push(variants[i]());
+            }
+        }
     }
+    let ratio =
+        |a: usize, b: usize| median(times[a].iter().zip(&times[b]).map(|(x, y)| x / y).collect());
+    let (off_floor, on_reference, on_floor, ext_floor) =
+        (ratio(4, 1), ratio(3, 2), ratio(3, 1), ratio(6, 5));
     let [bare, floor, reference, on, off, floor_ext, ext] = times.map(median);
-    eprintln!(
+    println!(
         "hot_path paired ({ROUNDS} alternating rounds of {N} requests, medians): bare {bare:.1} ns, \
          floor {floor:.1} ns, reference {reference:.1} ns, auth_replay_on {on:.1} ns, \
          auth_replay_off {off:.1} ns, floor_ext {floor_ext:.1} ns, auth_no_replay_ext {ext:.1} ns; \
-         replay off / floor {:.3}, replay on / reference {:.3}, replay on / floor {:.3}, \
-         NoReplay / floor_ext {:.3}",
-        off / floor,
-        on / reference,
-        on / floor,
-        ext / floor_ext,
+         medians of the ratios within a round: replay off / floor {off_floor:.3}, \
+         replay on / reference {on_reference:.3}, replay on / floor {on_floor:.3}, \
+         NoReplay / floor_ext {ext_floor:.3}",
     );
 }
 
@@ -202,6 +161,10 @@ fn hot_path(c: &mut Criterion) {
             &mut replay_off,
             &mut no_replay_ext,
         );
+    }
+    // `BENCH_PAIRED_ONLY=1`: the alternating rounds, not the criterion group.
+    if std::env::var_os("BENCH_PAIRED_ONLY").is_some() {
+        return;
     }
 
     let mut group = c.benchmark_group("hot_path");

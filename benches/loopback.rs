@@ -9,7 +9,7 @@
 //! criterion group, the three run in alternation (short rounds) and the medians
 //! and ratios are printed: on a shared machine, a change of load then hits all
 //! of them alike (`BENCH_NO_PAIRED=1` skips those rounds, e.g. under a
-//! profiler).
+//! profiler; `BENCH_PAIRED_ONLY=1` runs only them).
 //!
 //! `cargo bench --bench loopback`
 
@@ -155,28 +155,35 @@ where
     const ROUNDS: usize = 15;
     const PER_ROUND: u64 = 4_000;
     let rate = |d: Duration| PER_ROUND as f64 / d.as_secs_f64();
-    let (mut bare_rates, mut floor_rates, mut auth_rates) = (Vec::new(), Vec::new(), Vec::new());
     run(rt, bare, url, PER_ROUND);
     run(rt, floor, url, PER_ROUND);
     run(rt, auth, url, PER_ROUND);
-    for _ in 0..ROUNDS {
-        bare_rates.push(rate(run(rt, bare, url, PER_ROUND)));
-        floor_rates.push(rate(run(rt, floor, url, PER_ROUND)));
-        auth_rates.push(rate(run(rt, auth, url, PER_ROUND)));
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        // The order turns every round.
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let took = match i {
+                0 => run(rt, bare, url, PER_ROUND),
+                1 => run(rt, floor, url, PER_ROUND),
+                _ => run(rt, auth, url, PER_ROUND),
+            };
+            rates[i].push(rate(took));
+        }
     }
     let median = |mut xs: Vec<f64>| {
         xs.sort_by(f64::total_cmp);
         xs[xs.len() / 2]
     };
-    let (bare_rate, floor_rate, auth_rate) =
-        (median(bare_rates), median(floor_rates), median(auth_rates));
-    eprintln!(
+    let ratio =
+        |a: usize, b: usize| median(rates[a].iter().zip(&rates[b]).map(|(x, y)| x / y).collect());
+    let (auth_bare, floor_bare, auth_floor) = (ratio(2, 0), ratio(1, 0), ratio(2, 1));
+    let [bare_rate, floor_rate, auth_rate] = rates.map(median);
+    println!(
         "loopback paired ({ROUNDS} alternating rounds of {PER_ROUND} requests, {IN_FLIGHT} in \
          flight, medians): bare {bare_rate:.0} req/s, floor {floor_rate:.0} req/s, auth \
-         {auth_rate:.0} req/s; auth / bare {:.3}, floor / bare {:.3}, auth / floor {:.3}",
-        auth_rate / bare_rate,
-        floor_rate / bare_rate,
-        auth_rate / floor_rate,
+         {auth_rate:.0} req/s; medians of the ratios within a round: auth / bare {auth_bare:.3}, \
+         floor / bare {floor_bare:.3}, auth / floor {auth_floor:.3}",
     );
 }
 
@@ -232,6 +239,17 @@ fn loopback(c: &mut Criterion) {
     // Skipped under a profiler (`BENCH_NO_PAIRED=1`), where it would dominate.
     if std::env::var_os("BENCH_NO_PAIRED").is_none() {
         paired(&client_rt, &bare, &floor, &auth, &url);
+    }
+    // `BENCH_PAIRED_ONLY=1`: the alternating rounds, not the criterion group.
+    if std::env::var_os("BENCH_PAIRED_ONLY").is_some() {
+        eprintln!(
+            "loopback: server saw {} requests without a token, {} with the token, {} refused",
+            seen.anonymous.load(Ordering::Relaxed),
+            seen.authorized.load(Ordering::Relaxed),
+            seen.refused.load(Ordering::Relaxed),
+        );
+        assert_eq!(seen.refused.load(Ordering::Relaxed), 0);
+        return;
     }
 
     let mut group = c.benchmark_group("loopback");

@@ -21,9 +21,9 @@ use tower_service::Service;
 
 use crate::{
     body::{Replay, ReplayBody},
-    cache::{Answer, Event, Live, LiveSlot, Ticket},
+    cache::{Answer, Event, Live, LiveSlot, Shared, Ticket},
     error::{Error, TokenError},
-    service::{Local, dispatch, failure},
+    service::{CacheNumber, Link, failure, send},
 };
 
 type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
@@ -45,58 +45,88 @@ pin_project! {
     where
         S: Service<Request<ReplayBody<B>>>,
     {
-        // A request for another origin: no token, no replay.
-        Passthrough { #[pin] fut: F },
-        // No token, and the cache says why.
-        Failed { err: Option<TokenError> },
-        // No valid token yet: wait for the grant, then call the service made ready.
-        Acquire { token: Acquire, pending: Option<Box<Pending<S, B>>> },
-        // The first attempt.
-        Sent { #[pin] fut: F, id: u64, local: Arc<Local>, retry: Option<Box<Retry<S, B>>> },
-        // After a 401: wait for the token to replay with (a refresh in flight
-        // first). The refused answer goes back if the cache says no replay.
-        Reacquire { token: Acquire, replay: Option<Box<Reacquire<S, B>>> },
-        // The one replay; its answer goes back as it is, and the cache learns
-        // when it was refused too.
-        Replay { fut: Pin<Box<Oneshot<S, Request<ReplayBody<B>>>>>, id: u64, local: Arc<Local> },
+        // The first attempt, or a request for another origin. The common
+        // path: nothing boxed.
+        Sent { #[pin] fut: F, after: After<S, B> },
+        // Everything else, boxed: only the rare paths pay for its size.
+        Rare { rare: Pin<Box<Rare<S, B>>> },
     }
 }
 
+pin_project! {
+    #[project = RareProj]
+    enum Rare<S, B>
+    where
+        S: Service<Request<ReplayBody<B>>>,
+    {
+        // No token, and the cache says why.
+        Failed { err: Option<TokenError> },
+        // No valid token yet: wait for the grant, then call the service made ready.
+        Acquire { token: Acquire, pending: Option<Pending<S, B>> },
+        // After a 401: wait for the token to replay with (a refresh in flight
+        // first). The refused answer goes back if the cache says no replay.
+        Reacquire { token: Acquire, replay: Option<Reacquire<S, B>> },
+        // The one replay; its answer goes back as it is, and the cache learns
+        // when it was refused too.
+        Replay { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, id: u64, link: Arc<Link<S>> },
+    }
+}
+
+/// What the first attempt keeps for a 401: for a request without replay, two
+/// words and no reference count; for one with, the copy of the request, in
+/// place as the plain way keeps it (a box would cost an allocation and a free
+/// more than the moves of a larger future).
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum After<S, B> {
+    /// Report a 401 on token `id` (`0`: a request for another origin, which
+    /// carried no token) to the cache numbered `cache`, found at 401 time.
+    Report { id: u64, cache: CacheNumber },
+    /// Report it, and replay the request: the copy keeps a handle on the
+    /// cache, which the replay needs alive.
+    Replay(Retry<S, B>),
+}
+
 /// What the replay after a 401 keeps while it waits for a token.
-pub(crate) struct Reacquire<S, B>
+struct Reacquire<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
     service: S,
     req: Request<ReplayBody<B>>,
     refused: S::Response,
-    local: Arc<Local>,
+    link: Arc<Link<S>>,
 }
 
+/// A request that waits for a token, with the service made ready for it.
 pub(crate) struct Pending<S, B> {
-    inner: S,
-    req: Request<B>,
-    local: Arc<Local>,
-    replay: bool,
+    pub(crate) inner: S,
+    pub(crate) req: Request<B>,
+    pub(crate) link: Arc<Link<S>>,
+    pub(crate) replay: bool,
+    pub(crate) limit: usize,
 }
 
 /// What a replay needs: the request without its body, how to replay the body,
-/// and a clone of the service (driven ready by `Oneshot` before the call).
+/// and the link to the cache and to the service's spare clone (cloned again
+/// for the replay, and driven ready by `Oneshot` before the call).
 pub(crate) struct Retry<S, B> {
+    id: u64,
+    link: Arc<Link<S>>,
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
     body: Replay,
-    service: S,
     _body: std::marker::PhantomData<fn() -> B>,
 }
 
 impl<S, B> Retry<S, B> {
     #[inline]
-    pub(crate) fn new<T>(req: &Request<T>, body: Replay, service: S) -> Self {
+    pub(crate) fn new<T>(req: &Request<T>, body: Replay, id: u64, link: Arc<Link<S>>) -> Self {
         Self {
+            id,
+            link,
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -108,21 +138,38 @@ impl<S, B> Retry<S, B> {
             },
             extensions: req.extensions().clone(),
             body,
-            service,
             _body: std::marker::PhantomData,
         }
     }
 
-    /// The replay request, or `None` when the body cannot be sent again.
-    fn into_request(self) -> Option<(S, Request<ReplayBody<B>>)> {
-        let body = self.body.body()?;
+    /// The token id and the handle, and the replay request, or `None` when
+    /// the body cannot be sent again.
+    #[allow(clippy::type_complexity)]
+    fn into_request(self) -> (u64, Arc<Link<S>>, Option<(S, Request<ReplayBody<B>>)>)
+    where
+        S: Clone,
+    {
+        let Self {
+            id,
+            link,
+            method,
+            uri,
+            version,
+            headers,
+            extensions,
+            body,
+            ..
+        } = self;
+        let (Some(body), Some(service)) = (body.body(), link.spare()) else {
+            return (id, link, None);
+        };
         let mut req = Request::new(body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
-        *req.extensions_mut() = self.extensions;
-        Some((self.service, req))
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        *req.extensions_mut() = extensions;
+        (id, link, Some((service, req)))
     }
 }
 
@@ -130,52 +177,37 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    pub(crate) fn passthrough(fut: S::Future) -> Self {
-        Self {
-            state: State::Passthrough { fut },
-        }
+    /// A request for another origin: its 401 says nothing about the token.
+    pub(crate) fn passthrough(fut: S::Future, cache: CacheNumber) -> Self {
+        Self::sent(fut, After::<S, B>::Report { id: 0, cache })
     }
 
+    #[cold]
     pub(crate) fn failed(err: TokenError) -> Self {
-        Self {
-            state: State::Failed { err: Some(err) },
-        }
+        Self::rare(Rare::Failed { err: Some(err) })
     }
 
-    pub(crate) fn acquire(
-        inner: S,
-        req: Request<B>,
-        local: Arc<Local>,
-        replay: bool,
-        ticket: Ticket,
-    ) -> Self {
+    #[cold]
+    pub(crate) fn acquire(pending: Pending<S, B>, ticket: Ticket) -> Self {
+        Self::rare(Rare::Acquire {
+            token: Box::pin(Arc::clone(pending.link.shared()).wait(ticket)),
+            pending: Some(pending),
+        })
+    }
+
+    fn rare(rare: Rare<S, B>) -> Self {
         Self {
-            state: State::Acquire {
-                token: Box::pin(Arc::clone(local.shared()).wait(ticket)),
-                pending: Some(Box::new(Pending {
-                    inner,
-                    req,
-                    local,
-                    replay,
-                })),
+            state: State::Rare {
+                rare: Box::pin(rare),
             },
         }
     }
 
+    /// The first attempt.
     #[inline]
-    pub(crate) fn sent(
-        fut: S::Future,
-        id: u64,
-        local: Arc<Local>,
-        retry: Option<Box<Retry<S, B>>>,
-    ) -> Self {
+    pub(crate) fn sent(fut: S::Future, after: After<S, B>) -> Self {
         Self {
-            state: State::Sent {
-                fut,
-                id,
-                local,
-                retry,
-            },
+            state: State::Sent { fut, after },
         }
     }
 }
@@ -186,12 +218,17 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
-            State::Passthrough { .. } => "passthrough",
-            State::Failed { .. } => "failed",
-            State::Acquire { .. } => "acquire",
+            State::Sent {
+                after: After::Report { id: 0, .. },
+                ..
+            } => "passthrough",
             State::Sent { .. } => "sent",
-            State::Reacquire { .. } => "reacquire",
-            State::Replay { .. } => "replay",
+            State::Rare { rare } => match &**rare {
+                Rare::Failed { .. } => "failed",
+                Rare::Acquire { .. } => "acquire",
+                Rare::Reacquire { .. } => "reacquire",
+                Rare::Replay { .. } => "replay",
+            },
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -209,78 +246,112 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        // The common path, small enough to inline into the caller: the first
-        // attempt, answered with anything but a 401 about the token.
-        if let StateProj::Sent {
-            fut,
-            id,
-            local,
-            retry,
-        } = state.as_mut().project()
-        {
-            let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
-            match after_401(*id, local, retry, res) {
-                Ok(next) => state.set(next),
-                Err(res) => return Poll::Ready(Ok(res)),
-            }
+        loop {
+            let next = match state.as_mut().project() {
+                // The common path, small enough to inline into the caller: the
+                // first attempt, answered with anything but a 401.
+                StateProj::Sent { fut, after } => {
+                    let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
+                    if res.status() != StatusCode::UNAUTHORIZED {
+                        return Poll::Ready(Ok(res));
+                    }
+                    match after_401(after, res) {
+                        Ok(next) => next,
+                        Err(res) => return Poll::Ready(Ok(res)),
+                    }
+                }
+                StateProj::Rare { rare } => match ready!(poll_rare(rare.as_mut(), cx)) {
+                    Step::Done(out) => return Poll::Ready(out),
+                    Step::Next(next) => next,
+                },
+            };
+            state.set(next);
         }
-        poll_rare(state, cx)
     }
 }
 
-/// After the first attempt's answer: the answer to return, or, for a 401 about
+/// What a rare state comes to: the future's output, or the next state.
+enum Step<S, B, ResBody>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+{
+    Done(Result<Response<ResBody>, Error<S::Error>>),
+    Next(State<S, B, S::Future>),
+}
+
+/// After a 401 on the first attempt: the answer to return, or, for a 401 about
 /// the token, the state that replays the request (the token is dropped first if
 /// it is still the current one).
-#[inline]
-fn after_401<S, B, F, ResBody>(
-    id: u64,
-    local: &Arc<Local>,
-    retry: &mut Option<Box<Retry<S, B>>>,
-    res: Response<ResBody>,
-) -> Result<State<S, B, F>, Response<ResBody>>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
-{
-    if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(res.headers()) {
-        return Err(res);
-    }
-    replay_after_401(id, local, retry, res)
-}
-
 #[cold]
 #[inline(never)]
-fn replay_after_401<S, B, F, ResBody>(
-    id: u64,
-    local: &Arc<Local>,
-    retry: &mut Option<Box<Retry<S, B>>>,
+fn after_401<S, B, F, ResBody>(
+    after: &mut After<S, B>,
     res: Response<ResBody>,
 ) -> Result<State<S, B, F>, Response<ResBody>>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
 {
-    let shared = local.shared();
-    let Some((service, req)) = retry.take().and_then(|retry| retry.into_request()) else {
-        // No replay, but the cache still refreshes if this token is current.
-        shared.run(Event::Refused { id, waiter: None });
-        shared.counters.replay_skipped();
-        return Err(res);
+    let id = match after {
+        After::Report { id, .. } => *id,
+        After::Replay(retry) => retry.id,
     };
+    // Another origin's 401 says nothing about the token.
+    if id == 0 || !refuses_token(res.headers()) {
+        return Err(res);
+    }
+    let spent = After::Report {
+        id: 0,
+        cache: CacheNumber::NONE,
+    };
+    let (link, service, req) = match std::mem::replace(after, spent) {
+        After::Report { id, cache } => {
+            // No replay, but the cache still refreshes if this token is current.
+            if let Some(shared) = cache.find() {
+                refused_without_replay(&shared, id);
+            }
+            return Err(res);
+        }
+        After::Replay(retry) => match retry.into_request() {
+            (_, link, Some((service, req))) => (link, service, req),
+            (id, link, None) => {
+                refused_without_replay(link.shared(), id);
+                return Err(res);
+            }
+        },
+    };
+    let shared = link.shared();
     match shared.ask(Some(id)) {
-        Ok(Answer::Token(slot)) => Ok(replay(service, req, slot, local)),
-        Ok(Answer::Failed(err)) => Ok(State::Failed { err: Some(err) }),
+        Ok(Answer::Token(slot)) => Ok(replay(service, req, slot, link)),
+        Ok(Answer::Failed(err)) => Ok(rare(Rare::Failed { err: Some(err) })),
         Ok(Answer::NoReplay | Answer::Retry) => {
             shared.counters.replay_skipped();
             Err(res)
         }
-        Err(ticket) => Ok(State::Reacquire {
+        Err(ticket) => Ok(rare(Rare::Reacquire {
             token: Box::pin(Arc::clone(shared).wait(ticket)),
-            replay: Some(Box::new(Reacquire {
+            replay: Some(Reacquire {
                 service,
                 req,
                 refused: res,
-                local: Arc::clone(local),
-            })),
-        }),
+                link,
+            }),
+        })),
+    }
+}
+
+/// Tells the cache that token `id` was refused, for a request that is not
+/// replayed.
+fn refused_without_replay(shared: &Arc<Shared>, id: u64) {
+    shared.run(Event::Refused { id, waiter: None });
+    shared.counters.replay_skipped();
+}
+
+fn rare<S, B, F>(rare: Rare<S, B>) -> State<S, B, F>
+where
+    S: Service<Request<ReplayBody<B>>>,
+{
+    State::Rare {
+        rare: Box::pin(rare),
     }
 }
 
@@ -289,92 +360,82 @@ fn replay<S, B, F>(
     service: S,
     mut req: Request<ReplayBody<B>>,
     slot: LiveSlot,
-    local: &Arc<Local>,
+    link: Arc<Link<S>>,
 ) -> State<S, B, F>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    local.shared().counters.replayed();
+    link.shared().counters.replayed();
     tracing::debug!(target: "daxium_auth", method = %req.method(), "401: replaying the request once with a new token");
     req.headers_mut().insert(AUTHORIZATION, slot.access);
-    State::Replay {
-        fut: Box::pin(Oneshot::new(service, req)),
+    rare(Rare::Replay {
+        fut: Oneshot::new(service, req),
         id: slot.id,
-        local: Arc::clone(local),
-    }
+        link,
+    })
 }
 
 /// Every state but the common path's.
+#[inline(never)]
 fn poll_rare<S, B, ResBody>(
-    mut state: Pin<&mut State<S, B, S::Future>>,
+    rare: Pin<&mut Rare<S, B>>,
     cx: &mut Context<'_>,
-) -> Poll<Result<Response<ResBody>, Error<S::Error>>>
+) -> Poll<Step<S, B, ResBody>>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body,
 {
-    loop {
-        let next = match state.as_mut().project() {
-            StateProj::Passthrough { fut } => return fut.poll(cx).map_err(Error::Inner),
-            StateProj::Failed { err } => {
-                let err = err.take().expect("polled after completion");
-                return Poll::Ready(Err(Error::Token(err)));
-            }
-            StateProj::Acquire { token, pending } => {
-                let slot = match ready!(token.as_mut().poll(cx)) {
-                    Answer::Token(slot) => slot,
-                    answer => return Poll::Ready(Err(Error::Token(failure(answer)))),
-                };
-                let Pending {
-                    mut inner,
-                    req,
-                    local,
-                    replay,
-                } = *pending.take().expect("polled after completion");
-                dispatch(&mut inner, req, slot.id, slot.access, &local, replay).state
-            }
-            StateProj::Sent {
-                fut,
-                id,
-                local,
-                retry,
-            } => {
-                let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
-                match after_401(*id, local, retry, res) {
-                    Ok(next) => next,
-                    Err(res) => return Poll::Ready(Ok(res)),
+    let next = match rare.project() {
+        RareProj::Failed { err } => {
+            let err = err.take().expect("polled after completion");
+            return Poll::Ready(Step::Done(Err(Error::Token(err))));
+        }
+        RareProj::Acquire { token, pending } => {
+            let slot = match ready!(token.as_mut().poll(cx)) {
+                Answer::Token(slot) => slot,
+                answer => return Poll::Ready(Step::Done(Err(Error::Token(failure(answer))))),
+            };
+            let Pending {
+                mut inner,
+                req,
+                link,
+                replay,
+                limit,
+            } = pending.take().expect("polled after completion");
+            send(&mut inner, req, slot.id, slot.access, link, replay, limit).state
+        }
+        RareProj::Reacquire {
+            token,
+            replay: pending,
+        } => {
+            let answer = ready!(token.as_mut().poll(cx));
+            let Reacquire {
+                service,
+                req,
+                refused,
+                link,
+            } = pending.take().expect("polled after completion");
+            match answer {
+                Answer::Token(slot) => replay(service, req, slot, link),
+                Answer::NoReplay | Answer::Retry => {
+                    link.shared().counters.replay_skipped();
+                    return Poll::Ready(Step::Done(Ok(refused)));
                 }
+                Answer::Failed(err) => return Poll::Ready(Step::Done(Err(Error::Token(err)))),
             }
-            StateProj::Reacquire {
-                token,
-                replay: pending,
-            } => {
-                let answer = ready!(token.as_mut().poll(cx));
-                let Reacquire {
-                    service,
-                    req,
-                    refused,
-                    local,
-                } = *pending.take().expect("polled after completion");
-                match answer {
-                    Answer::Token(slot) => replay(service, req, slot, &local),
-                    Answer::NoReplay | Answer::Retry => {
-                        local.shared().counters.replay_skipped();
-                        return Poll::Ready(Ok(refused));
-                    }
-                    Answer::Failed(err) => return Poll::Ready(Err(Error::Token(err))),
-                }
+        }
+        RareProj::Replay { fut, id, link } => {
+            let res = ready!(fut.poll(cx)).map_err(Error::Inner);
+            if let Ok(res) = &res
+                && res.status() == StatusCode::UNAUTHORIZED
+                && refuses_token(res.headers())
+            {
+                link.shared().run(Event::ReplayRefused { id: *id });
             }
-            StateProj::Replay { fut, id, local } => {
-                let res = ready!(fut.as_mut().poll(cx)).map_err(Error::Inner)?;
-                if res.status() == StatusCode::UNAUTHORIZED && refuses_token(res.headers()) {
-                    local.shared().run(Event::ReplayRefused { id: *id });
-                }
-                return Poll::Ready(Ok(res));
-            }
-        };
-        state.set(next);
-    }
+            return Poll::Ready(Step::Done(res));
+        }
+    };
+    Poll::Ready(Step::Next(next))
 }
 
 /// Whether a 401 is about the token. A `WWW-Authenticate` challenge naming

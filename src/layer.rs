@@ -11,7 +11,7 @@ use crate::{
     error::BuildError,
     fetcher::{DynFetcher, TokenFetcher},
     origin::{Origin, ShownUrl, check_url},
-    service::AuthService,
+    service::{AuthService, CacheNumber},
     stats::Stats,
     store::{AnyStore, TokenStore},
 };
@@ -22,6 +22,8 @@ pub const DEFAULT_REPLAY_LIMIT: usize = 64 * 1024;
 /// Settings the services read on every request.
 #[derive(Debug)]
 pub(crate) struct LayerConfig {
+    /// Where the futures find the cache when a 401 comes.
+    pub(crate) cache: CacheNumber,
     pub(crate) replay: bool,
     pub(crate) replay_limit: usize,
     /// `None`: every origin gets the token.
@@ -321,13 +323,15 @@ impl AuthLayerBuilder {
             }
             (None, None) => return Err(BuildError::Missing("token_url or fetcher")),
         };
+        let cache = TokenCache::new(fetcher, credentials, self.cache, self.store);
         Ok(AuthLayer {
-            cache: TokenCache::new(fetcher, credentials, self.cache, self.store),
             config: Arc::new(LayerConfig {
+                cache: CacheNumber::register(cache.shared()),
                 replay: self.replay,
                 replay_limit: self.replay_limit,
                 origins,
             }),
+            cache,
         })
     }
 }

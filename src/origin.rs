@@ -81,6 +81,104 @@ impl Origin {
     }
 }
 
+/// One service's origin guard: the decision for the last authority it saw, so
+/// that a service sending to one API host (the usual case) compares one short
+/// string per request, and matches against the configured origins only when
+/// the authority changes. The authority is kept inline, so that a clone of the
+/// service (one per request, for some clients) allocates nothing; a longer one
+/// is matched every time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LastOrigin {
+    /// The scheme (`1` http, `2` https; `0` for none yet) and authority of the
+    /// last request, as it spelled them, and whether they get the token.
+    scheme: u8,
+    len: u8,
+    allowed: bool,
+    authority: [u8; LastOrigin::MAX],
+}
+
+impl Default for LastOrigin {
+    fn default() -> Self {
+        Self {
+            scheme: 0,
+            len: 0,
+            allowed: false,
+            authority: [0; Self::MAX],
+        }
+    }
+}
+
+impl LastOrigin {
+    /// The longest authority remembered.
+    const MAX: usize = 61;
+
+    /// Whether `uri` may carry the token: relative URIs always (the inner
+    /// service fixes the destination), absolute ones when `origins` says that
+    /// their origin is a configured one (asked once per authority).
+    #[inline]
+    pub(crate) fn allows(&mut self, uri: &Uri, origins: impl FnOnce() -> bool) -> bool {
+        let Some(authority) = uri.authority() else {
+            return true;
+        };
+        // `http` spells its own schemes in lower case, whatever the request
+        // said; any other scheme never matches an origin.
+        let scheme = match uri.scheme_str() {
+            Some("https") => 2,
+            Some("http") => 1,
+            _ => return false,
+        };
+        let authority = authority.as_str().as_bytes();
+        let last = &self.authority[..usize::from(self.len)];
+        if scheme == self.scheme && same_bytes(authority, last) {
+            return self.allowed;
+        }
+        self.remember(scheme, authority, origins)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn remember(&mut self, scheme: u8, authority: &[u8], origins: impl FnOnce() -> bool) -> bool {
+        let allowed = origins();
+        match u8::try_from(authority.len()) {
+            Ok(len) if authority.len() <= Self::MAX => {
+                self.authority[..authority.len()].copy_from_slice(authority);
+                self.len = len;
+                self.scheme = scheme;
+                self.allowed = allowed;
+            }
+            // Too long to keep: asked again next time.
+            _ => self.scheme = 0,
+        }
+        allowed
+    }
+}
+
+/// `a == b` for short byte strings, inline: eight bytes at a time, the last
+/// word overlapping, instead of a call to `memcmp` for a dozen bytes.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    if len < 8 {
+        return a == b;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let mut at = 0;
+    while at + 8 < len {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(a, len - 8) == word(b, len - 8)
+}
+
 /// Parses an absolute URL and applies the https rule: `http://` only for
 /// `localhost` and loopback addresses.
 pub(crate) fn check_url(url: &str, what: &'static str) -> Result<Uri, BuildError> {
@@ -243,6 +341,62 @@ mod tests {
         );
         assert_eq!(shown, r#""https://host:8443/oauth/v2/token""#);
         assert_eq!(format!("{:?}", ShownUrl("not a url")), "<unparsable URL>");
+    }
+
+    #[test]
+    fn the_last_origin_is_remembered_per_authority() {
+        let origin = Origin::of(&"https://api.example.com".parse().unwrap()).unwrap();
+        let asked = std::cell::Cell::new(0);
+        let mut last = LastOrigin::default();
+        let mut allows = |uri: &str| {
+            let uri: Uri = uri.parse().unwrap();
+            last.allows(&uri, || {
+                asked.set(asked.get() + 1);
+                origin.matches(&uri)
+            })
+        };
+        assert!(allows("https://api.example.com/a"));
+        assert!(allows("https://api.example.com/b?x=1"));
+        assert!(!allows("http://api.example.com/a"));
+        assert!(!allows("https://api.example.com.evil.com/a"));
+        assert!(!allows("https://api.example.co/a"));
+        assert!(allows("https://api.example.com:443/a"));
+        assert!(allows("/relative"));
+        assert!(!allows("ftp://api.example.com/a"));
+        assert!(allows("https://api.example.com:443/b"));
+        assert!(allows("HTTPS://API.example.com/b"));
+        assert_eq!(asked.get(), 6);
+        let long = format!("https://{}.example.com/a", "x".repeat(60));
+        assert!(!allows(&long));
+        assert!(!allows(&long));
+        assert_eq!(asked.get(), 8);
+    }
+
+    #[test]
+    fn short_strings_compare_by_words() {
+        for (a, b) in [
+            ("", ""),
+            ("a", "a"),
+            ("1234567", "1234567"),
+            ("12345678", "12345678"),
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("api.daxium-air.com", "api.daxium-air.com"),
+            ("0123456789abcdef", "0123456789abcdef"),
+        ] {
+            assert!(same_bytes(a.as_bytes(), b.as_bytes()), "{a}");
+        }
+        for (a, b) in [
+            ("a", "b"),
+            ("1234567", "1234568"),
+            ("12345678", "02345678"),
+            ("127.0.0.1:8080", "127.0.0.1:8081"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("api.daxium-air.com", "api.daxium-air.co"),
+            ("0123456789abcdef", "0123456789abcdeX"),
+            ("0123456789abcdef0", "0123456789abXdef0"),
+        ] {
+            assert!(!same_bytes(a.as_bytes(), b.as_bytes()), "{a}");
+        }
     }
 
     #[test]

@@ -1,12 +1,19 @@
 //! [`AuthService`]: attaches the current token to each request. The common
-//! path is one pointer comparison against the cache, a reference-count
-//! increment for the header, and no lock and no allocation; waiting for a grant
-//! and replaying after a 401 live in the [`ResponseFuture`].
+//! path is one comparison of the authority with the last one seen, one pointer
+//! comparison against the cache, one reference count of the service's own
+//! (the header), and no lock and no allocation; waiting for a grant and
+//! replaying after a 401 live in the [`ResponseFuture`], which finds the cache
+//! by number when a 401 comes.
 
 use std::{
+    collections::BTreeMap,
     fmt,
+    num::NonZeroU64,
     ops::Deref,
-    sync::Arc,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
 };
 
@@ -17,10 +24,11 @@ use tower_service::Service;
 
 use crate::{
     body::{NoReplay, Replay, ReplayBody},
-    cache::{Answer, Live, Phase, Shared, View},
+    cache::{Answer, Live, LiveSlot, Phase, Shared, View},
     error::{Error, TokenError},
-    future::{ResponseFuture, Retry},
-    layer::{AuthLayer, LayerConfig},
+    future::{After, Pending, ResponseFuture, Retry},
+    layer::AuthLayer,
+    origin::LastOrigin,
 };
 
 /// Adds `Authorization: Bearer …` (marked sensitive) to each request for the
@@ -28,30 +36,109 @@ use crate::{
 /// when the API answers 401. Made by [`AuthLayer`].
 ///
 /// `poll_ready` is the inner service's; `call` uses the service that was made
-/// ready. Services made by `AuthLayer::layer` each keep their own copy of the
-/// header, so threads with their own service never contend on a reference count;
-/// clones share their parent's.
+/// ready. A request writes to nothing that another service shares: each
+/// service, and each clone from its second request on, keeps its own copy of
+/// the header and of the handle its futures report a 401 through, so that
+/// threads with their own service (or clone) never contend on a reference
+/// count.
 pub struct AuthService<S> {
     inner: S,
-    local: Arc<Local>,
     view: Cache<Published, Arc<View<Live>>>,
+    /// This service's copy of the current token's header, and the token's id.
     header: Option<(u64, HeaderValue)>,
-    /// The token id this instance has sent once with the shared header value.
+    /// The token id this service has sent once with the cache's own value.
     seen_once: u64,
+    /// What the futures keep for a 401; shared with the parent until this
+    /// service makes its own copy of the header.
+    link: Arc<Link<S>>,
+    own_link: bool,
+    /// Whether `link` holds a spare clone of the inner service yet.
+    spare_kept: bool,
+    /// The layer's settings the hot path reads, copied here.
+    cache: CacheNumber,
+    replay: bool,
+    guarded: bool,
+    replay_limit: usize,
+    last_origin: LastOrigin,
 }
 
-/// What the futures of one service (and its clones) need after the call.
-pub(crate) struct Local {
+/// What a future that may replay keeps: the layer, whose token cache it keeps
+/// alive until the future is done, and a spare clone of the inner service,
+/// cloned again only for a replay. Sharing the spare costs a request one count
+/// of the service's own, where a clone of the inner service would write to
+/// what all its clones share (a client's pool, say).
+pub(crate) struct Link<S> {
     pub(crate) layer: AuthLayer,
+    /// Behind a lock only so that the future stays `Send` for an inner
+    /// service that is not `Sync`; taken to make the spare and for a replay.
+    spare: Mutex<Option<S>>,
 }
 
-impl Local {
+impl<S> Link<S> {
+    fn new(layer: AuthLayer) -> Self {
+        Self {
+            layer,
+            spare: Mutex::new(None),
+        }
+    }
+
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         self.layer.cache().shared()
     }
 
-    pub(crate) fn config(&self) -> &LayerConfig {
-        self.layer.config()
+    /// Keeps a clone of `inner` for replays.
+    #[cold]
+    fn keep_spare(&self, inner: &S)
+    where
+        S: Clone,
+    {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.get_or_insert_with(|| inner.clone());
+    }
+
+    /// A clone of the spare, for a replay.
+    pub(crate) fn spare(&self) -> Option<S>
+    where
+        S: Clone,
+    {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.clone()
+    }
+}
+
+// === impl CacheNumber ===
+
+/// The number of a token cache in the registry where a future finds it at
+/// 401 time. A request's future keeps this number rather than a handle, which
+/// would cost every request a reference count on memory that every service of
+/// the cache writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct CacheNumber(NonZeroU64);
+
+/// The caches by number; the entries of dropped caches go at the next
+/// registration.
+static CACHES: Mutex<BTreeMap<CacheNumber, Weak<Shared>>> = Mutex::new(BTreeMap::new());
+static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
+
+impl CacheNumber {
+    /// A number no cache has.
+    pub(crate) const NONE: Self = Self(NonZeroU64::MAX);
+
+    /// Registers `shared` under a new number.
+    pub(crate) fn register(shared: &Arc<Shared>) -> Self {
+        let n = NEXT_CACHE.fetch_add(1, Ordering::Relaxed);
+        let number = Self(NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN));
+        let mut caches = CACHES.lock().unwrap_or_else(|e| e.into_inner());
+        caches.retain(|_, cache| cache.strong_count() > 0);
+        caches.insert(number, Arc::downgrade(shared));
+        number
+    }
+
+    /// The cache, if it is still there.
+    #[cold]
+    pub(crate) fn find(self) -> Option<Arc<Shared>> {
+        let caches = CACHES.lock().unwrap_or_else(|e| e.into_inner());
+        caches.get(&self)?.upgrade()
     }
 }
 
@@ -71,12 +158,26 @@ impl<S> AuthService<S> {
     /// Wraps `inner` with the token cache of `layer`.
     pub fn new(inner: S, layer: AuthLayer) -> Self {
         let view = Cache::new(Published(Arc::clone(layer.cache().shared())));
+        let config = layer.config();
+        let (cache, replay, guarded, replay_limit) = (
+            config.cache,
+            config.replay,
+            config.origins.is_some(),
+            config.replay_limit,
+        );
         Self {
             inner,
-            local: Arc::new(Local { layer }),
             view,
             header: None,
             seen_once: 0,
+            link: Arc::new(Link::new(layer)),
+            own_link: true,
+            spare_kept: false,
+            cache,
+            replay,
+            guarded,
+            replay_limit,
+            last_origin: LastOrigin::default(),
         }
     }
 
@@ -97,7 +198,7 @@ impl<S> AuthService<S> {
 
     /// The layer whose token cache this service uses.
     pub fn layer(&self) -> &AuthLayer {
-        &self.local.layer
+        &self.link.layer
     }
 }
 
@@ -105,10 +206,19 @@ impl<S: Clone> Clone for AuthService<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            local: Arc::clone(&self.local),
             view: self.view.clone(),
-            header: self.header.clone(),
-            seen_once: self.seen_once,
+            // The clone makes its own copy from its second request on: sharing
+            // the parent's would make both write to one count.
+            header: None,
+            seen_once: 0,
+            link: Arc::clone(&self.link),
+            own_link: false,
+            spare_kept: self.spare_kept,
+            cache: self.cache,
+            replay: self.replay,
+            guarded: self.guarded,
+            replay_limit: self.replay_limit,
+            last_origin: self.last_origin,
         }
     }
 }
@@ -117,7 +227,7 @@ impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthService")
             .field("inner", &self.inner)
-            .field("layer", &self.local.layer)
+            .field("layer", &self.link.layer)
             .finish_non_exhaustive()
     }
 }
@@ -137,45 +247,97 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let config = self.local.config();
-        if let Some(origins) = &config.origins {
-            let uri = req.uri();
-            if uri.authority().is_some() && !origins.iter().any(|o| o.matches(uri)) {
-                return ResponseFuture::passthrough(self.inner.call(req.map(ReplayBody::new)));
+        if self.guarded {
+            let link = &self.link;
+            let allowed = self.last_origin.allows(req.uri(), || {
+                let origins = link.layer.config().origins.as_deref().unwrap_or_default();
+                origins.iter().any(|o| o.matches(req.uri()))
+            });
+            if !allowed {
+                let fut = self.inner.call(req.map(ReplayBody::new));
+                return ResponseFuture::passthrough(fut, self.cache);
             }
         }
-        let replay = config.replay && req.extensions().get::<NoReplay>().is_none();
+        let replay = self.replay && req.extensions().get::<NoReplay>().is_none();
 
         let view = self.view.load();
         let slot = match &**view {
             View::Token(slot, Phase::Fresh | Phase::Refreshing) => slot,
             View::Token(slot, Phase::Stale) => {
                 // The token is still valid; the core starts one refresh.
-                self.local.shared().kick();
+                self.link.shared().kick();
                 slot
             }
             View::Failed(err) => return ResponseFuture::failed(err.clone()),
             View::Token(_, Phase::Unchecked) | View::Empty => {
-                return without_token(&mut self.inner, req, &self.local, replay);
+                if replay && !self.spare_kept {
+                    self.link.keep_spare(&self.inner);
+                    self.spare_kept = true;
+                }
+                return without_token(&mut self.inner, req, &self.link, replay, self.replay_limit);
             }
         };
         let id = slot.id;
         let header = match &self.header {
             Some((seen, header)) if *seen == id => header.clone(),
-            // A service cloned per request calls once: sharing the cache's value
-            // costs no allocation. A service that calls again makes its own copy,
-            // so threads with their own service never contend on one count.
-            _ if self.seen_once != id => {
-                self.seen_once = id;
-                slot.access.clone()
-            }
             _ => {
-                let header = own_copy(&slot.access);
-                self.header = Some((id, header.clone()));
-                header
+                let mut own = Own {
+                    header: &mut self.header,
+                    seen_once: &mut self.seen_once,
+                    link: &mut self.link,
+                    own_link: &mut self.own_link,
+                    spare_kept: &mut self.spare_kept,
+                };
+                own.header_for(slot)
             }
         };
-        dispatch(&mut self.inner, req, id, header, &self.local, replay)
+        if !replay {
+            // One move of the request, as any layer that changes the body type makes.
+            let mut req = req.map(ReplayBody::new);
+            req.headers_mut().insert(AUTHORIZATION, header);
+            let cache = self.cache;
+            return ResponseFuture::sent(self.inner.call(req), After::Report { id, cache });
+        }
+        if !self.spare_kept {
+            self.link.keep_spare(&self.inner);
+            self.spare_kept = true;
+        }
+        let link = Arc::clone(&self.link);
+        dispatch(&mut self.inner, req, id, header, link, self.replay_limit)
+    }
+}
+
+/// The parts of a service that change when a new token comes.
+struct Own<'a, S> {
+    header: &'a mut Option<(u64, HeaderValue)>,
+    seen_once: &'a mut u64,
+    link: &'a mut Arc<Link<S>>,
+    own_link: &'a mut bool,
+    spare_kept: &'a mut bool,
+}
+
+impl<S> Own<'_, S> {
+    /// The header for a token this service has no copy of yet.
+    #[cold]
+    #[inline(never)]
+    fn header_for(&mut self, slot: &LiveSlot) -> HeaderValue {
+        if *self.seen_once != slot.id {
+            // A service cloned per request calls once: sharing the cache's
+            // value costs no allocation.
+            *self.seen_once = slot.id;
+            return slot.access.clone();
+        }
+        // A service that calls again makes its own copies, so that threads
+        // with their own service never contend on one count.
+        if !*self.own_link {
+            *self.link = Arc::new(Link::new(self.link.layer.clone()));
+            *self.own_link = true;
+            // Kept anew at the next request that may be replayed.
+            *self.spare_kept = false;
+        }
+        let header = own_copy(&slot.access);
+        *self.header = Some((slot.id, header.clone()));
+        header
     }
 }
 
@@ -186,20 +348,31 @@ where
 fn without_token<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
-    local: &Arc<Local>,
+    link: &Arc<Link<S>>,
     replay: bool,
+    limit: usize,
 ) -> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body,
 {
-    match local.shared().ask(None) {
-        Ok(Answer::Token(slot)) => dispatch(inner, req, slot.id, slot.access, local, replay),
+    match link.shared().ask(None) {
+        Ok(Answer::Token(slot)) => {
+            let link = Arc::clone(link);
+            send(inner, req, slot.id, slot.access, link, replay, limit)
+        }
         Ok(answer) => ResponseFuture::failed(failure(answer)),
         Err(ticket) => {
             let clone = inner.clone();
             let inner = std::mem::replace(inner, clone);
-            ResponseFuture::acquire(inner, req, Arc::clone(local), replay, ticket)
+            let pending = Pending {
+                inner,
+                req,
+                link: Arc::clone(link),
+                replay,
+                limit,
+            };
+            ResponseFuture::acquire(pending, ticket)
         }
     }
 }
@@ -231,29 +404,47 @@ fn own_copy(header: &HeaderValue) -> HeaderValue {
     own
 }
 
-/// Sends `req` with the token `id`, keeping what a replay needs.
-#[inline]
-pub(crate) fn dispatch<S, B, ResBody>(
+/// Sends `req` with the token `id`, keeping what a replay needs when `replay`
+/// (`link` then holds a spare service).
+pub(crate) fn send<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
     id: u64,
     header: HeaderValue,
-    local: &Arc<Local>,
+    link: Arc<Link<S>>,
     replay: bool,
+    limit: usize,
 ) -> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body,
 {
     if !replay {
-        // One move of the request, as any layer that changes the body type makes.
         let mut req = req.map(ReplayBody::new);
         req.headers_mut().insert(AUTHORIZATION, header);
-        return ResponseFuture::sent(inner.call(req), id, Arc::clone(local), None);
+        let cache = link.layer.config().cache;
+        return ResponseFuture::sent(inner.call(req), After::Report { id, cache });
     }
+    dispatch(inner, req, id, header, link, limit)
+}
+
+/// Sends `req` with the token `id`, keeping what a replay needs.
+#[inline]
+fn dispatch<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    id: u64,
+    header: HeaderValue,
+    link: Arc<Link<S>>,
+    limit: usize,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
     // The request stays whole here too: taking it apart into `Parts` and back
     // moves more bytes than the rest of this function touches.
-    let limit = local.config().replay_limit;
+    //
     // A streamed body of unknown size may still have a declared length: the
     // recording is complete once that much has gone out. A body whose size is
     // known (the usual case) costs no header lookup.
@@ -268,12 +459,48 @@ where
         kind = how;
         body
     });
+    if let Replay::Never = kind {
+        req.headers_mut().insert(AUTHORIZATION, header);
+        let cache = link.layer.config().cache;
+        return ResponseFuture::sent(inner.call(req), After::Report { id, cache });
+    }
     // The copy for a replay is taken before the header goes in.
-    let retry = match kind {
-        Replay::Never => None,
-        kind => Some(Box::new(Retry::new(&req, kind, inner.clone()))),
-    };
+    let retry = Retry::new(&req, kind, id, link);
     req.headers_mut().insert(AUTHORIZATION, header);
-    let fut = inner.call(req);
-    ResponseFuture::sent(fut, id, Arc::clone(local), retry)
+    ResponseFuture::sent(inner.call(req), After::Replay(retry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AccessToken, Credentials, TokenPair, fetcher};
+
+    fn layer() -> AuthLayer {
+        AuthLayer::builder()
+            .credentials(Credentials::new("id", "secret", "user", "password"))
+            .api_origin("https://api.example.com")
+            .fetcher(fetcher::from_fn(|_grant| async {
+                let token = AccessToken::new("tok")?;
+                Ok(TokenPair::new(
+                    token,
+                    None,
+                    std::time::Duration::from_secs(60),
+                ))
+            }))
+            .build()
+            .expect("valid layer")
+    }
+
+    #[test]
+    fn a_future_finds_its_cache_by_number_while_the_cache_lives() {
+        let (a, b) = (layer(), layer());
+        let (na, nb) = (a.config().cache, b.config().cache);
+        assert_ne!(na, nb);
+        assert!(Arc::ptr_eq(&na.find().expect("a"), a.cache().shared()));
+        assert!(Arc::ptr_eq(&nb.find().expect("b"), b.cache().shared()));
+        drop(a);
+        assert!(na.find().is_none());
+        assert!(nb.find().is_some());
+        assert!(CacheNumber::NONE.find().is_none());
+    }
 }

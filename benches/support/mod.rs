@@ -1,17 +1,21 @@
-//! What the benches share: the inner service that answers at once, and the
-//! reference layer that does the job the plain way.
+//! What the benches share: the inner service that answers at once, the
+//! reference layer that does the job the plain way, the request every bench
+//! sends and the way the per-request benches drive it.
 #![allow(dead_code)]
 
 use std::{
     convert::Infallible,
+    fmt,
     future::{Future, Ready, ready},
     hint::black_box,
-    pin::Pin,
+    pin::{Pin, pin},
     sync::{Arc, RwLock},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use bytes::Bytes;
+use daxium_auth::{AccessToken, AuthLayer, Credentials, NoReplay, TokenPair, fetcher};
 use http::{
     Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::AUTHORIZATION,
@@ -187,4 +191,56 @@ pub(crate) fn bearer(token: &str) -> HeaderValue {
 /// A bodiless GET to the benches' absolute URI.
 pub(crate) fn request() -> Request<Empty<Bytes>> {
     Request::get(URI).body(Empty::new()).expect("valid request")
+}
+
+/// The same request carrying the `NoReplay` extension (the per-request opt-out).
+pub(crate) fn request_no_replay() -> Request<Empty<Bytes>> {
+    let mut req = request();
+    req.extensions_mut().insert(NoReplay);
+    req
+}
+
+/// `poll_ready`, `call`, and one poll of the future with a no-op waker: the
+/// response must be there.
+#[inline]
+pub(crate) fn drive<S, B>(svc: &mut S, req: Request<B>) -> S::Response
+where
+    S: Service<Request<B>>,
+    S::Error: fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => panic!("the service is not ready"),
+    }
+    let fut = pin!(svc.call(req));
+    match fut.poll(&mut cx) {
+        Poll::Ready(Ok(res)) => res,
+        Poll::Ready(Err(err)) => panic!("the service failed: {err:?}"),
+        Poll::Pending => panic!("the response is not ready after one poll"),
+    }
+}
+
+/// A layer for [`ORIGIN`] whose cache already holds a fresh one-hour token.
+pub(crate) fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLayer {
+    let layer = AuthLayer::builder()
+        .credentials(Credentials::new(
+            "client-id",
+            "client-secret",
+            "user",
+            "password",
+        ))
+        .fetcher(fetcher::from_fn(|_grant| async {
+            Ok(TokenPair::new(
+                AccessToken::new(TOKEN)?,
+                None,
+                Duration::from_secs(3600),
+            ))
+        }))
+        .api_origin(ORIGIN)
+        .replay(replay)
+        .build()
+        .expect("valid layer");
+    rt.block_on(layer.cache().access_token()).expect("a token");
+    layer
 }

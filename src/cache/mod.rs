@@ -133,6 +133,14 @@ impl TokenCache {
         }
     }
 
+    /// Starts a refresh now, however fresh the token: the new token replaces
+    /// it when the grant answers. Must be called within a tokio runtime. For
+    /// benches, which replace the token while requests run.
+    #[doc(hidden)]
+    pub fn refresh_now(&self) {
+        self.handle.shared.run(core::Event::Refresh);
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.handle.shared.counters.snapshot()

@@ -210,6 +210,12 @@ impl<P: Payload> Core<P> {
             Event::Stored { flight, reply } => self.stored(flight, reply, out),
             Event::Close => return self.close(out),
             Event::Kick => self.refresh_due = true,
+            Event::Refresh => {
+                if let Some(token) = &mut self.token {
+                    token.stale = true;
+                }
+                self.refresh_due = true;
+            }
             Event::Tick | Event::GrantLost { .. } | Event::TimerLost => {}
         }
         self.progress(out);

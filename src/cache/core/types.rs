@@ -57,6 +57,9 @@ pub(crate) enum Event<P: Payload> {
     },
     /// A caller saw the published token stale.
     Kick,
+    /// A refresh is wanted now, however fresh the token (benches replace the
+    /// token this way while requests run).
+    Refresh,
     /// The API answered 401 to a first attempt carrying token `id`; `waiter`,
     /// if any, wants the token to replay the request with.
     Refused {
