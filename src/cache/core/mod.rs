@@ -166,23 +166,8 @@ impl<P: Payload> Core<P> {
             return self.after_close(event, out);
         }
         self.advance(out);
-        match event {
-            // Reported from a runtime that is going away: nothing is started or
-            // armed from there. The waiters ask again from their own runtimes.
-            Event::GrantLost { flight } => {
-                if self.running(flight) {
-                    self.flight = Flight::Idle;
-                    self.last_error = Some(P::error(Why::Lost));
-                    self.retry_all(out);
-                }
-                return self.publish(out);
-            }
-            Event::TimerLost => {
-                self.armed = None;
-                self.retry_all(out);
-                return self.publish(out);
-            }
-            _ => {}
+        if self.lost(&event, out) {
+            return;
         }
         match event {
             Event::Need {
@@ -222,6 +207,28 @@ impl<P: Payload> Core<P> {
         self.refresh_due = false;
         self.arm(out);
         self.publish(out);
+    }
+
+    /// A task reported lost from a runtime that is going away: nothing is
+    /// started or armed from there, and the waiters ask again from their own
+    /// runtimes. Whether `event` was one.
+    fn lost(&mut self, event: &Event<P>, out: &mut Vec<Action<P>>) -> bool {
+        match *event {
+            Event::GrantLost { flight } => {
+                if self.running(flight) {
+                    self.flight = Flight::Idle;
+                    self.last_error = Some(P::error(Why::Lost));
+                    self.retry_all(out);
+                }
+            }
+            Event::TimerLost => {
+                self.armed = None;
+                self.retry_all(out);
+            }
+            _ => return false,
+        }
+        self.publish(out);
+        true
     }
 
     /// Applies what the passing of time decided: staleness, expiry, the end

@@ -278,21 +278,24 @@ impl World {
             },
             Call::Grant {
                 flight, sent_at, ..
-            } => {
-                let access = self.serial();
-                let refresh = self.serial();
-                self.access.insert(access, sent_at + LIFETIME);
-                let grant = Granted {
-                    access,
-                    refresh: Some(refresh),
-                    lifetime: LIFETIME,
-                    sent_at,
-                    jitter: 0.5,
-                };
-                Event::Granted { flight, grant }
-            }
+            } => self.issue(flight, sent_at),
         };
         self.step(r, event);
+    }
+
+    /// The token server answers a grant with a new pair.
+    fn issue(&mut self, flight: FlightId, sent_at: Time) -> Event<T> {
+        let access = self.serial();
+        let refresh = self.serial();
+        self.access.insert(access, sent_at + LIFETIME);
+        let grant = Granted {
+            access,
+            refresh: Some(refresh),
+            lifetime: LIFETIME,
+            sent_at,
+            jitter: 0.5,
+        };
+        Event::Granted { flight, grant }
     }
 
     fn advance(&mut self, by: Duration) {
