@@ -320,8 +320,13 @@ impl<P: Payload> Core<P> {
         if ids.is_empty() {
             return;
         }
-        for id in &ids {
-            self.waiters.remove(*id);
+        if ids.len() == self.waiters.len() {
+            // Every waiter at once (a grant's answer to a stampede): no search.
+            self.waiters.take_all();
+        } else {
+            for id in &ids {
+                self.waiters.remove(*id);
+            }
         }
         out.push(Action::Answer {
             waiters: ids,

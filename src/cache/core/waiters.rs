@@ -49,6 +49,10 @@ impl Waiters {
         self.by_id.iter().map(|(id, waiter)| (*id, waiter))
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
