@@ -6,8 +6,8 @@
 //! refresh token.
 
 use super::{
-    Action, Answer, Core, Flight, FlightId, Grant, Payload, Record, Running, Slot, Step, StoreCall,
-    StoreReply, Token, timing::schedule,
+    Action, Core, Flight, FlightId, Grant, Payload, Record, Running, Step, StoreCall, StoreReply,
+    timing::schedule,
 };
 
 impl<P: Payload> Core<P> {
@@ -203,27 +203,9 @@ impl<P: Payload> Core<P> {
     fn adopt(&mut self, record: Record<P>, out: &mut Vec<Action<P>>) {
         let remaining = record.expires_at.saturating_sub(self.now);
         let (stale_at, expires_at) = schedule(self.now, remaining, self.config.refresh_margin, 0.0);
-        let slot = Slot {
-            id: self.next_token,
-            access: record.access,
-        };
-        self.next_token += 1;
-        self.token = Some(Token {
-            slot: slot.clone(),
-            stale_at,
-            expires_at,
-            stale: self.now >= stale_at,
-            replay_refused: false,
-        });
         // The refresh token stays in the store, used only under the lease.
-        self.refresh = None;
         self.version = Some(record.version);
-        self.attempt = 0;
-        self.last_error = None;
-        self.rejected = None;
-        self.refused = false;
-        let all = self.waiters.ids();
-        self.answer(all, Answer::Token(slot), out);
+        self.commit(record.access, None, (stale_at, expires_at), out);
     }
 
     /// After a grant under the lease: the new pair goes to the store.

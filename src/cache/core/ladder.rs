@@ -10,6 +10,36 @@ use super::{
 };
 
 impl<P: Payload> Core<P> {
+    /// Makes `access` the token, with the refresh token to keep and the times
+    /// that retire it, and hands it to every waiter.
+    pub(super) fn commit(
+        &mut self,
+        access: P::Access,
+        refresh: Option<P::Refresh>,
+        (stale_at, expires_at): (Time, Time),
+        out: &mut Vec<Action<P>>,
+    ) {
+        let slot = Slot {
+            id: self.next_token,
+            access,
+        };
+        self.next_token += 1;
+        self.token = Some(Token {
+            slot: slot.clone(),
+            stale_at,
+            expires_at,
+            stale: self.now >= stale_at,
+            replay_refused: false,
+        });
+        self.refresh = refresh;
+        self.attempt = 0;
+        self.last_error = None;
+        self.rejected = None;
+        self.refused = false;
+        let all = self.waiters.ids();
+        self.answer(all, Answer::Token(slot), out);
+    }
+
     /// Releases the store's lease after a flight, unless the ladder goes on
     /// under it.
     fn let_go(&mut self, leased: bool, out: &mut Vec<Action<P>>) {
@@ -61,27 +91,9 @@ impl<P: Payload> Core<P> {
             self.settle_failure(failure, run.credentials, false, out);
             return self.let_go(run.leased, out);
         }
-        let slot = Slot {
-            id: self.next_token,
-            access: grant.access,
-        };
-        self.next_token += 1;
-        self.token = Some(Token {
-            slot: slot.clone(),
-            stale_at,
-            expires_at,
-            stale: self.now >= stale_at,
-            replay_refused: false,
-        });
         // The store version seen last stays: a record of that version is not
         // adopted again (its token may be the one the API refused).
-        self.refresh = refresh;
-        self.attempt = 0;
-        self.last_error = None;
-        self.rejected = None;
-        self.refused = false;
-        let all = self.waiters.ids();
-        self.answer(all, Answer::Token(slot), out);
+        self.commit(grant.access, refresh, (stale_at, expires_at), out);
         if run.leased {
             self.publish_pair(run, out);
         }
