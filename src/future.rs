@@ -115,7 +115,9 @@ pub(crate) struct Retry<S, B> {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    /// `None` for a request with no header before the token (most): no map
+    /// to make and drop for each request.
+    headers: Option<Box<HeaderMap>>,
     extensions: Extensions,
     body: Replay,
     _body: std::marker::PhantomData<fn() -> B>,
@@ -130,12 +132,7 @@ impl<S, B> Retry<S, B> {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            // Most requests carry no header yet: skip the clone's bookkeeping.
-            headers: if req.headers().is_empty() {
-                HeaderMap::new()
-            } else {
-                req.headers().clone()
-            },
+            headers: (!req.headers().is_empty()).then(|| Box::new(req.headers().clone())),
             extensions: req.extensions().clone(),
             body,
             _body: std::marker::PhantomData,
@@ -167,7 +164,9 @@ impl<S, B> Retry<S, B> {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = version;
-        *req.headers_mut() = headers;
+        if let Some(headers) = headers {
+            *req.headers_mut() = *headers;
+        }
         *req.extensions_mut() = extensions;
         (id, link, Some((service, req)))
     }
