@@ -1,6 +1,7 @@
 //! [`ResponseFuture`]: the state machine of one request. The common path polls
 //! the inner future and looks at the status; waiting for a grant and the one
-//! replay after a 401 are the rare paths, and only they allocate.
+//! replay after a 401 are the rare paths, and only they allocate (besides the
+//! copy of a request's headers kept for a replay, when it has any).
 
 use std::{
     fmt,
