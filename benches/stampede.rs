@@ -332,10 +332,18 @@ fn main() {
     let mut fan_out: [Vec<f64>; 2] = Default::default();
     let mut first_out: [Vec<f64>; 2] = Default::default();
     let mut worst: [Option<Outcome>; 2] = [None, None];
+    // `STAMPEDE_ONLY=auth` (or `reference`): one variant, for a profiler.
+    let only = std::env::var("STAMPEDE_ONLY").ok();
     for round in 0..ROUNDS {
         // Alternating which goes first, so that neither always follows the other.
         for k in 0..2 {
             let auth = (round + k) % 2 == 1;
+            if only
+                .as_deref()
+                .is_some_and(|only| only != ["reference", "auth"][usize::from(auth)])
+            {
+                continue;
+            }
             let outcome = stampede(&rt, auth);
             assert_eq!(outcome.grants, 1, "one grant for {WAITERS} waiters");
             let i = usize::from(auth);

@@ -1,6 +1,7 @@
 //! [`ResponseFuture`]: the state machine of one request. The common path polls
 //! the inner future and looks at the status; waiting for a grant and the one
-//! replay after a 401 are the rare paths, and only they allocate.
+//! replay after a 401 are the rare paths, and only they allocate (besides the
+//! copy of a request's headers kept for a replay, when it has any).
 
 use std::{
     fmt,
@@ -115,7 +116,9 @@ pub(crate) struct Retry<S, B> {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    /// `None` for a request with no header before the token (most): no map
+    /// to make and drop for each request.
+    headers: Option<Box<HeaderMap>>,
     extensions: Extensions,
     body: Replay,
     _body: std::marker::PhantomData<fn() -> B>,
@@ -130,12 +133,7 @@ impl<S, B> Retry<S, B> {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            // Most requests carry no header yet: skip the clone's bookkeeping.
-            headers: if req.headers().is_empty() {
-                HeaderMap::new()
-            } else {
-                req.headers().clone()
-            },
+            headers: (!req.headers().is_empty()).then(|| Box::new(req.headers().clone())),
             extensions: req.extensions().clone(),
             body,
             _body: std::marker::PhantomData,
@@ -167,7 +165,9 @@ impl<S, B> Retry<S, B> {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = version;
-        *req.headers_mut() = headers;
+        if let Some(headers) = headers {
+            *req.headers_mut() = *headers;
+        }
         *req.extensions_mut() = extensions;
         (id, link, Some((service, req)))
     }

@@ -11,7 +11,7 @@ use std::{
     num::NonZeroU64,
     ops::Deref,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
@@ -52,8 +52,6 @@ pub struct AuthService<S> {
     /// service makes its own copy of the header.
     link: Arc<Link<S>>,
     own_link: bool,
-    /// Whether `link` holds a spare clone of the inner service yet.
-    spare_kept: bool,
     /// The layer's settings the hot path reads, copied here.
     cache: CacheNumber,
     replay: bool,
@@ -69,16 +67,17 @@ pub struct AuthService<S> {
 /// what all its clones share (a client's pool, say).
 pub(crate) struct Link<S> {
     pub(crate) layer: AuthLayer,
-    /// Behind a lock only so that the future stays `Send` for an inner
-    /// service that is not `Sync`; taken to make the spare and for a replay.
-    spare: Mutex<Option<S>>,
+    /// Made once, at the first request that may be replayed (checking costs a
+    /// load); behind a lock only so that the future stays `Send` for an inner
+    /// service that is not `Sync`, taken only for a replay.
+    spare: OnceLock<Mutex<S>>,
 }
 
 impl<S> Link<S> {
     fn new(layer: AuthLayer) -> Self {
         Self {
             layer,
-            spare: Mutex::new(None),
+            spare: OnceLock::new(),
         }
     }
 
@@ -86,14 +85,13 @@ impl<S> Link<S> {
         self.layer.cache().shared()
     }
 
-    /// Keeps a clone of `inner` for replays.
-    #[cold]
+    /// Keeps a clone of `inner` for replays, if none is kept yet.
+    #[inline]
     fn keep_spare(&self, inner: &S)
     where
         S: Clone,
     {
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        spare.get_or_insert_with(|| inner.clone());
+        self.spare.get_or_init(|| Mutex::new(inner.clone()));
     }
 
     /// A clone of the spare, for a replay.
@@ -101,8 +99,8 @@ impl<S> Link<S> {
     where
         S: Clone,
     {
-        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        spare.clone()
+        let spare = self.spare.get()?;
+        Some(spare.lock().unwrap_or_else(|e| e.into_inner()).clone())
     }
 }
 
@@ -172,7 +170,6 @@ impl<S> AuthService<S> {
             seen_once: 0,
             link: Arc::new(Link::new(layer)),
             own_link: true,
-            spare_kept: false,
             cache,
             replay,
             guarded,
@@ -213,7 +210,6 @@ impl<S: Clone> Clone for AuthService<S> {
             seen_once: 0,
             link: Arc::clone(&self.link),
             own_link: false,
-            spare_kept: self.spare_kept,
             cache: self.cache,
             replay: self.replay,
             guarded: self.guarded,
@@ -270,9 +266,8 @@ where
             }
             View::Failed(err) => return ResponseFuture::failed(err.clone()),
             View::Token(_, Phase::Unchecked) | View::Empty => {
-                if replay && !self.spare_kept {
+                if replay {
                     self.link.keep_spare(&self.inner);
-                    self.spare_kept = true;
                 }
                 return without_token(&mut self.inner, req, &self.link, replay, self.replay_limit);
             }
@@ -286,7 +281,6 @@ where
                     seen_once: &mut self.seen_once,
                     link: &mut self.link,
                     own_link: &mut self.own_link,
-                    spare_kept: &mut self.spare_kept,
                 };
                 own.header_for(slot)
             }
@@ -298,10 +292,7 @@ where
             let cache = self.cache;
             return ResponseFuture::sent(self.inner.call(req), After::Report { id, cache });
         }
-        if !self.spare_kept {
-            self.link.keep_spare(&self.inner);
-            self.spare_kept = true;
-        }
+        self.link.keep_spare(&self.inner);
         let link = Arc::clone(&self.link);
         dispatch(&mut self.inner, req, id, header, link, self.replay_limit)
     }
@@ -313,7 +304,6 @@ struct Own<'a, S> {
     seen_once: &'a mut u64,
     link: &'a mut Arc<Link<S>>,
     own_link: &'a mut bool,
-    spare_kept: &'a mut bool,
 }
 
 impl<S> Own<'_, S> {
@@ -332,8 +322,6 @@ impl<S> Own<'_, S> {
         if !*self.own_link {
             *self.link = Arc::new(Link::new(self.link.layer.clone()));
             *self.own_link = true;
-            // Kept anew at the next request that may be replayed.
-            *self.spare_kept = false;
         }
         let header = own_copy(&slot.access);
         *self.header = Some((slot.id, header.clone()));
