@@ -46,6 +46,8 @@ enum Op {
         late: bool,
     },
     TimerLost,
+    /// A refresh asked for, however fresh the token.
+    Refresh,
     Credentials {
         other_login: bool,
     },
@@ -76,6 +78,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (prop_oneof![0..=50u64, 51..=3_000u64, 3_001..=4_000_000u64], any::<bool>())
             .prop_map(|(ms, late)| Op::Advance { ms, late }),
         1 => Just(Op::TimerLost),
+        1 => Just(Op::Refresh),
         1 => any::<bool>().prop_map(|other_login| Op::Credentials { other_login }),
     ]
 }
@@ -144,6 +147,7 @@ fn apply(h: &mut Harness, op: &Op, outstanding: &mut Vec<WaiterId>) {
         }
         Op::Advance { ms, late } => h.advance(Duration::from_millis(ms), late),
         Op::TimerLost => h.timer_lost(),
+        Op::Refresh => h.step(h.now, super::super::Event::Refresh),
         Op::Credentials { other_login } => h.credentials(other_login),
     }
 }
