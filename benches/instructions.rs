@@ -13,7 +13,10 @@
 //!   `NoReplay` (the per-request opt-out, measured against `floor_ext`);
 //! - `reference`: a layer that does the job the plain way (`RwLock` token, a
 //!   copy of the request kept for the retry);
-//! - `auth_replay_on`: `AuthLayer` with its defaults.
+//! - `auth_replay_on`: `AuthLayer` with its defaults;
+//! - with the `redis` feature, `auth_replay_off_redis` / `auth_replay_on_redis`:
+//!   the two `AuthLayer` variants sharing their login through a `RedisStore`
+//!   on a real `redis-server`, which the parent starts on 127.0.0.1.
 //!
 //! Run as a bench (`cargo bench --bench instructions`), the binary runs itself
 //! under `valgrind --tool=callgrind` once per variant and per request count,
@@ -59,6 +62,13 @@ const VARIANTS: [&str; 7] = [
     "auth_replay_on",
 ];
 
+/// With the `redis` feature: the two `AuthLayer` variants sharing their login
+/// through a `RedisStore`.
+#[cfg(feature = "redis")]
+const REDIS_VARIANTS: [&str; 2] = ["auth_replay_off_redis", "auth_replay_on_redis"];
+#[cfg(not(feature = "redis"))]
+const REDIS_VARIANTS: [&str; 0] = [];
+
 /// Requests before the counted loop, and in its short and long runs.
 const WARM_UP: u32 = 100;
 const SHORT: u32 = 1_000;
@@ -68,6 +78,8 @@ const LONG: u32 = 11_000;
 /// and how many requests the counted loop sends.
 const VARIANT_VAR: &str = "INSTRUCTIONS_VARIANT";
 const REQUESTS_VAR: &str = "INSTRUCTIONS_REQUESTS";
+/// The URL of the Redis the store variants share their login through.
+const REDIS_VAR: &str = "INSTRUCTIONS_REDIS";
 
 /// The loop callgrind counts (`--toggle-collect=*counted_requests*`): never
 /// inlined, so that its name is in the profile.
@@ -122,12 +134,26 @@ fn child(variant: &str, n: u32) {
         "auth_no_replay" => run(&mut auth_layer(&rt, true).layer(Inner), n, true),
         "reference" => run(&mut Reference::new(TOKEN).layer(Inner), n, false),
         "auth_replay_on" => run(&mut auth_layer(&rt, true).layer(Inner), n, false),
+        #[cfg(feature = "redis")]
+        "auth_replay_off_redis" | "auth_replay_on_redis" => {
+            let url = env::var(REDIS_VAR).expect("the Redis URL");
+            let replay = variant == "auth_replay_on_redis";
+            let layer = support::auth_layer_redis(&rt, replay, &url);
+            run(&mut layer.layer(Inner), n, false)
+        }
         other => panic!("unknown variant {other}"),
     }
 }
 
 /// The instructions callgrind counted in one child run.
-fn count(valgrind: &OsString, dir: &Path, variant: &str, n: u32, tag: &str) -> Result<u64, String> {
+fn count(
+    valgrind: &OsString,
+    dir: &Path,
+    redis: Option<&str>,
+    variant: &str,
+    n: u32,
+    tag: &str,
+) -> Result<u64, String> {
     let out = dir.join(format!("{variant}.{tag}.out"));
     let exe = env::current_exe().map_err(|e| format!("own path: {e}"))?;
     let status = Command::new(valgrind)
@@ -138,6 +164,7 @@ fn count(valgrind: &OsString, dir: &Path, variant: &str, n: u32, tag: &str) -> R
         .arg(&exe)
         .env(VARIANT_VAR, variant)
         .env(REQUESTS_VAR, n.to_string())
+        .env(REDIS_VAR, redis.unwrap_or_default())
         .status()
         .map_err(|e| format!("cannot run {}: {e}", valgrind.to_string_lossy()))?;
     if !status.success() {
@@ -160,10 +187,16 @@ fn parent() -> Result<(), String> {
         None => env::temp_dir().join(format!("daxium-auth-instructions-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    #[cfg(feature = "redis")]
+    let server = support::redis::RedisServer::start();
+    #[cfg(feature = "redis")]
+    let redis = Some(server.url());
+    #[cfg(not(feature = "redis"))]
+    let redis: Option<String> = None;
     let mut per_request = Vec::new();
-    for variant in VARIANTS {
-        let short = count(&valgrind, &dir, variant, SHORT, "short")?;
-        let long = count(&valgrind, &dir, variant, LONG, "long")?;
+    for variant in VARIANTS.into_iter().chain(REDIS_VARIANTS) {
+        let short = count(&valgrind, &dir, redis.as_deref(), variant, SHORT, "short")?;
+        let long = count(&valgrind, &dir, redis.as_deref(), variant, LONG, "long")?;
         let per = long.saturating_sub(short) as f64 / f64::from(LONG - SHORT);
         eprintln!(
             "instructions/{variant}: {per:.1} a request ({short} for {SHORT}, {long} for {LONG})"
@@ -183,7 +216,7 @@ fn parent() -> Result<(), String> {
         LONG, SHORT
     );
     for (variant, per) in &per_request {
-        println!("  {variant:<16} {per:>8.1}");
+        println!("  {variant:<22} {per:>8.1}");
     }
     println!(
         "  replay off / floor {:.3}, NoReplay / floor_ext {:.3}, replay on / reference {:.3}, \
@@ -193,6 +226,13 @@ fn parent() -> Result<(), String> {
         of("auth_replay_on") / of("reference"),
         of("auth_replay_on") / of("floor"),
     );
+    if !REDIS_VARIANTS.is_empty() {
+        println!(
+            "  with a RedisStore: replay off {:.3}, replay on {:.3} (against the same without)",
+            of("auth_replay_off_redis") / of("auth_replay_off"),
+            of("auth_replay_on_redis") / of("auth_replay_on"),
+        );
+    }
     Ok(())
 }
 

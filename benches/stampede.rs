@@ -15,14 +15,11 @@
 //! `cargo bench --bench stampede`
 
 use std::{
-    convert::Infallible,
-    future::{Future, Ready, ready},
-    hint::black_box,
+    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -31,32 +28,14 @@ use daxium_auth::{AccessToken, AuthLayer, AuthService, Credentials, TokenPair, f
 use http::{HeaderValue, Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::Empty;
 use tokio::sync::{Notify, watch};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, ServiceExt};
 
-const URI: &str = "http://127.0.0.1:8080/api/v1/items";
-const ORIGIN: &str = "http://127.0.0.1:8080";
-const TOKEN: &str =
-    "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
 const WAITERS: usize = 10_000;
 const GRANT_DELAY: Duration = Duration::from_millis(20);
 
-#[derive(Debug, Clone, Copy)]
-struct Inner;
+mod support;
 
-impl<B> Service<Request<B>> for Inner {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        drop(black_box(req));
-        ready(Ok(Response::new(Empty::new())))
-    }
-}
+use support::{Inner, ORIGIN, TOKEN, bearer, request};
 
 /// The token endpoint: a fixed delay; it notes how long each grant took and
 /// when the last one ended.
@@ -86,8 +65,7 @@ impl Endpoint {
         if self.waiting.load(Ordering::Acquire) < WAITERS {
             self.all_waiting.notified().await;
         }
-        let mut header = HeaderValue::try_from(format!("Bearer {TOKEN}")).expect("header");
-        header.set_sensitive(true);
+        let header = bearer(TOKEN);
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((started.elapsed(), Instant::now()));
         header
@@ -237,7 +215,7 @@ fn stampede(rt: &tokio::runtime::Runtime, auth: bool) -> Outcome {
             tokio::spawn(async move {
                 arrived.fetch_add(1, Ordering::Relaxed);
                 gate.wait_for(|open| *open).await.expect("gate");
-                let request = Request::get(URI).body(Empty::new()).expect("request");
+                let request = request();
                 let start = Instant::now();
                 let at = start.saturating_duration_since(origin).as_nanos() as u64;
                 last_call.fetch_max(at, Ordering::Relaxed);

@@ -10,72 +10,31 @@
 //! - replay on (the default), fresh token: at most 2 added;
 //! - a service cloned for each request, replay on or off: none added either.
 
-use std::{
-    convert::Infallible,
-    fmt,
-    future::{Future, Ready, ready},
-    hint::black_box,
-    pin::pin,
-    task::{Context, Poll, Waker},
-    time::Duration,
-};
+use std::{fmt, hint::black_box};
 
-use bytes::Bytes;
-use daxium_auth::{AccessToken, AuthLayer, Credentials, NoReplay, TokenPair, fetcher};
-use http::{Request, Response, StatusCode, header::AUTHORIZATION};
+use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use tower::{Layer, Service};
 use tower_http::auth::AddAuthorization;
 
-const URI: &str = "http://127.0.0.1:8080/api/v1/items";
-const ORIGIN: &str = "http://127.0.0.1:8080";
-const TOKEN: &str =
-    "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
+#[path = "../benches/support/mod.rs"]
+mod bench;
 
-/// The inner service of the `hot_path` bench: answers 200 at once. It checks
-/// the header so that the comparison is between layers that both attach it.
-#[derive(Debug, Clone, Copy)]
-struct Inner;
+use bench::{Authorized as Inner, TOKEN, auth_layer, auth_layer_with, request, request_no_replay};
 
-impl<B> Service<Request<B>> for Inner {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
+type Body = Empty<bytes::Bytes>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        assert!(req.headers().contains_key(AUTHORIZATION));
-        drop(black_box(req));
-        ready(Ok(Response::new(Empty::new())))
-    }
-}
-
-fn request(no_replay: bool) -> Request<Empty<Bytes>> {
-    let mut req = Request::get(URI).body(Empty::new()).expect("valid request");
-    if no_replay {
-        req.extensions_mut().insert(NoReplay);
-    }
-    req
-}
-
-fn drive<S>(svc: &mut S, req: Request<Empty<Bytes>>) -> S::Response
+fn drive<S>(svc: &mut S, no_replay: bool) -> S::Response
 where
-    S: Service<Request<Empty<Bytes>>>,
+    S: Service<Request<Body>>,
     S::Error: fmt::Debug,
 {
-    let mut cx = Context::from_waker(Waker::noop());
-    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
-    let fut = pin!(svc.call(req));
-    match fut.poll(&mut cx) {
-        Poll::Ready(Ok(res)) => res,
-        other => panic!(
-            "no response after one poll: {:?}",
-            other.map(|r| r.map(|_| ()))
-        ),
-    }
+    let req = if no_replay {
+        request_no_replay()
+    } else {
+        request()
+    };
+    bench::drive(svc, req)
 }
 
 /// Allocations made by this thread for one request through `svc`: the
@@ -83,16 +42,16 @@ where
 /// first request through a service copies the header once).
 fn allocations<S>(svc: &mut S, no_replay: bool) -> u64
 where
-    S: Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>>,
+    S: Service<Request<Body>, Response = Response<Body>>,
     S::Error: fmt::Debug,
 {
     for _ in 0..2 {
-        drive(svc, request(no_replay));
+        drive(svc, no_replay);
     }
     (0..5)
         .map(|_| {
             allocation_counter::measure(|| {
-                let res = drive(svc, request(no_replay));
+                let res = drive(svc, no_replay);
                 assert_eq!(res.status(), StatusCode::OK);
                 drop(black_box(res));
             })
@@ -100,36 +59,6 @@ where
         })
         .max()
         .expect("five runs")
-}
-
-/// A layer whose cache holds a fresh one-hour token.
-fn layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLayer {
-    layer_with(rt, |b| b.replay(replay))
-}
-
-/// A layer with a fixed token, as `configure` sets it up, holding its token.
-fn layer_with(
-    rt: &tokio::runtime::Runtime,
-    configure: impl FnOnce(daxium_auth::AuthLayerBuilder) -> daxium_auth::AuthLayerBuilder,
-) -> AuthLayer {
-    let builder = AuthLayer::builder()
-        .credentials(Credentials::new(
-            "client-id",
-            "client-secret",
-            "user",
-            "password",
-        ))
-        .fetcher(fetcher::from_fn(|_grant| async {
-            Ok(TokenPair::new(
-                AccessToken::new(TOKEN)?,
-                None,
-                Duration::from_secs(3600),
-            ))
-        }))
-        .api_origin(ORIGIN);
-    let layer = configure(builder).build().expect("valid layer");
-    rt.block_on(layer.cache().access_token()).expect("a token");
-    layer
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -158,7 +87,7 @@ fn replay_off_adds_no_allocation() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(false);
-    let auth = allocations(&mut layer(&rt, false).layer(Inner), false);
+    let auth = allocations(&mut auth_layer(&rt, false).layer(Inner), false);
     eprintln!("replay off (layer setting): floor {floor}, AuthLayer {auth} allocations");
     assert_eq!(
         auth, floor,
@@ -171,7 +100,7 @@ fn no_replay_extension_adds_no_allocation() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(true);
-    let auth = allocations(&mut layer(&rt, true).layer(Inner), true);
+    let auth = allocations(&mut auth_layer(&rt, true).layer(Inner), true);
     eprintln!("replay off (NoReplay extension): floor {floor}, AuthLayer {auth} allocations");
     assert_eq!(
         auth, floor,
@@ -186,12 +115,12 @@ fn a_token_store_adds_no_allocation_to_the_hot_path() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(false);
-    let memory = layer_with(&rt, |b| {
+    let memory = auth_layer_with(&rt, |b| {
         b.replay(false).store(daxium_auth::MemoryStore::new())
     });
     let auth = allocations(&mut memory.layer(Inner), false);
     assert_eq!(auth, floor, "replay off with a MemoryStore");
-    let replay = layer_with(&rt, |b| b.store(daxium_auth::MemoryStore::new()));
+    let replay = auth_layer_with(&rt, |b| b.store(daxium_auth::MemoryStore::new()));
     let auth = allocations(&mut replay.layer(Inner), false);
     assert!(
         auth <= floor + 2,
@@ -199,12 +128,26 @@ fn a_token_store_adds_no_allocation_to_the_hot_path() {
     );
     #[cfg(feature = "redis")]
     {
-        // A Redis that does not answer: the token is this replica's own, and
-        // requests never call the store.
+        // A real Redis holding the record this layer wrote: requests never
+        // call the store.
+        let server = bench::redis::RedisServer::start();
+        for replay in [false, true] {
+            let without = allocations(&mut auth_layer(&rt, replay).layer(Inner), false);
+            let shared = bench::auth_layer_redis(&rt, replay, &server.url());
+            let auth = allocations(&mut shared.layer(Inner), false);
+            eprintln!(
+                "a RedisStore configured, replay {replay}: without {without}, with {auth} allocations"
+            );
+            assert_eq!(auth, without, "replay {replay} with a RedisStore");
+        }
+        // A Redis that does not answer: the token is this replica's own.
         let store = daxium_auth::store::RedisStore::new("redis://127.0.0.1:1/").expect("a URL");
-        let redis = layer_with(&rt, |b| b.replay(false).store(store));
-        let auth = allocations(&mut redis.layer(Inner), false);
-        assert_eq!(auth, floor, "replay off with a RedisStore");
+        let alone = auth_layer_with(&rt, |b| b.replay(false).store(store));
+        let auth = allocations(&mut alone.layer(Inner), false);
+        assert_eq!(
+            auth, floor,
+            "replay off with a RedisStore that does not answer"
+        );
     }
 }
 
@@ -213,7 +156,7 @@ fn replay_on_adds_at_most_two_allocations() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(false);
-    let auth = allocations(&mut layer(&rt, true).layer(Inner), false);
+    let auth = allocations(&mut auth_layer(&rt, true).layer(Inner), false);
     eprintln!("replay on: floor {floor}, AuthLayer {auth} allocations");
     assert!(
         auth <= floor + 2,
@@ -228,7 +171,7 @@ fn clones_of_a_service_add_no_allocation_either() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(false);
-    let service = layer(&rt, false).layer(Inner);
+    let service = auth_layer(&rt, false).layer(Inner);
     let mut clone = service.clone();
     let auth = allocations(&mut clone, false);
     assert_eq!(auth, floor);
@@ -239,17 +182,17 @@ fn clones_of_a_service_add_no_allocation_either() {
 /// requests through `svc` itself.
 fn allocations_through_a_clone_each<S>(svc: &mut S) -> u64
 where
-    S: Service<Request<Empty<Bytes>>, Response = Response<Empty<Bytes>>> + Clone,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone,
     S::Error: fmt::Debug,
 {
     for _ in 0..2 {
-        drive(svc, request(false));
+        drive(svc, false);
     }
     (0..5)
         .map(|_| {
             allocation_counter::measure(|| {
                 let mut clone = svc.clone();
-                let res = drive(&mut clone, request(false));
+                let res = drive(&mut clone, false);
                 assert_eq!(res.status(), StatusCode::OK);
                 drop(black_box(res));
             })
@@ -267,7 +210,7 @@ fn a_clone_for_each_request_adds_no_allocation() {
         &mut AddAuthorization::bearer(Inner, TOKEN).as_sensitive(true),
     );
     for replay in [false, true] {
-        let auth = allocations_through_a_clone_each(&mut layer(&rt, replay).layer(Inner));
+        let auth = allocations_through_a_clone_each(&mut auth_layer(&rt, replay).layer(Inner));
         eprintln!(
             "a clone for each request, replay {replay}: floor {floor}, AuthLayer {auth} allocations"
         );

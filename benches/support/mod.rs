@@ -15,7 +15,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use daxium_auth::{AccessToken, AuthLayer, Credentials, NoReplay, TokenPair, fetcher};
+use daxium_auth::{
+    AccessToken, AuthLayer, AuthLayerBuilder, Credentials, NoReplay, TokenPair, fetcher,
+};
 use http::{
     Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::AUTHORIZATION,
@@ -23,6 +25,11 @@ use http::{
 use http_body_util::Empty;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service, util::Oneshot};
+
+/// A real `redis-server` on 127.0.0.1, for the variants with a `RedisStore`.
+#[cfg(feature = "redis")]
+#[path = "../../tests/support/redis.rs"]
+pub(crate) mod redis;
 
 pub(crate) const URI: &str = "http://127.0.0.1:8080/api/v1/items";
 pub(crate) const ORIGIN: &str = "http://127.0.0.1:8080";
@@ -48,6 +55,26 @@ impl<B> Service<Request<B>> for Inner {
     fn call(&mut self, req: Request<B>) -> Self::Future {
         drop(black_box(req));
         ready(Ok(Response::new(Empty::new())))
+    }
+}
+
+/// [`Inner`], checking that the request carries an `Authorization` header:
+/// for comparisons between layers that must both attach it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Authorized;
+
+impl<B> Service<Request<B>> for Authorized {
+    type Response = Response<Empty<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        assert!(req.headers().contains_key(AUTHORIZATION));
+        Inner.call(req)
     }
 }
 
@@ -223,7 +250,16 @@ where
 
 /// A layer for [`ORIGIN`] whose cache already holds a fresh one-hour token.
 pub(crate) fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLayer {
-    let layer = AuthLayer::builder()
+    auth_layer_with(rt, |builder| builder.replay(replay))
+}
+
+/// A layer for [`ORIGIN`] with a fetcher that grants a fresh one-hour token,
+/// set up further by `configure`, whose cache already holds its token.
+pub(crate) fn auth_layer_with(
+    rt: &tokio::runtime::Runtime,
+    configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder,
+) -> AuthLayer {
+    let builder = AuthLayer::builder()
         .credentials(Credentials::new(
             "client-id",
             "client-secret",
@@ -237,10 +273,47 @@ pub(crate) fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLaye
                 Duration::from_secs(3600),
             ))
         }))
-        .api_origin(ORIGIN)
-        .replay(replay)
-        .build()
-        .expect("valid layer");
+        .api_origin(ORIGIN);
+    let layer = configure(builder).build().expect("valid layer");
     rt.block_on(layer.cache().access_token()).expect("a token");
+    layer
+}
+
+/// A layer as [`auth_layer`] makes it, sharing its login through a
+/// `RedisStore` on `url`: its token is the record it wrote there. The record
+/// is written, and the lease released, by tasks of `rt` after the token is
+/// served: `rt` runs until both are done, so that the next layer (or process)
+/// on this Redis adopts the record.
+#[cfg(feature = "redis")]
+pub(crate) fn auth_layer_redis(rt: &tokio::runtime::Runtime, replay: bool, url: &str) -> AuthLayer {
+    use daxium_auth::{
+        TokenStore,
+        store::{LeaseOwner, LoginKey, RedisStore},
+    };
+    let store = RedisStore::new(url).expect("a Redis URL");
+    let layer = auth_layer_with(rt, |builder| builder.replay(replay).store(store.clone()));
+    let key = LoginKey::new("client-id", "user");
+    let probe = LeaseOwner::random();
+    let settled = rt.block_on(async {
+        for _ in 0..2_000 {
+            let written = store.read(&key).await.is_ok_and(|r| r.is_some());
+            if written
+                && let Ok(lease) = store
+                    .acquire_lease(&key, &probe, Duration::from_secs(1))
+                    .await
+                && lease.is_acquired()
+            {
+                return store.release_lease(&key, &probe).await.is_ok();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        false
+    });
+    assert!(settled, "the record written and the lease released");
+    assert_eq!(
+        layer.stats().store_errors,
+        0,
+        "the login went through the store"
+    );
     layer
 }
