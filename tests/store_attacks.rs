@@ -911,7 +911,6 @@ async fn a_redis_record_of_another_version_or_login_is_not_read() {
 }
 
 #[tokio::test]
-#[ignore = "defect: a Redis lease without expiry (another process's, never released) stalls every replica for ever"]
 async fn a_lease_left_without_expiry_does_not_stall_the_fleet_for_ever() {
     let server = RedisServer::start();
     let key = login();
@@ -944,6 +943,41 @@ async fn a_lease_left_without_expiry_does_not_stall_the_fleet_for_ever() {
         answered,
         "no token while a stray lease without expiry sits in Redis"
     );
+}
+
+#[tokio::test]
+async fn a_lease_without_expiry_gets_the_contenders_ttl_and_lapses() {
+    let server = RedisServer::start();
+    let store = redis_store(&server);
+    let key = contract::key("no-expiry");
+    let mut c = raw(&server.url()).await;
+    let _: () = redis::cmd("SET")
+        .arg(lease_key(&key))
+        .arg("someone")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let me = LeaseOwner::random();
+    let ttl = Duration::from_millis(200);
+    let held = store.acquire_lease(&key, &me, ttl).await.unwrap();
+    let Lease::Held { remaining } = held else {
+        panic!("a lease someone holds was taken: {held:?}");
+    };
+    assert_eq!(remaining, Some(ttl));
+    let mut taken = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        if store
+            .acquire_lease(&key, &me, ttl)
+            .await
+            .unwrap()
+            .is_acquired()
+        {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken, "the stray lease never lapsed");
 }
 
 #[tokio::test]
