@@ -416,8 +416,15 @@ async fn a_flapping_store_never_gets_a_refresh_token_sent_twice_and_everyone_rec
         flapping: Arc::new(AtomicBool::new(true)),
         calls: Arc::default(),
     };
+    // A lease shorter than the wait budget: a lease left behind by a release
+    // that failed holds the others off for less than their budget (see
+    // a_lease_left_by_a_failed_release_does_not_fail_the_other_replicas).
     let layers: Vec<AuthLayer> = (0..4)
-        .map(|_| layer_with(&endpoint, |b| b.store(store.clone())))
+        .map(|_| {
+            layer_with(&endpoint, |b| {
+                b.store(store.clone()).lease_ttl(Duration::from_secs(5))
+            })
+        })
         .collect();
     let services: Vec<Svc> = layers.iter().map(|l| l.layer(api_service(&api))).collect();
     // Five minutes of flapping, with a revocation of every token now and then.
@@ -426,7 +433,8 @@ async fn a_flapping_store_never_gets_a_refresh_token_sent_twice_and_everyone_rec
             api.revoke_all();
         }
         for svc in &services {
-            assert!(ok(&send(svc, get()).await), "at {second} s");
+            let res = send(svc, get()).await;
+            assert!(ok(&res), "at {second} s: {res:?}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -434,9 +442,10 @@ async fn a_flapping_store_never_gets_a_refresh_token_sent_twice_and_everyone_rec
 
     // The faults stop: every replica still answers, and they share again.
     store.flapping.store(false, SeqCst);
-    for _ in 0..60 {
+    for second in 0..60 {
         for svc in &services {
-            assert!(ok(&send(svc, get()).await));
+            let res = send(svc, get()).await;
+            assert!(ok(&res), "{second} s after the faults stopped: {res:?}");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -455,6 +464,95 @@ async fn a_flapping_store_never_gets_a_refresh_token_sent_twice_and_everyone_rec
         "{grants} grants in 100 s after the store healed"
     );
     endpoint.assert_no_refresh_token_sent_twice();
+}
+
+/// A memory store that fails the calls whose numbers (from 0) it is given.
+#[derive(Clone)]
+struct FailCalls {
+    inner: MemoryStore,
+    fail: Arc<Mutex<HashSet<u64>>>,
+    calls: Arc<AtomicU64>,
+}
+
+impl FailCalls {
+    fn check(&self) -> Result<(), StoreError> {
+        let n = self.calls.fetch_add(1, SeqCst);
+        if self.fail.lock().unwrap().contains(&n) {
+            return Err(StoreError::timeout("fail-calls"));
+        }
+        Ok(())
+    }
+}
+
+impl TokenStore for FailCalls {
+    async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
+        self.check()?;
+        self.inner.read(key).await
+    }
+
+    async fn write(
+        &self,
+        key: &LoginKey,
+        expected: Option<u64>,
+        record: &Record,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.check()?;
+        self.inner.write(key, expected, record).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &LoginKey,
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.check()?;
+        self.inner.acquire_lease(key, owner, ttl).await
+    }
+
+    async fn release_lease(&self, key: &LoginKey, owner: &LeaseOwner) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.release_lease(key, owner).await
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &LoginKey,
+        since: Option<u64>,
+        max_wait: Duration,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        self.check()?;
+        self.inner.wait_for_change(key, since, max_wait).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "defect: a lease left by a release that failed in a store blip holds cold replicas off for the lease TTL (30 s), past their 10 s budget"]
+async fn a_lease_left_by_a_failed_release_does_not_fail_the_other_replicas() {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    // Replica a: the lease (call 0) is taken, then the store blips: the
+    // read under it (call 1) and the release (call 2) fail. Replica a goes
+    // on alone, as it should, and its lease stays behind.
+    let store = FailCalls {
+        inner: MemoryStore::new(),
+        fail: Arc::new(Mutex::new(HashSet::from([1, 2]))),
+        calls: Arc::default(),
+    };
+    let a = layer_with(&endpoint, |b| b.store(store.clone()));
+    let sa = a.layer(api_service(&api));
+    assert!(ok(&send(&sa, get()).await));
+    assert_eq!(store.calls.load(SeqCst), 3, "lease, read, release");
+    assert!(a.stats().store_errors > 0);
+
+    // The store answers again. A cold replica, with the default settings,
+    // needs a token.
+    let b = layer_with(&endpoint, |b| b.store(store.clone()));
+    let sb = b.layer(api_service(&api));
+    let res = bounded(&sb, Duration::from_secs(60))
+        .await
+        .expect("an answer");
+    assert!(ok(&res), "{res:?}");
 }
 
 /// A store whose record is at the last version there is: every write over it
@@ -745,6 +843,118 @@ async fn a_file_store_whose_directory_vanishes_fails_and_the_replica_goes_on() {
         }
     }
     assert!(shared, "the record was written once the directory was back");
+}
+
+/// A store that counts the leases asked of it.
+#[derive(Clone)]
+struct Counting<S> {
+    inner: S,
+    leases: Arc<AtomicU64>,
+}
+
+impl<S: TokenStore + Clone> TokenStore for Counting<S> {
+    async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
+        self.inner.read(key).await
+    }
+
+    async fn write(
+        &self,
+        key: &LoginKey,
+        expected: Option<u64>,
+        record: &Record,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.inner.write(key, expected, record).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        key: &LoginKey,
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> Result<Lease, StoreError> {
+        self.leases.fetch_add(1, SeqCst);
+        self.inner.acquire_lease(key, owner, ttl).await
+    }
+
+    async fn release_lease(&self, key: &LoginKey, owner: &LeaseOwner) -> Result<bool, StoreError> {
+        self.inner.release_lease(key, owner).await
+    }
+
+    async fn wait_for_change(
+        &self,
+        key: &LoginKey,
+        since: Option<u64>,
+        max_wait: Duration,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        self.inner.wait_for_change(key, since, max_wait).await
+    }
+}
+
+#[tokio::test]
+#[ignore = "defect: a file lock held past its stated expiry makes contenders retry the lease in a tight loop, for ever"]
+async fn a_file_lease_held_past_its_expiry_is_not_retried_in_a_tight_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another holder of the directory takes the lease for 100 ms on a runtime
+    // that then stops: nothing ends its lock, as with a frozen process.
+    let holder = file_store(&dir);
+    let taker = holder.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let lease = taker
+                .acquire_lease(&login(), &LeaseOwner::random(), Duration::from_millis(100))
+                .await
+                .unwrap();
+            assert!(lease.is_acquired());
+        });
+    })
+    .join()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let store = Counting {
+        inner: file_store(&dir),
+        leases: Arc::default(),
+    };
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let layer = layer_with(&endpoint, |b| {
+        b.store(store.clone())
+            .lease_ttl(Duration::from_millis(300))
+            .wait_budget(Duration::from_millis(500))
+    });
+    let svc = layer.layer(api_service(&api));
+    let _ = bounded(&svc, Duration::from_secs(2)).await;
+    let before = store.leases.load(SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = store.leases.load(SeqCst) - before;
+    // Polling at the store's pace (10 ms to 250 ms) asks a handful of times.
+    assert!(asked <= 20, "{asked} leases asked in 500 ms");
+    drop(holder);
+}
+
+#[tokio::test]
+#[ignore = "defect: a directory at the record file's name fails every call instead of reading as absent; the fleet never shares"]
+async fn a_directory_in_place_of_the_record_file_does_not_split_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(record_file(&dir, &login())).unwrap();
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let services: Vec<Svc> = (0..3)
+        .map(|_| layer_with(&endpoint, |b| b.store(file_store(&dir))).layer(api_service(&api)))
+        .collect();
+    for svc in &services {
+        assert!(ok(&bounded(svc, Duration::from_secs(5)).await.unwrap()));
+    }
+    assert_eq!(
+        endpoint.password.load(SeqCst),
+        1,
+        "three replicas, one login: {:?}",
+        endpoint.log()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1159,7 +1369,7 @@ fn replicas_on_two_runtimes_share_one_grant_through_redis() {
 // Secrets.
 // ---------------------------------------------------------------------------
 
-/// The log lines written at every level while `f` runs on this thread.
+/// Log lines, kept in memory.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
 
@@ -1174,17 +1384,28 @@ impl std::io::Write for Capture {
     }
 }
 
+/// The log of this test binary at every level: a global subscriber, since a
+/// scoped one misses events whose callsites other threads registered first.
+fn logs() -> Capture {
+    static LOGS: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+        capture
+    })
+    .clone()
+}
+
 #[tokio::test]
 async fn no_secret_shows_in_debug_errors_or_logs_of_a_fleet_with_a_wrong_redis_password() {
     let server = RedisServer::with_password("right-sentinel-pass");
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::TRACE)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let capture = logs();
 
     let url = server.url_with(":wrong-sentinel-pass@");
     let store = RedisStore::builder(&url)
@@ -1218,6 +1439,15 @@ async fn no_secret_shows_in_debug_errors_or_logs_of_a_fleet_with_a_wrong_redis_p
     assert!(ok(&bounded(&svc, Duration::from_secs(5)).await.unwrap()));
     assert!(layer.stats().store_errors > 0);
     shown.push_str(&format!(" {layer:?} {svc:?} {:?}", layer.stats()));
+    let builder = daxium_auth::AuthLayer::builder()
+        .store(store.clone())
+        .credentials(Credentials::new(
+            "c",
+            "secret-sentinel",
+            "u",
+            "password-sentinel",
+        ));
+    shown.push_str(&format!(" {builder:?}"));
 
     let logged = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logged.contains("token store unavailable"), "{logged}");
