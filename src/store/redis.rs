@@ -42,7 +42,9 @@ return {1, ARGV[2], ''}
 /// Takes the lease for an owner, or renews it for its holder.
 ///
 /// KEYS[1] the lease key; ARGV: owner, time to live in ms. Returns `{1, 0}`,
-/// or `{0, PTTL of the holder's lease}`.
+/// or `{0, PTTL of the holder's lease}`. A lease without expiry was not taken
+/// by a store (which always sets one): it gets the caller's time to live, so
+/// that it lapses instead of holding every replica off for ever.
 const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {1, 0}
@@ -51,7 +53,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1, 0}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  pttl = tonumber(ARGV[2])
+end
+return {0, pttl}
 ";
 
 /// Deletes the lease if the owner still holds it. KEYS[1] the lease key;
@@ -505,7 +512,7 @@ impl TokenStore for RedisStore {
             Lease::Acquired
         } else {
             Lease::Held {
-                // -1: a lease without expiry (not ours); -2: none at all.
+                // Never negative from the script; should it be, the store does not know.
                 remaining: u64::try_from(pttl).ok().map(Duration::from_millis),
             }
         })

@@ -83,7 +83,7 @@ impl<P: Payload> Core<P> {
                     // version it would have is not news when read back.
                     _ => {
                         self.refresh = None;
-                        self.version = Some(self.flight_base().map_or(1, |v| v + 1));
+                        self.version = Some(self.flight_base().map_or(1, |v| v.saturating_add(1)));
                     }
                 }
                 self.flight = Flight::Idle;

@@ -14,7 +14,7 @@ use super::{Live, Shared, tasks::Lost};
 use crate::{
     cache::core::{Event, FlightId, Record, StoreCall, StoreReply, Time},
     store::{self, AnyStore, Lease, LeaseOwner, LoginKey, StoredRecord, TokenStore, WriteOutcome},
-    token::AccessToken,
+    token::{AccessToken, MAX_LIFETIME},
 };
 
 /// The store a cache shares, the login's key in it, and this replica's name
@@ -103,7 +103,9 @@ impl Shared {
     fn adopted(&self, stored: StoredRecord) -> Record<Live> {
         let version = stored.version();
         let record = stored.into_record();
-        let remaining = record.remaining_at(SystemTime::now());
+        // A stored expiry beyond what any grant is given (expires_in is
+        // clamped to MAX_LIFETIME) is absurd, and never means "never expires".
+        let remaining = record.remaining_at(SystemTime::now()).min(MAX_LIFETIME);
         let mut access = HeaderValue::clone(record.access_token().header_value());
         access.set_sensitive(true);
         Record {
