@@ -386,8 +386,13 @@ impl Inner {
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(true).truncate(false);
+    // A lock file is written: one that is a symlink (planted by whoever can
+    // write to the directory) is refused rather than followed to its target.
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
     options
         .open(path)
         .map_err(|e| io_error(e, "cannot open a lock file"))
