@@ -255,8 +255,12 @@ impl AuthLayerBuilder {
     }
 
     /// How long a replica holds the store's lease at most while it makes a
-    /// grant (default 30 s): a replica that dies holding it delays the others
-    /// by at most this long.
+    /// grant (default 5 s): a replica that dies holding it, or whose release
+    /// was lost, delays the others by at most this long. Keep it below the
+    /// [wait budget](Self::wait_budget), so that their callers get a token
+    /// within their budget, and above the time a grant takes: a grant that
+    /// outlives the lease is safe (its refresh token is marked spent before it
+    /// is sent) but costs the next holder a password grant.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.cache.lease_ttl = ttl;
         self

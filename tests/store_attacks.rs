@@ -251,7 +251,6 @@ async fn a_replica_dropped_mid_grant_frees_the_lease_for_the_others() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: set_credentials to another login mid-grant keeps the old login's lease to its TTL; its other replicas fail"]
 async fn a_replica_that_changes_login_mid_grant_does_not_stall_the_old_logins_fleet() {
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
@@ -527,7 +526,6 @@ impl TokenStore for FailCalls {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "defect: a lease left by a release that failed in a store blip holds cold replicas off for the lease TTL (30 s), past their 10 s budget"]
 async fn a_lease_left_by_a_failed_release_does_not_fail_the_other_replicas() {
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
@@ -712,7 +710,6 @@ async fn negative_absurd_and_future_file_records_read_as_absent() {
 }
 
 #[tokio::test]
-#[ignore = "defect: a record no replica can read (a rotated seal key, a future format) is never replaced: the fleet stops sharing"]
 async fn an_unreadable_record_is_replaced_by_the_next_grant_and_shared_again() {
     let dir = tempfile::tempdir().unwrap();
     let key = login();
@@ -777,7 +774,6 @@ async fn a_symlinked_record_file_is_replaced_not_written_through() {
 }
 
 #[tokio::test]
-#[ignore = "defect: FileStore follows a symlinked lock file and overwrites (and truncates) its target"]
 async fn a_symlinked_lock_file_does_not_clobber_its_target() {
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = tempfile::tempdir().unwrap();
@@ -788,9 +784,10 @@ async fn a_symlinked_lock_file_does_not_clobber_its_target() {
     let lock = dir.path().join(format!("{}.lock", key.id()));
     std::os::unix::fs::symlink(&victim, &lock).unwrap();
     let owner = LeaseOwner::random();
-    let _ = store
+    let taken = store
         .acquire_lease(&key, &owner, Duration::from_secs(1))
         .await;
+    assert!(taken.is_err(), "a symlinked lock file is refused");
     let _ = store.release_lease(&key, &owner).await;
     assert_eq!(
         std::fs::read(&victim).unwrap(),
@@ -891,7 +888,6 @@ impl<S: TokenStore + Clone> TokenStore for Counting<S> {
 }
 
 #[tokio::test]
-#[ignore = "defect: a file lock held past its stated expiry makes contenders retry the lease in a tight loop, for ever"]
 async fn a_file_lease_held_past_its_expiry_is_not_retried_in_a_tight_loop() {
     let dir = tempfile::tempdir().unwrap();
     // Another holder of the directory takes the lease for 100 ms on a runtime

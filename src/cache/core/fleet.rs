@@ -10,6 +10,9 @@ use super::{
     timing::schedule,
 };
 
+/// The least wait before a replica asks again for a lease that is held.
+const LEASE_RETRY_FLOOR: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl<P: Payload> Core<P> {
     /// A store call of flight `flight` answered.
     pub(super) fn stored(
@@ -35,14 +38,20 @@ impl<P: Payload> Core<P> {
                 out.push(call(StoreCall::Read));
             }
             (Step::Lease, StoreReply::Held(remaining)) => {
+                // A holder past its stated expiry (frozen, or its timer lost)
+                // says 0 left: ask again at a pace, not in a loop.
                 let ttl = self.config.lease_ttl;
-                let wait = remaining.map_or(ttl, |r| r.min(ttl));
+                let floor = LEASE_RETRY_FLOOR.min(ttl);
+                let wait = remaining.map_or(ttl, |r| r.min(ttl)).max(floor);
                 let (since, until) = (self.version, self.now.saturating_add(wait));
                 self.step(Step::Watch, |run| run.until = until);
                 out.push(call(StoreCall::Watch { since, until }));
             }
             (Step::Read, StoreReply::Record(record))
             | (Step::Spend, StoreReply::Conflict(record)) => self.under_lease(record, out),
+            // Nothing to spend that this replica can read: as if there were
+            // no record, whose version the pair's write then expects.
+            (Step::Spend, StoreReply::Unreadable(_)) => self.under_lease(None, out),
             (Step::Spend, StoreReply::Written(version)) => {
                 let mut refresh = None;
                 self.step(Step::Grant, |run| {
@@ -68,6 +77,17 @@ impl<P: Payload> Core<P> {
                 self.step(Step::Lease, |_| {});
                 out.push(call(StoreCall::Lease));
             }
+            // A record no replica of this login can read (a rotated seal
+            // key): replaced, once, so that the fleet shares again.
+            (Step::Write, StoreReply::Unreadable(version))
+                if self.flight_base() != Some(version) && self.token.is_some() =>
+            {
+                if let Some(record) = self.pair_record() {
+                    self.step(Step::Write, |run| run.base = Some(version));
+                    let expected = Some(version);
+                    out.push(call(StoreCall::Write { expected, record }));
+                }
+            }
             (Step::Write, reply) => {
                 match reply {
                     // The store holds the refresh token now: this replica sends it
@@ -77,7 +97,7 @@ impl<P: Payload> Core<P> {
                         self.refresh = None;
                     }
                     // Not written: the refresh token is this replica's alone.
-                    StoreReply::Conflict(_) => {}
+                    StoreReply::Conflict(_) | StoreReply::Unreadable(_) => {}
                     // A write that timed out may have landed: the token may be the
                     // fleet's now, and is never sent without the lease; and the
                     // version it would have is not news when read back.
@@ -210,15 +230,8 @@ impl<P: Payload> Core<P> {
 
     /// After a grant under the lease: the new pair goes to the store.
     pub(super) fn publish_pair(&mut self, mut run: Running<P::Refresh>, out: &mut Vec<Action<P>>) {
-        let Some(token) = &self.token else {
+        let Some(record) = self.pair_record() else {
             return;
-        };
-        let record = Record {
-            version: 0,
-            access: token.slot.access.clone(),
-            refresh: self.refresh.clone(),
-            expires_at: token.expires_at,
-            spent: false,
         };
         let (flight, expected) = (run.id, run.base);
         run.step = Step::Write;
@@ -227,5 +240,17 @@ impl<P: Payload> Core<P> {
             flight,
             call: StoreCall::Write { expected, record },
         });
+    }
+
+    /// The record of this replica's pair, for the store.
+    fn pair_record(&self) -> Option<Record<P>> {
+        let token = self.token.as_ref()?;
+        Some(Record {
+            version: 0,
+            access: token.slot.access.clone(),
+            refresh: self.refresh.clone(),
+            expires_at: token.expires_at,
+            spent: false,
+        })
     }
 }

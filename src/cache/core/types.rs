@@ -122,6 +122,10 @@ pub(crate) enum StoreReply<P: Payload> {
     Written(u64),
     /// A write found another version; what is stored now, if readable.
     Conflict(Option<Record<P>>),
+    /// A write found a record at this version that this replica cannot read
+    /// (sealed under another key, damaged): a write that expects it replaces
+    /// it.
+    Unreadable(u64),
     /// The store did not answer (down, timed out, refused).
     Down,
 }
@@ -308,7 +312,8 @@ pub(crate) struct CacheConfig {
     /// Whether a token store is shared with other replicas: grants then
     /// follow the lease protocol.
     pub(crate) shared: bool,
-    /// The lease's time to live.
+    /// The lease's time to live. Below the wait budget by default, so that a
+    /// holder that died costs the others' callers a delay, not a failure.
     pub(crate) lease_ttl: Duration,
 }
 
@@ -322,7 +327,7 @@ impl Default for CacheConfig {
             wait_budget: Duration::from_secs(10),
             refusal_interval: Duration::from_secs(1),
             shared: false,
-            lease_ttl: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(5),
         }
     }
 }

@@ -92,9 +92,10 @@ impl Shared {
     ) -> StoreReply<Live> {
         match store.write(key, expected, &record).await {
             Ok(WriteOutcome::Written { version }) => StoreReply::Written(version),
-            Ok(WriteOutcome::Conflict(conflict)) => {
-                StoreReply::Conflict(conflict.into_record().map(|r| self.adopted(r)))
-            }
+            Ok(WriteOutcome::Conflict(conflict)) => match (conflict.version(), conflict.record()) {
+                (Some(version), None) => StoreReply::Unreadable(version),
+                _ => StoreReply::Conflict(conflict.into_record().map(|r| self.adopted(r))),
+            },
             Err(_) => StoreReply::Down,
         }
     }

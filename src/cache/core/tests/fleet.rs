@@ -52,6 +52,8 @@ pub(super) struct Stored {
     refresh: Option<u32>,
     expires_at: Time,
     spent: bool,
+    /// Written by another fleet under another seal key: no replica reads it.
+    unreadable: bool,
 }
 
 #[derive(Clone)]
@@ -176,18 +178,27 @@ impl World {
     }
 
     fn record(&self) -> Option<Record<T>> {
-        self.record.as_ref().map(|s| Record {
-            version: s.version,
-            access: s.access,
-            refresh: s.refresh,
-            expires_at: s.expires_at,
-            spent: s.spent,
-        })
+        self.record
+            .as_ref()
+            .filter(|s| !s.unreadable)
+            .map(|s| Record {
+                version: s.version,
+                access: s.access,
+                refresh: s.refresh,
+                expires_at: s.expires_at,
+                spent: s.spent,
+            })
     }
 
     fn write(&mut self, expected: Option<u64>, record: &Record<T>, spent: bool) -> StoreReply<T> {
-        if self.record.as_ref().map(|s| s.version) != expected {
-            return StoreReply::Conflict(self.record());
+        match &self.record {
+            Some(s) if Some(s.version) != expected && s.unreadable => {
+                return StoreReply::Unreadable(s.version);
+            }
+            stored if stored.as_ref().map(|s| s.version) != expected => {
+                return StoreReply::Conflict(self.record());
+            }
+            _ => {}
         }
         let version = expected.map_or(1, |v| v + 1);
         let refresh = if spent { None } else { record.refresh };
@@ -198,6 +209,7 @@ impl World {
             refresh,
             expires_at,
             spent,
+            unreadable: false,
         });
         StoreReply::Written(version)
     }
@@ -241,10 +253,12 @@ impl World {
                 call: StoreCall::Watch { since, until },
             } if !fail
                 && self.up
-                && self.record.as_ref().map(|s| s.version) == since
+                && (self.record.as_ref().map(|s| s.version) == since
+                    || self.record.as_ref().is_some_and(|s| s.unreadable))
                 && self.now < until =>
             {
-                // Nothing new yet: the wait goes on.
+                // Nothing new yet (or nothing this replica can read): the wait
+                // goes on.
                 let call = StoreCall::Watch { since, until };
                 self.replicas[r]
                     .calls
@@ -352,6 +366,18 @@ pub(super) fn apply(w: &mut World, op: &Op) {
             }
         }
         Op::Store(up) => w.up = up,
+        Op::Rotate => {
+            // Another fleet, under another seal key, writes over the record.
+            let version = w.record.as_ref().map_or(1, |s| s.version + 1);
+            w.record = Some(Stored {
+                version,
+                access: u32::MAX,
+                refresh: None,
+                expires_at: w.now + LIFETIME,
+                spent: false,
+                unreadable: true,
+            });
+        }
     }
 }
 
@@ -383,11 +409,17 @@ pub(super) fn recovers(mut w: World) -> Result<(), String> {
 #[derive(Debug, Clone)]
 pub(super) enum Op {
     Need(usize),
-    Complete { r: usize, pick: usize, fail: bool },
+    Complete {
+        r: usize,
+        pick: usize,
+        fail: bool,
+    },
     Refused(usize),
     Advance(u64),
     Kill(usize),
     Store(bool),
+    /// The record becomes one that no replica can read (another seal key).
+    Rotate,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -399,6 +431,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop_oneof![0..=2_000u64, 2_001..=120_000u64].prop_map(Op::Advance),
         1 => r.prop_map(Op::Kill),
         1 => any::<bool>().prop_map(Op::Store),
+        1 => Just(Op::Rotate),
     ]
 }
 
