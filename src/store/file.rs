@@ -248,6 +248,16 @@ impl Inner {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(e, "cannot open the record")),
         };
+        // A directory (or a device) at the record's name was not written by a
+        // store: no record, and the next write replaces it if it can.
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            tracing::warn!(
+                store = STORE,
+                login = key.id(),
+                "something other than a file at the record's name; treated as absent"
+            );
+            return Ok(None);
+        }
         let mut bytes = Zeroizing::new(Vec::with_capacity(4096));
         file.take(MAX_ENVELOPE as u64 + 1)
             .read_to_end(&mut bytes)
@@ -311,6 +321,11 @@ impl Inner {
         let mut file = options
             .open(&temp)
             .map_err(|e| io_error(e, "cannot create a temporary file"))?;
+        // An empty directory in the record's place goes (a full one stays,
+        // and the rename fails).
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            let _ = fs::remove_dir(&target);
+        }
         let written = file
             .write_all(bytes)
             .and_then(|()| file.sync_all())

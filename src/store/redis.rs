@@ -24,16 +24,40 @@ use super::{
 
 const STORE: &str = "redis";
 
-/// Writes the record if the stored version is the expected one (`0`: none),
-/// and tells the waiters.
+/// Reads the record hash. A key of another type, or a hash whose version is
+/// not a decimal number of at most 19 digits, was not written by a store: it
+/// reads as none.
+///
+/// KEYS[1] the record hash. Returns `{version or "", envelope or "", foreign}`
+/// (`foreign`: 1 when something else was found at the key).
+const READ: &str = r"
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return {'', '', 0} end
+if kind ~= 'hash' then return {'', '', 1} end
+local version = redis.call('HGET', KEYS[1], 'version') or ''
+if #version > 19 or not string.match(version, '^%d+$') then return {'', '', 1} end
+return {version, redis.call('HGET', KEYS[1], 'envelope') or '', 0}
+";
+
+/// Writes the record if the stored version is the expected one (`0`: none, or
+/// something a store did not write, which the write replaces), and tells the
+/// waiters.
 ///
 /// KEYS[1] the record hash; ARGV: expected version, new version, envelope,
 /// channel. Returns `{1, new, ""}` or `{0, stored version or "", envelope or ""}`.
 const COMPARE_AND_SET: &str = r"
-local current = redis.call('HGET', KEYS[1], 'version')
+local kind = redis.call('TYPE', KEYS[1]).ok
+local current = nil
+if kind == 'hash' then
+  current = redis.call('HGET', KEYS[1], 'version')
+  if current and (#current > 19 or not string.match(current, '^%d+$')) then
+    current = nil
+  end
+end
 if (current or '0') ~= ARGV[1] then
   return {0, current or '', redis.call('HGET', KEYS[1], 'envelope') or ''}
 end
+if kind ~= 'none' and not current then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'envelope', ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[2])
 return {1, ARGV[2], ''}
@@ -111,6 +135,7 @@ struct Inner {
     timeout: Duration,
     prefix: String,
     codec: Codec,
+    read: Script,
     compare_and_set: Script,
     acquire: Script,
     release: Script,
@@ -221,6 +246,7 @@ impl RedisStoreBuilder {
                 timeout: self.timeout,
                 prefix: self.prefix,
                 codec: self.codec,
+                read: Script::new(READ),
                 compare_and_set: Script::new(COMPARE_AND_SET),
                 acquire: Script::new(ACQUIRE),
                 release: Script::new(RELEASE),
@@ -439,16 +465,18 @@ fn millis(ttl: Duration) -> u64 {
 impl TokenStore for RedisStore {
     async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
         let record_key = self.record_key(key);
-        let (version, envelope): (Option<String>, Option<Vec<u8>>) = self
-            .call(async |c| {
-                redis::cmd("HMGET")
-                    .arg(&record_key)
-                    .arg("version")
-                    .arg("envelope")
-                    .query_async(c)
-                    .await
-            })
+        let (version, envelope, foreign): (String, Vec<u8>, i64) = self
+            .call(async |c| self.inner.read.key(&record_key).invoke_async(c).await)
             .await?;
+        if foreign == 1 {
+            tracing::warn!(
+                store = STORE,
+                login = key.id(),
+                "something other than a token record at the record's key; treated as absent"
+            );
+        }
+        let envelope = (!envelope.is_empty()).then_some(envelope);
+        let version = Some(version);
         if envelope.as_ref().is_some_and(|e| e.len() > MAX_ENVELOPE) {
             tracing::warn!(
                 store = STORE,
