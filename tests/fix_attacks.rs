@@ -497,7 +497,6 @@ async fn envelope_at(store: &RedisStore, server: &RedisServer, key: &LoginKey, v
 }
 
 #[tokio::test]
-#[ignore = "defect: a Redis record the store wrote at a 20-digit version reads as absent and a write expecting none deletes it"]
 async fn a_redis_record_at_a_20_digit_version_stays_readable_and_is_not_replaced() {
     let server = RedisServer::start();
     let store = redis_store(&server);
@@ -522,7 +521,6 @@ async fn a_redis_record_at_a_20_digit_version_stays_readable_and_is_not_replaced
 }
 
 #[tokio::test]
-#[ignore = "defect: a write expecting a version on a Redis key of another type fails with WRONGTYPE instead of conflicting"]
 async fn a_write_expecting_a_version_over_a_redis_key_of_another_type_conflicts() {
     let server = RedisServer::start();
     let store = redis_store(&server);
@@ -554,7 +552,6 @@ async fn a_write_expecting_a_version_over_a_redis_key_of_another_type_conflicts(
 }
 
 #[tokio::test]
-#[ignore = "defect: a Redis version with leading zeros reads as a record that no write can replace"]
 async fn a_redis_version_with_leading_zeros_does_not_wedge_the_record() {
     let server = RedisServer::start();
     let store = redis_store(&server);

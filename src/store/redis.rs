@@ -24,9 +24,17 @@ use super::{
 
 const STORE: &str = "redis";
 
+/// Whether a stored version is one a store writes: a decimal u64 from 1, in
+/// canonical form (no sign, no leading zero), up to 20 digits.
+const IS_VERSION: &str = r"
+local function is_version(v)
+  if not v or not string.match(v, '^[1-9]%d*$') or #v > 20 then return false end
+  return #v < 20 or v <= '18446744073709551615'
+end
+";
+
 /// Reads the record hash. A key of another type, or a hash whose version is
-/// not a decimal number of at most 19 digits, was not written by a store: it
-/// reads as none.
+/// not one a store writes, was not written by a store: it reads as none.
 ///
 /// KEYS[1] the record hash. Returns `{version or "", envelope or "", foreign}`
 /// (`foreign`: 1 when something else was found at the key).
@@ -34,8 +42,8 @@ const READ: &str = r"
 local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'none' then return {'', '', 0} end
 if kind ~= 'hash' then return {'', '', 1} end
-local version = redis.call('HGET', KEYS[1], 'version') or ''
-if #version > 19 or not string.match(version, '^%d+$') then return {'', '', 1} end
+local version = redis.call('HGET', KEYS[1], 'version')
+if not is_version(version) then return {'', '', 1} end
 return {version, redis.call('HGET', KEYS[1], 'envelope') or '', 0}
 ";
 
@@ -50,12 +58,12 @@ local kind = redis.call('TYPE', KEYS[1]).ok
 local current = nil
 if kind == 'hash' then
   current = redis.call('HGET', KEYS[1], 'version')
-  if current and (#current > 19 or not string.match(current, '^%d+$')) then
-    current = nil
-  end
+  if not is_version(current) then current = nil end
 end
 if (current or '0') ~= ARGV[1] then
-  return {0, current or '', redis.call('HGET', KEYS[1], 'envelope') or ''}
+  local envelope = ''
+  if current then envelope = redis.call('HGET', KEYS[1], 'envelope') or '' end
+  return {0, current or '', envelope}
 end
 if kind ~= 'none' and not current then redis.call('DEL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'envelope', ARGV[3])
@@ -246,8 +254,8 @@ impl RedisStoreBuilder {
                 timeout: self.timeout,
                 prefix: self.prefix,
                 codec: self.codec,
-                read: Script::new(READ),
-                compare_and_set: Script::new(COMPARE_AND_SET),
+                read: Script::new(&format!("{IS_VERSION}{READ}")),
+                compare_and_set: Script::new(&format!("{IS_VERSION}{COMPARE_AND_SET}")),
                 acquire: Script::new(ACQUIRE),
                 release: Script::new(RELEASE),
                 address,
