@@ -732,7 +732,6 @@ impl Drop for Unblock {
 }
 
 #[tokio::test]
-#[ignore = "defect: a FIFO at a file record's name blocks every read, and the write lock, for good"]
 async fn a_fifo_at_the_record_name_reads_as_absent_and_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let store = file_store(&dir);

@@ -243,7 +243,14 @@ impl Inner {
 
     /// What the record file holds; `None` when there is no file.
     fn read(&self, key: &LoginKey) -> Result<Option<Decoded>, StoreError> {
-        let file = match File::open(self.path(key, ".json")) {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        // A FIFO at the record's name would block the open until a writer
+        // came (holding the write lock meanwhile): opened without blocking, it
+        // is refused below like any other non-file. Regular files ignore it.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+        let file = match options.open(self.path(key, ".json")) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(e, "cannot open the record")),
