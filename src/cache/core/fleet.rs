@@ -80,10 +80,13 @@ impl<P: Payload> Core<P> {
             // A record no replica of this login can read (a rotated seal
             // key): replaced, once, so that the fleet shares again.
             (Step::Write, StoreReply::Unreadable(version))
-                if self.flight_base() != Some(version) && self.token.is_some() =>
+                if !self.replaced() && self.token.is_some() =>
             {
                 if let Some(record) = self.pair_record() {
-                    self.step(Step::Write, |run| run.base = Some(version));
+                    self.step(Step::Write, |run| {
+                        run.base = Some(version);
+                        run.replaced = true;
+                    });
                     let expected = Some(version);
                     out.push(call(StoreCall::Write { expected, record }));
                 }
@@ -119,6 +122,11 @@ impl<P: Payload> Core<P> {
             Flight::Running(run) => run.base,
             _ => None,
         }
+    }
+
+    /// Whether the flight in flight wrote over an unreadable record already.
+    fn replaced(&self) -> bool {
+        matches!(&self.flight, Flight::Running(run) if run.replaced)
     }
 
     /// When the flight's wait for a new record ends.

@@ -262,6 +262,7 @@ impl<P: Payload> Core<P> {
             leased: false,
             base: None,
             until: Time::ZERO,
+            replaced: false,
         });
         if shared {
             // The grant waits for the lease: someone else may be making it.

@@ -56,6 +56,9 @@ struct Running<R> {
     base: Option<u64>,
     /// Until when a replica without the lease waits for a new record.
     until: Time,
+    /// Whether the pair's write went over a record no replica could read
+    /// already: that is done once per flight.
+    replaced: bool,
 }
 
 /// The steps of a flight with a token store (DESIGN §7).
