@@ -41,8 +41,11 @@ impl<P: Payload> Core<P> {
                 // A holder past its stated expiry (frozen, or its timer lost)
                 // says 0 left: ask again at a pace, not in a loop.
                 let ttl = self.config.lease_ttl;
-                let floor = LEASE_RETRY_FLOOR.min(ttl);
-                let wait = remaining.map_or(ttl, |r| r.min(ttl)).max(floor);
+                let wait = match remaining {
+                    Some(r) if r.is_zero() => LEASE_RETRY_FLOOR.min(ttl),
+                    Some(r) => r.min(ttl),
+                    None => ttl,
+                };
                 let (since, until) = (self.version, self.now.saturating_add(wait));
                 self.step(Step::Watch, |run| run.until = until);
                 out.push(call(StoreCall::Watch { since, until }));
