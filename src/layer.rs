@@ -229,6 +229,16 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// How long one grant may take before it counts as failed (default 60 s):
+    /// a fetcher that does not answer by then is dropped, and the next attempt
+    /// follows the backoff, with the password grant if it was a refresh (the
+    /// refresh token may have been spent). [`HttpFetcher`](crate::HttpFetcher)
+    /// bounds each exchange itself (30 s by default); this bounds any fetcher.
+    pub fn grant_timeout(mut self, timeout: Duration) -> Self {
+        self.cache.grant_timeout = timeout;
+        self
+    }
+
     /// How long a request with no valid token waits for one (default 10 s).
     /// It waits through the retries of a failing token endpoint as long as the
     /// next attempt starts within this budget, so that a cold start that meets
@@ -285,6 +295,12 @@ impl AuthLayerBuilder {
             return Err(BuildError::InvalidSetting {
                 name: "rejected_cooldown",
                 reason: "the cool-down must be above zero",
+            });
+        }
+        if self.cache.grant_timeout.is_zero() {
+            return Err(BuildError::InvalidSetting {
+                name: "grant_timeout",
+                reason: "the grant timeout must be above zero",
             });
         }
         if self.cache.lease_ttl.is_zero() {

@@ -1006,6 +1006,8 @@ async fn huge_settings_neither_panic_nor_hang() {
             .rejected_cooldown(Duration::MAX)
             .refresh_margin(Duration::MAX)
             .backoff(Duration::from_secs(1), Duration::MAX)
+            .grant_timeout(Duration::MAX)
+            .lease_ttl(Duration::MAX)
     });
     let svc = s.service();
     for _ in 0..6 {

@@ -3,8 +3,8 @@
 //! refused mid-grant, a fetcher that returns clones of one error or panics,
 //! transient failures on a cold start, timers and calls without their
 //! runtime, an API that refuses every token, a server that revokes on
-//! refresh, a replay whose future held the last handle, and a rotated refresh
-//! token in an unusable answer. The scripted token endpoint and API of the
+//! refresh, a replay whose future held the last handle, a rotated refresh
+//! token in an unusable answer, and a fetcher that never answers. The scripted token endpoint and API of the
 //! test support, or a fetcher and an API written here as tower services where
 //! a defect needs its own, under paused tokio time (and, for the timers, two
 //! runtimes).
@@ -600,4 +600,80 @@ async fn a_rotated_refresh_token_survives_an_unusable_answer() {
         log.lock().unwrap().as_slice(),
         ["password:", "refresh_token:r1", "refresh_token:r2"]
     );
+}
+
+// === a fetcher that never answers held the one flight for good ===
+
+/// What a fetcher was asked, in order.
+#[derive(Default)]
+struct Hangs {
+    asked: Mutex<Vec<String>>,
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fetcher_that_never_answers_is_given_up_after_the_grant_timeout() {
+    let hangs = Arc::new(Hangs::default());
+    let seen = Arc::clone(&hangs);
+    // The first login and the first refresh hang; the others answer at once.
+    let layer = builder()
+        .grant_timeout(Duration::from_secs(5))
+        .wait_budget(Duration::from_secs(30))
+        .backoff(Duration::from_millis(500), Duration::from_millis(500))
+        .fetcher(fetcher::from_fn(move |grant| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let what = match grant.refresh_token() {
+                    Some(refresh) => format!("refresh_token:{}", refresh.expose_secret()),
+                    None => "password".to_owned(),
+                };
+                let n = {
+                    let mut asked = seen.asked.lock().unwrap();
+                    asked.push(what.clone());
+                    asked.len()
+                };
+                if n == 1 || what == "refresh_token:r2" {
+                    std::future::pending::<()>().await;
+                }
+                Ok(TokenPair::new(
+                    AccessToken::new(&format!("a{n}"))?,
+                    Some(RefreshToken::new(&format!("r{n}"))?),
+                    Duration::from_secs(120),
+                ))
+            }
+        }))
+        .build()
+        .unwrap();
+
+    let started = tokio::time::Instant::now();
+    let token = layer.cache().access_token().await.expect("a token");
+    assert_eq!(token.expose_secret(), "a2");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(7),
+        "{waited:?}"
+    );
+    let stats = layer.stats();
+    assert_eq!((stats.password_failed, stats.password_ok), (1, 1));
+
+    // The refresh that hangs may have spent r2: the next attempt logs in.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let token = layer.cache().access_token().await.expect("a token");
+    assert_eq!(token.expose_secret(), "a4");
+    assert_eq!(
+        hangs.asked.lock().unwrap().as_slice(),
+        ["password", "password", "refresh_token:r2", "password"]
+    );
+    assert_eq!(layer.stats().refresh_failed, 1);
+}
+
+#[test]
+fn a_zero_grant_timeout_is_refused_at_build_time() {
+    let err = builder()
+        .grant_timeout(Duration::ZERO)
+        .fetcher(fetcher::from_fn(|_grant| async {
+            Err::<TokenPair, _>(TokenError::timeout())
+        }))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("grant_timeout"), "{err}");
 }

@@ -315,6 +315,9 @@ pub(crate) struct CacheConfig {
     /// The lease's time to live. Below the wait budget by default, so that a
     /// holder that died costs the others' callers a delay, not a failure.
     pub(crate) lease_ttl: Duration,
+    /// How long the driver lets a fetcher take over one grant before it
+    /// counts the grant failed (after it may have been sent).
+    pub(crate) grant_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -328,6 +331,7 @@ impl Default for CacheConfig {
             refusal_interval: Duration::from_secs(1),
             shared: false,
             lease_ttl: Duration::from_secs(5),
+            grant_timeout: Duration::from_secs(60),
         }
     }
 }

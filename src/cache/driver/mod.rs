@@ -74,6 +74,7 @@ pub(crate) struct Shared {
     fetcher: Arc<dyn DynFetcher>,
     origin: Instant,
     budget: Duration,
+    grant_timeout: Duration,
     pub(crate) counters: Counters,
 }
 
@@ -119,6 +120,7 @@ impl Shared {
         Self {
             view: ArcSwap::from_pointee(View::Empty),
             budget: config.wait_budget,
+            grant_timeout: config.grant_timeout,
             driver: Mutex::new(Driver {
                 core: Core::new(config),
                 credentials: Arc::new(credentials),

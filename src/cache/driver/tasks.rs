@@ -57,15 +57,24 @@ impl Shared {
     }
 
     /// A panicking fetcher is a failed grant like any other: backoff, not a
-    /// tight loop of new attempts.
+    /// tight loop of new attempts. So is one that does not answer within the
+    /// grant timeout: without it, a fetcher that hangs would hold the one
+    /// flight, and every caller would fail at its budget for good.
     async fn fetch(&self, request: GrantRequest) -> Result<TokenPair, TokenError> {
         let panicked =
             || TokenError::new(Kind::Transport).with_detail("the token fetcher panicked");
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.fetcher.fetch_boxed(request))) {
-            Ok(fetch) => {
-                (AssertUnwindSafe(fetch).catch_unwind().await).unwrap_or_else(|_| Err(panicked()))
-            }
-            Err(_) => Err(panicked()),
+        let fetch = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.fetcher.fetch_boxed(request)
+        })) {
+            Ok(fetch) => fetch,
+            Err(_) => return Err(panicked()),
+        };
+        let fetch = AssertUnwindSafe(fetch).catch_unwind();
+        match tokio::time::timeout(self.grant_timeout, fetch).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(panicked()),
+            Err(_) => Err(TokenError::new(Kind::Timeout)
+                .with_detail("the token fetcher did not answer within the grant timeout")),
         }
     }
 
