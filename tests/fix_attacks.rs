@@ -15,7 +15,6 @@
 ))]
 
 use std::{
-    convert::Infallible,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -24,16 +23,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthService, MemoryStore, StoreError, TokenStore,
+    AccessToken, MemoryStore, StoreError, TokenStore,
     store::{
         Conflict, FileStore, Lease, LeaseOwner, LoginKey, Record, RedisStore, StoredRecord,
         WriteOutcome,
     },
 };
-use http::{Response, StatusCode};
-use http_body_util::Full;
 use tempfile::TempDir;
 use tower::Layer;
 
@@ -46,22 +42,10 @@ mod contract;
 mod redis_server;
 
 use redis_server::RedisServer;
-use support::scripted::{Api, Endpoint, Inner, api_service, credentials, get, layer_with, send};
-
-type Svc = AuthService<Inner<Full<Bytes>>>;
-type Answered = Result<Response<Full<Bytes>>, daxium_auth::Error<Infallible>>;
-
-fn login() -> LoginKey {
-    LoginKey::from_credentials(&credentials())
-}
-
-fn ok(res: &Answered) -> bool {
-    matches!(res, Ok(r) if r.status() == StatusCode::OK)
-}
-
-async fn bounded(svc: &Svc, within: Duration) -> Option<Answered> {
-    tokio::time::timeout(within, send(svc, get())).await.ok()
-}
+use support::{
+    scripted::{Api, Endpoint, api_service, layer_with},
+    stores::{Svc, bounded, login, ok},
+};
 
 fn record(token: &str) -> Record {
     Record::new(

@@ -12,77 +12,35 @@ use std::{
     time::Duration,
 };
 
-use daxium_auth::{
-    AuthLayer, MemoryStore, StoreError, TokenStore,
-    store::{Lease, LeaseOwner, LoginKey, Record, StoredRecord, WriteOutcome},
-};
+use daxium_auth::{AuthLayer, MemoryStore, StoreError};
 use http::StatusCode;
 use tower::{Layer, ServiceExt};
 
 mod support;
 
-use support::scripted::{Api, Endpoint, api_service, get, layer_with};
-
-/// A `MemoryStore` that can be switched off: every call fails while it is.
-#[derive(Clone)]
-struct Flaky {
-    inner: MemoryStore,
-    down: Arc<AtomicBool>,
-}
-
-impl Flaky {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(SeqCst) {
-            return Err(StoreError::unavailable(
-                "flaky",
-                std::io::Error::other("switched off"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl TokenStore for Flaky {
-    async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
-        self.check()?;
-        self.inner.read(key).await
-    }
-
-    async fn write(
-        &self,
-        key: &LoginKey,
-        expected: Option<u64>,
-        record: &Record,
-    ) -> Result<WriteOutcome, StoreError> {
-        self.check()?;
-        self.inner.write(key, expected, record).await
-    }
-
-    async fn acquire_lease(
-        &self,
-        key: &LoginKey,
-        owner: &LeaseOwner,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.check()?;
-        self.inner.acquire_lease(key, owner, ttl).await
-    }
-
-    async fn release_lease(&self, key: &LoginKey, owner: &LeaseOwner) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner.release_lease(key, owner).await
-    }
-}
+use support::{
+    scripted::{Api, Endpoint, api_service, get, layer_with},
+    stores::{Fault, Faulty},
+};
 
 #[tokio::test(start_paused = true)]
 async fn replicas_go_on_alone_while_the_store_is_down_and_share_again_after() {
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
     *endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
-    let store = Flaky {
-        inner: MemoryStore::new(),
-        down: Arc::new(AtomicBool::new(false)),
-    };
+    // A store that can be switched off: every call fails while it is.
+    let down = Arc::new(AtomicBool::new(false));
+    let switch = Arc::clone(&down);
+    let store = Faulty::new(MemoryStore::new(), move |_| {
+        if switch.load(SeqCst) {
+            Fault::Fail(StoreError::unavailable(
+                "flaky",
+                std::io::Error::other("switched off"),
+            ))
+        } else {
+            Fault::Pass
+        }
+    });
     let layers: Vec<AuthLayer> = (0..3)
         .map(|_| layer_with(&endpoint, |b| b.store(store.clone())))
         .collect();
@@ -98,7 +56,7 @@ async fn replicas_go_on_alone_while_the_store_is_down_and_share_again_after() {
 
     // The store goes away for five minutes: every request still succeeds,
     // each replica with grants of its own.
-    store.down.store(true, SeqCst);
+    down.store(true, SeqCst);
     let at_outage = endpoint.grants();
     for _ in 0..300 {
         round().await;
@@ -117,7 +75,7 @@ async fn replicas_go_on_alone_while_the_store_is_down_and_share_again_after() {
     // refresh at 50-60% of each lifetime: 2 or 3), where three alone make
     // three times as many; its requests carry those tokens and at most the
     // three held when the window opened.
-    store.down.store(false, SeqCst);
+    down.store(false, SeqCst);
     for _ in 0..100 {
         round().await;
         tokio::time::sleep(Duration::from_secs(1)).await;

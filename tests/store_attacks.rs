@@ -23,7 +23,6 @@
 
 use std::{
     collections::HashSet,
-    convert::Infallible,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
@@ -31,17 +30,14 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, AuthService, Credentials, MemoryStore, RefreshToken, StoreError,
-    TokenStore,
+    AccessToken, AuthLayer, Credentials, MemoryStore, RefreshToken, StoreError, TokenStore,
     store::{
         FileStore, Lease, LeaseOwner, LoginKey, Record, RedisStore, SealKey, StoredRecord,
         WriteOutcome,
     },
 };
-use http::{Response, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use tempfile::TempDir;
 use tower::Layer;
 
@@ -54,14 +50,28 @@ mod contract;
 mod redis_server;
 
 use redis_server::RedisServer;
-use support::scripted::{Api, Endpoint, Inner, api_service, credentials, get, layer_with, send};
+use support::{
+    scripted::{Api, Endpoint, api_service, get, layer_with, send},
+    stores::{Call, Fault, Faulty, Svc, bounded, login, ok},
+};
 
-type Svc = AuthService<Inner<Full<Bytes>>>;
-type Answered = Result<Response<Full<Bytes>>, daxium_auth::Error<Infallible>>;
-
-/// The login of the scripted credentials.
-fn login() -> LoginKey {
-    LoginKey::from_credentials(&credentials())
+/// Three replicas on the stores `store` makes each get a token, with one
+/// login between them: they share the record.
+async fn three_replicas_log_in_once<S: TokenStore + Clone>(store: impl Fn() -> S) {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let services: Vec<Svc> = (0..3)
+        .map(|_| layer_with(&endpoint, |b| b.store(store())).layer(api_service(&api)))
+        .collect();
+    for svc in &services {
+        assert!(ok(&bounded(svc, Duration::from_secs(5)).await.unwrap()));
+    }
+    assert_eq!(
+        endpoint.password.load(SeqCst),
+        1,
+        "three replicas, one login: {:?}",
+        endpoint.log()
+    );
 }
 
 /// The bearer token the API saw last.
@@ -73,15 +83,6 @@ fn last_token(api: &Api) -> Option<String> {
         .ok()?
         .strip_prefix("Bearer ")
         .map(str::to_owned)
-}
-
-fn ok(res: &Answered) -> bool {
-    matches!(res, Ok(r) if r.status() == StatusCode::OK)
-}
-
-/// A request bounded by `within`; `None` when it did not answer in time.
-async fn bounded(svc: &Svc, within: Duration) -> Option<Answered> {
-    tokio::time::timeout(within, send(svc, get())).await.ok()
 }
 
 fn access(token: &str) -> AccessToken {
@@ -348,78 +349,27 @@ async fn switching_back_and_forth_between_logins_never_mixes_their_tokens() {
     assert_eq!(endpoint.password.load(SeqCst), 2, "{:?}", endpoint.log());
 }
 
-/// A memory store that fails a fixed pattern of its calls while `flapping`.
-#[derive(Clone)]
-struct Flapping {
-    inner: MemoryStore,
-    flapping: Arc<AtomicBool>,
-    calls: Arc<AtomicU64>,
-}
-
-impl Flapping {
-    fn check(&self) -> Result<(), StoreError> {
-        let n = self.calls.fetch_add(1, SeqCst);
-        if self.flapping.load(SeqCst) && !n.is_multiple_of(3) {
-            return Err(StoreError::unavailable(
-                "flapping",
-                std::io::Error::other("connection reset"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl TokenStore for Flapping {
-    async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
-        self.check()?;
-        self.inner.read(key).await
-    }
-
-    async fn write(
-        &self,
-        key: &LoginKey,
-        expected: Option<u64>,
-        record: &Record,
-    ) -> Result<WriteOutcome, StoreError> {
-        // A write that "fails" lands all the same half of the time: the
-        // caller cannot tell.
-        let n = self.calls.load(SeqCst);
-        let failed = self.check();
-        let written = if failed.is_ok() || n.is_multiple_of(2) {
-            Some(self.inner.write(key, expected, record).await?)
-        } else {
-            None
-        };
-        failed?;
-        Ok(written.expect("written when the call succeeded"))
-    }
-
-    async fn acquire_lease(
-        &self,
-        key: &LoginKey,
-        owner: &LeaseOwner,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.check()?;
-        self.inner.acquire_lease(key, owner, ttl).await
-    }
-
-    async fn release_lease(&self, key: &LoginKey, owner: &LeaseOwner) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner.release_lease(key, owner).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_flapping_store_never_gets_a_refresh_token_sent_twice_and_everyone_recovers() {
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
     *endpoint.lifetime.lock().unwrap() = Duration::from_secs(20);
-    let store = Flapping {
-        inner: MemoryStore::new(),
-        flapping: Arc::new(AtomicBool::new(true)),
-        calls: Arc::default(),
-    };
+    // Two calls in three fail while it flaps; a write that "fails" lands all
+    // the same half of the time: the caller cannot tell.
+    let flapping = Arc::new(AtomicBool::new(true));
+    let (on, calls) = (Arc::clone(&flapping), AtomicU64::new(0));
+    let store = Faulty::new(MemoryStore::new(), move |call| {
+        let n = calls.fetch_add(1, SeqCst);
+        if !on.load(SeqCst) || n.is_multiple_of(3) {
+            return Fault::Pass;
+        }
+        let reset = StoreError::unavailable("flapping", std::io::Error::other("connection reset"));
+        if call == Call::Write && n.is_multiple_of(2) {
+            Fault::LandThenFail(reset)
+        } else {
+            Fault::Fail(reset)
+        }
+    });
     // A lease shorter than the wait budget: a lease left behind by a release
     // that failed holds the others off for less than their budget (see
     // a_lease_left_by_a_failed_release_does_not_fail_the_other_replicas).
@@ -445,7 +395,7 @@ async fn a_flapping_store_never_gets_a_refresh_token_sent_twice_and_everyone_rec
     endpoint.assert_no_refresh_token_sent_twice();
 
     // The faults stop: every replica still answers, and they share again.
-    store.flapping.store(false, SeqCst);
+    flapping.store(false, SeqCst);
     for second in 0..60 {
         for svc in &services {
             let res = send(svc, get()).await;
@@ -470,66 +420,6 @@ async fn a_flapping_store_never_gets_a_refresh_token_sent_twice_and_everyone_rec
     endpoint.assert_no_refresh_token_sent_twice();
 }
 
-/// A memory store that fails the calls whose numbers (from 0) it is given.
-#[derive(Clone)]
-struct FailCalls {
-    inner: MemoryStore,
-    fail: Arc<Mutex<HashSet<u64>>>,
-    calls: Arc<AtomicU64>,
-}
-
-impl FailCalls {
-    fn check(&self) -> Result<(), StoreError> {
-        let n = self.calls.fetch_add(1, SeqCst);
-        if self.fail.lock().unwrap().contains(&n) {
-            return Err(StoreError::timeout("fail-calls"));
-        }
-        Ok(())
-    }
-}
-
-impl TokenStore for FailCalls {
-    async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
-        self.check()?;
-        self.inner.read(key).await
-    }
-
-    async fn write(
-        &self,
-        key: &LoginKey,
-        expected: Option<u64>,
-        record: &Record,
-    ) -> Result<WriteOutcome, StoreError> {
-        self.check()?;
-        self.inner.write(key, expected, record).await
-    }
-
-    async fn acquire_lease(
-        &self,
-        key: &LoginKey,
-        owner: &LeaseOwner,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.check()?;
-        self.inner.acquire_lease(key, owner, ttl).await
-    }
-
-    async fn release_lease(&self, key: &LoginKey, owner: &LeaseOwner) -> Result<bool, StoreError> {
-        self.check()?;
-        self.inner.release_lease(key, owner).await
-    }
-
-    async fn wait_for_change(
-        &self,
-        key: &LoginKey,
-        since: Option<u64>,
-        max_wait: Duration,
-    ) -> Result<Option<StoredRecord>, StoreError> {
-        self.check()?;
-        self.inner.wait_for_change(key, since, max_wait).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_lease_left_by_a_failed_release_does_not_fail_the_other_replicas() {
     let api = Arc::new(Api::default());
@@ -537,15 +427,18 @@ async fn a_lease_left_by_a_failed_release_does_not_fail_the_other_replicas() {
     // Replica a: the lease (call 0) is taken, then the store blips: the
     // read under it (call 1) and the release (call 2) fail. Replica a goes
     // on alone, as it should, and its lease stays behind.
-    let store = FailCalls {
-        inner: MemoryStore::new(),
-        fail: Arc::new(Mutex::new(HashSet::from([1, 2]))),
-        calls: Arc::default(),
-    };
+    let calls = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&calls);
+    let store = Faulty::new(MemoryStore::new(), move |_| {
+        match counted.fetch_add(1, SeqCst) {
+            1 | 2 => Fault::Fail(StoreError::timeout("fail-calls")),
+            _ => Fault::Pass,
+        }
+    });
     let a = layer_with(&endpoint, |b| b.store(store.clone()));
     let sa = a.layer(api_service(&api));
     assert!(ok(&send(&sa, get()).await));
-    assert_eq!(store.calls.load(SeqCst), 3, "lease, read, release");
+    assert_eq!(calls.load(SeqCst), 3, "lease, read, release");
     assert!(a.stats().store_errors > 0);
 
     // The store answers again. A cold replica, with the default settings,
@@ -732,20 +625,7 @@ async fn an_unreadable_record_is_replaced_by_the_next_grant_and_shared_again() {
             .build()
             .unwrap()
     };
-    let api = Arc::new(Api::default());
-    let endpoint = Endpoint::new(&api);
-    let services: Vec<Svc> = (0..3)
-        .map(|_| layer_with(&endpoint, |b| b.store(new_store())).layer(api_service(&api)))
-        .collect();
-    for svc in &services {
-        assert!(ok(&bounded(svc, Duration::from_secs(5)).await.unwrap()));
-    }
-    assert_eq!(
-        endpoint.password.load(SeqCst),
-        1,
-        "three replicas, one login: {:?}",
-        endpoint.log()
-    );
+    three_replicas_log_in_once(new_store).await;
 }
 
 #[tokio::test]
@@ -847,51 +727,6 @@ async fn a_file_store_whose_directory_vanishes_fails_and_the_replica_goes_on() {
     assert!(shared, "the record was written once the directory was back");
 }
 
-/// A store that counts the leases asked of it.
-#[derive(Clone)]
-struct Counting<S> {
-    inner: S,
-    leases: Arc<AtomicU64>,
-}
-
-impl<S: TokenStore + Clone> TokenStore for Counting<S> {
-    async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
-        self.inner.read(key).await
-    }
-
-    async fn write(
-        &self,
-        key: &LoginKey,
-        expected: Option<u64>,
-        record: &Record,
-    ) -> Result<WriteOutcome, StoreError> {
-        self.inner.write(key, expected, record).await
-    }
-
-    async fn acquire_lease(
-        &self,
-        key: &LoginKey,
-        owner: &LeaseOwner,
-        ttl: Duration,
-    ) -> Result<Lease, StoreError> {
-        self.leases.fetch_add(1, SeqCst);
-        self.inner.acquire_lease(key, owner, ttl).await
-    }
-
-    async fn release_lease(&self, key: &LoginKey, owner: &LeaseOwner) -> Result<bool, StoreError> {
-        self.inner.release_lease(key, owner).await
-    }
-
-    async fn wait_for_change(
-        &self,
-        key: &LoginKey,
-        since: Option<u64>,
-        max_wait: Duration,
-    ) -> Result<Option<StoredRecord>, StoreError> {
-        self.inner.wait_for_change(key, since, max_wait).await
-    }
-}
-
 #[tokio::test]
 async fn a_file_lease_held_past_its_expiry_is_not_retried_in_a_tight_loop() {
     let dir = tempfile::tempdir().unwrap();
@@ -916,10 +751,14 @@ async fn a_file_lease_held_past_its_expiry_is_not_retried_in_a_tight_loop() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let store = Counting {
-        inner: file_store(&dir),
-        leases: Arc::default(),
-    };
+    let leases = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&leases);
+    let store = Faulty::new(file_store(&dir), move |call| {
+        if call == Call::Lease {
+            counted.fetch_add(1, SeqCst);
+        }
+        Fault::Pass
+    });
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
     let layer = layer_with(&endpoint, |b| {
@@ -929,9 +768,9 @@ async fn a_file_lease_held_past_its_expiry_is_not_retried_in_a_tight_loop() {
     });
     let svc = layer.layer(api_service(&api));
     let _ = bounded(&svc, Duration::from_secs(2)).await;
-    let before = store.leases.load(SeqCst);
+    let before = leases.load(SeqCst);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let asked = store.leases.load(SeqCst) - before;
+    let asked = leases.load(SeqCst) - before;
     // Polling at the store's pace (10 ms to 250 ms) asks a handful of times.
     assert!(asked <= 20, "{asked} leases asked in 500 ms");
     drop(holder);
@@ -941,20 +780,7 @@ async fn a_file_lease_held_past_its_expiry_is_not_retried_in_a_tight_loop() {
 async fn a_directory_in_place_of_the_record_file_does_not_split_the_fleet() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(record_file(&dir, &login())).unwrap();
-    let api = Arc::new(Api::default());
-    let endpoint = Endpoint::new(&api);
-    let services: Vec<Svc> = (0..3)
-        .map(|_| layer_with(&endpoint, |b| b.store(file_store(&dir))).layer(api_service(&api)))
-        .collect();
-    for svc in &services {
-        assert!(ok(&bounded(svc, Duration::from_secs(5)).await.unwrap()));
-    }
-    assert_eq!(
-        endpoint.password.load(SeqCst),
-        1,
-        "three replicas, one login: {:?}",
-        endpoint.log()
-    );
+    three_replicas_log_in_once(|| file_store(&dir)).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -1051,20 +877,7 @@ async fn a_redis_key_of_another_type_does_not_split_the_fleet() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let api = Arc::new(Api::default());
-    let endpoint = Endpoint::new(&api);
-    let services: Vec<Svc> = (0..3)
-        .map(|_| layer_with(&endpoint, |b| b.store(redis_store(&server))).layer(api_service(&api)))
-        .collect();
-    for svc in &services {
-        assert!(ok(&bounded(svc, Duration::from_secs(5)).await.unwrap()));
-    }
-    assert_eq!(
-        endpoint.password.load(SeqCst),
-        1,
-        "three replicas, one login: {:?}",
-        endpoint.log()
-    );
+    three_replicas_log_in_once(|| redis_store(&server)).await;
 }
 
 #[tokio::test]

@@ -1,12 +1,15 @@
 //! The one test harness of the integration tests. `scripted`: a token
 //! endpoint and a protected API in memory, for the layer's logic under paused
-//! time; `fixed`: a fetcher that always issues one token; and here, the
+//! time; `fixed`: a fetcher that always issues one token; `stores`: a token
+//! store whose calls go through a hook, and what the store tests share; and
+//! here, the
 //! crate's Daxium-compatible server on 127.0.0.1 with a layer pointed at it.
 //! Each test file uses a part of it.
 #![allow(dead_code)]
 
 pub(crate) mod fixed;
 pub(crate) mod scripted;
+pub(crate) mod stores;
 
 use std::time::Duration;
 
