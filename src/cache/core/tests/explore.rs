@@ -53,6 +53,7 @@ fn every_fleet_interleaving_to_the_stated_depth_is_safe_and_recovers() {
         Op::Store(false),
         Op::Store(true),
         Op::Rotate,
+        Op::Freeze(true),
     ]);
     // From a start where replica 0 holds the record and its token has gone stale,
     // and from a cold start.

@@ -2,7 +2,8 @@
 //! model of a token store (a versioned record and a lease with a time to live)
 //! and one token server that rotates refresh tokens. Random interleavings of
 //! their calls, each answered or failed, store outages, replicas that die
-//! mid-protocol, 401s and time passing are checked after every step: a refresh
+//! mid-protocol, dead holders whose lease stays held past its expiry, 401s
+//! and time passing are checked after every step: a refresh
 //! token is sent at most once fleet-wide, no replica shows a token past its
 //! expiry, no replica has two grants in flight; and once the faults stop,
 //! every live replica that asks gets a valid token.
@@ -61,6 +62,9 @@ pub(super) struct World {
     replicas: Vec<Replica>,
     now: Time,
     up: bool,
+    /// A dead holder's lease stays held past its expiry, with nothing left
+    /// (a frozen process keeping its file lock).
+    frozen: bool,
     pub(super) record: Option<Stored>,
     lease: Option<(usize, Time)>,
     /// Access token -> expiry, as the server issued them.
@@ -91,6 +95,7 @@ impl World {
             replicas: (0..REPLICAS).map(|_| replica()).collect(),
             now: Time::ZERO,
             up: true,
+            frozen: false,
             record: None,
             lease: None,
             access: BTreeMap::new(),
@@ -222,6 +227,9 @@ impl World {
             StoreCall::Lease => match self.lease {
                 Some((owner, until)) if owner != r && until > self.now => {
                     StoreReply::Held(Some(until - self.now))
+                }
+                Some((owner, _)) if owner != r && self.frozen && !self.replicas[owner].alive => {
+                    StoreReply::Held(Some(Duration::ZERO))
                 }
                 _ => {
                     self.lease = Some((r, self.now + self.ttl));
@@ -366,6 +374,7 @@ pub(super) fn apply(w: &mut World, op: &Op) {
             }
         }
         Op::Store(up) => w.up = up,
+        Op::Freeze(frozen) => w.frozen = frozen,
         Op::Rotate => {
             // Another fleet, under another seal key, writes over the record.
             let version = w.record.as_ref().map_or(1, |s| s.version + 1);
@@ -386,6 +395,7 @@ pub(super) fn apply(w: &mut World, op: &Op) {
 /// Every live replica that asks holds a valid token.
 pub(super) fn recovers(mut w: World) -> Result<(), String> {
     w.up = true;
+    w.frozen = false;
     let alive: Vec<usize> = (0..REPLICAS).filter(|&r| w.replicas[r].alive).collect();
     let asked: Vec<(usize, WaiterId)> = alive.into_iter().map(|r| (r, w.need(r))).collect();
     for _ in 0..80 {
@@ -418,6 +428,8 @@ pub(super) enum Op {
     Advance(u64),
     Kill(usize),
     Store(bool),
+    /// Whether a dead holder's lease stays held, 0 left, past its expiry.
+    Freeze(bool),
     /// The record becomes one that no replica can read (another seal key).
     Rotate,
 }
@@ -431,6 +443,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop_oneof![0..=2_000u64, 2_001..=120_000u64].prop_map(Op::Advance),
         1 => r.prop_map(Op::Kill),
         1 => any::<bool>().prop_map(Op::Store),
+        1 => any::<bool>().prop_map(Op::Freeze),
         1 => Just(Op::Rotate),
     ]
 }
