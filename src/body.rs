@@ -137,7 +137,10 @@ impl<B: Body> ReplayBody<B> {
     }
 }
 
-/// How the body of a request can be sent again.
+/// How the body of a request can be sent again. Dropped when the answer is
+/// known not to be a refusal (with the request's future), it stops the
+/// recording and frees what it holds, however long the body goes on
+/// streaming.
 pub(crate) enum Replay {
     /// No body: replayed for free.
     Empty,
@@ -148,6 +151,17 @@ pub(crate) enum Replay {
 }
 
 impl Replay {
+    /// Whether the body can be sent again: empty, or recorded whole.
+    pub(crate) fn is_replayable(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Never => false,
+            Self::Recorded(recorder) => {
+                recorder.lock().unwrap_or_else(|e| e.into_inner()).state == Recording::Complete
+            }
+        }
+    }
+
     /// The body for a replay, if the first attempt's can be replayed.
     pub(crate) fn body<B>(&self) -> Option<ReplayBody<B>> {
         match self {
@@ -168,6 +182,18 @@ impl Replay {
                     },
                 })
             }
+        }
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if let Self::Recorded(recorder) = self
+            && Arc::strong_count(recorder) > 1
+        {
+            // The body may stream on (an HTTP/2 upload answered at once): with
+            // nothing left to replay it, keeping its chunks is waste.
+            recorder.lock().unwrap_or_else(|e| e.into_inner()).abandon();
         }
     }
 }
@@ -220,6 +246,9 @@ impl Recorder {
             }
         } else if let Some(trailers) = frame.trailers_ref() {
             self.trailers = Some(trailers.clone());
+            // Trailers end a body: hyper stops polling once it has them, and
+            // the body's `is_end_stream` may never say so.
+            return self.finish();
         }
         if end_stream || self.expected == Some(self.len) {
             self.finish();

@@ -61,6 +61,8 @@ pub(crate) enum Kind {
     BodyTooLarge,
     /// The layer gave up waiting: the cache was shut down.
     Closed,
+    /// The API refused several new tokens in a row before accepting any.
+    Refused,
 }
 
 impl TokenError {
@@ -218,10 +220,25 @@ impl TokenError {
         self.inner.kind == Kind::Closed
     }
 
+    /// The API refused several new tokens in a row, each on its first use,
+    /// and accepted none: it refuses every token of this login for now (a
+    /// permissions problem behind a bare 401, a gateway in trouble). The
+    /// layer makes its next grant after a pause that grows with the streak,
+    /// and answers requests at once with this error until then, rather than
+    /// send them with a token the API refused or make them wait for a grant
+    /// that cannot help. A token that worked and then was refused (revoked)
+    /// never leads here: it is replaced at once.
+    pub fn is_refused(&self) -> bool {
+        self.inner.kind == Kind::Refused
+    }
+
     /// Whether the grant request may have reached the endpoint. A refresh
     /// token sent in such a request is treated as spent.
     pub fn may_have_been_sent(&self) -> bool {
-        !matches!(self.inner.kind, Kind::Connect | Kind::Closed)
+        !matches!(
+            self.inner.kind,
+            Kind::Connect | Kind::Closed | Kind::Refused
+        )
     }
 
     /// The grant that failed, if known.
@@ -268,6 +285,7 @@ impl fmt::Display for TokenError {
             Kind::InvalidResponse => "unusable token response",
             Kind::BodyTooLarge => "token endpoint response body over the size cap",
             Kind::Closed => "the token cache was shut down",
+            Kind::Refused => "the API refuses every new access token for now",
         })?;
         if let Some(status) = self.inner.status {
             write!(f, " ({status})")?;

@@ -1,7 +1,14 @@
 //! [`ResponseFuture`]: the state machine of one request. The common path polls
-//! the inner future and looks at the status; waiting for a grant and the one
-//! replay after a 401 are the rare paths, and only they allocate (besides the
-//! copy of a request's headers kept for a replay, when it has any).
+//! the inner future and checks the answer against the refusal rule; waiting
+//! for a grant and sending a refused request again are the rare paths, and
+//! only they allocate (besides the copy of a request's headers kept for a
+//! replay, when it has any).
+//!
+//! A refused request is sent again with the current token when the token it
+//! carried had been replaced while it was in flight (the layer's own refresh,
+//! an adopted fleet record, a change of login): that is not its replay. A
+//! refusal of the current token drops it and uses the request's one replay.
+//! No request is sent more than three times.
 
 use std::{
     fmt,
@@ -11,10 +18,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::{
-    Extensions, HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
-    header::{AUTHORIZATION, WWW_AUTHENTICATE},
-};
+use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version, header::AUTHORIZATION};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::util::Oneshot;
@@ -22,12 +26,18 @@ use tower_service::Service;
 
 use crate::{
     body::{Replay, ReplayBody},
-    cache::{Answer, Event, Live, LiveSlot, Shared, Ticket},
+    cache::{Answer, Event, Live, LiveSlot, Resend, Shared, Ticket},
     error::{Error, TokenError},
+    refusal::{Refusal, accepts},
     service::{CacheNumber, Link, failure, send},
 };
 
 type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
+
+/// The most times one request is sent: the first attempt, a resend after its
+/// token was replaced in flight, and its one replay after a refusal of the
+/// current token. Nothing can loop.
+pub(crate) const MAX_SENDS: u8 = 3;
 
 pin_project! {
     /// The response future of [`AuthService`](crate::AuthService).
@@ -48,7 +58,7 @@ pin_project! {
     {
         // The first attempt, or a request for another origin. The common
         // path: nothing boxed.
-        Sent { #[pin] fut: F, after: After<S, B> },
+        Sent { #[pin] fut: F, check: Check, after: After<S, B> },
         // Everything else, boxed: only the rare paths pay for its size.
         Rare { rare: Pin<Box<Rare<S, B>>> },
     }
@@ -64,38 +74,49 @@ pin_project! {
         Failed { err: Option<TokenError> },
         // No valid token yet: wait for the grant, then call the service made ready.
         Acquire { token: Acquire, pending: Option<Pending<S, B>> },
-        // After a 401: wait for the token to replay with (a refresh in flight
-        // first). The refused answer goes back if the cache says no replay.
-        Reacquire { token: Acquire, replay: Option<Reacquire<S, B>> },
-        // The one replay; its answer goes back as it is, and the cache learns
-        // when it was refused too.
-        Replay { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, id: u64, link: Arc<Link<S>> },
+        // After a refusal: wait for the token to send the request again with
+        // (a refresh in flight first). The refusal goes back if the cache
+        // says no token could help.
+        Reacquire { token: Acquire, resend: Option<Resending<S, B>> },
+        // The request sent again; a refusal of it may send it once more,
+        // within `MAX_SENDS`.
+        Again { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, check: Check, retry: Option<Retry<S, B>> },
     }
 }
 
-/// What the first attempt keeps for a 401: for a request without replay, two
-/// words and no reference count; for one with, the copy of the request, in
-/// place as the plain way keeps it (a box would cost an allocation and a free
-/// more than the moves of a larger future).
+/// What every answer is checked for: whether it refuses the token, and
+/// whether the cache still wants to hear that the token worked (only until
+/// the first answer that says so).
+#[derive(Clone, Copy)]
+pub(crate) struct Check {
+    pub(crate) refusal: Refusal,
+    pub(crate) confirm: bool,
+}
+
+/// What the first attempt keeps for a refusal: for a request without replay,
+/// two words and no reference count; for one with, the copy of the request,
+/// in place as the plain way keeps it (a box would cost an allocation and a
+/// free more than the moves of a larger future).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum After<S, B> {
-    /// Report a 401 on token `id` (`0`: a request for another origin, which
-    /// carried no token) to the cache numbered `cache`, found at 401 time.
+    /// Report a refusal of token `id` (`0`: a request for another origin,
+    /// which carried no token) to the cache numbered `cache`, found then.
     Report { id: u64, cache: CacheNumber },
-    /// Report it, and replay the request: the copy keeps a handle on the
-    /// cache, which the replay needs alive.
+    /// Report it, and send the request again: the copy keeps a handle on the
+    /// cache, which the resend needs alive.
     Replay(Retry<S, B>),
 }
 
-/// What the replay after a 401 keeps while it waits for a token.
-struct Reacquire<S, B>
+/// A refused request waiting for the token to send it again with.
+struct Resending<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    service: S,
-    req: Request<ReplayBody<B>>,
+    retry: Retry<S, B>,
     refused: S::Response,
-    link: Arc<Link<S>>,
+    /// Whether this send is the request's one replay (not a resend after
+    /// its token was replaced in flight).
+    replay: bool,
 }
 
 /// A request that waits for a token, with the service made ready for it.
@@ -107,10 +128,12 @@ pub(crate) struct Pending<S, B> {
     pub(crate) limit: usize,
 }
 
-/// What a replay needs: the request without its body, how to replay the body,
-/// and the link to the cache and to the service's spare clone (cloned again
-/// for the replay, and driven ready by `Oneshot` before the call).
+/// What sending a request again needs: the request without its body, how to
+/// replay the body, the link to the cache and to the service's spare clone
+/// (cloned again for each send, and driven ready by `Oneshot` before the
+/// call), and how many sends it has had.
 pub(crate) struct Retry<S, B> {
+    /// The token the last send carried.
     id: u64,
     link: Arc<Link<S>>,
     method: Method,
@@ -121,6 +144,10 @@ pub(crate) struct Retry<S, B> {
     headers: Option<Box<HeaderMap>>,
     extensions: Extensions,
     body: Replay,
+    sends: u8,
+    /// Whether the request had its one replay after a refusal of the
+    /// current token.
+    replayed: bool,
     _body: std::marker::PhantomData<fn() -> B>,
 }
 
@@ -136,40 +163,37 @@ impl<S, B> Retry<S, B> {
             headers: (!req.headers().is_empty()).then(|| Box::new(req.headers().clone())),
             extensions: req.extensions().clone(),
             body,
+            sends: 1,
+            replayed: false,
             _body: std::marker::PhantomData,
         }
     }
 
-    /// The token id and the handle, and the replay request, or `None` when
-    /// the body cannot be sent again.
-    #[allow(clippy::type_complexity)]
-    fn into_request(self) -> (u64, Arc<Link<S>>, Option<(S, Request<ReplayBody<B>>)>)
+    /// Whether the request can be sent again: its body was recorded whole,
+    /// and a spare service is there to send it.
+    fn replayable(&self) -> bool {
+        self.body.is_replayable() && self.link.has_spare()
+    }
+
+    /// The request to send again with `slot`'s token, on a clone of the
+    /// spare service; `None` when the body cannot be sent again.
+    fn request(&self, slot: &LiveSlot) -> Option<(S, Request<ReplayBody<B>>)>
     where
         S: Clone,
     {
-        let Self {
-            id,
-            link,
-            method,
-            uri,
-            version,
-            headers,
-            extensions,
-            body,
-            ..
-        } = self;
-        let (Some(body), Some(service)) = (body.body(), link.spare()) else {
-            return (id, link, None);
+        let (Some(body), Some(service)) = (self.body.body(), self.link.spare()) else {
+            return None;
         };
         let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.version_mut() = version;
-        if let Some(headers) = headers {
-            *req.headers_mut() = *headers;
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        if let Some(headers) = &self.headers {
+            *req.headers_mut() = (**headers).clone();
         }
-        *req.extensions_mut() = extensions;
-        (id, link, Some((service, req)))
+        *req.extensions_mut() = self.extensions.clone();
+        req.headers_mut().insert(AUTHORIZATION, slot.access.clone());
+        Some((service, req))
     }
 }
 
@@ -177,9 +201,13 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    /// A request for another origin: its 401 says nothing about the token.
+    /// A request for another origin: its refusal says nothing about the token.
     pub(crate) fn passthrough(fut: S::Future, cache: CacheNumber) -> Self {
-        Self::sent(fut, After::<S, B>::Report { id: 0, cache })
+        let check = Check {
+            refusal: Refusal::unauthorized(),
+            confirm: false,
+        };
+        Self::sent(fut, check, After::<S, B>::Report { id: 0, cache })
     }
 
     #[cold]
@@ -205,9 +233,9 @@ where
 
     /// The first attempt.
     #[inline]
-    pub(crate) fn sent(fut: S::Future, after: After<S, B>) -> Self {
+    pub(crate) fn sent(fut: S::Future, check: Check, after: After<S, B>) -> Self {
         Self {
-            state: State::Sent { fut, after },
+            state: State::Sent { fut, check, after },
         }
     }
 }
@@ -227,7 +255,7 @@ where
                 Rare::Failed { .. } => "failed",
                 Rare::Acquire { .. } => "acquire",
                 Rare::Reacquire { .. } => "reacquire",
-                Rare::Replay { .. } => "replay",
+                Rare::Again { .. } => "again",
             },
         };
         f.debug_struct("ResponseFuture")
@@ -249,13 +277,16 @@ where
         loop {
             let next = match state.as_mut().project() {
                 // The common path, small enough to inline into the caller: the
-                // first attempt, answered with anything but a 401.
-                StateProj::Sent { fut, after } => {
+                // first attempt, answered with anything but a refusal.
+                StateProj::Sent { fut, check, after } => {
                     let res = ready!(fut.poll(cx)).map_err(Error::Inner)?;
-                    if res.status() != StatusCode::UNAUTHORIZED {
+                    if !check.refusal.refuses(res.status(), res.headers()) {
+                        if check.confirm {
+                            confirm(after, &res);
+                        }
                         return Poll::Ready(Ok(res));
                     }
-                    match after_401(after, res) {
+                    match after_refusal(after, res) {
                         Ok(next) => next,
                         Err(res) => return Poll::Ready(Ok(res)),
                     }
@@ -279,74 +310,107 @@ where
     Next(State<S, B, S::Future>),
 }
 
-/// After a 401 on the first attempt: the answer to return, or, for a 401 about
-/// the token, the state that replays the request (the token is dropped first if
-/// it is still the current one).
+/// The first answer that shows the token works: the cache learns it once.
 #[cold]
 #[inline(never)]
-fn after_401<S, B, F, ResBody>(
+fn confirm<S, B, ResBody>(after: &After<S, B>, res: &Response<ResBody>) {
+    if !accepts(res.status()) {
+        return;
+    }
+    match after {
+        After::Report { id: 0, .. } => {}
+        After::Report { id, cache } => {
+            if let Some(shared) = cache.find() {
+                shared.accepted(*id);
+            }
+        }
+        After::Replay(retry) => retry.link.shared().accepted(retry.id),
+    }
+}
+
+/// After a refusal of the first attempt: the answer to return, or the state
+/// that sends the request again.
+#[cold]
+#[inline(never)]
+fn after_refusal<S, B, F, ResBody>(
     after: &mut After<S, B>,
     res: Response<ResBody>,
 ) -> Result<State<S, B, F>, Response<ResBody>>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
 {
-    let id = match after {
-        After::Report { id, .. } => *id,
-        After::Replay(retry) => retry.id,
-    };
-    // Another origin's 401 says nothing about the token.
-    if id == 0 || !refuses_token(res.headers()) {
-        return Err(res);
-    }
     let spent = After::Report {
         id: 0,
         cache: CacheNumber::NONE,
     };
-    let (link, service, req) = match std::mem::replace(after, spent) {
+    match std::mem::replace(after, spent) {
+        // Another origin's refusal says nothing about the token.
+        After::Report { id: 0, .. } => Err(res),
         After::Report { id, cache } => {
-            // No replay, but the cache still refreshes if this token is current.
+            // Not sent again, but the cache drops the token if it is current.
             if let Some(shared) = cache.find() {
-                refused_without_replay(&shared, id);
+                refused_without_resend(&shared, id);
             }
+            Err(res)
+        }
+        After::Replay(retry) => refused(retry, res),
+    }
+}
+
+/// A send carrying `retry.id` was refused: the state that sends it again, or
+/// the refusal to return.
+fn refused<S, B, F, ResBody>(
+    retry: Retry<S, B>,
+    res: Response<ResBody>,
+) -> Result<State<S, B, F>, Response<ResBody>>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+{
+    let shared = Arc::clone(retry.link.shared());
+    if !retry.replayable() {
+        refused_without_resend(&shared, retry.id);
+        return Err(res);
+    }
+    let more = retry.sends < MAX_SENDS;
+    let (replay, answer) = match shared.refused(retry.id, more && !retry.replayed, more) {
+        Resend::Send { replay, answer } => (replay, answer),
+        Resend::No => {
+            shared.counters.replay_skipped();
             return Err(res);
         }
-        After::Replay(retry) => match retry.into_request() {
-            (_, link, Some((service, req))) => (link, service, req),
-            (id, link, None) => {
-                refused_without_replay(link.shared(), id);
-                return Err(res);
+    };
+    match answer {
+        Ok(Answer::Token(slot)) => match retry.request(&slot) {
+            Some((service, req)) => Ok(again(retry, service, req, &slot, replay)),
+            None => {
+                shared.counters.replay_skipped();
+                Err(res)
             }
         },
-    };
-    let shared = link.shared();
-    match shared.ask(Some(id)) {
-        Ok(Answer::Token(slot)) => Ok(replay(service, req, slot, link)),
-        Ok(Answer::Failed(err)) => Ok(rare(Rare::Failed { err: Some(err) })),
+        Ok(Answer::Failed(err)) => Ok(rare_state(Rare::Failed { err: Some(err) })),
         Ok(Answer::NoReplay | Answer::Retry) => {
             shared.counters.replay_skipped();
             Err(res)
         }
-        Err(ticket) => Ok(rare(Rare::Reacquire {
-            token: Box::pin(Arc::clone(shared).wait(ticket)),
-            replay: Some(Reacquire {
-                service,
-                req,
+        Err(ticket) => Ok(rare_state(Rare::Reacquire {
+            token: Box::pin(shared.wait(ticket)),
+            resend: Some(Resending {
+                retry,
                 refused: res,
-                link,
+                replay,
             }),
         })),
     }
 }
 
 /// Tells the cache that token `id` was refused, for a request that is not
-/// replayed.
-fn refused_without_replay(shared: &Arc<Shared>, id: u64) {
+/// sent again.
+fn refused_without_resend(shared: &Arc<Shared>, id: u64) {
     shared.run(Event::Refused { id, waiter: None });
     shared.counters.replay_skipped();
 }
 
-fn rare<S, B, F>(rare: Rare<S, B>) -> State<S, B, F>
+fn rare_state<S, B, F>(rare: Rare<S, B>) -> State<S, B, F>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
@@ -355,23 +419,36 @@ where
     }
 }
 
-/// The replay, with the token the cache chose.
-fn replay<S, B, F>(
+/// Sends the request again with `slot`'s token.
+fn again<S, B, F>(
+    mut retry: Retry<S, B>,
     service: S,
-    mut req: Request<ReplayBody<B>>,
-    slot: LiveSlot,
-    link: Arc<Link<S>>,
+    req: Request<ReplayBody<B>>,
+    slot: &LiveSlot,
+    replay: bool,
 ) -> State<S, B, F>
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    link.shared().counters.replayed();
-    tracing::debug!(target: "daxium_auth", method = %req.method(), "401: replaying the request once with a new token");
-    req.headers_mut().insert(AUTHORIZATION, slot.access);
-    rare(Rare::Replay {
+    let shared = retry.link.shared();
+    if replay {
+        shared.counters.replayed();
+        tracing::debug!(target: "daxium_auth", method = %req.method(), "token refused: replaying the request once with a new token");
+    } else {
+        shared.counters.resent();
+        tracing::debug!(target: "daxium_auth", method = %req.method(), "token replaced while the request was in flight: sending it again with the current one");
+    }
+    let check = Check {
+        refusal: retry.link.layer.config().refusal,
+        confirm: !slot.accepted,
+    };
+    retry.id = slot.id;
+    retry.sends = retry.sends.saturating_add(1);
+    retry.replayed |= replay;
+    rare_state(Rare::Again {
         fut: Oneshot::new(service, req),
-        id: slot.id,
-        link,
+        check,
+        retry: Some(retry),
     })
 }
 
@@ -402,52 +479,48 @@ where
                 replay,
                 limit,
             } = pending.take().expect("polled after completion");
-            send(&mut inner, req, slot.id, slot.access, link, replay, limit).state
+            send(&mut inner, req, &slot, link, replay, limit).state
         }
-        RareProj::Reacquire {
-            token,
-            replay: pending,
-        } => {
+        RareProj::Reacquire { token, resend } => {
             let answer = ready!(token.as_mut().poll(cx));
-            let Reacquire {
-                service,
-                req,
+            let Resending {
+                retry,
                 refused,
-                link,
-            } = pending.take().expect("polled after completion");
+                replay,
+            } = resend.take().expect("polled after completion");
+            let shared = retry.link.shared();
             match answer {
-                Answer::Token(slot) => replay(service, req, slot, link),
+                Answer::Token(slot) => match retry.request(&slot) {
+                    Some((service, req)) => again(retry, service, req, &slot, replay),
+                    None => {
+                        shared.counters.replay_skipped();
+                        return Poll::Ready(Step::Done(Ok(refused)));
+                    }
+                },
                 Answer::NoReplay | Answer::Retry => {
-                    link.shared().counters.replay_skipped();
+                    shared.counters.replay_skipped();
                     return Poll::Ready(Step::Done(Ok(refused)));
                 }
                 Answer::Failed(err) => return Poll::Ready(Step::Done(Err(Error::Token(err)))),
             }
         }
-        RareProj::Replay { fut, id, link } => {
-            let res = ready!(fut.poll(cx)).map_err(Error::Inner);
-            if let Ok(res) = &res
-                && res.status() == StatusCode::UNAUTHORIZED
-                && refuses_token(res.headers())
-            {
-                link.shared().run(Event::ReplayRefused { id: *id });
+        RareProj::Again { fut, check, retry } => {
+            let res = match ready!(fut.poll(cx)) {
+                Ok(res) => res,
+                Err(err) => return Poll::Ready(Step::Done(Err(Error::Inner(err)))),
+            };
+            let retry = retry.take().expect("polled after completion");
+            if !check.refusal.refuses(res.status(), res.headers()) {
+                if check.confirm && accepts(res.status()) {
+                    retry.link.shared().accepted(retry.id);
+                }
+                return Poll::Ready(Step::Done(Ok(res)));
             }
-            return Poll::Ready(Step::Done(res));
+            match refused(retry, res) {
+                Ok(next) => next,
+                Err(res) => return Poll::Ready(Step::Done(Ok(res))),
+            }
         }
     };
     Poll::Ready(Step::Next(next))
-}
-
-/// Whether a 401 is about the token. A `WWW-Authenticate` challenge naming
-/// another error (`insufficient_scope`, say) is not: refreshing would not help,
-/// and would cost a grant per request.
-pub(crate) fn refuses_token(headers: &HeaderMap) -> bool {
-    let mut challenges = headers.get_all(WWW_AUTHENTICATE).iter().peekable();
-    if challenges.peek().is_none() {
-        return true;
-    }
-    challenges.any(|value| {
-        let value = value.to_str().unwrap_or_default().to_ascii_lowercase();
-        !value.contains("error=") || value.contains("invalid_token")
-    })
 }

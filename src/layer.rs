@@ -11,6 +11,7 @@ use crate::{
     error::BuildError,
     fetcher::{DynFetcher, TokenFetcher},
     origin::{Origin, ShownUrl, check_url},
+    refusal::Refusal,
     service::{AuthService, CacheNumber},
     stats::Stats,
     store::{AnyStore, TokenStore},
@@ -28,6 +29,8 @@ pub(crate) struct LayerConfig {
     pub(crate) replay_limit: usize,
     /// `None`: every origin gets the token.
     pub(crate) origins: Option<Vec<Origin>>,
+    /// Which answers refuse the token.
+    pub(crate) refusal: Refusal,
 }
 
 /// A tower [`Layer`] that authenticates every request to the Daxium Air API.
@@ -116,6 +119,7 @@ pub struct AuthLayerBuilder {
     store: Option<AnyStore>,
     replay: bool,
     replay_limit: usize,
+    refusal: Refusal,
 }
 
 impl Default for AuthLayerBuilder {
@@ -130,6 +134,7 @@ impl Default for AuthLayerBuilder {
             store: None,
             replay: true,
             replay_limit: DEFAULT_REPLAY_LIMIT,
+            refusal: Refusal::unauthorized(),
         }
     }
 }
@@ -149,6 +154,7 @@ impl fmt::Debug for AuthLayerBuilder {
             .field("store", &self.store.is_some())
             .field("replay", &self.replay)
             .field("replay_limit", &self.replay_limit)
+            .field("refusal", &self.refusal)
             .finish()
     }
 }
@@ -204,6 +210,26 @@ impl AuthLayerBuilder {
     /// switches it off.
     pub fn replay(mut self, on: bool) -> Self {
         self.replay = on;
+        self
+    }
+
+    /// Which answers of the API refuse the token (default
+    /// [`Refusal::unauthorized`]: an HTTP 401 about the token). Use
+    /// [`Refusal::grpc`] for tonic and other gRPC clients, whose servers
+    /// refuse a token with `grpc-status: 16` in an HTTP 200, and
+    /// [`Refusal::custom`] for an API that says so otherwise.
+    ///
+    /// A refusal of the current token drops it at once: no request that
+    /// starts afterwards carries it. A token that had worked was revoked and
+    /// is replaced at once; new tokens refused on first use, three or more in
+    /// a row, slow the grants down (see
+    /// [`TokenError::is_refused`](crate::TokenError::is_refused)). The
+    /// refused request is sent again with the next token: that is its one
+    /// replay, unless its token had been replaced while it was in flight, in
+    /// which case it is sent again with the current one without counting as
+    /// its replay. No request is sent more than three times.
+    pub fn refused_when(mut self, refusal: Refusal) -> Self {
+        self.refusal = refusal;
         self
     }
 
@@ -350,6 +376,7 @@ impl AuthLayerBuilder {
                 replay: self.replay,
                 replay_limit: self.replay_limit,
                 origins,
+                refusal: self.refusal,
             }),
             cache,
         })

@@ -77,6 +77,7 @@ mod future;
 mod grant;
 mod layer;
 mod origin;
+mod refusal;
 mod service;
 mod stats;
 pub mod store;
@@ -106,6 +107,7 @@ pub use crate::{
     future::ResponseFuture,
     grant::{GrantRequest, GrantType},
     layer::{AuthLayer, AuthLayerBuilder},
+    refusal::Refusal,
     service::AuthService,
     stats::Stats,
     store::{MemoryStore, StoreError, TokenStore},

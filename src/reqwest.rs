@@ -24,13 +24,19 @@
 //! # }
 //! ```
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use ::reqwest::{Request, Response};
-use http::{Extensions, StatusCode, Uri, header::AUTHORIZATION};
+use http::{Extensions, HeaderValue, Uri, header::AUTHORIZATION};
 use reqwest_middleware::{Middleware, Next};
 
-use crate::{AccessToken, AuthLayer, NoReplay, TokenCache, future::refuses_token};
+use crate::{
+    AuthLayer, NoReplay, TokenCache, TokenError,
+    cache::{Answer, LiveSlot, Resend, Shared},
+    future::MAX_SENDS,
+    refusal::accepts,
+    service::failure,
+};
 
 /// A [`reqwest_middleware::Middleware`] that adds `Authorization: Bearer …`
 /// (marked sensitive) to each request for the layer's API origins, and
@@ -40,13 +46,18 @@ use crate::{AccessToken, AuthLayer, NoReplay, TokenCache, future::refuses_token}
 /// hyper or tonic stack built from the same layer uses the same tokens, and
 /// [`AuthLayer::stats`] counts the grants and replays of both.
 ///
-/// - The token comes from [`TokenCache::access_token`]: fresh tokens are
-///   used as they are, a token inside its refresh margin starts a background
-///   refresh, and a request without a valid token waits for the one grant in
-///   flight.
-/// - On a 401, [`TokenCache::token_rejected`] drops the refused token (one
-///   refresh, shared by every request that carried it) and the request is sent
-///   once more with the next token. A second 401 is returned as it is.
+/// - The token comes from the cache as for [`TokenCache::access_token`]:
+///   fresh tokens are used as they are, a token inside its refresh margin
+///   starts a background refresh, and a request without a valid token waits
+///   for the one grant in flight.
+/// - Refusals follow the layer's rule
+///   ([`refused_when`](crate::AuthLayerBuilder::refused_when)) and its
+///   rules: a refusal of the current token drops it (one refresh, shared by
+///   every request that carried it) and the request is replayed once with
+///   the next token; a refusal of a token replaced while the request was in
+///   flight sends it again with the current one without counting as its
+///   replay; no request is sent more than three times. A refusal that is not
+///   followed by a resend is returned as it is.
 /// - A request is replayed only if reqwest can clone it
 ///   ([`reqwest::Request::try_clone`]: not for streaming bodies), its body is
 ///   within the layer's [`replay_limit`](crate::AuthLayerBuilder::replay_limit),
@@ -56,7 +67,7 @@ use crate::{AccessToken, AuthLayer, NoReplay, TokenCache, future::refuses_token}
 ///   back to the caller.
 /// - When no token can be had, the request fails with
 ///   [`reqwest_middleware::Error::Middleware`] wrapping the
-///   [`TokenError`](crate::TokenError); find it with
+///   [`TokenError`]; find it with
 ///   `anyhow::Error::downcast_ref::<TokenError>()`.
 #[derive(Clone)]
 pub struct AuthMiddleware {
@@ -103,12 +114,17 @@ impl AuthMiddleware {
                 .is_none_or(|bytes| bytes.len() <= config.replay_limit)
     }
 
-    async fn token(&self) -> reqwest_middleware::Result<AccessToken> {
-        self.layer
-            .cache()
-            .access_token()
-            .await
-            .map_err(reqwest_middleware::Error::middleware)
+    /// The token to send with, as the cache hands it to a waiting caller.
+    async fn slot(&self) -> Result<LiveSlot, TokenError> {
+        let shared = self.layer.cache().shared();
+        let answer = match shared.ask(None) {
+            Ok(answer) => answer,
+            Err(ticket) => Arc::clone(shared).wait(ticket).await,
+        };
+        match answer {
+            Answer::Token(slot) => Ok(slot),
+            answer => Err(failure(answer)),
+        }
     }
 }
 
@@ -120,8 +136,8 @@ impl fmt::Debug for AuthMiddleware {
     }
 }
 
-fn authorize(req: &mut Request, token: &AccessToken) {
-    let mut header = token.header_value().clone();
+fn authorize(req: &mut Request, header: &HeaderValue) {
+    let mut header = header.clone();
     header.set_sensitive(true);
     req.headers_mut().insert(AUTHORIZATION, header);
 }
@@ -137,46 +153,77 @@ impl Middleware for AuthMiddleware {
         if !self.attaches(req.url()) {
             return next.run(req, extensions).await;
         }
-        let token = self.token().await?;
-        // Cloned before the token goes in: the replay gets the next one.
-        let retry = if self.may_replay(&req, extensions) {
+        let mut slot = self
+            .slot()
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        // Cloned before the token goes in: a resend gets the token it is due.
+        let template = if self.may_replay(&req, extensions) {
             req.try_clone()
         } else {
             None
         };
-        authorize(&mut req, &token);
-        let res = next.clone().run(req, extensions).await?;
-        if res.status() != StatusCode::UNAUTHORIZED || !refuses_token(res.headers()) {
-            return Ok(res);
+        authorize(&mut req, &slot.access);
+        let mut res = next.clone().run(req, extensions).await?;
+        let shared: &Arc<Shared> = self.layer.cache().shared();
+        let refusal = self.layer.config().refusal;
+        let (mut sends, mut replayed) = (1u8, false);
+        // Bounded: each pass sends once more, and `refused` says no once the
+        // request has had `MAX_SENDS`.
+        loop {
+            if !refusal.refuses(res.status(), res.headers()) {
+                if !slot.accepted && accepts(res.status()) {
+                    shared.accepted(slot.id);
+                }
+                return Ok(res);
+            }
+            let Some(template) = &template else {
+                // Not sent again, but the cache drops the token if it is current.
+                shared.run(crate::cache::Event::Refused {
+                    id: slot.id,
+                    waiter: None,
+                });
+                shared.counters.replay_skipped();
+                return Ok(res);
+            };
+            let more = sends < MAX_SENDS;
+            let (replay, answer) = match shared.refused(slot.id, more && !replayed, more) {
+                Resend::Send { replay, answer } => (replay, answer),
+                Resend::No => {
+                    shared.counters.replay_skipped();
+                    return Ok(res);
+                }
+            };
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(ticket) => Arc::clone(shared).wait(ticket).await,
+            };
+            slot = match answer {
+                Answer::Token(slot) => slot,
+                Answer::NoReplay | Answer::Retry => {
+                    shared.counters.replay_skipped();
+                    return Ok(res);
+                }
+                Answer::Failed(err) => return Err(reqwest_middleware::Error::middleware(err)),
+            };
+            let Some(mut again) = template.try_clone() else {
+                shared.counters.replay_skipped();
+                return Ok(res);
+            };
+            if replay {
+                shared.counters.replayed();
+                tracing::debug!(target: "daxium_auth", method = %again.method(), "token refused: replaying the request once with a new token");
+            } else {
+                shared.counters.resent();
+                tracing::debug!(target: "daxium_auth", method = %again.method(), "token replaced while the request was in flight: sending it again with the current one");
+            }
+            // The refused answer is not needed any more; dropping it frees its
+            // connection before the resend asks for one.
+            drop(res);
+            authorize(&mut again, &slot.access);
+            res = next.clone().run(again, extensions).await?;
+            sends += 1;
+            replayed |= replay;
         }
-
-        let cache = self.layer.cache();
-        let counters = &cache.shared().counters;
-        let Some(mut retry) = retry else {
-            // No replay, but the cache still refreshes if this token is current.
-            cache.token_rejected(&token);
-            counters.replay_skipped();
-            return Ok(res);
-        };
-        // The replay waits for a refresh in flight, and carries the newest token.
-        let Some(token) = cache
-            .replacement_for(&token)
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?
-        else {
-            counters.replay_skipped();
-            return Ok(res);
-        };
-        counters.replayed();
-        tracing::debug!(target: "daxium_auth", method = %retry.method(), "401: replaying the request once with a new token");
-        // The refused answer is not needed any more; dropping it frees its
-        // connection before the replay asks for one.
-        drop(res);
-        authorize(&mut retry, &token);
-        let res = next.run(retry, extensions).await?;
-        if res.status() == StatusCode::UNAUTHORIZED && refuses_token(res.headers()) {
-            cache.replay_rejected(&token);
-        }
-        Ok(res)
     }
 }

@@ -26,9 +26,10 @@ use crate::{
     body::{NoReplay, Replay, ReplayBody},
     cache::{Answer, Live, LiveSlot, Phase, Shared, View},
     error::{Error, TokenError},
-    future::{After, Pending, ResponseFuture, Retry},
+    future::{After, Check, Pending, ResponseFuture, Retry},
     layer::AuthLayer,
     origin::LastOrigin,
+    refusal::Refusal,
 };
 
 /// Adds `Authorization: Bearer …` (marked sensitive) to each request for the
@@ -57,6 +58,7 @@ pub struct AuthService<S> {
     replay: bool,
     guarded: bool,
     replay_limit: usize,
+    refusal: Refusal,
     last_origin: LastOrigin,
 }
 
@@ -92,6 +94,11 @@ impl<S> Link<S> {
         S: Clone,
     {
         self.spare.get_or_init(|| Mutex::new(inner.clone()));
+    }
+
+    /// Whether a spare is kept, to send a request again with.
+    pub(crate) fn has_spare(&self) -> bool {
+        self.spare.get().is_some()
     }
 
     /// A clone of the spare, for a replay.
@@ -157,11 +164,12 @@ impl<S> AuthService<S> {
     pub fn new(inner: S, layer: AuthLayer) -> Self {
         let view = Cache::new(Published(Arc::clone(layer.cache().shared())));
         let config = layer.config();
-        let (cache, replay, guarded, replay_limit) = (
+        let (cache, replay, guarded, replay_limit, refusal) = (
             config.cache,
             config.replay,
             config.origins.is_some(),
             config.replay_limit,
+            config.refusal,
         );
         Self {
             inner,
@@ -174,6 +182,7 @@ impl<S> AuthService<S> {
             replay,
             guarded,
             replay_limit,
+            refusal,
             last_origin: LastOrigin::default(),
         }
     }
@@ -214,6 +223,7 @@ impl<S: Clone> Clone for AuthService<S> {
             replay: self.replay,
             guarded: self.guarded,
             replay_limit: self.replay_limit,
+            refusal: self.refusal,
             last_origin: self.last_origin,
         }
     }
@@ -273,6 +283,10 @@ where
             }
         };
         let id = slot.id;
+        let check = Check {
+            refusal: self.refusal,
+            confirm: !slot.accepted,
+        };
         let header = match &self.header {
             Some((seen, header)) if *seen == id => header.clone(),
             _ => {
@@ -290,11 +304,17 @@ where
             let mut req = req.map(ReplayBody::new);
             req.headers_mut().insert(AUTHORIZATION, header);
             let cache = self.cache;
-            return ResponseFuture::sent(self.inner.call(req), After::Report { id, cache });
+            return ResponseFuture::sent(self.inner.call(req), check, After::Report { id, cache });
         }
         self.link.keep_spare(&self.inner);
         let link = Arc::clone(&self.link);
-        dispatch(&mut self.inner, req, id, header, link, self.replay_limit)
+        dispatch(
+            &mut self.inner,
+            req,
+            (id, header, check),
+            link,
+            self.replay_limit,
+        )
     }
 }
 
@@ -347,7 +367,7 @@ where
     match link.shared().ask(None) {
         Ok(Answer::Token(slot)) => {
             let link = Arc::clone(link);
-            send(inner, req, slot.id, slot.access, link, replay, limit)
+            send(inner, req, &slot, link, replay, limit)
         }
         Ok(answer) => ResponseFuture::failed(failure(answer)),
         Err(ticket) => {
@@ -392,13 +412,12 @@ fn own_copy(header: &HeaderValue) -> HeaderValue {
     own
 }
 
-/// Sends `req` with the token `id`, keeping what a replay needs when `replay`
-/// (`link` then holds a spare service).
+/// Sends `req` with the token of `slot`, keeping what a replay needs when
+/// `replay` (`link` then holds a spare service).
 pub(crate) fn send<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
-    id: u64,
-    header: HeaderValue,
+    slot: &LiveSlot,
     link: Arc<Link<S>>,
     replay: bool,
     limit: usize,
@@ -407,22 +426,28 @@ where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
     B: Body,
 {
+    let config = link.layer.config();
+    let check = Check {
+        refusal: config.refusal,
+        confirm: !slot.accepted,
+    };
+    let (id, header) = (slot.id, slot.access.clone());
     if !replay {
         let mut req = req.map(ReplayBody::new);
         req.headers_mut().insert(AUTHORIZATION, header);
-        let cache = link.layer.config().cache;
-        return ResponseFuture::sent(inner.call(req), After::Report { id, cache });
+        let cache = config.cache;
+        return ResponseFuture::sent(inner.call(req), check, After::Report { id, cache });
     }
-    dispatch(inner, req, id, header, link, limit)
+    dispatch(inner, req, (id, header, check), link, limit)
 }
 
-/// Sends `req` with the token `id`, keeping what a replay needs.
+/// Sends `req` with the token `id` (its header, and what its answer is
+/// checked for), keeping what a replay needs.
 #[inline]
 fn dispatch<S, B, ResBody>(
     inner: &mut S,
     req: Request<B>,
-    id: u64,
-    header: HeaderValue,
+    (id, header, check): (u64, HeaderValue, Check),
     link: Arc<Link<S>>,
     limit: usize,
 ) -> ResponseFuture<S, B>
@@ -450,12 +475,12 @@ where
     if let Replay::Never = kind {
         req.headers_mut().insert(AUTHORIZATION, header);
         let cache = link.layer.config().cache;
-        return ResponseFuture::sent(inner.call(req), After::Report { id, cache });
+        return ResponseFuture::sent(inner.call(req), check, After::Report { id, cache });
     }
     // The copy for a replay is taken before the header goes in.
     let retry = Retry::new(&req, kind, id, link);
     req.headers_mut().insert(AUTHORIZATION, header);
-    ResponseFuture::sent(inner.call(req), After::Replay(retry))
+    ResponseFuture::sent(inner.call(req), check, After::Replay(retry))
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ pub(crate) struct Counters {
     refresh_rejected: AtomicU64,
     refresh_failed: AtomicU64,
     replays: AtomicU64,
+    resends: AtomicU64,
     replays_skipped: AtomicU64,
     waited: AtomicU64,
     store_errors: AtomicU64,
@@ -59,6 +60,7 @@ impl Default for Counters {
             refresh_rejected: AtomicU64::new(0),
             refresh_failed: AtomicU64::new(0),
             replays: AtomicU64::new(0),
+            resends: AtomicU64::new(0),
             replays_skipped: AtomicU64::new(0),
             waited: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
@@ -97,6 +99,12 @@ impl Counters {
         self.replays.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn resent(&self) {
+        #[cfg(feature = "metrics")]
+        metrics::counter!(export::RESENDS).increment(1);
+        self.resends.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn replay_skipped(&self) {
         #[cfg(feature = "metrics")]
         metrics::counter!(export::REPLAYS_SKIPPED).increment(1);
@@ -124,6 +132,7 @@ impl Counters {
             refresh_rejected: self.refresh_rejected.load(Relaxed),
             refresh_failed: self.refresh_failed.load(Relaxed),
             replays: self.replays.load(Relaxed),
+            resends: self.resends.load(Relaxed),
             replays_skipped: self.replays_skipped.load(Relaxed),
             waited: self.waited.load(Relaxed),
             store_errors: self.store_errors.load(Relaxed),
@@ -148,9 +157,15 @@ pub struct Stats {
     pub refresh_rejected: u64,
     /// Refresh grants that failed otherwise.
     pub refresh_failed: u64,
-    /// Requests replayed after a 401.
+    /// Requests replayed once after the API refused the current token.
     pub replays: u64,
-    /// 401 answers not replayed: replay off, body over the cap or not fully sent.
+    /// Requests sent again after a refusal of a token that had been
+    /// replaced while they were in flight (the layer's own refresh, an
+    /// adopted fleet record, a change of login): not their replay.
+    pub resends: u64,
+    /// Refusals not followed by a resend: replay off, a body over the cap or
+    /// not fully sent, the request's sends used up, or an API that refuses
+    /// every new token for now.
     pub replays_skipped: u64,
     /// Requests that waited for a grant (no valid token when they were made).
     pub waited: u64,
@@ -194,6 +209,7 @@ mod export {
     pub(super) const GRANTS: &str = "daxium_auth_grants_total";
     pub(super) const GRANT_DURATION: &str = "daxium_auth_grant_duration_seconds";
     pub(super) const REPLAYS: &str = "daxium_auth_replays_total";
+    pub(super) const RESENDS: &str = "daxium_auth_resends_total";
     pub(super) const REPLAYS_SKIPPED: &str = "daxium_auth_replays_skipped_total";
     pub(super) const WAITED: &str = "daxium_auth_waited_total";
     pub(super) const STORE_ERRORS: &str = "daxium_auth_store_errors_total";
@@ -209,11 +225,20 @@ mod export {
             Unit::Seconds,
             "Time from a grant's request to its answer, by grant type and outcome"
         );
-        metrics::describe_counter!(REPLAYS, Unit::Count, "Requests replayed after a 401");
+        metrics::describe_counter!(
+            REPLAYS,
+            Unit::Count,
+            "Requests replayed once after the API refused the current token"
+        );
+        metrics::describe_counter!(
+            RESENDS,
+            Unit::Count,
+            "Requests sent again after a refusal of a token replaced while they were in flight"
+        );
         metrics::describe_counter!(
             REPLAYS_SKIPPED,
             Unit::Count,
-            "401 answers not replayed: replay off, body over the cap or not fully sent"
+            "Refusals not followed by a resend: replay off, body over the cap or not fully sent, sends used up, or every new token refused"
         );
         metrics::describe_counter!(
             WAITED,

@@ -804,33 +804,33 @@ async fn a_refused_password_is_not_retried_before_its_cooldown_whatever_happens_
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_token_cache_api_replays_once_and_then_stops_refreshing() {
+async fn the_token_cache_api_never_hands_out_a_refused_token_and_slows_down_for_an_api_refusing_all()
+ {
     let s = setup();
     let cache = s.layer.cache().clone();
     let first = cache.access_token().await.unwrap();
-    // The reqwest adapter's sequence: a 401, the replacement, a second 401.
+    // The reqwest adapter's sequence: a refusal, the replacement, and so on.
     let second = cache.replacement_for(&first).await.unwrap().unwrap();
     assert_eq!(second.expose_secret(), "access-2");
-    cache.replay_rejected(&second);
+    let third = cache.replacement_for(&second).await.unwrap().unwrap();
+    assert_eq!(third.expose_secret(), "access-3");
+    // The third new token in a row refused before it ever worked: the API
+    // refuses every token, and callers hear it at once.
+    cache.token_rejected(&third);
     for _ in 0..100 {
-        assert!(cache.replacement_for(&second).await.unwrap().is_none());
-        cache.token_rejected(&second);
-        assert_eq!(
-            cache.access_token().await.unwrap().expose_secret(),
-            "access-2"
-        );
+        assert!(cache.access_token().await.unwrap_err().is_refused());
+        assert!(cache.replacement_for(&third).await.unwrap().is_none());
     }
-    assert_eq!(
-        s.endpoint.grants(),
-        2,
-        "a token whose replay was refused starts no refresh"
-    );
-    // It still goes at its expiry.
-    tokio::time::sleep(Duration::from_secs(3600)).await;
-    assert_eq!(
-        cache.access_token().await.unwrap().expose_secret(),
-        "access-3"
-    );
+    assert_eq!(s.endpoint.grants(), 3, "a pause before the next grant");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fourth = cache.access_token().await.unwrap();
+    assert_eq!(fourth.expose_secret(), "access-4");
+    // It works: its refusal later is a revocation, replaced at once.
+    cache.token_accepted(&fourth);
+    cache.token_rejected(&fourth);
+    let fifth = cache.access_token().await.unwrap();
+    assert_eq!(fifth.expose_secret(), "access-5");
+    assert_eq!(s.endpoint.grants(), 5);
 }
 
 // === odd APIs ===
@@ -884,7 +884,8 @@ async fn answers_that_are_not_about_the_token_cost_no_grant() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn concurrent_requests_against_an_api_that_refuses_everything_cost_one_grant_a_second() {
+async fn concurrent_requests_against_an_api_that_refuses_everything_get_few_grants_and_prompt_answers()
+ {
     let s = setup();
     let svc = s
         .layer
@@ -895,10 +896,14 @@ async fn concurrent_requests_against_an_api_that_refuses_everything_cost_one_gra
         let svc = svc.clone();
         tokio::spawn(async move {
             while tokio::time::Instant::now() < deadline {
-                let res = bounded("request", svc.clone().oneshot(get()))
-                    .await
-                    .unwrap();
-                assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+                let asked = tokio::time::Instant::now();
+                match bounded("request", svc.clone().oneshot(get())).await {
+                    Ok(res) => assert_eq!(res.status(), StatusCode::UNAUTHORIZED),
+                    Err(err) => {
+                        assert!(err.token_error().is_some_and(|e| e.is_refused()));
+                        assert_eq!(asked.elapsed(), Duration::ZERO, "told at once");
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
         })
@@ -906,9 +911,11 @@ async fn concurrent_requests_against_an_api_that_refuses_everything_cost_one_gra
     for worker in join_all(workers).await {
         worker.unwrap();
     }
-    let seconds = started.elapsed().as_secs_f64().ceil() as usize;
+    let seconds = started.elapsed().as_secs_f64();
     let grants = s.endpoint.grants();
-    assert!(grants <= seconds + 1, "{grants} grants in {seconds} s");
+    // Three at once, then one after each pause of 1, 2, 4, 8 s...
+    let bound = 3 + (seconds + 1.0).log2().floor() as usize;
+    assert!(grants <= bound, "{grants} grants in {seconds} s");
 }
 
 #[tokio::test(start_paused = true)]

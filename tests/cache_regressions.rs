@@ -277,7 +277,7 @@ fn a_rejection_cooldown_lifts_after_its_runtime_is_gone() {
 // === 5. an API that refuses every token cost one grant per request ===
 
 #[tokio::test(start_paused = true)]
-async fn an_api_that_refuses_every_token_costs_at_most_one_grant_a_second() {
+async fn an_api_that_refuses_every_token_gets_grants_at_a_growing_pause_and_prompt_answers() {
     let s = setup();
     let api: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
         |_req: Request<ReplayBody<Full<Bytes>>>| async {
@@ -289,14 +289,28 @@ async fn an_api_that_refuses_every_token_costs_at_most_one_grant_a_second() {
     ));
     let svc: AuthService<Inner> = s.layer.layer(api);
     let started = tokio::time::Instant::now();
+    let mut told = 0;
     for _ in 0..1000 {
-        let res = send(&svc, get()).await.unwrap();
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let asked = tokio::time::Instant::now();
+        match send(&svc, get()).await {
+            Ok(res) => assert_eq!(res.status(), StatusCode::UNAUTHORIZED),
+            Err(err) => {
+                assert!(err.token_error().is_some_and(|e| e.is_refused()), "{err:?}");
+                assert_eq!(asked.elapsed(), Duration::ZERO, "told at once");
+                told += 1;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let seconds = started.elapsed().as_secs_f64().ceil() as usize;
+    let seconds = started.elapsed().as_secs_f64();
     let grants = s.endpoint.grants();
-    assert!(grants <= seconds + 1, "{grants} grants in {seconds} s");
+    // Three at once, then one after each pause of 1, 2, 4, 8 s...
+    let bound = 3 + (seconds + 1.0).log2().floor() as usize;
+    assert!(grants <= bound, "{grants} grants in {seconds} s");
+    assert!(
+        told > 900,
+        "{told} requests told at once that the API refuses every token"
+    );
 }
 
 // === 6. a second 401 after the replay, against a server that revokes on refresh ===

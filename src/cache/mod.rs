@@ -10,7 +10,7 @@ mod core;
 mod driver;
 
 pub(crate) use self::core::{Answer, CacheConfig, Event, Phase, View};
-pub(crate) use self::driver::{Live, LiveSlot, Shared, Ticket};
+pub(crate) use self::driver::{Live, LiveSlot, Resend, Shared, Ticket};
 use crate::{
     credentials::Credentials,
     error::{Kind, TokenError},
@@ -82,22 +82,38 @@ impl TokenCache {
         }
     }
 
-    /// Tells the cache that the API refused `token` (answered 401). When it is
-    /// still the current token, it is dropped and one refresh starts (at most
-    /// one a second for refusals); when it was already replaced, nothing
-    /// happens.
+    /// Tells the cache that the API refused `token`. When it is still the
+    /// current token, it is dropped at once, so that no request that starts
+    /// afterwards carries it, and a refresh starts: at once for a token the
+    /// API had accepted before (it was revoked), and after a pause that grows
+    /// with the streak once several new tokens in a row were refused on
+    /// first use (see [`TokenError::is_refused`]). When it was already
+    /// replaced, nothing happens.
     pub fn token_rejected(&self, token: &AccessToken) {
         let shared = &self.handle.shared;
         let id = shared.id_of(token.header_value());
         shared.run(core::Event::Refused { id, waiter: None });
     }
 
+    /// Tells the cache that the API accepted `token` (answered a request that
+    /// carried it without refusing it). A token that worked and is refused
+    /// later was revoked, and is replaced at once; one refused before it ever
+    /// worked counts towards the streak that slows grants down. Cheap when
+    /// the cache knows already: one load, no lock.
+    pub fn token_accepted(&self, token: &AccessToken) {
+        let shared = &self.handle.shared;
+        let id = shared.id_of(token.header_value());
+        if id != 0 {
+            shared.accepted(id);
+        }
+    }
+
     /// Tells the cache that the API refused `token`, as
     /// [`token_rejected`](Self::token_rejected) does, and returns the token to
     /// send the request again with: the newest one, waiting for a refresh in
     /// flight (servers revoke the previous token when they process one).
-    /// `None` when a replay would carry the refused token again: its replay
-    /// was refused before, so refreshing does not help.
+    /// `None` when no token could help: the API refuses every new token for
+    /// now, and the refusal should go back to the caller.
     pub async fn replacement_for(
         &self,
         token: &AccessToken,
@@ -106,13 +122,15 @@ impl TokenCache {
         into_result(self.ask(Some(id)).await)
     }
 
-    /// Tells the cache that the replay carrying `token` (from
-    /// [`replacement_for`](Self::replacement_for)) was refused too: a 401 on
-    /// it no longer starts a refresh.
+    /// Tells the cache that the replay carrying `token` was refused too. A
+    /// refused replay is a refusal like any other: this is
+    /// [`token_rejected`](Self::token_rejected).
+    #[deprecated(
+        since = "0.2.0",
+        note = "a refused replay is a refusal like any other: use `token_rejected`"
+    )]
     pub fn replay_rejected(&self, token: &AccessToken) {
-        let shared = &self.handle.shared;
-        let id = shared.id_of(token.header_value());
-        shared.run(core::Event::ReplayRefused { id });
+        self.token_rejected(token);
     }
 
     /// Replaces the login used by the password grant. A rejected password

@@ -22,6 +22,7 @@ impl<P: Payload> Core<P> {
         let slot = Slot {
             id: self.next_token,
             access,
+            accepted: false,
         };
         self.next_token += 1;
         self.token = Some(Token {
@@ -29,7 +30,6 @@ impl<P: Payload> Core<P> {
             stale_at,
             expires_at,
             stale: self.now >= stale_at,
-            replay_refused: false,
         });
         self.refresh = refresh;
         self.attempt = 0;
@@ -148,7 +148,10 @@ impl<P: Payload> Core<P> {
         let delay = backoff(min, max, self.attempt, failure.retry_after, failure.jitter);
         self.attempt = self.attempt.saturating_add(1);
         let until = self.now.saturating_add(delay);
-        self.flight = Flight::Paused { until };
+        self.flight = Flight::Paused {
+            until,
+            refusing: false,
+        };
         // Those who would wait past their budget get the error now.
         self.answer_each(|waiter| waiter.deadline < until, out);
     }
@@ -187,6 +190,8 @@ impl<P: Payload> Core<P> {
         self.token = None;
         self.refresh = None;
         self.refused = false;
+        self.unproven = 0;
+        self.refusal_hold = None;
         // A lease taken for the previous login lapses with its time to live.
         self.version = None;
         if let Flight::Running(run) = &self.flight {
@@ -213,16 +218,16 @@ impl<P: Payload> Core<P> {
             (None, false) => Reason::Demand,
         };
         if reason == Reason::Refusal {
-            let interval = self.config.refusal_interval;
-            if let Some(allowed) = self
-                .last_refusal_grant
-                .map(|last| last.saturating_add(interval))
-                && self.now < allowed
-            {
-                self.flight = Flight::Paused { until: allowed };
-                return;
+            if let Some(until) = self.refusal_hold.filter(|until| self.now < *until) {
+                // The API refuses every new token: those waiting learn it now
+                // rather than wait for a grant that cannot help.
+                self.flight = Flight::Paused {
+                    until,
+                    refusing: true,
+                };
+                return self.answer_each(|_| true, out);
             }
-            self.last_refusal_grant = Some(self.now);
+            self.refusal_hold = None;
             self.refused = false;
         }
         self.start(reason, out);

@@ -1,7 +1,7 @@
 //! The token cache's decisions, as a pure state machine: [`Core::handle`]
 //! takes an event and the time it happened, updates the state and says what
 //! to do ([`Action`]s). No I/O, no clock, no tokio: the driver
-//! (`cache/driver.rs`) runs the grants, the timer and the waiters, and the
+//! (`cache/driver/`) runs the grants, the timer and the waiters, and the
 //! tests replay any interleaving of events against it.
 
 mod fleet;
@@ -17,25 +17,35 @@ mod tests;
 pub(crate) use self::types::*;
 use self::waiters::{Waiter, Waiters};
 
-/// The token held, with the times that retire it.
+/// The token held, with the times that retire it. Whether the API accepted
+/// it yet is `slot.accepted`.
 #[cfg_attr(test, derive(Clone))]
 struct Token<A> {
     slot: Slot<A>,
     stale_at: Time,
     expires_at: Time,
     stale: bool,
-    /// A replay carrying this token was refused too: another refresh would
-    /// not help, so a 401 on it no longer starts one.
-    replay_refused: bool,
 }
+
+/// How many tokens in a row the API must refuse on first use before the
+/// grants that replace them slow down. One or two such refusals happen to
+/// an API that revokes tokens at random (a token can be revoked on its first
+/// request); three in a row are an API that refuses every token.
+const UNPROVEN_BEFORE_PAUSE: u32 = 3;
+
+/// How many refused token ids are remembered, to tell a refusal of a token
+/// that was refused already from one of a token that was replaced.
+const REFUSED_KEPT: usize = 4;
 
 #[cfg_attr(test, derive(Clone))]
 enum Flight<R> {
     Idle,
     Running(Running<R>),
-    /// No attempt before `until`: a backoff, or the refusal bound.
+    /// No attempt before `until`: a backoff, or (`refusing`) the pause after
+    /// a streak of tokens the API refused on first use.
     Paused {
         until: Time,
+        refusing: bool,
     },
 }
 
@@ -83,9 +93,11 @@ struct Rejection<E> {
 /// What was published last, to publish only changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Published {
-    Token(u64, Phase),
+    /// Token id, phase, and whether the API accepted it.
+    Token(u64, Phase, bool),
     Empty,
     Rejected(u64),
+    Refusing,
     Closed,
 }
 
@@ -110,9 +122,15 @@ pub(crate) struct Core<P: Payload> {
     /// with no one waiting for it.
     demand: bool,
     /// The token was dropped because the API refused it: the next grant is
-    /// one the refusal bound counts.
+    /// a refusal's.
     refused: bool,
-    last_refusal_grant: Option<Time>,
+    /// How many tokens in a row the API refused before it accepted any.
+    unproven: u32,
+    /// No grant for a refusal before this time (set by a streak of
+    /// `UNPROVEN_BEFORE_PAUSE` or more).
+    refusal_hold: Option<Time>,
+    /// The ids of the last tokens dropped because the API refused them.
+    refused_ids: std::collections::VecDeque<u64>,
     waiters: Waiters,
     /// Bumped by every change of credentials.
     credentials: u64,
@@ -144,7 +162,9 @@ impl<P: Payload> Core<P> {
             refused_access: None,
             demand: false,
             refused: false,
-            last_refusal_grant: None,
+            unproven: 0,
+            refusal_hold: None,
+            refused_ids: std::collections::VecDeque::with_capacity(REFUSED_KEPT),
             waiters: Waiters::default(),
             credentials: 0,
             version: None,
@@ -184,11 +204,7 @@ impl<P: Payload> Core<P> {
                 self.need(waiter, deadline, not, out);
             }
             Event::Refused { id, waiter } => self.refused(id, waiter, out),
-            Event::ReplayRefused { id } => {
-                if let Some(token) = self.token.as_mut().filter(|t| t.slot.id == id) {
-                    token.replay_refused = true;
-                }
-            }
+            Event::Accepted { id } => self.accepted(id),
             Event::WaiterGone { waiter } => {
                 self.waiters.remove(waiter);
             }
@@ -247,7 +263,7 @@ impl<P: Payload> Core<P> {
         if self.rejected.as_ref().is_some_and(|r| now >= r.until) {
             self.rejected = None;
         }
-        if matches!(self.flight, Flight::Paused { until } if now >= until) {
+        if matches!(self.flight, Flight::Paused { until, .. } if now >= until) {
             self.flight = Flight::Idle;
             self.refresh_due = true;
         }
@@ -259,12 +275,13 @@ impl<P: Payload> Core<P> {
     }
 
     /// What a waiter that stops waiting gets: the token if it is valid and not
-    /// the refused one, no replay if the refused one is still current,
-    /// otherwise the error to report.
+    /// the refused one; for a request to send again while the API refuses
+    /// every new token, its refusal; otherwise the error to report.
     fn best_for(&self, not: Option<u64>) -> Answer<P> {
         match &self.token {
             Some(t) if Some(t.slot.id) != not => Answer::Token(t.slot.clone()),
             Some(_) => Answer::NoReplay,
+            None if not.is_some() && self.refusing() => Answer::NoReplay,
             None => self.failure(),
         }
     }
@@ -272,9 +289,27 @@ impl<P: Payload> Core<P> {
     fn failure(&self) -> Answer<P> {
         Answer::Failed(match (&self.rejected, &self.last_error) {
             (Some(rejected), _) => rejected.error.clone(),
+            _ if self.refusing() => P::error(Why::Refused),
             (None, Some(error)) => error.clone(),
             (None, None) => P::error(Why::Budget),
         })
+    }
+
+    /// Whether the grants wait out a streak of tokens the API refused on
+    /// first use: no token now could help.
+    fn refusing(&self) -> bool {
+        matches!(self.flight, Flight::Paused { refusing: true, .. })
+    }
+
+    /// Whether a refusal of token `id` at `now` is explained by its
+    /// replacement: a newer token came (a refresh, an adopted record, another
+    /// login) or it expired, and the API did not refuse it before. A request
+    /// refused with such a token is sent again without counting as its
+    /// replay.
+    pub(crate) fn superseded(&self, id: u64, now: Time) -> bool {
+        let current = (self.token.as_ref())
+            .is_some_and(|t| t.slot.id == id && now.max(self.now) < t.expires_at);
+        id != 0 && id < self.next_token && !current && !self.refused_ids.contains(&id)
     }
 
     fn need(&mut self, id: WaiterId, deadline: Time, not: Option<u64>, out: &mut Vec<Action<P>>) {
@@ -287,7 +322,9 @@ impl<P: Payload> Core<P> {
             Some(_) => (!running).then_some(Answer::NoReplay),
             None => match (&self.rejected, &self.flight) {
                 (Some(rejected), _) => Some(Answer::Failed(rejected.error.clone())),
-                (None, Flight::Paused { until }) if *until > deadline => Some(self.failure()),
+                // The API refuses every new token: waiting cannot help.
+                (None, Flight::Paused { refusing: true, .. }) => Some(self.best_for(not)),
+                (None, Flight::Paused { until, .. }) if *until > deadline => Some(self.failure()),
                 (None, _) => None,
             },
         };
@@ -304,18 +341,45 @@ impl<P: Payload> Core<P> {
         }
     }
 
+    /// The API refused token `id`. The current token is dropped at once, so
+    /// that no request starting afterwards carries it. One that had worked
+    /// was revoked: the refresh starts at once. One refused on first use
+    /// lengthens the streak that slows the grants down.
     fn refused(&mut self, id: u64, waiter: Option<(WaiterId, Time)>, out: &mut Vec<Action<P>>) {
-        if self
-            .token
-            .as_ref()
-            .is_some_and(|t| t.slot.id == id && !t.replay_refused)
-        {
-            tracing::debug!(target: "daxium_auth", "access token refused by the API; refreshing");
-            self.refused_access = self.token.take().map(|t| t.slot.access);
+        if let Some(token) = self.token.take_if(|t| t.slot.id == id) {
+            if token.slot.accepted {
+                tracing::debug!(target: "daxium_auth", "access token revoked by the API; refreshing");
+                self.unproven = 0;
+            } else {
+                self.unproven = self.unproven.saturating_add(1);
+                tracing::debug!(target: "daxium_auth", streak = self.unproven, "new access token refused by the API before it worked");
+                if self.unproven >= UNPROVEN_BEFORE_PAUSE {
+                    let doublings = self.unproven - UNPROVEN_BEFORE_PAUSE;
+                    let pause = (self.config.refusal_pause)
+                        .saturating_mul(1u32 << doublings.min(20))
+                        .min(self.config.backoff_max.max(self.config.refusal_pause));
+                    self.refusal_hold = Some(self.now.saturating_add(pause));
+                }
+            }
+            if self.refused_ids.len() == REFUSED_KEPT {
+                self.refused_ids.pop_front();
+            }
+            self.refused_ids.push_back(id);
+            self.refused_access = Some(token.slot.access);
             self.refused = true;
         }
         if let Some((waiter, deadline)) = waiter {
             self.need(waiter, deadline, Some(id), out);
+        }
+    }
+
+    /// The API accepted token `id`: if it is the current one, a later
+    /// refusal of it is a revocation, and the streak of refusals ends.
+    fn accepted(&mut self, id: u64) {
+        if let Some(token) = self.token.as_mut().filter(|t| t.slot.id == id) {
+            token.slot.accepted = true;
+            self.unproven = 0;
+            self.refusal_hold = None;
         }
     }
 

@@ -12,7 +12,7 @@ impl<P: Payload> Core<P> {
             true => t.expires_at,
         });
         let paused = match self.flight {
-            Flight::Paused { until } => Some(until),
+            Flight::Paused { until, .. } => Some(until),
             _ => None,
         };
         let rejected = self.rejected.as_ref().map(|r| r.until);
@@ -55,12 +55,17 @@ impl<P: Payload> Core<P> {
                     Phase::Fresh
                 };
                 let view = View::Token(token.slot.clone(), phase);
-                (Published::Token(token.slot.id, phase), view)
+                let key = Published::Token(token.slot.id, phase, token.slot.accepted);
+                (key, view)
             }
             // Failing fast needs the timer that lifts the rejection; without it,
             // readers ask the core, which lifts it when its time has come.
             (None, Some(r)) if self.armed.is_some() => {
                 (Published::Rejected(r.number), View::Failed(r.error.clone()))
+            }
+            // Likewise while the API refuses every new token.
+            (None, None) if self.refusing() && self.armed.is_some() => {
+                (Published::Refusing, View::Failed(P::error(Why::Refused)))
             }
             (None, _) => (Published::Empty, View::Empty),
         }

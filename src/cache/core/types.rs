@@ -35,6 +35,9 @@ pub(crate) enum Why {
     Lost,
     /// A grant answered with a token that had already expired.
     Expired,
+    /// The API refused several new tokens in a row before accepting any: a
+    /// grant would not help until the pause ends.
+    Refused,
 }
 
 /// Identifies one grant attempt, so that a late answer of an aborted or lost
@@ -60,14 +63,16 @@ pub(crate) enum Event<P: Payload> {
     /// A refresh is wanted now, however fresh the token (benches replace the
     /// token this way while requests run).
     Refresh,
-    /// The API answered 401 to a first attempt carrying token `id`; `waiter`,
-    /// if any, wants the token to replay the request with.
+    /// The API refused a request carrying token `id` (a 401, or what the
+    /// layer's refusal rule says); `waiter`, if any, wants the token to send
+    /// the request again with.
     Refused {
         id: u64,
         waiter: Option<(WaiterId, Time)>,
     },
-    /// The replay carrying token `id` was refused too.
-    ReplayRefused { id: u64 },
+    /// The API answered a request carrying token `id` without refusing it:
+    /// the token works, and a later refusal of it is a revocation.
+    Accepted { id: u64 },
     /// A waiter went away before its answer.
     WaiterGone { waiter: WaiterId },
     /// A grant returned a token pair.
@@ -178,7 +183,9 @@ pub(crate) enum Reason {
     Demand,
     /// The token is inside its refresh margin.
     Stale,
-    /// The API refused the current token.
+    /// The API refused the current token: revoked if it had worked, refused
+    /// on first use otherwise (the pause before such a grant grows with the
+    /// streak of tokens refused on first use).
     Refusal,
     /// The previous step of the same ladder was refused: a refused refresh
     /// token, or a password refused after the credentials changed.
@@ -236,8 +243,8 @@ pub(crate) enum StoreCall<P: Payload> {
 pub(crate) enum Answer<P: Payload> {
     Token(Slot<P::Access>),
     Failed(P::Error),
-    /// The refused token is still the current one and refreshing would not
-    /// help: the 401 goes back to the caller.
+    /// No token to send the request again with that could help (the API
+    /// refuses every new token for now): its refusal goes back to the caller.
     NoReplay,
     /// The waiter's wake-up was lost with a runtime: ask again.
     Retry,
@@ -254,12 +261,14 @@ impl<P: Payload> Clone for Answer<P> {
     }
 }
 
-/// A token as requests carry it: the header value and the id that tells
-/// tokens apart when the API answers 401.
+/// A token as requests carry it: the header value, the id that tells tokens
+/// apart when the API refuses one, and whether the API has accepted it yet
+/// (until then, a request that carries it reports its answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Slot<A> {
     pub(crate) id: u64,
     pub(crate) access: A,
+    pub(crate) accepted: bool,
 }
 
 /// What readers see, without a lock.
@@ -306,9 +315,11 @@ pub(crate) struct CacheConfig {
     pub(crate) rejected_cooldown: Duration,
     /// How long a caller waits for a token at most.
     pub(crate) wait_budget: Duration,
-    /// The least time between two grants started because the API refused a
-    /// token.
-    pub(crate) refusal_interval: Duration,
+    /// The pause before the grant that follows the third token in a row
+    /// that the API refused on first use; it doubles with each further one,
+    /// up to `backoff_max`. A revoked token (one that had worked) is
+    /// refreshed at once.
+    pub(crate) refusal_pause: Duration,
     /// Whether a token store is shared with other replicas: grants then
     /// follow the lease protocol.
     pub(crate) shared: bool,
@@ -328,7 +339,7 @@ impl Default for CacheConfig {
             backoff_max: Duration::from_secs(30),
             rejected_cooldown: Duration::from_secs(300),
             wait_budget: Duration::from_secs(10),
-            refusal_interval: Duration::from_secs(1),
+            refusal_pause: Duration::from_secs(1),
             shared: false,
             lease_ttl: Duration::from_secs(5),
             grant_timeout: Duration::from_secs(60),

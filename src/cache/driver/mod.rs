@@ -24,7 +24,7 @@ mod waiters;
 
 use self::tasks::Lost;
 
-pub(crate) use self::waiters::Ticket;
+pub(crate) use self::waiters::{Resend, Ticket};
 
 use super::core::{
     Action, Answer, CacheConfig, Core, Event, FlightId, Grant, Payload, Reason, Slot, StoreCall,
@@ -57,6 +57,8 @@ impl Payload for Live {
                 .with_detail("the grant's task ended with its runtime before it answered"),
             Why::Expired => TokenError::new(Kind::InvalidResponse)
                 .with_detail("the token had expired by the time it arrived"),
+            Why::Refused => TokenError::new(Kind::Refused)
+                .with_detail("several new tokens in a row were refused on first use"),
         }
     }
 }
@@ -321,6 +323,18 @@ impl Shared {
         self.run(Event::Close);
         // Ends the timer task.
         self.lock().timer = None;
+    }
+
+    /// The API answered a request carrying token `id` without refusing it.
+    /// Only the first answer per token reaches the core: once it knows, the
+    /// published view says so and no request asks again.
+    #[cold]
+    pub(crate) fn accepted(self: &Arc<Self>, id: u64) {
+        let unconfirmed =
+            (self.view.load().slot()).is_some_and(|slot| slot.id == id && !slot.accepted);
+        if unconfirmed {
+            self.run(Event::Accepted { id });
+        }
     }
 
     /// The id of `header` if it is the token readers see now, else 0 (no

@@ -39,13 +39,11 @@ impl Shared {
     /// `refused`, and the answer is the token to replay with. The answer comes
     /// at once when the core has it; otherwise the ticket is for [`wait`](Self::wait).
     pub(crate) fn ask(self: &Arc<Self>, refused: Option<u64>) -> Result<Answer<Live>, Ticket> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            let err =
-                TokenError::new(Kind::Closed).with_detail("no tokio runtime to run the grant");
-            return Ok(Answer::Failed(err));
+        if let Some(answer) = no_runtime() {
+            return Ok(answer);
         }
         let deadline = self.time(Instant::now()).saturating_add(self.budget);
-        let (waiter, mut rx) = self.register(|waiter| match refused {
+        let (waiter, rx) = self.register(|waiter| match refused {
             Some(id) => Event::Refused {
                 id,
                 waiter: Some((waiter, deadline)),
@@ -56,19 +54,73 @@ impl Shared {
                 not: None,
             },
         });
+        if refused.is_none() {
+            self.counters.waited();
+        }
+        self.answer_or_ticket(waiter, rx, deadline, refused)
+    }
+
+    /// The API refused a request carrying token `id`. Whether the request is
+    /// sent again depends on why: a token replaced while the request was in
+    /// flight (superseded) allows a resend while `may_resend`; a refusal of
+    /// the current token is the request's one replay, allowed while
+    /// `may_replay`. Either way the cache learns of the refusal (and drops
+    /// the token if it is current), under the same lock that decides.
+    pub(crate) fn refused(self: &Arc<Self>, id: u64, may_replay: bool, may_resend: bool) -> Resend {
+        if let Some(answer) = no_runtime() {
+            return Resend::Send {
+                replay: true,
+                answer: Ok(answer),
+            };
+        }
+        let now = self.time(Instant::now());
+        let deadline = now.saturating_add(self.budget);
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        let mut registered = None;
+        self.run_with(|driver| {
+            let superseded = driver.core.superseded(id, now);
+            let send = if superseded { may_resend } else { may_replay };
+            let tx = tx.take().filter(|_| send);
+            let Some(tx) = tx else {
+                return Some(Event::Refused { id, waiter: None });
+            };
+            let waiter = WaiterId(driver.next_waiter);
+            driver.next_waiter += 1;
+            driver.waiters.insert(waiter, tx);
+            registered = Some((waiter, !superseded));
+            Some(Event::Refused {
+                id,
+                waiter: Some((waiter, deadline)),
+            })
+        });
+        match registered {
+            None => Resend::No,
+            Some((waiter, replay)) => Resend::Send {
+                replay,
+                answer: self.answer_or_ticket(waiter, rx, deadline, Some(id)),
+            },
+        }
+    }
+
+    /// The answer a registered waiter got at once, or its ticket.
+    fn answer_or_ticket(
+        self: &Arc<Self>,
+        waiter: WaiterId,
+        mut rx: oneshot::Receiver<Answer<Live>>,
+        deadline: Time,
+        not: Option<u64>,
+    ) -> Result<Answer<Live>, Ticket> {
         let pending = match rx.try_recv() {
             Ok(Answer::Retry) => None,
             Ok(answer) => return Ok(answer),
             Err(_) => Some((waiter, rx)),
         };
-        if refused.is_none() {
-            self.counters.waited();
-        }
         Err(Ticket {
             shared: Arc::clone(self),
             pending,
             deadline,
-            not: refused,
+            not,
         })
     }
 
@@ -113,6 +165,27 @@ impl Shared {
         });
         (id, rx)
     }
+}
+
+/// What a request refused by the API does next.
+pub(crate) enum Resend {
+    /// It is sent again with the token of `answer` (at once, or when the
+    /// ticket's answer comes); `replay` when this is the request's one
+    /// replay, not a resend after a token was replaced in flight.
+    Send {
+        replay: bool,
+        answer: Result<Answer<Live>, Ticket>,
+    },
+    /// It is not sent again: its refusal goes back to the caller.
+    No,
+}
+
+/// Without a tokio runtime no grant can run: the answer to give at once.
+fn no_runtime() -> Option<Answer<Live>> {
+    tokio::runtime::Handle::try_current().err().map(|_| {
+        let err = TokenError::new(Kind::Closed).with_detail("no tokio runtime to run the grant");
+        Answer::Failed(err)
+    })
 }
 
 /// Unregisters a waiter whose caller went away before its answer.

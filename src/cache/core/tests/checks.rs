@@ -76,7 +76,7 @@ impl Harness {
                     match &answer {
                         Answer::Token(slot) => self.check_token(slot, info.not),
                         Answer::Retry => step.retried.push((info.deadline, info.not)),
-                        Answer::Failed(_) | Answer::NoReplay => {}
+                        Answer::Failed(_) | Answer::NoReplay => step.denied.push(info.not),
                     }
                     step.answered(&answer);
                     assert!(self.answers.insert(waiter, answer.clone()).is_none());
@@ -123,14 +123,13 @@ impl Harness {
                 "an attempt before its backoff ended"
             );
         }
-        if reason == Reason::Refusal {
-            if let Some(last) = self.last_refusal_start {
-                assert!(
-                    self.now >= last + self.config.refusal_interval,
-                    "two refusal grants within a second"
-                );
-            }
-            self.last_refusal_start = Some(self.now);
+        if reason == Reason::Refusal
+            && let Some(hold) = self.refusal_hold
+        {
+            assert!(
+                self.now >= hold,
+                "a grant for a refusal before the pause that a streak of tokens refused on first use calls for"
+            );
         }
         self.grants += 1;
         let info = FlightInfo {
@@ -147,20 +146,48 @@ impl Harness {
         );
     }
 
-    /// A token shown or handed out: of the current login, not expired, and not
-    /// the one the waiter's request was refused with.
-    fn check_token(&self, slot: &Slot<u32>, not: Option<u64>) {
+    /// A token shown or handed out: of the current login, not expired, never
+    /// one the API refused, and, for a request to send again, newer than the
+    /// one it was refused with.
+    fn check_token(&mut self, slot: &Slot<u32>, not: Option<u64>) {
         let (login, expires) = self.access[&slot.access];
         assert_eq!(login, self.login, "a token of a replaced login");
         assert!(expires > self.now, "a token past its expiry");
-        assert_ne!(
-            Some(slot.id),
-            not,
-            "the refused token handed back for the replay"
+        assert!(
+            !self.refused.contains(&slot.id),
+            "token {} handed out or shown after the API refused it",
+            slot.id
         );
+        if let Some(not) = not {
+            assert!(
+                slot.id > not,
+                "a request refused with token {not} sent again with {}, not a newer one",
+                slot.id
+            );
+        }
+        assert_eq!(
+            slot.accepted,
+            self.accepted.contains(&slot.id),
+            "the token's acceptance shown wrongly"
+        );
+        if self.shown_tokens.last() != Some(&slot.id) {
+            assert!(
+                self.shown_tokens.last().is_none_or(|last| *last < slot.id),
+                "token ids only grow"
+            );
+            self.shown_tokens.push(slot.id);
+        }
     }
 
     fn check_after(&self, step: &Step) {
+        if let Some((slot, _)) = self.token() {
+            assert!(
+                step.denied.is_empty(),
+                "a waiter turned away (refused with {:?}) while token {} was current and usable",
+                step.denied,
+                slot.id
+            );
+        }
         assert!(
             step.tokens.len() <= 1,
             "waiters of one step got different tokens"
@@ -196,6 +223,9 @@ struct Step {
     tokens: BTreeSet<u64>,
     errors: Vec<TErr>,
     retried: Vec<(Time, Option<u64>)>,
+    /// The waiters answered without a token, by the token they were refused
+    /// with.
+    denied: Vec<Option<u64>>,
 }
 
 impl Step {

@@ -99,9 +99,19 @@ pub(super) struct Harness {
     /// No attempt before this time (the backoff's floor).
     pub(super) not_before: Option<Time>,
     pub(super) attempt: u32,
-    pub(super) last_refusal_start: Option<Time>,
+    /// Token ids the API accepted while they were current.
+    pub(super) accepted: BTreeSet<u64>,
+    /// Token ids the API refused while they were current: never handed out
+    /// or published again.
+    pub(super) refused: BTreeSet<u64>,
+    /// Tokens in a row refused before the API accepted any, and the time
+    /// before which no grant for a refusal may start because of them.
+    pub(super) unproven: u32,
+    pub(super) refusal_hold: Option<Time>,
     pub(super) grants: usize,
     pub(super) closed: bool,
+    /// Every token id published or handed out, in order.
+    pub(super) shown_tokens: Vec<u64>,
 }
 
 impl Harness {
@@ -125,9 +135,13 @@ impl Harness {
             rejected: None,
             not_before: None,
             attempt: 0,
-            last_refusal_start: None,
+            accepted: BTreeSet::new(),
+            refused: BTreeSet::new(),
+            unproven: 0,
+            refusal_hold: None,
             grants: 0,
             closed: false,
+            shown_tokens: Vec::new(),
         }
     }
 
@@ -202,7 +216,53 @@ impl Harness {
         let waiter = budget.map(|budget| self.new_waiter(budget, Some(id)));
         let arg = waiter.map(|w| (w, self.waiters[&w].deadline));
         let in_flight = self.running().is_some();
+        // The token the core holds when the event comes: the one shown,
+        // unless it has expired meanwhile (a lost timer shows it on).
+        let current = (self.token())
+            .filter(|(slot, _)| self.access[&slot.access].1 > self.now)
+            .map(|(slot, _)| slot.id);
+        // The model of a refusal: only the current token's counts.
+        let superseded = id != 0
+            && id < self.next_token_id()
+            && current != Some(id)
+            && !self.refused.contains(&id);
+        assert_eq!(
+            self.core.superseded(id, self.now),
+            superseded,
+            "token {id} (current {current:?}) told superseded wrongly"
+        );
+        let revoked = current == Some(id) && self.accepted.contains(&id);
+        if current == Some(id) && !self.closed {
+            self.refused.insert(id);
+            if revoked {
+                self.unproven = 0;
+            } else {
+                self.unproven += 1;
+                if self.unproven >= 3 {
+                    let pause = self
+                        .config
+                        .refusal_pause
+                        .saturating_mul(1 << (self.unproven - 3).min(20))
+                        .min(self.config.backoff_max.max(self.config.refusal_pause));
+                    self.refusal_hold = Some(self.now + pause);
+                }
+            }
+        }
+        let grants = self.grants;
+        // A backoff after a failed grant still holds (its jitter is the core's).
+        let backed_off = !matches!(self.core.flight, super::super::Flight::Idle);
+        let rejected = self.rejected.is_some_and(|(at, c)| {
+            c == self.credentials && self.now < at + self.config.rejected_cooldown
+        });
         self.step(self.now, Event::Refused { id, waiter: arg });
+        let held = self.refusal_hold.is_some_and(|until| until > self.now);
+        if current == Some(id) && !held && !in_flight && !backed_off && !rejected && !self.closed {
+            assert_eq!(
+                self.grants,
+                grants + 1,
+                "a refused token is replaced at once (revoked: always; refused on first use: until a streak of three)"
+            );
+        }
         if let Some((waiter, deadline)) = arg
             && in_flight
             && deadline > self.now
@@ -358,8 +418,21 @@ impl Harness {
         self.step(self.now, Event::Kick);
     }
 
-    pub(super) fn replay_refused(&mut self, id: u64) {
-        self.step(self.now, Event::ReplayRefused { id });
+    /// The API accepted a request carrying token `id`.
+    pub(super) fn accepted(&mut self, id: u64) {
+        if self.token().is_some_and(|(slot, _)| slot.id == id) {
+            self.accepted.insert(id);
+            self.unproven = 0;
+            self.refusal_hold = None;
+        }
+        self.step(self.now, Event::Accepted { id });
+    }
+
+    /// The id the core will give its next token: one past the newest any
+    /// view or answer showed.
+    fn next_token_id(&self) -> u64 {
+        let shown = self.shown_tokens.last().copied().unwrap_or(0);
+        shown + 1
     }
 
     pub(super) fn credentials(&mut self, other_login: bool) {
@@ -369,6 +442,9 @@ impl Harness {
         if other_login {
             self.login += 1;
             self.not_before = None;
+            // A new login starts with no streak of refusals.
+            self.unproven = 0;
+            self.refusal_hold = None;
         }
         self.step(self.now, Event::CredentialsChanged { other_login });
     }

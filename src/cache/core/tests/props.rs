@@ -1,8 +1,18 @@
 //! The property test of the core: random sequences of events (callers with
-//! any budget, 401s on current, old and unknown tokens, grant answers of every
-//! class for the flight in flight or for stale ones, lost grants and timers,
-//! credential changes, time passing on time or late), each step checked by the
-//! harness's invariants, and a close at the end that must answer everyone.
+//! any budget, refusals of current, old and unknown tokens, answers that show
+//! a token works, grant answers of every class for the flight in flight or
+//! for stale ones, lost grants and timers, credential changes, time passing
+//! on time or late), each step checked by the harness's invariants, and a
+//! close at the end that must answer everyone.
+//!
+//! Among them, the outcomes a user sees of refusals: no waiter is answered,
+//! and no view shows, a token the API refused; a request refused with a
+//! token is sent again only with a newer one; no waiter is turned away while
+//! a usable token is current (so a refusal of a superseded token always
+//! gets the current one); a refused token is replaced at once, revoked ones
+//! always and tokens refused on first use until a streak of three; and no
+//! grant for a refusal starts before the pause such a streak calls for.
+//! Each was checked to fail when its rule is taken out of the core.
 
 use std::time::Duration;
 
@@ -23,7 +33,9 @@ enum Op {
         replay: bool,
         budget_ms: u64,
     },
-    ReplayRefused {
+    /// The API accepted a request carrying the published token (`pick` 0),
+    /// an older one, or an unknown one.
+    Accepted {
         pick: u8,
     },
     Gone {
@@ -70,7 +82,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => budget.clone().prop_map(|budget_ms| Op::Need { budget_ms }),
         1 => Just(Op::Kick),
         3 => (0..4u8, any::<bool>(), budget).prop_map(|(pick, replay, budget_ms)| Op::Refused { pick, replay, budget_ms }),
-        1 => (0..4u8).prop_map(|pick| Op::ReplayRefused { pick }),
+        3 => (0..4u8).prop_map(|pick| Op::Accepted { pick }),
         1 => any::<u8>().prop_map(|pick| Op::Gone { pick }),
         5 => (prop::bool::weighted(0.15), any::<u8>(), reply(), 0.0..=1.0f64)
             .prop_map(|(stale, pick, reply, jitter)| Op::Complete { stale, pick, reply, jitter }),
@@ -120,7 +132,7 @@ fn apply(h: &mut Harness, op: &Op, outstanding: &mut Vec<WaiterId>) {
             let budget = replay.then(|| Duration::from_millis(budget_ms));
             outstanding.extend(h.refused(token(h, pick), budget));
         }
-        Op::ReplayRefused { pick } => h.replay_refused(token(h, pick)),
+        Op::Accepted { pick } => h.accepted(token(h, pick)),
         Op::Gone { pick: n } => {
             let open: Vec<WaiterId> = (outstanding.iter())
                 .copied()

@@ -61,51 +61,101 @@ fn a_401_on_an_old_token_while_a_refresh_is_in_flight_waits_for_that_refresh() {
 }
 
 #[test]
-fn a_token_whose_replay_was_refused_starts_no_other_refresh() {
+fn a_refused_token_is_never_handed_out_again_even_when_its_replay_is_refused_too() {
     let mut h = with_token(HOUR);
     let first = token_id(&h);
     h.refused(first, Some(BUDGET));
     h.grant_ok(h.running().unwrap());
     let second = token_id(&h);
-    h.replay_refused(second);
-    for _ in 0..100 {
-        let w = h.refused(second, Some(BUDGET)).unwrap();
-        assert!(
-            matches!(h.answers[&w], Answer::NoReplay),
-            "the 401 goes back"
-        );
-    }
-    assert_eq!(h.grants, 2);
-    assert_eq!(token_id(&h), second, "the token stays until it goes stale");
+    // The replay with the new token is refused too: that token is dropped as
+    // well, and the next request waits for a third.
+    h.refused(second, None);
+    assert!(
+        h.token().is_none(),
+        "no request starts with a refused token"
+    );
+    let w = h.need(BUDGET);
+    assert!(!h.answers.contains_key(&w));
+    h.grant_ok(h.running().unwrap());
+    assert!(matches!(&h.answers[&w], Answer::Token(slot) if slot.id > second));
 }
 
 #[test]
-fn refusals_start_at_most_one_grant_a_second() {
+fn a_revoked_token_that_had_worked_is_replaced_at_once_every_time() {
     let mut h = with_token(HOUR);
-    for _ in 0..20 {
+    for _ in 0..50 {
+        let id = token_id(&h);
+        h.accepted(id);
+        let w = h.refused(id, Some(BUDGET)).unwrap();
+        let flight = h.running().expect("a refresh at once, with no pause");
+        assert_eq!(grant_of(&h, flight).1, Reason::Refusal);
+        h.grant_ok(flight);
+        assert!(matches!(&h.answers[&w], Answer::Token(slot) if slot.id > id));
+        h.advance(Duration::from_millis(10), false);
+    }
+    assert_eq!(h.grants, 51);
+}
+
+#[test]
+fn new_tokens_refused_on_first_use_slow_the_grants_down_and_callers_hear_it_at_once() {
+    let mut h = with_token(HOUR);
+    // Two tokens in a row refused before they worked: a revocation at random
+    // can do that; the grants go on at once.
+    for _ in 0..2 {
         let id = token_id(&h);
         h.refused(id, None);
+        h.grant_ok(h.running().expect("no pause yet"));
+    }
+    // The third in a row: the API refuses every token.
+    let id = token_id(&h);
+    let replay = h.refused(id, Some(BUDGET)).unwrap();
+    assert!(h.running().is_none(), "a pause before the next grant");
+    assert!(
+        matches!(h.answers[&replay], Answer::NoReplay),
+        "the refusal goes back at once"
+    );
+    let w = h.need(BUDGET);
+    assert!(
+        matches!(
+            &h.answers[&w],
+            Answer::Failed(TErr::Core(super::super::Why::Refused))
+        ),
+        "a new request is told at once, not made to wait"
+    );
+    h.advance(secs(1), false);
+    let flight = h.running().expect("the pause of 1 s is over");
+    h.grant_ok(flight);
+    // The fourth in a row: the pause doubles.
+    let id = token_id(&h);
+    h.refused(id, None);
+    h.advance(Duration::from_millis(1_900), false);
+    assert!(h.running().is_none());
+    h.advance(Duration::from_millis(100), false);
+    let flight = h.running().expect("the pause of 2 s is over");
+    h.grant_ok(flight);
+    // A token that works ends the streak: its revocation is refreshed at once.
+    let id = token_id(&h);
+    h.accepted(id);
+    h.refused(id, None);
+    assert!(h.running().is_some(), "a revocation is refreshed at once");
+}
+
+#[test]
+fn an_api_that_refuses_every_token_gets_few_grants() {
+    let mut h = with_token(HOUR);
+    let start = h.now;
+    while h.now < start + secs(10) {
+        if let Some(id) = h.token().map(|(slot, _)| slot.id) {
+            h.refused(id, None);
+        }
         if let Some(flight) = h.running() {
             h.grant_ok(flight);
         }
-        h.advance(Duration::from_millis(100), false);
-        if h.token().is_none() {
-            h.advance(secs(1), false);
-            if let Some(flight) = h.running() {
-                h.grant_ok(flight);
-            }
-        }
+        h.need(Duration::ZERO);
+        h.advance(Duration::from_millis(50), false);
     }
-    let refusal_grants = h
-        .flights
-        .values()
-        .filter(|f| f.reason == Reason::Refusal)
-        .count();
-    let seconds = h.now.as_secs_f64().ceil() as usize;
-    assert!(
-        refusal_grants <= seconds + 1,
-        "{refusal_grants} refusal grants in {seconds} s"
-    );
+    // Three at once, then after 1, 2 and 4 s of pause.
+    assert!(h.grants <= 7, "{} grants in 10 s", h.grants);
 }
 
 #[test]
