@@ -157,6 +157,11 @@ impl AuthLayerBuilder {
     /// The token endpoint, `https://…/oauth/v2/token` (`http://` for loopback
     /// hosts only). Without a custom [`fetcher`](Self::fetcher), grants go there
     /// through the default HTTPS transport; its origin is the default API origin.
+    ///
+    /// With a [`store`](Self::store), the login is filed under this endpoint,
+    /// unless the fetcher names its own ([`TokenFetcher::endpoint`], as
+    /// [`HttpFetcher`](crate::HttpFetcher) does): a custom fetcher that names
+    /// none needs it then, and it must be the endpoint its grants reach.
     pub fn token_url(mut self, url: impl Into<String>) -> Self {
         self.token_url = Some(url.into());
         self
@@ -259,6 +264,12 @@ impl AuthLayerBuilder {
     /// others wait for it and adopt it. With the store down, each replica goes
     /// on alone with grants of its own, never with the shared refresh token.
     /// Without a store, the cache keeps its tokens to itself.
+    ///
+    /// The login is filed under its token endpoint, client id and username
+    /// ([`LoginKey`](crate::store::LoginKey)): layers for a staging and a
+    /// production endpoint can share one store and never take each other's
+    /// tokens. The endpoint is the fetcher's ([`TokenFetcher::endpoint`]) or
+    /// else the [`token_url`](Self::token_url); with neither, the build fails.
     pub fn store(mut self, store: impl TokenStore) -> Self {
         self.store = Some(AnyStore::new(store));
         self
@@ -343,7 +354,22 @@ impl AuthLayerBuilder {
             }
             (None, None) => return Err(BuildError::Missing("token_url or fetcher")),
         };
-        let cache = TokenCache::new(fetcher, credentials, self.cache, self.store);
+        // Records are filed under the endpoint that grants go to: the
+        // fetcher's own when it names one, the token URL's otherwise.
+        let store = match self.store {
+            Some(store) => {
+                let endpoint =
+                    (fetcher.endpoint_dyn().cloned())
+                        .or(token_uri)
+                        .ok_or(BuildError::Missing(
+                            "token_url (a store files the login under its token endpoint, \
+                         which the fetcher does not name)",
+                        ))?;
+                Some((store, endpoint))
+            }
+            None => None,
+        };
+        let cache = TokenCache::new(fetcher, credentials, self.cache, store);
         Ok(AuthLayer {
             config: Arc::new(LayerConfig {
                 cache: CacheNumber::register(cache.shared()),

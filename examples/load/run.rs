@@ -276,7 +276,7 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
     let sharing = open_store(&config)?;
     let (server, token_url, api_url, credentials) = prepare(&config).await?;
     if let Some(sharing) = &sharing {
-        check_store(&config, sharing, &credentials).await?;
+        check_store(&config, sharing, &token_url, &credentials).await?;
     }
 
     let api_uri: Uri = api_url
@@ -535,10 +535,17 @@ fn open_store(config: &Config) -> Result<Option<Sharing>, Fatal> {
 async fn check_store(
     config: &Config,
     sharing: &Sharing,
+    token_url: &str,
     credentials: &Credentials,
 ) -> Result<(), Fatal> {
     let url = config.store.as_ref().map_or("", |url| url.expose_secret());
+    // The replicas' key; a token URL that does not parse fails their build
+    // next, with its own message.
     let key = LoginKey::from_credentials(credentials);
+    let key = match token_url.parse() {
+        Ok(endpoint) => key.with_endpoint(&endpoint),
+        Err(_) => key,
+    };
     let warning = match tokio::time::timeout(STORE_CHECK, sharing.store.read(&key)).await {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(err)) if err.is_auth_failed() => {

@@ -60,7 +60,7 @@ impl TokenCache {
         fetcher: Arc<dyn DynFetcher>,
         credentials: Credentials,
         config: CacheConfig,
-        store: Option<AnyStore>,
+        store: Option<(AnyStore, http::Uri)>,
     ) -> Self {
         let shared = Arc::new(Shared::new(fetcher, credentials, config, store));
         Self {

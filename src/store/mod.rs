@@ -19,6 +19,12 @@
 //! 4. Write the new pair with the version check ([`TokenStore::write`]), then
 //!    release the lease ([`TokenStore::release_lease`]: only if still ours).
 //!
+//! A layer files its login under a [`LoginKey`] that names the token endpoint
+//! as well as the client id and the username: layers for a staging and a
+//! production endpoint with one account may share a store (one map, one
+//! directory, one Redis key prefix) and never take each other's tokens, nor
+//! send a refresh token to the endpoint that did not issue it.
+//!
 //! ```
 //! use std::time::{Duration, SystemTime};
 //!

@@ -13,14 +13,15 @@ use daxium_auth::{
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use super::scripted::{Inner, credentials, get, send};
+use super::scripted::{Inner, TOKEN_URL, credentials, get, send};
 
 pub(crate) type Svc = AuthService<Inner<Full<Bytes>>>;
 pub(crate) type Answered = Result<Response<Full<Bytes>>, daxium_auth::Error<Infallible>>;
 
-/// The store key of the scripted credentials.
+/// The store key of the scripted credentials at the scripted endpoint.
 pub(crate) fn login() -> LoginKey {
-    LoginKey::from_credentials(&credentials())
+    let endpoint = TOKEN_URL.parse().expect("a valid URL");
+    LoginKey::from_credentials(&credentials()).with_endpoint(&endpoint)
 }
 
 pub(crate) fn ok(res: &Answered) -> bool {

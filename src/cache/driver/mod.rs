@@ -11,7 +11,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
+use http::{HeaderValue, Uri};
 use tokio::{
     sync::{oneshot, watch},
     task::AbortHandle,
@@ -35,7 +35,7 @@ use crate::{
     error::{Kind, TokenError},
     fetcher::{DynFetcher, GrantRequest},
     stats::Counters,
-    store::{AnyStore, LeaseOwner, LoginKey},
+    store::AnyStore,
     token::RefreshToken,
 };
 
@@ -108,14 +108,11 @@ impl Shared {
         fetcher: Arc<dyn DynFetcher>,
         credentials: Credentials,
         mut config: CacheConfig,
-        store: Option<AnyStore>,
+        store: Option<(AnyStore, Uri)>,
     ) -> Self {
         config.shared = store.is_some();
-        let fleet = store.map(|store| store::Fleet {
-            store,
-            key: LoginKey::from_credentials(&credentials),
-            owner: LeaseOwner::random(),
-            lease_ttl: config.lease_ttl,
+        let fleet = store.map(|(store, endpoint)| {
+            store::Fleet::new(store, endpoint, &credentials, config.lease_ttl)
         });
         Self {
             view: ArcSwap::from_pointee(View::Empty),
@@ -309,7 +306,7 @@ impl Shared {
             let other_login = driver.credentials.client_id() != credentials.client_id()
                 || driver.credentials.username() != credentials.username();
             if let Some(fleet) = driver.fleet.as_mut().filter(|_| other_login) {
-                fleet.key = LoginKey::from_credentials(&credentials);
+                fleet.rekey(&credentials);
             }
             driver.credentials = Arc::new(credentials);
             Some(Event::CredentialsChanged { other_login })

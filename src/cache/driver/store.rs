@@ -7,12 +7,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use http::HeaderValue;
+use http::{HeaderValue, Uri};
 use tokio::time::Instant;
 
 use super::{Live, Shared, tasks::Lost};
 use crate::{
     cache::core::{Event, FlightId, Record, StoreCall, StoreReply, Time},
+    credentials::Credentials,
     store::{self, AnyStore, Lease, LeaseOwner, LoginKey, StoredRecord, TokenStore, WriteOutcome},
     token::{AccessToken, MAX_LIFETIME},
 };
@@ -22,9 +23,38 @@ use crate::{
 #[derive(Clone)]
 pub(crate) struct Fleet {
     pub(crate) store: AnyStore,
+    /// The token endpoint the login is filed under: two endpoints' tokens
+    /// never mix, whatever the store.
+    endpoint: Uri,
     pub(crate) key: LoginKey,
     pub(crate) owner: LeaseOwner,
     pub(crate) lease_ttl: Duration,
+}
+
+impl Fleet {
+    pub(crate) fn new(
+        store: AnyStore,
+        endpoint: Uri,
+        credentials: &Credentials,
+        lease_ttl: Duration,
+    ) -> Self {
+        Self {
+            key: Self::key_of(&endpoint, credentials),
+            store,
+            endpoint,
+            owner: LeaseOwner::random(),
+            lease_ttl,
+        }
+    }
+
+    /// Files the store's calls under the login of `credentials` from now on.
+    pub(crate) fn rekey(&mut self, credentials: &Credentials) {
+        self.key = Self::key_of(&self.endpoint, credentials);
+    }
+
+    fn key_of(endpoint: &Uri, credentials: &Credentials) -> LoginKey {
+        LoginKey::from_credentials(credentials).with_endpoint(endpoint)
+    }
 }
 
 impl Shared {
@@ -41,6 +71,7 @@ impl Shared {
             key,
             owner,
             lease_ttl: ttl,
+            ..
         } = fleet;
         if let StoreCall::Release = call {
             // Nothing waits for it; a failure leaves the lease to its time to live.
