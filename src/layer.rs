@@ -287,6 +287,21 @@ impl AuthLayerBuilder {
         self
     }
 
+    /// How long one call of the [store](Self::store) may take before the
+    /// store counts as down (default 2 s): the flight then goes on alone, as
+    /// with a store that refused the call, and the call counts in
+    /// [`Stats::store_errors`](crate::Stats::store_errors). A wait for another replica's
+    /// record may take its own wait (at most the lease's time to live) plus
+    /// this. The default is well above a round trip to Redis or a file lock,
+    /// and above the stores' own timeouts (`RedisStore` 250 ms, `FileStore`
+    /// 1 s by default), which it cuts short if they are longer; this one
+    /// bounds any [`TokenStore`], custom ones included. Keep it below the [wait budget](Self::wait_budget), so that
+    /// a caller's grant can start alone within its budget.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.cache.store_timeout = timeout;
+        self
+    }
+
     /// Checks the settings and builds the layer.
     pub fn build(self) -> Result<AuthLayer, BuildError> {
         let credentials = self.credentials.ok_or(BuildError::Missing("credentials"))?;
@@ -318,6 +333,13 @@ impl AuthLayerBuilder {
             return Err(BuildError::InvalidSetting {
                 name: "lease_ttl",
                 reason: "the lease's time to live must be above zero",
+            });
+        }
+        if self.cache.store_timeout.is_zero() {
+            // Every store call would fail before it started.
+            return Err(BuildError::InvalidSetting {
+                name: "store_timeout",
+                reason: "the store timeout must be above zero",
             });
         }
         if self.cache.backoff_min > self.cache.backoff_max {

@@ -523,7 +523,8 @@ fn extreme_settings_build_and_edge_settings_are_accepted() {
         assert_eq!(setting(builder).build().map(drop), Ok(()), "{what}");
     }
     // A zero cool-down would try a refused password on every request; a zero
-    // lease would hand the fleet's lease around on every grant.
+    // lease would hand the fleet's lease around on every grant; a zero store
+    // timeout would fail every store call before it started.
     let base = || base().token_url("https://api.daxium-air.com/oauth/v2/token");
     assert!(matches!(
         base().rejected_cooldown(Duration::ZERO).build().map(drop),
@@ -539,6 +540,20 @@ fn extreme_settings_build_and_edge_settings_are_accepted() {
             ..
         })
     ));
+    assert!(matches!(
+        base().store_timeout(Duration::ZERO).build().map(drop),
+        Err(BuildError::InvalidSetting {
+            name: "store_timeout",
+            ..
+        })
+    ));
+    assert_eq!(
+        base()
+            .store_timeout(Duration::from_nanos(1))
+            .build()
+            .map(drop),
+        Ok(())
+    );
 }
 
 /// A store files the login under its token endpoint: a fetcher that names

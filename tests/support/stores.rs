@@ -1,7 +1,8 @@
 //! What the token store tests share: a store that puts each call of another
-//! through a hook first (to count calls, fail them as an outage would, or let
-//! a write land and still report a failure, as a timed-out write may), the
-//! scripted login's key, and requests bounded in time.
+//! through a hook first (to count calls, fail them as an outage would, let a
+//! write land and still report a failure, as a timed-out write may, or never
+//! answer, as a store behind a dead connection may), the scripted login's
+//! key, and requests bounded in time.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -50,6 +51,8 @@ pub(crate) enum Fault {
     Fail(StoreError),
     /// The call reaches the inner store, and its caller is told it failed.
     LandThenFail(StoreError),
+    /// The call never answers, and does not reach the inner store.
+    Hang,
 }
 
 type Hook = Arc<dyn Fn(Call) -> Fault + Send + Sync>;
@@ -83,6 +86,7 @@ impl<S> Faulty<S> {
                 call.await?;
                 Err(err)
             }
+            Fault::Hang => std::future::pending().await,
         }
     }
 }

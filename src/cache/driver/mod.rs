@@ -111,9 +111,8 @@ impl Shared {
         store: Option<(AnyStore, Uri)>,
     ) -> Self {
         config.shared = store.is_some();
-        let fleet = store.map(|(store, endpoint)| {
-            store::Fleet::new(store, endpoint, &credentials, config.lease_ttl)
-        });
+        let fleet = store
+            .map(|(store, endpoint)| store::Fleet::new(store, endpoint, &credentials, &config));
         Self {
             view: ArcSwap::from_pointee(View::Empty),
             budget: config.wait_budget,

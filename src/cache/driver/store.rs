@@ -1,8 +1,10 @@
 //! The driver's side of a token store: each store call the core asks for runs
-//! in a task of its own and comes back as an event; records are turned from
-//! the store's wall-clock expiry into the core's monotonic time and back.
+//! in a task of its own, bounded by the store timeout, and comes back as an
+//! event; records are turned from the store's wall-clock expiry into the
+//! core's monotonic time and back.
 
 use std::{
+    future::Future,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -12,9 +14,12 @@ use tokio::time::Instant;
 
 use super::{Live, Shared, tasks::Lost};
 use crate::{
-    cache::core::{Event, FlightId, Record, StoreCall, StoreReply, Time},
+    cache::core::{CacheConfig, Event, FlightId, Record, StoreCall, StoreReply, Time},
     credentials::Credentials,
-    store::{self, AnyStore, Lease, LeaseOwner, LoginKey, StoredRecord, TokenStore, WriteOutcome},
+    store::{
+        self, AnyStore, Lease, LeaseOwner, LoginKey, StoreError, StoredRecord, TokenStore,
+        WriteOutcome,
+    },
     token::{AccessToken, MAX_LIFETIME},
 };
 
@@ -29,6 +34,8 @@ pub(crate) struct Fleet {
     pub(crate) key: LoginKey,
     pub(crate) owner: LeaseOwner,
     pub(crate) lease_ttl: Duration,
+    /// How long one call may take, past its own wait for a change.
+    pub(crate) timeout: Duration,
 }
 
 impl Fleet {
@@ -36,14 +43,15 @@ impl Fleet {
         store: AnyStore,
         endpoint: Uri,
         credentials: &Credentials,
-        lease_ttl: Duration,
+        config: &CacheConfig,
     ) -> Self {
         Self {
             key: Self::key_of(&endpoint, credentials),
             store,
             endpoint,
             owner: LeaseOwner::random(),
-            lease_ttl,
+            lease_ttl: config.lease_ttl,
+            timeout: config.store_timeout,
         }
     }
 
@@ -71,39 +79,49 @@ impl Shared {
             key,
             owner,
             lease_ttl: ttl,
+            timeout,
             ..
         } = fleet;
         if let StoreCall::Release = call {
             // Nothing waits for it; a failure leaves the lease to its time to live.
             lost.event = None;
-            let _ = store.release_lease(&key, &owner).await;
+            if answer(timeout, store.release_lease(&key, &owner))
+                .await
+                .is_none()
+            {
+                self.counters.store_error();
+            }
             return;
         }
         let reply = match call {
-            StoreCall::Lease => match store.acquire_lease(&key, &owner, ttl).await {
-                Ok(Lease::Acquired) => StoreReply::Leased,
-                Ok(Lease::Held { remaining }) => StoreReply::Held(remaining),
-                Err(_) => StoreReply::Down,
+            StoreCall::Lease => match answer(timeout, store.acquire_lease(&key, &owner, ttl)).await
+            {
+                Some(Lease::Acquired) => StoreReply::Leased,
+                Some(Lease::Held { remaining }) => StoreReply::Held(remaining),
+                None => StoreReply::Down,
             },
-            StoreCall::Read => match store.read(&key).await {
-                Ok(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
-                Err(_) => StoreReply::Down,
+            StoreCall::Read => match answer(timeout, store.read(&key)).await {
+                Some(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
+                None => StoreReply::Down,
             },
             StoreCall::Watch { since, until } => {
+                // The wait ends by itself at `until`; the timeout bounds the
+                // store's answer after that.
                 let wait = until.saturating_sub(self.time(Instant::now()));
-                match store.wait_for_change(&key, since, wait).await {
-                    Ok(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
-                    Err(_) => StoreReply::Down,
+                let within = wait.saturating_add(timeout);
+                match answer(within, store.wait_for_change(&key, since, wait)).await {
+                    Some(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
+                    None => StoreReply::Down,
                 }
             }
             StoreCall::Spend { record } => {
                 let expected = Some(record.version);
                 let record = self.stored(record).with_refresh_spent();
-                self.write(&store, &key, expected, record).await
+                self.write(&store, &key, expected, record, timeout).await
             }
             StoreCall::Write { expected, record } => {
                 let record = self.stored(record);
-                self.write(&store, &key, expected, record).await
+                self.write(&store, &key, expected, record, timeout).await
             }
             StoreCall::Release => return,
         };
@@ -120,14 +138,16 @@ impl Shared {
         key: &LoginKey,
         expected: Option<u64>,
         record: store::Record,
+        timeout: Duration,
     ) -> StoreReply<Live> {
-        match store.write(key, expected, &record).await {
-            Ok(WriteOutcome::Written { version }) => StoreReply::Written(version),
-            Ok(WriteOutcome::Conflict(conflict)) => match (conflict.version(), conflict.record()) {
+        match answer(timeout, store.write(key, expected, &record)).await {
+            Some(WriteOutcome::Written { version }) => StoreReply::Written(version),
+            Some(WriteOutcome::Conflict(conflict)) => match (conflict.version(), conflict.record())
+            {
                 (Some(version), None) => StoreReply::Unreadable(version),
                 _ => StoreReply::Conflict(conflict.into_record().map(|r| self.adopted(r))),
             },
-            Err(_) => StoreReply::Down,
+            None => StoreReply::Down,
         }
     }
 
@@ -159,5 +179,30 @@ impl Shared {
 
     fn now(&self) -> Time {
         self.time(Instant::now())
+    }
+}
+
+/// What a store call answered within `timeout`; `None` when it failed or did
+/// not answer in time. A store of the crate bounds its calls itself, but any
+/// store may hang (a custom one, a connection that never answers): without
+/// this bound, its call would hold the flight, and no grant would start again.
+async fn answer<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Option<T> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(err)) => {
+            tracing::debug!(target: "daxium_auth", error = %err, "token store call failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(
+                target: "daxium_auth",
+                timeout_ms = timeout.as_millis() as u64,
+                "token store call did not answer within the store timeout"
+            );
+            None
+        }
     }
 }
