@@ -1,7 +1,7 @@
 //! [`AuthLayer`] and its builder: the settings of one token cache and of the
 //! services that share it.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
@@ -75,6 +75,31 @@ impl AuthLayer {
     /// A snapshot of the counters: grants, replays, requests that waited.
     pub fn stats(&self) -> Stats {
         self.cache.stats()
+    }
+
+    /// Closes the token cache that every service of the layer shares, once
+    /// the store is done with; see [`TokenCache::close`]. Call it before the
+    /// process stops (on exit, on a signal): later requests get a
+    /// [closed](crate::TokenError::is_closed) error.
+    ///
+    /// ```
+    /// use daxium_auth::{AuthLayer, Credentials, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), daxium_auth::BuildError> {
+    /// let layer = AuthLayer::builder()
+    ///     .token_url("https://api.daxium-air.com/oauth/v2/token")
+    ///     .credentials(Credentials::new("id", "secret", "me@example.com", "pw"))
+    ///     .store(MemoryStore::new())
+    ///     .build()?;
+    /// // ... the service runs, until it is told to stop:
+    /// layer.close().await;
+    /// assert!(layer.cache().access_token().await.unwrap_err().is_closed());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn close(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.cache.close()
     }
 
     /// Replaces the login; see [`TokenCache::set_credentials`].

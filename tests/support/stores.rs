@@ -1,8 +1,8 @@
 //! What the token store tests share: a store that puts each call of another
 //! through a hook first (to count calls, fail them as an outage would, let a
-//! write land and still report a failure, as a timed-out write may, or never
-//! answer, as a store behind a dead connection may), the scripted login's
-//! key, and requests bounded in time.
+//! write land and still report a failure, as a timed-out write may, slow them
+//! down, or never answer, as a store behind a dead connection may), the
+//! scripted login's key, and requests bounded in time.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
@@ -51,6 +51,8 @@ pub(crate) enum Fault {
     Fail(StoreError),
     /// The call reaches the inner store, and its caller is told it failed.
     LandThenFail(StoreError),
+    /// The call reaches the inner store after this long.
+    Delay(Duration),
     /// The call never answers, and does not reach the inner store.
     Hang,
 }
@@ -85,6 +87,10 @@ impl<S> Faulty<S> {
             Fault::LandThenFail(err) => {
                 call.await?;
                 Err(err)
+            }
+            Fault::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                call.await
             }
             Fault::Hang => std::future::pending().await,
         }

@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    pin::pin,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -13,7 +14,7 @@ use std::{
 use arc_swap::ArcSwap;
 use http::{HeaderValue, Uri};
 use tokio::{
-    sync::{oneshot, watch},
+    sync::{Notify, oneshot, watch},
     task::AbortHandle,
     time::Instant,
 };
@@ -75,6 +76,8 @@ pub(crate) struct Shared {
     origin: Instant,
     budget: Duration,
     grant_timeout: Duration,
+    /// Told whenever store tasks join the driver's list.
+    store_spawned: Notify,
     pub(crate) counters: Counters,
 }
 
@@ -90,6 +93,11 @@ struct Driver {
     timer: Option<watch::Sender<Option<Instant>>>,
     /// The token store shared with other replicas, if any.
     fleet: Option<store::Fleet>,
+    /// The store calls running, for a clean close to wait for.
+    store_tasks: Vec<store::StoreTask>,
+    /// Store calls the core asked for whose tasks are not in `store_tasks`
+    /// yet: they are spawned once the lock is released.
+    unspawned: usize,
     actions: Vec<Action<Live>>,
 }
 
@@ -126,9 +134,12 @@ impl Shared {
                 flight: None,
                 timer: None,
                 fleet,
+                store_tasks: Vec::new(),
+                unspawned: 0,
                 actions: Vec::new(),
             }),
             fetcher,
+            store_spawned: Notify::new(),
             origin: Instant::now(),
             counters: Counters::default(),
         }
@@ -230,6 +241,7 @@ impl Shared {
             Action::Store { flight, call } => {
                 if let Some(fleet) = &driver.fleet {
                     after.store.push((flight, call, fleet.clone()));
+                    driver.unspawned += 1;
                 }
             }
             Action::Arm(at) => {
@@ -268,11 +280,22 @@ impl Shared {
                 drop(runtime.spawn(tasks::timer(Arc::downgrade(self), deadline, lost)));
             }
         }
+        let (calls, mut store_tasks) = (after.store.len(), Vec::new());
         for (flight, call, fleet) in after.store {
             let lost = Lost::new(self, Event::GrantLost { flight });
             if let Some(runtime) = &runtime {
-                drop(runtime.spawn(Arc::clone(self).store_call(flight, call, fleet, lost)));
+                let ends = store::Ends::of(&call);
+                let task = runtime.spawn(Arc::clone(self).store_call(flight, call, fleet, lost));
+                store_tasks.push(store::StoreTask { ends, task });
             }
+        }
+        if calls > 0 {
+            let mut driver = self.lock();
+            driver.store_tasks.retain(|t| !t.task.is_finished());
+            driver.store_tasks.append(&mut store_tasks);
+            driver.unspawned = driver.unspawned.saturating_sub(calls);
+            drop(driver);
+            self.store_spawned.notify_waiters();
         }
         if let Some((flight, request, reason)) = after.grant {
             let lost = Lost::new(self, Event::GrantLost { flight });
@@ -317,6 +340,52 @@ impl Shared {
         self.run(Event::Close);
         // Ends the timer task.
         self.lock().timer = None;
+    }
+
+    /// Closes the cache as [`close`](Self::close) does, and finishes with the
+    /// store: the calls that change it (a lease asked for, a record being
+    /// written) run to their end, bounded by the store timeout, and the lease
+    /// is released after them, so that the release cannot overtake the write.
+    /// Reads and waits, whose answers no one needs now, are stopped.
+    pub(crate) async fn close_cleanly(self: &Arc<Self>) {
+        let mut after = After::default();
+        let (release, timeout) = {
+            let mut driver = self.lock();
+            self.handle(&mut driver, Event::Close, &mut after);
+            // Ends the timer task.
+            driver.timer = None;
+            let release = (after.store.iter())
+                .find(|(_, call, _)| matches!(call, StoreCall::Release))
+                .map(|(_, _, fleet)| fleet.clone());
+            driver.unspawned = driver.unspawned.saturating_sub(after.store.len());
+            after.store.clear();
+            (release, driver.fleet.as_ref().map(|fleet| fleet.timeout))
+        };
+        self.finish(after);
+        let Some(timeout) = timeout else {
+            return;
+        };
+        // The core is closed and asks for no store call; only the calls of
+        // events handled just before the close may still join the list, from
+        // the threads that handled them, a moment from now.
+        for _ in 0..MAX_ROUNDS {
+            let mut spawned = pin!(self.store_spawned.notified());
+            spawned.as_mut().enable();
+            let (tasks, unspawned) = {
+                let mut driver = self.lock();
+                (std::mem::take(&mut driver.store_tasks), driver.unspawned)
+            };
+            if tasks.is_empty() && unspawned == 0 {
+                break;
+            }
+            store::settle(tasks).await;
+            if unspawned > 0 {
+                let _ = tokio::time::timeout(timeout, spawned).await;
+            }
+        }
+        if let Some(fleet) = release {
+            self.release(fleet).await;
+        }
     }
 
     /// The id of `header` if it is the token readers see now, else 0 (no

@@ -10,7 +10,7 @@ use std::{
 };
 
 use http::{HeaderValue, Uri};
-use tokio::time::Instant;
+use tokio::{task::JoinHandle, time::Instant};
 
 use super::{Live, Shared, tasks::Lost};
 use crate::{
@@ -65,7 +65,56 @@ impl Fleet {
     }
 }
 
+/// What a clean close does with a store call still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ends {
+    /// Lets it finish: it changes the store (a lease it may be granted, a
+    /// record it writes, a lease it releases).
+    Finish,
+    /// Stops it: it only reads.
+    Stop,
+}
+
+impl Ends {
+    pub(crate) fn of(call: &StoreCall<Live>) -> Self {
+        match call {
+            StoreCall::Lease
+            | StoreCall::Spend { .. }
+            | StoreCall::Write { .. }
+            | StoreCall::Release => Self::Finish,
+            StoreCall::Read | StoreCall::Watch { .. } => Self::Stop,
+        }
+    }
+}
+
+/// A store call running in a task of its own.
+pub(crate) struct StoreTask {
+    pub(crate) ends: Ends,
+    pub(crate) task: JoinHandle<()>,
+}
+
+/// Stops the calls that only read, and waits for the others: each is bounded
+/// by the store timeout.
+pub(crate) async fn settle(tasks: Vec<StoreTask>) {
+    for StoreTask { ends, task } in tasks {
+        match ends {
+            Ends::Stop => task.abort(),
+            // A task that panicked or was lost with its runtime is over too.
+            Ends::Finish => drop(task.await),
+        }
+    }
+}
+
 impl Shared {
+    /// Releases this replica's lease, if it still holds it, within the store
+    /// timeout.
+    pub(super) async fn release(&self, fleet: Fleet) {
+        let released = fleet.store.release_lease(&fleet.key, &fleet.owner);
+        if answer(fleet.timeout, released).await.is_none() {
+            self.counters.store_error();
+        }
+    }
+
     /// Runs one store call of `flight` and feeds its answer to the core.
     pub(super) async fn store_call(
         self: Arc<Self>,
@@ -74,6 +123,11 @@ impl Shared {
         fleet: Fleet,
         mut lost: Lost,
     ) {
+        if let StoreCall::Release = call {
+            // Nothing waits for it; a failure leaves the lease to its time to live.
+            lost.event = None;
+            return self.release(fleet).await;
+        }
         let Fleet {
             store,
             key,
@@ -82,17 +136,6 @@ impl Shared {
             timeout,
             ..
         } = fleet;
-        if let StoreCall::Release = call {
-            // Nothing waits for it; a failure leaves the lease to its time to live.
-            lost.event = None;
-            if answer(timeout, store.release_lease(&key, &owner))
-                .await
-                .is_none()
-            {
-                self.counters.store_error();
-            }
-            return;
-        }
         let reply = match call {
             StoreCall::Lease => match answer(timeout, store.acquire_lease(&key, &owner, ttl)).await
             {
