@@ -91,6 +91,9 @@ async fn main() -> Result<(), BoxError> {
         counters.api_revoked,
         counters.api_expired,
     );
+    // A clean close before the process exits: with a token store, the last
+    // pair is written and the lease released for the next process.
+    auth.close().await;
     server.shutdown().await;
     Ok(())
 }

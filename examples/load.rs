@@ -17,7 +17,9 @@
 //! half-way through, so that one run shows background refreshes, a new login
 //! and the 401 replay. With `--replicas N`, N layers (each its own token
 //! cache, as N processes would have) share the login through `--store`, and
-//! the summary counts the fleet's grants. Run with `--help` for the options.
+//! the summary counts the fleet's grants. Ctrl-C stops the load, closes the
+//! replicas cleanly and prints the summary of what ran. Run with `--help` for
+//! the options.
 
 use std::process::ExitCode;
 

@@ -101,6 +101,9 @@ async fn main() -> Result<(), BoxError> {
         stats.refresh_rejected,
         stats.replays
     );
+    // A clean close before the process exits: with a token store, the last
+    // pair is written and the lease released for the next process.
+    auth.close().await;
     Ok(())
 }
 

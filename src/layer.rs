@@ -1,7 +1,7 @@
 //! [`AuthLayer`] and its builder: the settings of one token cache and of the
 //! services that share it.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
@@ -78,6 +78,31 @@ impl AuthLayer {
     /// A snapshot of the counters: grants, replays, requests that waited.
     pub fn stats(&self) -> Stats {
         self.cache.stats()
+    }
+
+    /// Closes the token cache that every service of the layer shares, once
+    /// the store is done with; see [`TokenCache::close`]. Call it before the
+    /// process stops (on exit, on a signal): later requests get a
+    /// [closed](crate::TokenError::is_closed) error.
+    ///
+    /// ```
+    /// use daxium_auth::{AuthLayer, Credentials, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), daxium_auth::BuildError> {
+    /// let layer = AuthLayer::builder()
+    ///     .token_url("https://api.daxium-air.com/oauth/v2/token")
+    ///     .credentials(Credentials::new("id", "secret", "me@example.com", "pw"))
+    ///     .store(MemoryStore::new())
+    ///     .build()?;
+    /// // ... the service runs, until it is told to stop:
+    /// layer.close().await;
+    /// assert!(layer.cache().access_token().await.unwrap_err().is_closed());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn close(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.cache.close()
     }
 
     /// Replaces the login; see [`TokenCache::set_credentials`].
@@ -163,6 +188,11 @@ impl AuthLayerBuilder {
     /// The token endpoint, `https://…/oauth/v2/token` (`http://` for loopback
     /// hosts only). Without a custom [`fetcher`](Self::fetcher), grants go there
     /// through the default HTTPS transport; its origin is the default API origin.
+    ///
+    /// With a [`store`](Self::store), the login is filed under this endpoint,
+    /// unless the fetcher names its own ([`TokenFetcher::endpoint`], as
+    /// [`HttpFetcher`](crate::HttpFetcher) does): a custom fetcher that names
+    /// none needs it then, and it must be the endpoint its grants reach.
     pub fn token_url(mut self, url: impl Into<String>) -> Self {
         self.token_url = Some(url.into());
         self
@@ -285,6 +315,12 @@ impl AuthLayerBuilder {
     /// others wait for it and adopt it. With the store down, each replica goes
     /// on alone with grants of its own, never with the shared refresh token.
     /// Without a store, the cache keeps its tokens to itself.
+    ///
+    /// The login is filed under its token endpoint, client id and username
+    /// ([`LoginKey`](crate::store::LoginKey)): layers for a staging and a
+    /// production endpoint can share one store and never take each other's
+    /// tokens. The endpoint is the fetcher's ([`TokenFetcher::endpoint`]) or
+    /// else the [`token_url`](Self::token_url); with neither, the build fails.
     pub fn store(mut self, store: impl TokenStore) -> Self {
         self.store = Some(AnyStore::new(store));
         self
@@ -299,6 +335,21 @@ impl AuthLayerBuilder {
     /// is sent) but costs the next holder a password grant.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.cache.lease_ttl = ttl;
+        self
+    }
+
+    /// How long one call of the [store](Self::store) may take before the
+    /// store counts as down (default 2 s): the flight then goes on alone, as
+    /// with a store that refused the call, and the call counts in
+    /// [`Stats::store_errors`](crate::Stats::store_errors). A wait for another replica's
+    /// record may take its own wait (at most the lease's time to live) plus
+    /// this. The default is well above a round trip to Redis or a file lock,
+    /// and above the stores' own timeouts (`RedisStore` 250 ms, `FileStore`
+    /// 1 s by default), which it cuts short if they are longer; this one
+    /// bounds any [`TokenStore`], custom ones included. Keep it below the [wait budget](Self::wait_budget), so that
+    /// a caller's grant can start alone within its budget.
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.cache.store_timeout = timeout;
         self
     }
 
@@ -335,6 +386,13 @@ impl AuthLayerBuilder {
                 reason: "the lease's time to live must be above zero",
             });
         }
+        if self.cache.store_timeout.is_zero() {
+            // Every store call would fail before it started.
+            return Err(BuildError::InvalidSetting {
+                name: "store_timeout",
+                reason: "the store timeout must be above zero",
+            });
+        }
         if self.cache.backoff_min > self.cache.backoff_max {
             return Err(BuildError::InvalidSetting {
                 name: "backoff",
@@ -369,7 +427,22 @@ impl AuthLayerBuilder {
             }
             (None, None) => return Err(BuildError::Missing("token_url or fetcher")),
         };
-        let cache = TokenCache::new(fetcher, credentials, self.cache, self.store);
+        // Records are filed under the endpoint that grants go to: the
+        // fetcher's own when it names one, the token URL's otherwise.
+        let store = match self.store {
+            Some(store) => {
+                let endpoint =
+                    (fetcher.endpoint_dyn().cloned())
+                        .or(token_uri)
+                        .ok_or(BuildError::Missing(
+                            "token_url (a store files the login under its token endpoint, \
+                         which the fetcher does not name)",
+                        ))?;
+                Some((store, endpoint))
+            }
+            None => None,
+        };
+        let cache = TokenCache::new(fetcher, credentials, self.cache, store);
         Ok(AuthLayer {
             config: Arc::new(LayerConfig {
                 cache: CacheNumber::register(cache.shared()),

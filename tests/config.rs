@@ -1,7 +1,8 @@
 //! Configuration: the https rule (`http://` only for loopback hosts), the
 //! origin guard (the token goes to the configured API origins only, compared
-//! by scheme, host and port; relative URIs get it), and bad builder input,
-//! which is always a typed `BuildError`, never a panic.
+//! by scheme, host and port; relative URIs get it), the token endpoint that a
+//! store files the login under, and bad builder input, which is always a
+//! typed `BuildError`, never a panic.
 #![cfg(feature = "rustls")]
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use daxium_auth::{AuthLayer, AuthLayerBuilder, BuildError, HttpFetcher, ReplayBody};
+use daxium_auth::{AuthLayer, AuthLayerBuilder, BuildError, HttpFetcher, MemoryStore, ReplayBody};
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::Full;
 use proptest::prelude::*;
@@ -522,7 +523,8 @@ fn extreme_settings_build_and_edge_settings_are_accepted() {
         assert_eq!(setting(builder).build().map(drop), Ok(()), "{what}");
     }
     // A zero cool-down would try a refused password on every request; a zero
-    // lease would hand the fleet's lease around on every grant.
+    // lease would hand the fleet's lease around on every grant; a zero store
+    // timeout would fail every store call before it started.
     let base = || base().token_url("https://api.daxium-air.com/oauth/v2/token");
     assert!(matches!(
         base().rejected_cooldown(Duration::ZERO).build().map(drop),
@@ -538,6 +540,55 @@ fn extreme_settings_build_and_edge_settings_are_accepted() {
             ..
         })
     ));
+    assert!(matches!(
+        base().store_timeout(Duration::ZERO).build().map(drop),
+        Err(BuildError::InvalidSetting {
+            name: "store_timeout",
+            ..
+        })
+    ));
+    assert_eq!(
+        base()
+            .store_timeout(Duration::from_nanos(1))
+            .build()
+            .map(drop),
+        Ok(())
+    );
+}
+
+/// A store files the login under its token endpoint: a fetcher that names
+/// none needs the token URL; the default one, and an `HttpFetcher`, name theirs.
+#[test]
+fn a_store_needs_the_token_endpoint() {
+    let with_store = || {
+        base()
+            .api_origin("https://api.example.com")
+            .store(MemoryStore::new())
+    };
+    let err = with_store()
+        .fetcher(FixedToken::new(TOKEN))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(err, BuildError::Missing(what) if what.starts_with("token_url")),
+        "{err:?}"
+    );
+    let token_url = "https://api.daxium-air.com/oauth/v2/token";
+    let named = [
+        with_store()
+            .fetcher(FixedToken::new(TOKEN))
+            .token_url(token_url),
+        with_store().fetcher(HttpFetcher::new(token_url).unwrap()),
+        with_store().token_url(token_url),
+    ];
+    for builder in named {
+        assert!(builder.build().is_ok());
+    }
+    // Without a store, no endpoint is needed.
+    let alone = base()
+        .api_origin("https://api.example.com")
+        .fetcher(FixedToken::new(TOKEN));
+    assert!(alone.build().is_ok());
 }
 
 #[tokio::test(start_paused = true)]

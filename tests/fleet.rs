@@ -134,7 +134,7 @@ mod on_redis {
     use daxium_auth::{
         ReplayBody,
         mock::MockServer,
-        store::{AnyStore, LoginKey, RedisStore, TokenStore},
+        store::{AnyStore, RedisStore, TokenStore},
     };
     use http::{Request, Response, StatusCode, header::AUTHORIZATION};
     use http_body_util::Empty;
@@ -144,7 +144,9 @@ mod on_redis {
     use super::{
         real::*,
         redis_server::RedisServer,
-        replicas::{Issued, Replica, Then, blocking, drive, eventually, replica, server, solo},
+        replicas::{
+            Issued, Replica, Then, blocking, drive, eventually, login_key, replica, server, solo,
+        },
     };
 
     fn store(url: &str) -> AnyStore {
@@ -235,7 +237,7 @@ mod on_redis {
         let issued = Arc::new(Issued::default());
         let replicas = fleet(&shared, &url, 8, &issued, |b| b);
         let (alone, solo) = solo(LIFETIME).await;
-        let key = LoginKey::from_credentials(&shared.credentials());
+        let key = login_key(&shared);
 
         let started = Instant::now();
         let until = started + RUN;
@@ -352,7 +354,7 @@ mod on_redis {
         let issued = Arc::new(Issued::default());
         let replicas = fleet(&shared, &url, 8, &issued, |b| b);
         let (alone, solo) = solo(LIFETIME).await;
-        let key = LoginKey::from_credentials(&shared.credentials());
+        let key = login_key(&shared);
 
         let started = Instant::now();
         let until = started + Duration::from_secs(16);
@@ -684,7 +686,7 @@ mod on_redis {
             (make(), make())
         };
         let api = shared.api_url("v1/items");
-        let key = LoginKey::from_credentials(&shared.credentials());
+        let key = login_key(&shared);
         assert_eq!(a.get(&api).await, Ok(StatusCode::OK));
         assert_eq!(b.get(&api).await, Ok(StatusCode::OK));
         assert_eq!(shared.counters().grant_requests, 1, "one login, adopted");

@@ -1,7 +1,8 @@
 //! A fleet whose token store goes away and comes back, under paused time: the
 //! replicas go on alone with grants of their own (never the shared refresh
 //! token), count the store's failures, and share one record again once it
-//! answers.
+//! answers. A store whose calls never answer is down once the store timeout
+//! has passed.
 
 use std::{
     collections::HashSet,
@@ -14,14 +15,18 @@ use std::{
 
 use daxium_auth::{AuthLayer, MemoryStore, StoreError};
 use http::StatusCode;
+use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
 mod support;
 
 use support::{
     scripted::{Api, Endpoint, api_service, get, layer_with},
-    stores::{Fault, Faulty},
+    stores::{Call, Fault, Faulty, bounded, ok},
 };
+
+/// The store timeout's documented default.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tokio::test(start_paused = true)]
 async fn replicas_go_on_alone_while_the_store_is_down_and_share_again_after() {
@@ -98,4 +103,66 @@ async fn replicas_go_on_alone_while_the_store_is_down_and_share_again_after() {
     );
 
     endpoint.assert_no_refresh_token_sent_twice();
+}
+
+/// A store one kind of whose calls never answers: the layer goes on as with a
+/// dead store once the store timeout has passed, so that a request gets its
+/// token within that timeout (and a grant's time), and so does the request
+/// that needs the next grant, long after. The calls that timed out count as
+/// store errors.
+#[tokio::test(start_paused = true)]
+async fn a_store_call_that_never_answers_is_the_store_down_after_the_store_timeout() {
+    let within = STORE_TIMEOUT + Duration::from_millis(100);
+    for hung in [Call::Lease, Call::Read, Call::Write, Call::Release] {
+        let api = Arc::new(Api::default());
+        let endpoint = Endpoint::new(&api);
+        *endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
+        let store = Faulty::new(MemoryStore::new(), move |call| {
+            if call == hung {
+                Fault::Hang
+            } else {
+                Fault::Pass
+            }
+        });
+        let layer = layer_with(&endpoint, |b| b.store(store));
+        let svc = layer.layer(api_service(&api));
+        for round in 1..=3 {
+            let started = Instant::now();
+            let res = bounded(&svc, within).await;
+            let res = res.unwrap_or_else(|| panic!("{hung:?} hung, round {round}: no answer"));
+            assert!(ok(&res), "{hung:?} hung, round {round}: {res:?}");
+            assert!(started.elapsed() < within);
+            // Past the token's lifetime: the next request needs a grant.
+            tokio::time::sleep(Duration::from_secs(61)).await;
+        }
+        assert!(endpoint.grants() >= 3, "{hung:?} hung: a grant each round");
+        assert!(
+            layer.stats().store_errors >= 3,
+            "{hung:?} hung: {:?}",
+            layer.stats()
+        );
+        endpoint.assert_no_refresh_token_sent_twice();
+    }
+}
+
+/// The store timeout is the layer's setting: a store that never answers holds
+/// the first request for exactly that long, then it gets its token.
+#[tokio::test(start_paused = true)]
+async fn the_store_timeout_bounds_how_long_a_silent_store_holds_a_request() {
+    for (timeout, set) in [(STORE_TIMEOUT, false), (Duration::from_millis(300), true)] {
+        let api = Arc::new(Api::default());
+        let endpoint = Endpoint::new(&api);
+        *endpoint.latency.lock().unwrap() = Duration::ZERO;
+        let store = Faulty::new(MemoryStore::new(), |_| Fault::Hang);
+        let layer = layer_with(&endpoint, |b| {
+            let b = b.store(store);
+            if set { b.store_timeout(timeout) } else { b }
+        });
+        let svc = layer.layer(api_service(&api));
+        let started = Instant::now();
+        let res = bounded(&svc, timeout * 2).await.expect("an answer");
+        assert!(ok(&res), "{res:?}");
+        assert_eq!(started.elapsed(), timeout);
+        assert_eq!(layer.stats().store_errors, 1);
+    }
 }

@@ -313,45 +313,82 @@ impl Ran {
 /// Runs `load` with `args` and `env`, in an environment without any other
 /// `DAXIUM_*` variable or `RUST_LOG`; killed after 60 s.
 fn load(args: &[&str], env: &[(&str, &str)]) -> Ran {
-    let mut command = Command::new(load_binary());
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("DAXIUM_") {
-            command.env_remove(name);
+    Running::start(args, env).finish()
+}
+
+/// A `load` process under way, its output drained as it comes.
+struct Running {
+    args: Vec<String>,
+    child: std::process::Child,
+    started: Instant,
+    stdout: thread::JoinHandle<std::io::Result<String>>,
+    stderr: thread::JoinHandle<std::io::Result<String>>,
+}
+
+impl Running {
+    /// Starts `load` as [`load`] runs it.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(load_binary());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("DAXIUM_") {
+                command.env_remove(name);
+            }
+        }
+        command.env_remove("RUST_LOG");
+        command.envs(env.iter().copied());
+        let started = Instant::now();
+        let mut child = command.spawn().expect("the example starts");
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            thread::spawn(move || {
+                let mut text = String::new();
+                pipe.read_to_string(&mut text).map(|_| text)
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        Self {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child,
+            started,
+            stdout,
+            stderr,
         }
     }
-    command.env_remove("RUST_LOG");
-    command.envs(env.iter().copied());
-    let started = Instant::now();
-    let mut child = command.spawn().expect("the example starts");
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            pipe.read_to_string(&mut text).map(|_| text)
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = started + Duration::from_secs(60);
-    let (status, took) = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break (status, started.elapsed());
+
+    /// Sends the process SIGINT, as Ctrl-C in a terminal does.
+    fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill on the PATH");
+        assert!(status.success(), "kill -INT failed");
+    }
+
+    /// Waits for the exit, at most 60 s from the start, and collects what it
+    /// printed.
+    fn finish(mut self) -> Ran {
+        let deadline = self.started + Duration::from_secs(60);
+        let (status, took) = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break (status, self.started.elapsed());
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("load {:?} still running after 60 s", self.args);
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        Ran {
+            status: status.code(),
+            took,
+            stdout: self.stdout.join().unwrap().unwrap(),
+            stderr: self.stderr.join().unwrap().unwrap(),
         }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("load {args:?} still running after 60 s");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Ran {
-        status: status.code(),
-        took,
-        stdout: stdout.join().unwrap().unwrap(),
-        stderr: stderr.join().unwrap().unwrap(),
     }
 }
 
@@ -934,6 +971,84 @@ fn load_processes_on_one_redis_log_in_once() {
     assert_eq!(counters.password_ok, 1, "{counters:?}");
     assert_eq!(counters.refresh_reuse, 0, "{counters:?}");
     assert_eq!(counters.grant_requests, 1, "{counters:?}");
+}
+
+/// Ctrl-C stops the load, prints the summary of what ran, and closes the
+/// replicas: the pair is in Redis, the lease is free, and the next run adopts
+/// the pair without a login.
+#[test]
+fn an_interrupted_run_closes_its_replicas_and_the_next_run_adopts_the_pair() {
+    use daxium_auth::store::{Lease, LeaseOwner, LoginKey, RedisStore, TokenStore};
+
+    let shared = Shared::start();
+    let redis = redis_server::RedisServer::start();
+    let url = redis.url();
+    let mut args = shared.args();
+    args.extend(
+        [
+            "--json",
+            "--store",
+            &url,
+            "--replicas",
+            "2",
+            "--concurrency",
+            "4",
+            "--duration",
+            "50",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = shared.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let running = Running::start(&args, &env);
+    // Interrupted once the load is under way.
+    let under_way = (0..1_000).any(|_| {
+        thread::sleep(Duration::from_millis(20));
+        shared.server.counters().api_ok > 100
+    });
+    assert!(under_way, "the load did not start");
+    running.interrupt();
+    let ran = running.finish();
+    assert!(ran.took < Duration::from_secs(30), "{ran:#?}");
+    assert_eq!(ran.status, Some(1), "an interrupted run fails: {ran:#?}");
+    let json = ran.json();
+    assert_eq!(json["aborted"], "interrupted (Ctrl-C)", "{json}");
+    assert_eq!(json["ok"], json["requests"], "{json}");
+    assert_eq!(json["grants"]["password"], 1, "{json}");
+    assert!(ran.stderr.contains("interrupted"), "{ran:#?}");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = shared.server.token_url().parse().unwrap();
+    let key = LoginKey::from_credentials(&shared.server.credentials()).with_endpoint(&endpoint);
+    runtime.block_on(async {
+        let store = RedisStore::new(&url).unwrap();
+        assert!(store.read(&key).await.unwrap().is_some(), "the pair");
+        let other = LeaseOwner::random();
+        let lease = store.acquire_lease(&key, &other, Duration::from_secs(1));
+        assert_eq!(lease.await.unwrap(), Lease::Acquired, "the lease is free");
+        assert!(store.release_lease(&key, &other).await.unwrap());
+    });
+
+    let next = fleet_of_processes(
+        &shared,
+        1,
+        &[
+            "--json",
+            "--store",
+            &url,
+            "--requests",
+            "50",
+            "--concurrency",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(logins(&next), 0, "{}", next[0]);
+    assert_eq!(shared.server.counters().password_ok, 1);
 }
 
 #[test]

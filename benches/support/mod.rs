@@ -33,6 +33,9 @@ pub(crate) mod redis;
 
 pub(crate) const URI: &str = "http://127.0.0.1:8080/api/v1/items";
 pub(crate) const ORIGIN: &str = "http://127.0.0.1:8080";
+
+/// Where the fetcher's grants stand for: a store files the login under it.
+const TOKEN_URL: &str = "http://127.0.0.1:8080/oauth/v2/token";
 /// The length and alphabet of a Daxium access token.
 pub(crate) const TOKEN: &str =
     "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
@@ -273,6 +276,7 @@ pub(crate) fn auth_layer_with(
                 Duration::from_secs(3600),
             ))
         }))
+        .token_url(TOKEN_URL)
         .api_origin(ORIGIN);
     let layer = configure(builder).build().expect("valid layer");
     rt.block_on(layer.cache().access_token()).expect("a token");
@@ -292,7 +296,8 @@ pub(crate) fn auth_layer_redis(rt: &tokio::runtime::Runtime, replay: bool, url: 
     };
     let store = RedisStore::new(url).expect("a Redis URL");
     let layer = auth_layer_with(rt, |builder| builder.replay(replay).store(store.clone()));
-    let key = LoginKey::new("client-id", "user");
+    let endpoint = TOKEN_URL.parse().expect("a valid URL");
+    let key = LoginKey::new("client-id", "user").with_endpoint(&endpoint);
     let probe = LeaseOwner::random();
     let settled = rt.block_on(async {
         for _ in 0..2_000 {

@@ -38,8 +38,11 @@ replica); the summary counts the grants of the whole fleet.
 RUST_LOG (e.g. RUST_LOG=daxium_auth=debug) shows the layer's spans and events on
 stderr, above the progress bar.
 
+Ctrl-C stops the load, closes the replicas (with a store: the last pair written, the
+lease released) and prints the summary of what ran.
+
 Secrets are never printed. Exit status: 0 when every request got a 2xx, 1 when the run
-could not start or some request failed, 2 for a bad command line.";
+could not start, was interrupted or some request failed, 2 for a bad command line.";
 
 /// The command line of `load`.
 #[derive(Debug, Parser)]

@@ -276,7 +276,7 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
     let sharing = open_store(&config)?;
     let (server, token_url, api_url, credentials) = prepare(&config).await?;
     if let Some(sharing) = &sharing {
-        check_store(&config, sharing, &credentials).await?;
+        check_store(&config, sharing, &token_url, &credentials).await?;
     }
 
     let api_uri: Uri = api_url
@@ -301,6 +301,33 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         replicas.push(Replica { layer, api });
     }
 
+    let scheme = sharing.as_ref().map(|s| s.scheme);
+    let outcome = load(
+        &config,
+        &replicas,
+        server.as_ref(),
+        scheme,
+        api_url,
+        &api_uri,
+    )
+    .await;
+    // A clean close, however the run ended: each replica's last pair is in
+    // the store and its lease released before the process exits, so that
+    // the next run adopts the pair at once.
+    join_all(replicas.iter().map(|r| r.layer.close())).await;
+    outcome
+}
+
+/// The login, the first requests and the load of a run whose replicas are
+/// built; stops early on Ctrl-C.
+async fn load(
+    config: &Config,
+    replicas: &[Replica],
+    server: Option<&MockServer>,
+    store: Option<&'static str>,
+    api_url: String,
+    api_uri: &Uri,
+) -> Result<Summary, Fatal> {
     // The login of every replica at once, bounded: a refused password or a
     // dead endpoint is an error here, before any load. With a store, one of
     // them logs in and the others adopt its token.
@@ -314,9 +341,7 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
             Err(_) => return Err(Fatal::LoginTimeout),
         }
     }
-    let firsts = replicas
-        .iter()
-        .map(|r| one_request(r.api.clone(), &api_uri));
+    let firsts = replicas.iter().map(|r| one_request(r.api.clone(), api_uri));
     for first in join_all(firsts).await {
         match first {
             Ok(status) if status.is_success() => {}
@@ -366,11 +391,25 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
     let mut aborted = None;
     let (mut last_ok, mut last_ok_at) = (0, Instant::now());
     // The login has no previous token to race with: quiet from the start.
-    let (mut last_grants, mut last_grant_at) = (fleet_stats(&replicas).grants(), started - SETTLED);
+    let (mut last_grants, mut last_grant_at) = (fleet_stats(replicas).grants(), started - SETTLED);
     let mut halfway_at = None;
     let mut last_draw = started - DRAW;
+    // Without a signal handler (none can be installed), no interruption.
+    let interrupted = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(interrupted);
     loop {
         tokio::select! {
+            () = &mut interrupted, if aborted.is_none() => {
+                // The workers finish the requests in flight, and the replicas
+                // are closed before the summary.
+                aborted = Some("interrupted (Ctrl-C)".to_owned());
+                live.stop.store(true, Relaxed);
+                bar.println("interrupted: finishing the requests in flight");
+            }
             joined = workers.join_next() => match joined {
                 Some(done) => {
                     let (replica, seen) = done.expect("a load worker panicked");
@@ -384,10 +423,10 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
                 let completed = live.completed.load(Relaxed);
                 let ok = live.ok.load(Relaxed);
                 let elapsed = now - started;
-                let stats = fleet_stats(&replicas);
+                let stats = fleet_stats(replicas);
                 if now - last_draw >= DRAW {
                     last_draw = now;
-                    update_bar(&bar, &config, elapsed, completed, ok, &stats);
+                    update_bar(&bar, config, elapsed, completed, ok, &stats);
                 }
                 let grants = stats.grants();
                 if grants != last_grants {
@@ -460,8 +499,8 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         ok,
         status: tally.status,
         errors: tally.errors,
-        stats: fleet_stats(&replicas),
-        store: sharing.map(|s| s.scheme),
+        stats: fleet_stats(replicas),
+        store,
         replicas: per_replica,
         latency: live
             .latency
@@ -535,10 +574,17 @@ fn open_store(config: &Config) -> Result<Option<Sharing>, Fatal> {
 async fn check_store(
     config: &Config,
     sharing: &Sharing,
+    token_url: &str,
     credentials: &Credentials,
 ) -> Result<(), Fatal> {
     let url = config.store.as_ref().map_or("", |url| url.expose_secret());
+    // The replicas' key; a token URL that does not parse fails their build
+    // next, with its own message.
     let key = LoginKey::from_credentials(credentials);
+    let key = match token_url.parse() {
+        Ok(endpoint) => key.with_endpoint(&endpoint),
+        Err(_) => key,
+    };
     let warning = match tokio::time::timeout(STORE_CHECK, sharing.store.read(&key)).await {
         Ok(Ok(_)) => return Ok(()),
         Ok(Err(err)) if err.is_auth_failed() => {

@@ -4,7 +4,7 @@
 //! driver (`driver`) runs it: the lock-free publication readers load, the
 //! grant task, the timer and the waiters.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, future::Future, sync::Arc};
 
 mod core;
 mod driver;
@@ -22,7 +22,8 @@ use crate::{
 
 /// A handle on a token cache. Clones share the cache; when the last handle
 /// goes, its background work (a grant in flight, the timer) stops and every
-/// waiter learns that the cache was shut down.
+/// waiter learns that the cache was shut down. [`close`](Self::close) does
+/// the same at once, and finishes with the token store first.
 #[derive(Clone)]
 pub struct TokenCache {
     handle: Arc<Handle>,
@@ -60,7 +61,7 @@ impl TokenCache {
         fetcher: Arc<dyn DynFetcher>,
         credentials: Credentials,
         config: CacheConfig,
-        store: Option<AnyStore>,
+        store: Option<(AnyStore, http::Uri)>,
     ) -> Self {
         let shared = Arc::new(Shared::new(fetcher, credentials, config, store));
         Self {
@@ -157,6 +158,34 @@ impl TokenCache {
     #[doc(hidden)]
     pub fn refresh_now(&self) {
         self.handle.shared.run(core::Event::Refresh);
+    }
+
+    /// Closes the cache, for a process about to stop, and returns once it has
+    /// finished with the token store.
+    ///
+    /// From the moment it is called, every request of every service sharing
+    /// the cache, and every caller waiting for a token, gets a
+    /// [closed](TokenError::is_closed) error; a grant in flight is stopped and
+    /// the timer ends, as when the last handle is dropped. With a
+    /// [store](crate::AuthLayerBuilder::store), it then lets the store calls
+    /// that change the record or the lease run to their end (the new pair's
+    /// write above all), and releases the lease if this cache holds it, after
+    /// them: the next replica adopts the pair instead of logging in, and takes
+    /// the lease at once instead of after its time to live. Each of those
+    /// calls is bounded by the [store
+    /// timeout](crate::AuthLayerBuilder::store_timeout), so the close takes
+    /// about twice that at most; without a store, it returns at once.
+    ///
+    /// Closing again does nothing. Dropping the last handle without closing
+    /// stays safe: nothing is left that a replica would use wrongly, but the
+    /// runtime may stop before the pair's write (the next replica logs in)
+    /// and the lease is then held until its time to live.
+    ///
+    /// The future owns what it needs: it can be spawned, or raced against a
+    /// deadline.
+    pub fn close(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shared = Arc::clone(&self.handle.shared);
+        async move { shared.close_cleanly().await }
     }
 
     /// A snapshot of the counters.

@@ -222,6 +222,11 @@ impl<S: HttpService> TokenFetcher for HttpFetcher<S> {
     fn fetch(&self, grant: GrantRequest) -> impl Future<Output = FetchResult> + Send {
         self.start(grant)
     }
+
+    /// The token URL that every grant is posted to.
+    fn endpoint(&self) -> Option<&Uri> {
+        Some(&self.token_uri)
+    }
 }
 
 impl<S: HttpService> Service<GrantRequest> for HttpFetcher<S> {

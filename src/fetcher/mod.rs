@@ -6,6 +6,7 @@
 
 use std::{fmt, future::Future, pin::Pin};
 
+use ::http::Uri;
 use tower::{Service, ServiceExt};
 
 use crate::{
@@ -45,12 +46,28 @@ pub use crate::grant::{GrantRequest, GrantType};
 /// (see [`TokenError::connect`], [`TokenError::transport`],
 /// [`TokenError::rejected`]): the cache keeps a refresh token only when the
 /// request carrying it was never sent.
+///
+/// A fetcher that knows where its grants go says so with
+/// [`endpoint`](Self::endpoint), as [`HttpFetcher`] does: a layer with a
+/// [token store](crate::store) files its login under that endpoint. One that
+/// does not (the default) leaves it to
+/// [`AuthLayerBuilder::token_url`](crate::AuthLayerBuilder::token_url), which
+/// a layer with a store then requires.
 pub trait TokenFetcher: Send + Sync + 'static {
     /// Makes one grant.
     fn fetch(
         &self,
         grant: GrantRequest,
     ) -> impl Future<Output = Result<TokenPair, TokenError>> + Send;
+
+    /// The token endpoint that grants go to, if the fetcher knows it; `None`
+    /// by default. A token store keeps the tokens of each endpoint apart
+    /// ([`LoginKey::with_endpoint`](crate::store::LoginKey::with_endpoint)),
+    /// so a fetcher that names an endpoint must name the one its grants
+    /// reach.
+    fn endpoint(&self) -> Option<&Uri> {
+        None
+    }
 }
 
 /// A boxed grant future.
@@ -60,11 +77,16 @@ pub(crate) type FetchFuture<'a> =
 /// The object-safe face of [`TokenFetcher`], so the cache is not generic.
 pub(crate) trait DynFetcher: Send + Sync + 'static {
     fn fetch_boxed(&self, grant: GrantRequest) -> FetchFuture<'_>;
+    fn endpoint_dyn(&self) -> Option<&Uri>;
 }
 
 impl<F: TokenFetcher> DynFetcher for F {
     fn fetch_boxed(&self, grant: GrantRequest) -> FetchFuture<'_> {
         Box::pin(self.fetch(grant))
+    }
+
+    fn endpoint_dyn(&self) -> Option<&Uri> {
+        self.endpoint()
     }
 }
 

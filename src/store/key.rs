@@ -1,6 +1,6 @@
-//! The names a store files things under: [`LoginKey`], one per login (client id
-//! and username), and [`LeaseOwner`], the random name of one lease taker. Both
-//! are safe to log: neither is derived from a secret.
+//! The names a store files things under: [`LoginKey`], one per login (token
+//! endpoint, client id and username), and [`LeaseOwner`], the random name of
+//! one lease taker. Both are safe to log: neither is derived from a secret.
 
 use std::{
     fmt,
@@ -9,30 +9,42 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use http::Uri;
 use sha2::{Digest, Sha256};
 
 use crate::credentials::Credentials;
 
-/// The key of one login in a token store: a client id and a username.
+/// The key of one login in a token store: the token endpoint, a client id and
+/// a username.
+///
+/// The same client id and username at two token endpoints (staging and
+/// production, say) are two logins: their tokens are worth nothing at the
+/// other endpoint, and a refresh token sent there is a secret handed to
+/// another server. The layer always files its login under its endpoint
+/// ([`with_endpoint`](Self::with_endpoint)), so that two layers for two
+/// endpoints can share one store and never adopt each other's tokens. A key
+/// made by [`new`](Self::new) alone names no endpoint, and is a login of its
+/// own, never equal to one that names an endpoint.
 ///
 /// Stores file a record under [`id`](Self::id), a digest that names the login
 /// without spelling it out, so that Redis key names and file names do not show
 /// the username:
 ///
 /// ```text
-/// id = lowercase hex of SHA-256( "daxium-auth login v1\n"
-///                                || u64 big-endian length of client_id
-///                                || client_id || username )
+/// id = lowercase hex of SHA-256( "daxium-auth login v2\n"
+///                                || u64 big-endian length of endpoint || endpoint
+///                                || u64 big-endian length of client_id || client_id
+///                                || username )
 /// ```
 ///
-/// The length prefix keeps `("ab", "c")` and `("a", "bc")` apart. The digest
-/// hides nothing from someone who can guess the username (it is not a
-/// secret), and no secret goes into it: the client secret and the password
-/// change without changing the key, and the tokens of the account are shared
-/// across such changes. One store (one Redis key prefix, one directory) serves
-/// one token endpoint: point the logins of another environment elsewhere.
+/// where `endpoint` is the endpoint as [`endpoint`](Self::endpoint) spells it,
+/// empty for a key without one. The length prefixes keep `("ab", "c")` and
+/// `("a", "bc")` apart. The digest hides nothing from someone who can guess
+/// the username (it is not a secret), and no secret goes into it: the client
+/// secret and the password change without changing the key, and the tokens of
+/// the account are shared across such changes.
 ///
-/// `Debug` shows the client id and the digest, not the username.
+/// `Debug` shows the endpoint, the client id and the digest, not the username.
 ///
 /// ```
 /// use daxium_auth::store::LoginKey;
@@ -41,6 +53,13 @@ use crate::credentials::Credentials;
 /// assert_eq!(key.id().len(), 64);
 /// assert_ne!(key, LoginKey::new("my-client", "you@example.com"));
 /// assert!(!format!("{key:?}").contains("me@example.com"));
+///
+/// let production = "https://API.daxium-air.com/oauth/v2/token".parse()?;
+/// let staging = "https://staging.daxium-air.com/oauth/v2/token".parse()?;
+/// let key = LoginKey::new("my-client", "me@example.com").with_endpoint(&production);
+/// assert_eq!(key.endpoint(), Some("https://api.daxium-air.com:443/oauth/v2/token"));
+/// assert_ne!(key, LoginKey::new("my-client", "me@example.com").with_endpoint(&staging));
+/// # Ok::<_, http::uri::InvalidUri>(())
 /// ```
 #[derive(Clone)]
 pub struct LoginKey {
@@ -48,24 +67,55 @@ pub struct LoginKey {
 }
 
 struct KeyInner {
+    /// The normalised endpoint; empty when the key names none.
+    endpoint: String,
     client_id: String,
     username: String,
     id: String,
 }
 
 impl LoginKey {
-    /// The key of the login of `username` through OAuth client `client_id`.
+    /// The key of the login of `username` through OAuth client `client_id`,
+    /// at no endpoint in particular; see [`with_endpoint`](Self::with_endpoint).
     pub fn new(client_id: impl Into<String>, username: impl Into<String>) -> Self {
-        let client_id = client_id.into();
-        let username = username.into();
+        Self::made(String::new(), client_id.into(), username.into())
+    }
+
+    /// The key of the login that `credentials` make, at no endpoint in
+    /// particular; see [`with_endpoint`](Self::with_endpoint).
+    pub fn from_credentials(credentials: &Credentials) -> Self {
+        Self::new(credentials.client_id(), credentials.username())
+    }
+
+    /// The same login at the token endpoint `endpoint`: another key, with
+    /// another [`id`](Self::id).
+    ///
+    /// The endpoint is kept normalised, so that two spellings of one URL make
+    /// one key: scheme and host in lower case, the port spelled out (443 for
+    /// `https`, 80 for `http` when the URL leaves it out), the path as given
+    /// (`/` when empty), without user info or query. Paths are compared as
+    /// written: `/oauth/v2/token` and `/oauth/v2/token/` are two endpoints.
+    #[must_use]
+    pub fn with_endpoint(self, endpoint: &Uri) -> Self {
+        let (client_id, username) = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => (inner.client_id, inner.username),
+            Err(shared) => (shared.client_id.clone(), shared.username.clone()),
+        };
+        Self::made(normalised(endpoint), client_id, username)
+    }
+
+    fn made(endpoint: String, client_id: String, username: String) -> Self {
         let mut digest = Sha256::new();
-        digest.update(b"daxium-auth login v1\n");
+        digest.update(DOMAIN);
+        digest.update((endpoint.len() as u64).to_be_bytes());
+        digest.update(endpoint.as_bytes());
         digest.update((client_id.len() as u64).to_be_bytes());
         digest.update(client_id.as_bytes());
         digest.update(username.as_bytes());
         let id = hex(&digest.finalize());
         Self {
             inner: Arc::new(KeyInner {
+                endpoint,
                 client_id,
                 username,
                 id,
@@ -73,9 +123,10 @@ impl LoginKey {
         }
     }
 
-    /// The key of the login that `credentials` make.
-    pub fn from_credentials(credentials: &Credentials) -> Self {
-        Self::new(credentials.client_id(), credentials.username())
+    /// The token endpoint, normalised as [`with_endpoint`](Self::with_endpoint)
+    /// says; `None` for a key that names none.
+    pub fn endpoint(&self) -> Option<&str> {
+        Some(self.inner.endpoint.as_str()).filter(|e| !e.is_empty())
     }
 
     /// The OAuth client id.
@@ -96,7 +147,9 @@ impl LoginKey {
 
 impl PartialEq for LoginKey {
     fn eq(&self, other: &Self) -> bool {
-        self.inner.client_id == other.inner.client_id && self.inner.username == other.inner.username
+        self.inner.endpoint == other.inner.endpoint
+            && self.inner.client_id == other.inner.client_id
+            && self.inner.username == other.inner.username
     }
 }
 
@@ -111,9 +164,33 @@ impl Hash for LoginKey {
 impl fmt::Debug for LoginKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoginKey")
+            .field("endpoint", &self.endpoint())
             .field("client_id", &self.inner.client_id)
             .field("id", &self.inner.id)
             .finish_non_exhaustive()
+    }
+}
+
+/// The start of every digest: a key of another scheme never collides with one
+/// of this (v1 named no endpoint).
+const DOMAIN: &[u8] = b"daxium-auth login v2\n";
+
+/// `scheme://host:port/path`: the endpoint as a key names it.
+fn normalised(endpoint: &Uri) -> String {
+    let scheme = endpoint.scheme_str().unwrap_or("").to_ascii_lowercase();
+    let host = endpoint.host().unwrap_or("").to_ascii_lowercase();
+    let port = endpoint.port_u16().or(match scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
+        _ => None,
+    });
+    let path = match endpoint.path() {
+        "" => "/",
+        path => path,
+    };
+    match port {
+        Some(port) => format!("{scheme}://{host}:{port}{path}"),
+        None => format!("{scheme}://{host}{path}"),
     }
 }
 
@@ -180,11 +257,26 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn uri(text: &str) -> Uri {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn the_id_follows_the_documented_scheme() {
         let key = LoginKey::new("cid", "u@example.com");
         let mut digest = Sha256::new();
-        digest.update(b"daxium-auth login v1\n");
+        digest.update(b"daxium-auth login v2\n");
+        digest.update(0u64.to_be_bytes());
+        digest.update(3u64.to_be_bytes());
+        digest.update(b"cidu@example.com");
+        assert_eq!(key.id(), hex(&digest.finalize()));
+
+        let endpoint = "https://api.example.com:443/oauth/v2/token";
+        let key = key.with_endpoint(&uri(endpoint));
+        let mut digest = Sha256::new();
+        digest.update(b"daxium-auth login v2\n");
+        digest.update((endpoint.len() as u64).to_be_bytes());
+        digest.update(endpoint.as_bytes());
         digest.update(3u64.to_be_bytes());
         digest.update(b"cidu@example.com");
         assert_eq!(key.id(), hex(&digest.finalize()));
@@ -214,10 +306,63 @@ mod tests {
     }
 
     #[test]
+    fn spellings_of_one_endpoint_make_one_key() {
+        let key = |url: &str| LoginKey::new("cid", "user").with_endpoint(&uri(url));
+        let canonical = key("https://api.example.com/oauth/v2/token");
+        for url in [
+            "HTTPS://API.Example.COM/oauth/v2/token",
+            "https://api.example.com:443/oauth/v2/token",
+            "https://api.example.com/oauth/v2/token?client=x",
+        ] {
+            assert_eq!(key(url), canonical, "{url}");
+            assert_eq!(key(url).id(), canonical.id(), "{url}");
+        }
+        assert_eq!(
+            canonical.endpoint(),
+            Some("https://api.example.com:443/oauth/v2/token")
+        );
+        assert_eq!(
+            key("http://127.0.0.1").endpoint(),
+            Some("http://127.0.0.1:80/")
+        );
+        assert_eq!(
+            key("http://[::1]:8080/t").endpoint(),
+            Some("http://[::1]:8080/t")
+        );
+    }
+
+    #[test]
+    fn other_endpoints_make_other_keys() {
+        let key = |url: &str| LoginKey::new("cid", "user").with_endpoint(&uri(url));
+        let canonical = key("https://api.example.com/oauth/v2/token");
+        for url in [
+            "http://api.example.com/oauth/v2/token",
+            "https://staging.example.com/oauth/v2/token",
+            "https://api.example.com:8443/oauth/v2/token",
+            "https://api.example.com/oauth/v2/token/",
+            "https://api.example.com/other/oauth/v2/token",
+        ] {
+            assert_ne!(key(url), canonical, "{url}");
+            assert_ne!(key(url).id(), canonical.id(), "{url}");
+        }
+        let bare = LoginKey::new("cid", "user");
+        assert_eq!(bare.endpoint(), None);
+        assert_ne!(bare, canonical);
+        assert_ne!(bare.id(), canonical.id());
+        // The length prefix keeps the endpoint apart from the client id.
+        assert_ne!(
+            LoginKey::new("/x", "user").with_endpoint(&uri("https://a.example/")),
+            LoginKey::new("x", "user").with_endpoint(&uri("https://a.example//"))
+        );
+    }
+
+    #[test]
     fn debug_hides_the_username() {
-        let key = LoginKey::new("cid", "sentinel-user@example.com");
+        let key = LoginKey::new("cid", "sentinel-user@example.com")
+            .with_endpoint(&uri("https://api.example.com/token"));
         let text = format!("{key:?}");
         assert!(text.contains("cid") && text.contains(key.id()));
+        assert!(text.contains("https://api.example.com:443/token"));
         assert!(!text.contains("sentinel-user"));
     }
 

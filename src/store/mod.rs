@@ -19,6 +19,12 @@
 //! 4. Write the new pair with the version check ([`TokenStore::write`]), then
 //!    release the lease ([`TokenStore::release_lease`]: only if still ours).
 //!
+//! A layer files its login under a [`LoginKey`] that names the token endpoint
+//! as well as the client id and the username: layers for a staging and a
+//! production endpoint with one account may share a store (one map, one
+//! directory, one Redis key prefix) and never take each other's tokens, nor
+//! send a refresh token to the endpoint that did not issue it.
+//!
 //! ```
 //! use std::time::{Duration, SystemTime};
 //!
@@ -170,7 +176,10 @@ impl Lease {
 /// A store of token records, shared by the replicas that log in as one account.
 ///
 /// Every method is one short round trip that a store bounds with a timeout of
-/// its own, so that a dead store never holds a caller for long. Records are
+/// its own, so that a dead store never holds a caller for long; the layer
+/// bounds each call too
+/// ([`store_timeout`](crate::AuthLayerBuilder::store_timeout)), and takes a
+/// call that outlasts it for the store being down. Records are
 /// filed per [`LoginKey`]: a record written for one login is never returned for
 /// another. Versions start at 1 and grow by one per write.
 ///

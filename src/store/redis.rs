@@ -171,8 +171,8 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The prefix of every key and channel (default `daxium-auth:`): stores
-    /// of different token endpoints sharing one Redis need different ones.
+    /// The prefix of every key and channel (default `daxium-auth:`). Logins
+    /// of different token endpoints are kept apart by their keys already.
     #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();

@@ -22,7 +22,9 @@ use std::{
 use bytes::Bytes;
 use daxium_auth::{
     AuthLayer, AuthLayerBuilder, AuthService, GrantRequest, GrantType, HttpFetcher, ReplayBody,
-    TokenFetcher, fetcher, mock::MockServer, store::AnyStore,
+    TokenFetcher, fetcher,
+    mock::MockServer,
+    store::{AnyStore, LoginKey},
 };
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -47,6 +49,12 @@ pub(crate) async fn server(lifetime: Duration) -> MockServer {
         .start()
         .await
         .expect("bind 127.0.0.1")
+}
+
+/// The key that the replicas of `server` file its login under.
+pub(crate) fn login_key(server: &MockServer) -> LoginKey {
+    let endpoint = server.token_url().parse().expect("a valid URL");
+    LoginKey::from_credentials(&server.credentials()).with_endpoint(&endpoint)
 }
 
 /// Every token pair the replicas' fetchers received: what the server issued.
@@ -171,8 +179,11 @@ pub(crate) fn replica(
             }
         })
     };
+    // The token URL names the endpoint that the fetcher's grants go to: the
+    // store files the login under it.
     let mut builder = AuthLayer::builder()
         .fetcher(fetcher)
+        .token_url(server.token_url())
         .credentials(server.credentials())
         .api_origin(server.base_url());
     if let Some(store) = store {

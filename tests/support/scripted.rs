@@ -28,6 +28,10 @@ use tower::{Layer, ServiceExt};
 
 pub(crate) const API: &str = "http://127.0.0.1:9/api/items";
 
+/// Where the scripted endpoint stands, for the layers that share a store: it
+/// names the login's record. No request goes there.
+pub(crate) const TOKEN_URL: &str = "http://127.0.0.1:9/oauth/v2/token";
+
 /// What the endpoint answers next, before its default of a new token pair.
 #[derive(Clone)]
 pub(crate) enum Step {
@@ -256,11 +260,12 @@ pub(crate) fn credentials() -> Credentials {
     Credentials::new("client", "client-secret", "user@example.com", "password")
 }
 
-/// A builder for the API at 127.0.0.1:9 with the test credentials, still
-/// without a fetcher.
+/// A builder for the API at 127.0.0.1:9 with the test credentials and the
+/// scripted endpoint's [`TOKEN_URL`], still without a fetcher.
 pub(crate) fn builder() -> AuthLayerBuilder {
     AuthLayer::builder()
         .credentials(credentials())
+        .token_url(TOKEN_URL)
         .api_origin("http://127.0.0.1:9")
 }
 

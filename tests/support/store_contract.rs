@@ -179,15 +179,29 @@ pub(crate) async fn a_lease_lapses_after_its_ttl(store: &impl TokenStore, ttl: D
     assert!(store.release_lease(&key, &b).await.unwrap());
 }
 
-/// A record written for one login is never read under another's key.
+/// A record written for one login is never read under another's key: another
+/// username, client id or token endpoint.
 pub(crate) async fn another_login_is_never_read(store: &impl TokenStore) {
     let alice = LoginKey::new("contract-client", "alice@example.com");
     let bob = LoginKey::new("contract-client", "bob@example.com");
     let other_client = LoginKey::new("other-client", "alice@example.com");
+    let at = |url: &str| alice.clone().with_endpoint(&url.parse().unwrap());
+    let production = at("https://api.example.com/oauth/v2/token");
+    let staging = at("https://staging.example.com/oauth/v2/token");
 
     assert_eq!(put(store, &alice, None, "alice").await, 1);
     assert!(store.read(&bob).await.unwrap().is_none());
     assert!(store.read(&other_client).await.unwrap().is_none());
+    assert!(store.read(&production).await.unwrap().is_none());
+
+    assert_eq!(put(store, &production, None, "production").await, 1);
+    assert!(store.read(&staging).await.unwrap().is_none());
+    let read = store.read(&production).await.unwrap().expect("the record");
+    assert_eq!(read.login(), &production);
+    assert_eq!(
+        read.record().access_token().expose_secret(),
+        "access-production"
+    );
 
     assert_eq!(put(store, &bob, None, "bob").await, 1);
     let read_alice = store.read(&alice).await.unwrap().expect("alice's record");

@@ -1,6 +1,7 @@
 //! What the token store tests share: a store that puts each call of another
-//! through a hook first (to count calls, fail them as an outage would, or let
-//! a write land and still report a failure, as a timed-out write may), the
+//! through a hook first (to count calls, fail them as an outage would, let a
+//! write land and still report a failure, as a timed-out write may, slow them
+//! down, or never answer, as a store behind a dead connection may), the
 //! scripted login's key, and requests bounded in time.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -13,14 +14,15 @@ use daxium_auth::{
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use super::scripted::{Inner, credentials, get, send};
+use super::scripted::{Inner, TOKEN_URL, credentials, get, send};
 
 pub(crate) type Svc = AuthService<Inner<Full<Bytes>>>;
 pub(crate) type Answered = Result<Response<Full<Bytes>>, daxium_auth::Error<Infallible>>;
 
-/// The store key of the scripted credentials.
+/// The store key of the scripted credentials at the scripted endpoint.
 pub(crate) fn login() -> LoginKey {
-    LoginKey::from_credentials(&credentials())
+    let endpoint = TOKEN_URL.parse().expect("a valid URL");
+    LoginKey::from_credentials(&credentials()).with_endpoint(&endpoint)
 }
 
 pub(crate) fn ok(res: &Answered) -> bool {
@@ -49,6 +51,10 @@ pub(crate) enum Fault {
     Fail(StoreError),
     /// The call reaches the inner store, and its caller is told it failed.
     LandThenFail(StoreError),
+    /// The call reaches the inner store after this long.
+    Delay(Duration),
+    /// The call never answers, and does not reach the inner store.
+    Hang,
 }
 
 type Hook = Arc<dyn Fn(Call) -> Fault + Send + Sync>;
@@ -82,6 +88,11 @@ impl<S> Faulty<S> {
                 call.await?;
                 Err(err)
             }
+            Fault::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                call.await
+            }
+            Fault::Hang => std::future::pending().await,
         }
     }
 }

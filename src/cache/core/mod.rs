@@ -410,7 +410,9 @@ impl<P: Payload> Core<P> {
         self.closed = true;
         if let Flight::Running(run) = &self.flight {
             out.push(Action::Abort { flight: run.id });
-            if run.leased {
+            // A lease still being asked for may be granted after the close:
+            // released too (the store ignores a release of another's lease).
+            if run.leased || run.step == Step::Lease {
                 let flight = run.id;
                 out.push(Action::Store {
                     flight,

@@ -329,6 +329,9 @@ pub(crate) struct CacheConfig {
     /// How long the driver lets a fetcher take over one grant before it
     /// counts the grant failed (after it may have been sent).
     pub(crate) grant_timeout: Duration,
+    /// How long the driver lets one store call take (past a wait for a
+    /// change) before it counts the store down.
+    pub(crate) store_timeout: Duration,
 }
 
 impl Default for CacheConfig {
@@ -343,6 +346,7 @@ impl Default for CacheConfig {
             shared: false,
             lease_ttl: Duration::from_secs(5),
             grant_timeout: Duration::from_secs(60),
+            store_timeout: Duration::from_secs(2),
         }
     }
 }

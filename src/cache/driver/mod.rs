@@ -6,14 +6,15 @@
 
 use std::{
     collections::HashMap,
+    pin::pin,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
+use http::{HeaderValue, Uri};
 use tokio::{
-    sync::{oneshot, watch},
+    sync::{Notify, oneshot, watch},
     task::AbortHandle,
     time::Instant,
 };
@@ -35,7 +36,7 @@ use crate::{
     error::{Kind, TokenError},
     fetcher::{DynFetcher, GrantRequest},
     stats::Counters,
-    store::{AnyStore, LeaseOwner, LoginKey},
+    store::AnyStore,
     token::RefreshToken,
 };
 
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     origin: Instant,
     budget: Duration,
     grant_timeout: Duration,
+    /// Told whenever store tasks join the driver's list.
+    store_spawned: Notify,
     pub(crate) counters: Counters,
 }
 
@@ -92,6 +95,11 @@ struct Driver {
     timer: Option<watch::Sender<Option<Instant>>>,
     /// The token store shared with other replicas, if any.
     fleet: Option<store::Fleet>,
+    /// The store calls running, for a clean close to wait for.
+    store_tasks: Vec<store::StoreTask>,
+    /// Store calls the core asked for whose tasks are not in `store_tasks`
+    /// yet: they are spawned once the lock is released.
+    unspawned: usize,
     actions: Vec<Action<Live>>,
 }
 
@@ -110,15 +118,11 @@ impl Shared {
         fetcher: Arc<dyn DynFetcher>,
         credentials: Credentials,
         mut config: CacheConfig,
-        store: Option<AnyStore>,
+        store: Option<(AnyStore, Uri)>,
     ) -> Self {
         config.shared = store.is_some();
-        let fleet = store.map(|store| store::Fleet {
-            store,
-            key: LoginKey::from_credentials(&credentials),
-            owner: LeaseOwner::random(),
-            lease_ttl: config.lease_ttl,
-        });
+        let fleet = store
+            .map(|(store, endpoint)| store::Fleet::new(store, endpoint, &credentials, &config));
         Self {
             view: ArcSwap::from_pointee(View::Empty),
             budget: config.wait_budget,
@@ -132,9 +136,12 @@ impl Shared {
                 flight: None,
                 timer: None,
                 fleet,
+                store_tasks: Vec::new(),
+                unspawned: 0,
                 actions: Vec::new(),
             }),
             fetcher,
+            store_spawned: Notify::new(),
             origin: Instant::now(),
             counters: Counters::default(),
         }
@@ -236,6 +243,7 @@ impl Shared {
             Action::Store { flight, call } => {
                 if let Some(fleet) = &driver.fleet {
                     after.store.push((flight, call, fleet.clone()));
+                    driver.unspawned += 1;
                 }
             }
             Action::Arm(at) => {
@@ -274,11 +282,22 @@ impl Shared {
                 drop(runtime.spawn(tasks::timer(Arc::downgrade(self), deadline, lost)));
             }
         }
+        let (calls, mut store_tasks) = (after.store.len(), Vec::new());
         for (flight, call, fleet) in after.store {
             let lost = Lost::new(self, Event::GrantLost { flight });
             if let Some(runtime) = &runtime {
-                drop(runtime.spawn(Arc::clone(self).store_call(flight, call, fleet, lost)));
+                let ends = store::Ends::of(&call);
+                let task = runtime.spawn(Arc::clone(self).store_call(flight, call, fleet, lost));
+                store_tasks.push(store::StoreTask { ends, task });
             }
+        }
+        if calls > 0 {
+            let mut driver = self.lock();
+            driver.store_tasks.retain(|t| !t.task.is_finished());
+            driver.store_tasks.append(&mut store_tasks);
+            driver.unspawned = driver.unspawned.saturating_sub(calls);
+            drop(driver);
+            self.store_spawned.notify_waiters();
         }
         if let Some((flight, request, reason)) = after.grant {
             let lost = Lost::new(self, Event::GrantLost { flight });
@@ -311,7 +330,7 @@ impl Shared {
             let other_login = driver.credentials.client_id() != credentials.client_id()
                 || driver.credentials.username() != credentials.username();
             if let Some(fleet) = driver.fleet.as_mut().filter(|_| other_login) {
-                fleet.key = LoginKey::from_credentials(&credentials);
+                fleet.rekey(&credentials);
             }
             driver.credentials = Arc::new(credentials);
             Some(Event::CredentialsChanged { other_login })
@@ -334,6 +353,52 @@ impl Shared {
             (self.view.load().slot()).is_some_and(|slot| slot.id == id && !slot.accepted);
         if unconfirmed {
             self.run(Event::Accepted { id });
+        }
+    }
+
+    /// Closes the cache as [`close`](Self::close) does, and finishes with the
+    /// store: the calls that change it (a lease asked for, a record being
+    /// written) run to their end, bounded by the store timeout, and the lease
+    /// is released after them, so that the release cannot overtake the write.
+    /// Reads and waits, whose answers no one needs now, are stopped.
+    pub(crate) async fn close_cleanly(self: &Arc<Self>) {
+        let mut after = After::default();
+        let (release, timeout) = {
+            let mut driver = self.lock();
+            self.handle(&mut driver, Event::Close, &mut after);
+            // Ends the timer task.
+            driver.timer = None;
+            let release = (after.store.iter())
+                .find(|(_, call, _)| matches!(call, StoreCall::Release))
+                .map(|(_, _, fleet)| fleet.clone());
+            driver.unspawned = driver.unspawned.saturating_sub(after.store.len());
+            after.store.clear();
+            (release, driver.fleet.as_ref().map(|fleet| fleet.timeout))
+        };
+        self.finish(after);
+        let Some(timeout) = timeout else {
+            return;
+        };
+        // The core is closed and asks for no store call; only the calls of
+        // events handled just before the close may still join the list, from
+        // the threads that handled them, a moment from now.
+        for _ in 0..MAX_ROUNDS {
+            let mut spawned = pin!(self.store_spawned.notified());
+            spawned.as_mut().enable();
+            let (tasks, unspawned) = {
+                let mut driver = self.lock();
+                (std::mem::take(&mut driver.store_tasks), driver.unspawned)
+            };
+            if tasks.is_empty() && unspawned == 0 {
+                break;
+            }
+            store::settle(tasks).await;
+            if unspawned > 0 {
+                let _ = tokio::time::timeout(timeout, spawned).await;
+            }
+        }
+        if let Some(fleet) = release {
+            self.release(fleet).await;
         }
     }
 

@@ -1,19 +1,25 @@
 //! The driver's side of a token store: each store call the core asks for runs
-//! in a task of its own and comes back as an event; records are turned from
-//! the store's wall-clock expiry into the core's monotonic time and back.
+//! in a task of its own, bounded by the store timeout, and comes back as an
+//! event; records are turned from the store's wall-clock expiry into the
+//! core's monotonic time and back.
 
 use std::{
+    future::Future,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use http::HeaderValue;
-use tokio::time::Instant;
+use http::{HeaderValue, Uri};
+use tokio::{task::JoinHandle, time::Instant};
 
 use super::{Live, Shared, tasks::Lost};
 use crate::{
-    cache::core::{Event, FlightId, Record, StoreCall, StoreReply, Time},
-    store::{self, AnyStore, Lease, LeaseOwner, LoginKey, StoredRecord, TokenStore, WriteOutcome},
+    cache::core::{CacheConfig, Event, FlightId, Record, StoreCall, StoreReply, Time},
+    credentials::Credentials,
+    store::{
+        self, AnyStore, Lease, LeaseOwner, LoginKey, StoreError, StoredRecord, TokenStore,
+        WriteOutcome,
+    },
     token::{AccessToken, MAX_LIFETIME},
 };
 
@@ -22,12 +28,93 @@ use crate::{
 #[derive(Clone)]
 pub(crate) struct Fleet {
     pub(crate) store: AnyStore,
+    /// The token endpoint the login is filed under: two endpoints' tokens
+    /// never mix, whatever the store.
+    endpoint: Uri,
     pub(crate) key: LoginKey,
     pub(crate) owner: LeaseOwner,
     pub(crate) lease_ttl: Duration,
+    /// How long one call may take, past its own wait for a change.
+    pub(crate) timeout: Duration,
+}
+
+impl Fleet {
+    pub(crate) fn new(
+        store: AnyStore,
+        endpoint: Uri,
+        credentials: &Credentials,
+        config: &CacheConfig,
+    ) -> Self {
+        Self {
+            key: Self::key_of(&endpoint, credentials),
+            store,
+            endpoint,
+            owner: LeaseOwner::random(),
+            lease_ttl: config.lease_ttl,
+            timeout: config.store_timeout,
+        }
+    }
+
+    /// Files the store's calls under the login of `credentials` from now on.
+    pub(crate) fn rekey(&mut self, credentials: &Credentials) {
+        self.key = Self::key_of(&self.endpoint, credentials);
+    }
+
+    fn key_of(endpoint: &Uri, credentials: &Credentials) -> LoginKey {
+        LoginKey::from_credentials(credentials).with_endpoint(endpoint)
+    }
+}
+
+/// What a clean close does with a store call still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ends {
+    /// Lets it finish: it changes the store (a lease it may be granted, a
+    /// record it writes, a lease it releases).
+    Finish,
+    /// Stops it: it only reads.
+    Stop,
+}
+
+impl Ends {
+    pub(crate) fn of(call: &StoreCall<Live>) -> Self {
+        match call {
+            StoreCall::Lease
+            | StoreCall::Spend { .. }
+            | StoreCall::Write { .. }
+            | StoreCall::Release => Self::Finish,
+            StoreCall::Read | StoreCall::Watch { .. } => Self::Stop,
+        }
+    }
+}
+
+/// A store call running in a task of its own.
+pub(crate) struct StoreTask {
+    pub(crate) ends: Ends,
+    pub(crate) task: JoinHandle<()>,
+}
+
+/// Stops the calls that only read, and waits for the others: each is bounded
+/// by the store timeout.
+pub(crate) async fn settle(tasks: Vec<StoreTask>) {
+    for StoreTask { ends, task } in tasks {
+        match ends {
+            Ends::Stop => task.abort(),
+            // A task that panicked or was lost with its runtime is over too.
+            Ends::Finish => drop(task.await),
+        }
+    }
 }
 
 impl Shared {
+    /// Releases this replica's lease, if it still holds it, within the store
+    /// timeout.
+    pub(super) async fn release(&self, fleet: Fleet) {
+        let released = fleet.store.release_lease(&fleet.key, &fleet.owner);
+        if answer(fleet.timeout, released).await.is_none() {
+            self.counters.store_error();
+        }
+    }
+
     /// Runs one store call of `flight` and feeds its answer to the core.
     pub(super) async fn store_call(
         self: Arc<Self>,
@@ -36,43 +123,48 @@ impl Shared {
         fleet: Fleet,
         mut lost: Lost,
     ) {
+        if let StoreCall::Release = call {
+            // Nothing waits for it; a failure leaves the lease to its time to live.
+            lost.event = None;
+            return self.release(fleet).await;
+        }
         let Fleet {
             store,
             key,
             owner,
             lease_ttl: ttl,
+            timeout,
+            ..
         } = fleet;
-        if let StoreCall::Release = call {
-            // Nothing waits for it; a failure leaves the lease to its time to live.
-            lost.event = None;
-            let _ = store.release_lease(&key, &owner).await;
-            return;
-        }
         let reply = match call {
-            StoreCall::Lease => match store.acquire_lease(&key, &owner, ttl).await {
-                Ok(Lease::Acquired) => StoreReply::Leased,
-                Ok(Lease::Held { remaining }) => StoreReply::Held(remaining),
-                Err(_) => StoreReply::Down,
+            StoreCall::Lease => match answer(timeout, store.acquire_lease(&key, &owner, ttl)).await
+            {
+                Some(Lease::Acquired) => StoreReply::Leased,
+                Some(Lease::Held { remaining }) => StoreReply::Held(remaining),
+                None => StoreReply::Down,
             },
-            StoreCall::Read => match store.read(&key).await {
-                Ok(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
-                Err(_) => StoreReply::Down,
+            StoreCall::Read => match answer(timeout, store.read(&key)).await {
+                Some(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
+                None => StoreReply::Down,
             },
             StoreCall::Watch { since, until } => {
+                // The wait ends by itself at `until`; the timeout bounds the
+                // store's answer after that.
                 let wait = until.saturating_sub(self.time(Instant::now()));
-                match store.wait_for_change(&key, since, wait).await {
-                    Ok(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
-                    Err(_) => StoreReply::Down,
+                let within = wait.saturating_add(timeout);
+                match answer(within, store.wait_for_change(&key, since, wait)).await {
+                    Some(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
+                    None => StoreReply::Down,
                 }
             }
             StoreCall::Spend { record } => {
                 let expected = Some(record.version);
                 let record = self.stored(record).with_refresh_spent();
-                self.write(&store, &key, expected, record).await
+                self.write(&store, &key, expected, record, timeout).await
             }
             StoreCall::Write { expected, record } => {
                 let record = self.stored(record);
-                self.write(&store, &key, expected, record).await
+                self.write(&store, &key, expected, record, timeout).await
             }
             StoreCall::Release => return,
         };
@@ -89,14 +181,16 @@ impl Shared {
         key: &LoginKey,
         expected: Option<u64>,
         record: store::Record,
+        timeout: Duration,
     ) -> StoreReply<Live> {
-        match store.write(key, expected, &record).await {
-            Ok(WriteOutcome::Written { version }) => StoreReply::Written(version),
-            Ok(WriteOutcome::Conflict(conflict)) => match (conflict.version(), conflict.record()) {
+        match answer(timeout, store.write(key, expected, &record)).await {
+            Some(WriteOutcome::Written { version }) => StoreReply::Written(version),
+            Some(WriteOutcome::Conflict(conflict)) => match (conflict.version(), conflict.record())
+            {
                 (Some(version), None) => StoreReply::Unreadable(version),
                 _ => StoreReply::Conflict(conflict.into_record().map(|r| self.adopted(r))),
             },
-            Err(_) => StoreReply::Down,
+            None => StoreReply::Down,
         }
     }
 
@@ -128,5 +222,30 @@ impl Shared {
 
     fn now(&self) -> Time {
         self.time(Instant::now())
+    }
+}
+
+/// What a store call answered within `timeout`; `None` when it failed or did
+/// not answer in time. A store of the crate bounds its calls itself, but any
+/// store may hang (a custom one, a connection that never answers): without
+/// this bound, its call would hold the flight, and no grant would start again.
+async fn answer<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Option<T> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(err)) => {
+            tracing::debug!(target: "daxium_auth", error = %err, "token store call failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(
+                target: "daxium_auth",
+                timeout_ms = timeout.as_millis() as u64,
+                "token store call did not answer within the store timeout"
+            );
+            None
+        }
     }
 }

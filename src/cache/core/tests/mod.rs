@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{Answer, CacheConfig, FlightId, Grant, Phase, Reason, View, WaiterId};
 
 mod checks;
+mod close;
 mod explore;
 mod fleet;
 mod harness;
