@@ -802,6 +802,92 @@ async fn check_authorization_reads_header_values() {
     assert_eq!(server.counters().api_requests, 4);
 }
 
+// === What real servers do ===
+
+#[tokio::test]
+async fn revoke_presented_revokes_a_valid_token_on_the_spot_and_for_good() {
+    let server = MockServer::builder()
+        .revoke_presented(1.0)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (access, refresh) = password_grant(&server, &client).await;
+
+    // Answered exactly as a revoked token is.
+    let reply = api_get(&server, &client, Some(&access)).await;
+    assert_eq!(
+        reply.header(header::WWW_AUTHENTICATE),
+        Some(r#"Bearer realm="daxium", error="invalid_token""#)
+    );
+    assert_invalid_token(&reply, codes::REVOKED_TOKEN);
+    assert_eq!(server.check_access_token(&access), Err(ApiDenial::Revoked));
+    // Tokens that are not valid are refused as they always were.
+    assert_invalid_token(
+        &api_get(&server, &client, Some("made-up")).await,
+        codes::INVALID_TOKEN,
+    );
+    // The refresh token is untouched.
+    tokens(&refresh_grant(&server, &client, &refresh).await);
+
+    let c = server.counters();
+    assert_eq!((c.api_revoked_in_use, c.api_revoked), (1, 2), "{c:?}");
+    assert_eq!((c.api_requests, c.api_unknown, c.api_ok), (3, 1, 0));
+}
+
+/// Which of `n` requests, each with a token not yet revoked, met a
+/// revocation at `rate` on a server seeded with `seed`; and its counters.
+async fn revocations(seed: u64, rate: f64, n: usize) -> (Vec<bool>, MockCounters) {
+    let server = MockServer::builder()
+        .revoke_presented(rate)
+        .seed(seed)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (mut access, _) = password_grant(&server, &client).await;
+    let mut revoked = Vec::with_capacity(n);
+    for _ in 0..n {
+        let reply = api_get(&server, &client, Some(&access)).await;
+        revoked.push(reply.status == StatusCode::UNAUTHORIZED);
+        if reply.status == StatusCode::UNAUTHORIZED {
+            assert_invalid_token(&reply, codes::REVOKED_TOKEN);
+            (access, _) = password_grant(&server, &client).await;
+        }
+    }
+    (revoked, server.counters())
+}
+
+#[tokio::test]
+async fn revocations_at_a_rate_come_at_that_rate_and_a_seed_replays_them() {
+    let (first, counters) = revocations(7, 0.25, 200).await;
+    let hits = first.iter().filter(|&&r| r).count() as u64;
+    // 50 expected; five standard deviations (about 31) either side.
+    assert!((19..=81).contains(&hits), "{hits} of 200");
+    assert_eq!(counters.api_revoked_in_use, hits);
+    assert_eq!(counters.api_revoked, hits);
+    assert_eq!(counters.api_ok, 200 - hits);
+    assert_eq!(counters.password_ok, hits + 1);
+
+    let (again, _) = revocations(7, 0.25, 200).await;
+    assert_eq!(again, first, "the same seed, the same revocations");
+    let (other, _) = revocations(8, 0.25, 200).await;
+    assert_ne!(other, first, "another seed, other revocations");
+}
+
+#[test]
+fn a_rate_that_is_not_a_probability_is_refused_by_the_builder() {
+    for rate in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+        let panic = std::panic::catch_unwind(|| MockServer::builder().revoke_presented(rate))
+            .expect_err("refused");
+        let message = panic.downcast_ref::<String>().expect("a formatted message");
+        assert!(
+            message.contains("revoke_presented") && message.contains("not a probability"),
+            "{message}"
+        );
+    }
+}
+
 // === Controls ===
 
 #[tokio::test]

@@ -24,7 +24,10 @@ use super::books::ApiDenial;
 /// Every protected resource check counts once in `api_requests` and once in
 /// exactly one of `api_ok`, `api_no_token`, `api_unknown`, `api_expired`,
 /// `api_revoked`, `api_injected` and `api_too_large`. A request whose body
-/// never fully arrived is dropped without an outcome.
+/// never fully arrived is dropped without an outcome. `api_revoked_in_use`
+/// counts the revocations (already in `api_revoked`) of valid tokens that
+/// [`revoke_presented`](super::MockServerBuilder::revoke_presented) made on
+/// the spot.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MockCounters {
@@ -62,6 +65,10 @@ pub struct MockCounters {
     pub api_expired: u64,
     /// Protected resource requests with a revoked token.
     pub api_revoked: u64,
+    /// Protected resource requests whose valid token was revoked on the spot
+    /// by [`revoke_presented`](super::MockServerBuilder::revoke_presented)
+    /// (each one is also in `api_revoked`).
+    pub api_revoked_in_use: u64,
     /// Protected resource requests answered from the
     /// [`fail_next_api`](super::MockServer::fail_next_api) queue.
     pub api_injected: u64,
@@ -122,6 +129,8 @@ pub(super) enum GrantOutcome {
 pub(super) enum ApiOutcome {
     /// Its token was checked.
     Checked(Result<(), ApiDenial>),
+    /// Its token was valid, and revoked on the spot.
+    RevokedInUse,
     /// A queued status answered it.
     Injected,
     /// Its body was over the cap.
@@ -150,6 +159,10 @@ impl MockCounters {
             ApiOutcome::Checked(Err(ApiDenial::Unknown)) => &mut self.api_unknown,
             ApiOutcome::Checked(Err(ApiDenial::Expired)) => &mut self.api_expired,
             ApiOutcome::Checked(Err(ApiDenial::Revoked)) => &mut self.api_revoked,
+            ApiOutcome::RevokedInUse => {
+                self.api_revoked_in_use += 1;
+                &mut self.api_revoked
+            }
             ApiOutcome::Injected => &mut self.api_injected,
             ApiOutcome::TooLarge => &mut self.api_too_large,
         } += 1;
@@ -206,5 +219,9 @@ mod tests {
         ];
         assert_eq!(each, [1; 7]);
         assert_eq!(c.api_requests, 7);
+
+        c.count_api(ApiOutcome::RevokedInUse);
+        assert_eq!((c.api_revoked, c.api_revoked_in_use), (2, 1));
+        assert_eq!(c.api_requests, 8);
     }
 }

@@ -54,10 +54,19 @@
 //! expire. A refresh leaves earlier access tokens valid until they expire.
 //! Changing the credentials leaves issued tokens valid: call
 //! [`MockServer::revoke_all`] too to force a new password grant.
+//!
+//! # What real servers do
+//!
+//! Off by default, each set on the builder: revoking tokens in use at a
+//! rate ([`MockServerBuilder::revoke_presented`]). The random decisions
+//! come from one generator that [`MockServerBuilder::seed`] makes
+//! reproducible.
 
+mod api;
 mod books;
 pub mod codes;
 mod counters;
+mod dice;
 mod fault;
 mod grant;
 mod response;
@@ -73,12 +82,12 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
 
+use self::{api::ApiConfig, books::Presented, dice::Dice, grant::Config, state::Shared};
 pub use self::{
     books::ApiDenial,
     counters::{MockCounters, RecordedGrant},
     fault::Fault,
 };
-use self::{books::Presented, grant::Config, state::Shared};
 use crate::Credentials;
 
 // === impl MockServer ===
@@ -201,16 +210,20 @@ impl MockServer {
         } else {
             Presented::Bearer(token)
         };
-        self.shared.lock().check(presented, Instant::now())
+        self.shared
+            .lock()
+            .check(&self.shared.api, presented, Instant::now())
     }
 
     /// Checks an `Authorization` header value (`Bearer <token>`, scheme in any
     /// case) as the protected resource would, and counts the outcome like an
     /// API request. `None`, or another scheme, is [`ApiDenial::NoToken`].
     pub fn check_authorization(&self, authorization: Option<&str>) -> Result<(), ApiDenial> {
-        self.shared
-            .lock()
-            .check(Presented::from_header(authorization), Instant::now())
+        self.shared.lock().check(
+            &self.shared.api,
+            Presented::from_header(authorization),
+            Instant::now(),
+        )
     }
 
     /// Shuts the server down and waits until the listener is closed and every
@@ -254,6 +267,8 @@ impl fmt::Debug for MockServer {
 pub struct MockServerBuilder {
     credentials: Credentials,
     config: Config,
+    api: ApiConfig,
+    seed: Option<u64>,
 }
 
 impl MockServerBuilder {
@@ -271,6 +286,10 @@ impl MockServerBuilder {
                 reuse_protection: false,
                 grant_latency: Duration::ZERO,
             },
+            api: ApiConfig {
+                revoke_presented: 0.0,
+            },
+            seed: None,
         }
     }
 
@@ -321,6 +340,41 @@ impl MockServerBuilder {
         self
     }
 
+    /// The probability that a protected resource request presenting a valid
+    /// access token revokes that token on the spot. Default: 0.0, never.
+    ///
+    /// The request is answered exactly as a revoked token is (401,
+    /// `WWW-Authenticate: Bearer realm="daxium", error="invalid_token"`,
+    /// [`codes::REVOKED_TOKEN`]), and the token stays revoked; its refresh
+    /// token is untouched. Real servers revoke tokens in use when a session
+    /// is ended elsewhere: a password change, an administrator's logout, a
+    /// security event (Keycloak's session revocation, Auth0's and Okta's
+    /// user logouts), at times nobody can predict. Each one counts in
+    /// `api_revoked` and in `api_revoked_in_use`. The draws come from the
+    /// server's one generator: see [`seed`](Self::seed).
+    ///
+    /// # Panics
+    ///
+    /// When `rate` is not within 0.0..=1.0 (NaN included): a test that asks
+    /// for an impossible rate has a bug, which clamping would hide.
+    #[must_use]
+    pub fn revoke_presented(mut self, rate: f64) -> Self {
+        self.api.revoke_presented = probability("revoke_presented", rate);
+        self
+    }
+
+    /// Seeds the generator that decides every random behaviour
+    /// ([`revoke_presented`](Self::revoke_presented), and the others drawn
+    /// with a probability), so that a test that sends its requests one after
+    /// the other sees the same decisions on every run. Default: seeded from
+    /// the operating system, different on each start. The tokens do not come
+    /// from it: they stay unguessable whatever the seed.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// Binds an ephemeral port on 127.0.0.1 and starts serving.
     ///
     /// # Errors
@@ -333,7 +387,8 @@ impl MockServerBuilder {
     pub async fn start(self) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(self.config, self.credentials));
+        let dice = self.seed.map_or_else(Dice::unseeded, Dice::seeded);
+        let shared = Arc::new(Shared::new(self.config, self.api, self.credentials, dice));
         let (shutdown, watcher) = watch::channel(());
         let accept = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), watcher));
         Ok(MockServer {
@@ -349,4 +404,14 @@ impl Default for MockServerBuilder {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `p`, if it is a probability; a panic that names the setter otherwise.
+#[track_caller]
+fn probability(setter: &str, p: f64) -> f64 {
+    assert!(
+        (0.0..=1.0).contains(&p),
+        "MockServerBuilder::{setter}: {p} is not a probability within 0.0..=1.0"
+    );
+    p
 }

@@ -259,7 +259,9 @@ async fn protected_resource(
         let mut state = shared.lock();
         match state.begin_api() {
             Some(status) => Err(Err(status)),
-            None => state.check(presented, Instant::now()).map_err(Ok),
+            None => state
+                .check(&shared.api, presented, Instant::now())
+                .map_err(Ok),
         }
     };
 
