@@ -888,6 +888,44 @@ fn a_rate_that_is_not_a_probability_is_refused_by_the_builder() {
     }
 }
 
+#[tokio::test]
+async fn revoke_on_refresh_revokes_the_access_token_of_the_pair_replaced() {
+    for rotation in [true, false] {
+        let server = MockServer::builder()
+            .revoke_on_refresh(true)
+            .rotation(rotation)
+            .start()
+            .await
+            .expect("start");
+        let client = client();
+        let (access1, refresh1) = password_grant(&server, &client).await;
+        let (other, _) = password_grant(&server, &client).await;
+        assert_eq!(
+            api_get(&server, &client, Some(&access1)).await.status,
+            StatusCode::OK
+        );
+
+        let (access2, refresh2) = tokens(&refresh_grant(&server, &client, &refresh1).await);
+        assert_invalid_token(
+            &api_get(&server, &client, Some(&access1)).await,
+            codes::REVOKED_TOKEN,
+        );
+        for token in [&access2, &other] {
+            assert_eq!(
+                api_get(&server, &client, Some(token)).await.status,
+                StatusCode::OK
+            );
+        }
+        // The chain's next refresh revokes the token of the one before.
+        tokens(&refresh_grant(&server, &client, &refresh2).await);
+        assert_eq!(server.check_access_token(&access2), Err(ApiDenial::Revoked));
+
+        let c = server.counters();
+        assert_eq!(c.refresh_revoked_access, 2, "rotation {rotation}: {c:?}");
+        assert_eq!((c.refresh_ok, c.api_revoked), (2, 2), "{c:?}");
+    }
+}
+
 // === Controls ===
 
 #[tokio::test]

@@ -19,7 +19,9 @@ use super::books::ApiDenial;
 /// Every fault taken from the queue counts in `faults_injected`; a
 /// [`Fault::Delay`](super::Fault::Delay) is followed by the normal answer, which counts as well.
 /// `refresh_reuse` counts the refresh rejections (already in `refresh_rejected`)
-/// whose token had been spent before.
+/// whose token had been spent before. `refresh_revoked_access` counts the
+/// access tokens that refreshes (already in `refresh_ok`) revoked under
+/// [`revoke_on_refresh`](super::MockServerBuilder::revoke_on_refresh).
 ///
 /// Every protected resource check counts once in `api_requests` and once in
 /// exactly one of `api_ok`, `api_no_token`, `api_unknown`, `api_expired`,
@@ -47,6 +49,11 @@ pub struct MockCounters {
     /// Refresh grants that presented a refresh token already spent by an
     /// earlier refresh (each one is also in `refresh_rejected`).
     pub refresh_reuse: u64,
+    /// Access tokens revoked by a refresh under
+    /// [`revoke_on_refresh`](super::MockServerBuilder::revoke_on_refresh):
+    /// the one issued together with the refresh token presented, unless it
+    /// was revoked already (an expired one counts).
+    pub refresh_revoked_access: u64,
     /// Token endpoint requests refused with 400 or 413: wrong method, content
     /// type or form, a missing parameter, an unsupported grant type, a body
     /// over 64 KiB.
@@ -115,7 +122,11 @@ impl fmt::Debug for RecordedGrant {
 pub(super) enum GrantOutcome {
     PasswordOk,
     PasswordRejected,
-    RefreshOk,
+    /// `revoked_access`: it revoked the access token issued with the
+    /// refresh token presented.
+    RefreshOk {
+        revoked_access: bool,
+    },
     /// `reused`: the refresh token had been spent by an earlier refresh.
     RefreshRejected {
         reused: bool,
@@ -142,7 +153,10 @@ impl MockCounters {
         *match outcome {
             GrantOutcome::PasswordOk => &mut self.password_ok,
             GrantOutcome::PasswordRejected => &mut self.password_rejected,
-            GrantOutcome::RefreshOk => &mut self.refresh_ok,
+            GrantOutcome::RefreshOk { revoked_access } => {
+                self.refresh_revoked_access += u64::from(revoked_access);
+                &mut self.refresh_ok
+            }
             GrantOutcome::RefreshRejected { reused } => {
                 self.refresh_reuse += u64::from(reused);
                 &mut self.refresh_rejected
@@ -178,14 +192,20 @@ mod tests {
         let mut c = MockCounters::default();
         c.count_grant(GrantOutcome::PasswordOk);
         c.count_grant(GrantOutcome::PasswordRejected);
-        c.count_grant(GrantOutcome::RefreshOk);
+        c.count_grant(GrantOutcome::RefreshOk {
+            revoked_access: false,
+        });
+        c.count_grant(GrantOutcome::RefreshOk {
+            revoked_access: true,
+        });
         c.count_grant(GrantOutcome::RefreshRejected { reused: false });
         c.count_grant(GrantOutcome::RefreshRejected { reused: true });
         c.count_grant(GrantOutcome::BadRequest);
         assert_eq!(
             (c.password_ok, c.password_rejected, c.refresh_ok),
-            (1, 1, 1)
+            (1, 1, 2)
         );
+        assert_eq!(c.refresh_revoked_access, 1);
         assert_eq!(
             (c.refresh_rejected, c.refresh_reuse, c.bad_requests),
             (2, 1, 1)

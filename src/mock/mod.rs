@@ -51,14 +51,17 @@
 //!
 //! Access tokens expire after the configured lifetime, measured on
 //! `tokio::time::Instant` (so paused test time applies); refresh tokens do not
-//! expire. A refresh leaves earlier access tokens valid until they expire.
+//! expire. A refresh leaves earlier access tokens valid until they expire
+//! (unless [`MockServerBuilder::revoke_on_refresh`]).
 //! Changing the credentials leaves issued tokens valid: call
 //! [`MockServer::revoke_all`] too to force a new password grant.
 //!
 //! # What real servers do
 //!
 //! Off by default, each set on the builder: revoking tokens in use at a
-//! rate ([`MockServerBuilder::revoke_presented`]). The random decisions
+//! rate ([`MockServerBuilder::revoke_presented`]), revoking the access token
+//! of the pair a refresh replaces ([`MockServerBuilder::revoke_on_refresh`]).
+//! The random decisions
 //! come from one generator that [`MockServerBuilder::seed`] makes
 //! reproducible.
 
@@ -284,6 +287,7 @@ impl MockServerBuilder {
                 token_lifetime: Duration::from_secs(3600),
                 rotation: true,
                 reuse_protection: false,
+                revoke_on_refresh: false,
                 grant_latency: Duration::ZERO,
             },
             api: ApiConfig {
@@ -329,6 +333,23 @@ impl MockServerBuilder {
     #[must_use]
     pub fn reuse_protection(mut self, on: bool) -> Self {
         self.config.reuse_protection = on;
+        self
+    }
+
+    /// Whether a successful refresh grant revokes the access token that was
+    /// issued together with the refresh token presented. Default: off, as
+    /// Daxium does: earlier access tokens live until they expire.
+    ///
+    /// On, a refresh replaces the pair presented whole, as django-oauth-toolkit,
+    /// node-oauth2-server and others do: a request still in flight with the
+    /// old access token meets a 401 once the refresh is processed, which is
+    /// why the layer makes a replay wait for the refresh in flight. Without
+    /// [`rotation`](Self::rotation) the refresh token comes back, and its
+    /// next refresh revokes the access token of this one. Each token revoked
+    /// (not already revoked) counts in `refresh_revoked_access`.
+    #[must_use]
+    pub fn revoke_on_refresh(mut self, on: bool) -> Self {
+        self.config.revoke_on_refresh = on;
         self
     }
 

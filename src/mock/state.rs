@@ -193,6 +193,7 @@ mod tests {
             token_lifetime: Duration::from_secs(60),
             rotation: true,
             reuse_protection: false,
+            revoke_on_refresh: false,
             grant_latency: Duration::ZERO,
         };
         let api = ApiConfig {
