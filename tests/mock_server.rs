@@ -875,19 +875,6 @@ async fn revocations_at_a_rate_come_at_that_rate_and_a_seed_replays_them() {
     assert_ne!(other, first, "another seed, other revocations");
 }
 
-#[test]
-fn a_rate_that_is_not_a_probability_is_refused_by_the_builder() {
-    for rate in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
-        let panic = std::panic::catch_unwind(|| MockServer::builder().revoke_presented(rate))
-            .expect_err("refused");
-        let message = panic.downcast_ref::<String>().expect("a formatted message");
-        assert!(
-            message.contains("revoke_presented") && message.contains("not a probability"),
-            "{message}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn revoke_on_refresh_revokes_the_access_token_of_the_pair_replaced() {
     for rotation in [true, false] {
@@ -924,6 +911,83 @@ async fn revoke_on_refresh_revokes_the_access_token_of_the_pair_replaced() {
         assert_eq!(c.refresh_revoked_access, 2, "rotation {rotation}: {c:?}");
         assert_eq!((c.refresh_ok, c.api_revoked), (2, 2), "{c:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_api_holds_back_answers_and_refusals_alike() {
+    let latency = Duration::from_secs(5);
+    let server = MockServer::builder()
+        .slow_api(1.0, latency)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (access, _) = password_grant(&server, &client).await;
+    // Paused time: the server's sleep is skipped ahead, measured on the
+    // tokio clock, and the test takes no real time.
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        api_get(&server, &client, Some(&access)).await.status,
+        StatusCode::OK
+    );
+    assert!(started.elapsed() >= latency);
+    let started = tokio::time::Instant::now();
+    assert_invalid_token(
+        &api_get(&server, &client, Some("made-up")).await,
+        codes::INVALID_TOKEN,
+    );
+    assert!(started.elapsed() >= latency);
+    // The token endpoint is not slowed down.
+    let started = tokio::time::Instant::now();
+    password_grant(&server, &client).await;
+    assert!(started.elapsed() < latency);
+    let c = server.counters();
+    assert_eq!((c.api_slowed, c.api_ok, c.api_unknown), (2, 1, 1), "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_api_holds_back_its_fraction_of_the_answers() {
+    let latency = Duration::from_millis(800);
+    let server = MockServer::builder()
+        .slow_api(0.3, latency)
+        .seed(11)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (access, _) = password_grant(&server, &client).await;
+    let mut held = 0;
+    for _ in 0..100 {
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            api_get(&server, &client, Some(&access)).await.status,
+            StatusCode::OK
+        );
+        held += u64::from(started.elapsed() >= latency);
+    }
+    // 30 expected; five standard deviations (about 23) either side.
+    assert!((7..=53).contains(&held), "{held} of 100");
+    assert_eq!(server.counters().api_slowed, held);
+}
+
+#[test]
+fn probabilities_outside_zero_to_one_are_refused_by_the_builder() {
+    let refusal = |setter: &str, make: fn(f64) -> daxium_auth::mock::MockServerBuilder| {
+        for p in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+            let panic = std::panic::catch_unwind(|| make(p)).expect_err("refused");
+            let message = panic.downcast_ref::<String>().expect("a formatted message");
+            assert!(
+                message.contains(setter) && message.contains("not a probability"),
+                "{message}"
+            );
+        }
+    };
+    refusal("revoke_presented", |p| {
+        MockServer::builder().revoke_presented(p)
+    });
+    refusal("slow_api", |p| {
+        MockServer::builder().slow_api(p, Duration::from_secs(1))
+    });
 }
 
 // === Controls ===

@@ -1,8 +1,11 @@
 //! The protected resource's decisions: [`decide_api`] checks a presented
 //! access token against the books, then does to a valid one what the server
 //! was set to do to tokens in use (revoke it at a rate), and returns the
-//! answer and its outcome, which the server then sends and counts. The
-//! settings that shape the decisions are here too.
+//! answer and its outcome, which the server then sends and counts;
+//! [`hold_back`] draws how long the answer waits. The settings that shape
+//! the decisions are here too.
+
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -17,6 +20,14 @@ use super::{
 pub(super) struct ApiConfig {
     /// The probability that a valid token presented is revoked on the spot.
     pub(super) revoke_presented: f64,
+    pub(super) slow: Option<SlowApi>,
+}
+
+/// A fraction of the answers held back.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SlowApi {
+    pub(super) fraction: f64,
+    pub(super) latency: Duration,
 }
 
 /// Decides whether the protected resource lets `presented` through at `now`,
@@ -40,10 +51,16 @@ pub(super) fn decide_api(
     (checked, ApiOutcome::Checked(checked))
 }
 
+/// How long an answer just decided waits before it is sent: the latency of
+/// [`SlowApi`] for its fraction of the answers, drawn after the decision so
+/// that the revocations draw the same whether or not answers are slow.
+pub(super) fn hold_back(dice: &mut Dice, config: &ApiConfig) -> Option<Duration> {
+    let slow = config.slow?;
+    dice.chance(slow.fraction).then_some(slow.latency)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::mock::books::Login;
 
@@ -69,7 +86,10 @@ mod tests {
                 books,
                 token,
                 dice: Dice::seeded(1),
-                config: ApiConfig { revoke_presented },
+                config: ApiConfig {
+                    revoke_presented,
+                    slow: None,
+                },
                 now,
             }
         }
@@ -131,5 +151,30 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(fixture.decide(None), (Ok(()), ApiOutcome::Checked(Ok(()))));
         }
+    }
+
+    #[test]
+    fn a_fraction_of_answers_is_held_back_for_the_latency() {
+        let latency = Duration::from_millis(250);
+        let mut config = ApiConfig {
+            revoke_presented: 0.0,
+            slow: None,
+        };
+        let mut dice = Dice::seeded(3);
+        assert_eq!(hold_back(&mut dice, &config), None);
+        config.slow = Some(SlowApi {
+            fraction: 1.0,
+            latency,
+        });
+        assert_eq!(hold_back(&mut dice, &config), Some(latency));
+        config.slow = Some(SlowApi {
+            fraction: 0.1,
+            latency,
+        });
+        let held = (0..10_000)
+            .filter(|_| hold_back(&mut dice, &config).is_some())
+            .count();
+        // 1,000 expected; five standard deviations (150) either side.
+        assert!((850..=1_150).contains(&held), "{held}");
     }
 }

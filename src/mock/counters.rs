@@ -81,6 +81,10 @@ pub struct MockCounters {
     pub api_injected: u64,
     /// Protected resource requests refused with 413 (body over 1 MiB).
     pub api_too_large: u64,
+    /// Protected resource answers held back by
+    /// [`slow_api`](super::MockServerBuilder::slow_api) (each request also
+    /// counts in its outcome).
+    pub api_slowed: u64,
     /// Requests for any other path (404).
     pub not_found: u64,
 }

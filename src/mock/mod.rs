@@ -60,7 +60,8 @@
 //!
 //! Off by default, each set on the builder: revoking tokens in use at a
 //! rate ([`MockServerBuilder::revoke_presented`]), revoking the access token
-//! of the pair a refresh replaces ([`MockServerBuilder::revoke_on_refresh`]).
+//! of the pair a refresh replaces ([`MockServerBuilder::revoke_on_refresh`]),
+//! holding back some answers ([`MockServerBuilder::slow_api`]).
 //! The random decisions
 //! come from one generator that [`MockServerBuilder::seed`] makes
 //! reproducible.
@@ -85,7 +86,13 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
 
-use self::{api::ApiConfig, books::Presented, dice::Dice, grant::Config, state::Shared};
+use self::{
+    api::{ApiConfig, SlowApi},
+    books::Presented,
+    dice::Dice,
+    grant::Config,
+    state::Shared,
+};
 pub use self::{
     books::ApiDenial,
     counters::{MockCounters, RecordedGrant},
@@ -292,6 +299,7 @@ impl MockServerBuilder {
             },
             api: ApiConfig {
                 revoke_presented: 0.0,
+                slow: None,
             },
             seed: None,
         }
@@ -384,10 +392,33 @@ impl MockServerBuilder {
         self
     }
 
+    /// Holds back `fraction` of the protected resource's answers for
+    /// `latency` each (chosen at random, from the generator of
+    /// [`seed`](Self::seed)). Default: none.
+    ///
+    /// The draw is made once the token is checked, for every answer of the
+    /// check, refusals included (not for the queued answers of
+    /// [`MockServer::fail_next_api`] nor for a 413); the decision itself,
+    /// a revocation too, takes effect when the request arrives, and only the
+    /// answer waits, as behind a slow backend or a saturated gateway, the
+    /// long tail of every real API. So a 401 held back can reach the client
+    /// after its token was replaced. Measured with `tokio::time`: paused
+    /// test time applies. Each answer held back counts in `api_slowed`.
+    ///
+    /// # Panics
+    ///
+    /// When `fraction` is not within 0.0..=1.0 (NaN included).
+    #[must_use]
+    pub fn slow_api(mut self, fraction: f64, latency: Duration) -> Self {
+        let fraction = probability("slow_api", fraction);
+        self.api.slow = Some(SlowApi { fraction, latency });
+        self
+    }
+
     /// Seeds the generator that decides every random behaviour
-    /// ([`revoke_presented`](Self::revoke_presented), and the others drawn
-    /// with a probability), so that a test that sends its requests one after
-    /// the other sees the same decisions on every run. Default: seeded from
+    /// ([`revoke_presented`](Self::revoke_presented),
+    /// [`slow_api`](Self::slow_api)), so that a test that sends its requests
+    /// one after the other sees the same decisions on every run. Default: seeded from
     /// the operating system, different on each start. The tokens do not come
     /// from it: they stay unguessable whatever the seed.
     #[must_use]

@@ -255,15 +255,22 @@ async fn protected_resource(
         (Some(_), Some(_)) => Presented::Garbage,
     };
 
-    let outcome = {
+    let (outcome, hold) = {
         let mut state = shared.lock();
         match state.begin_api() {
-            Some(status) => Err(Err(status)),
-            None => state
-                .check(&shared.api, presented, Instant::now())
-                .map_err(Ok),
+            Some(status) => (Err(Err(status)), Duration::ZERO),
+            None => {
+                let answer = state.check(&shared.api, presented, Instant::now());
+                (answer.map_err(Ok), state.hold_back(&shared.api))
+            }
         }
     };
+    // The decision (a revocation too) took effect on arrival; only the
+    // answer waits, as behind a slow backend: a refusal held back can reach
+    // the client after its token was replaced.
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
 
     match outcome {
         Ok(()) => {

@@ -7,6 +7,7 @@ use std::{
     collections::VecDeque,
     fmt,
     sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
 use http::StatusCode;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     Fault,
-    api::{ApiConfig, decide_api},
+    api::{ApiConfig, decide_api, hold_back},
     books::{ApiDenial, Books, Presented},
     counters::{ApiOutcome, MockCounters, RecordedGrant},
     dice::Dice,
@@ -177,12 +178,17 @@ impl State {
         self.counters.count_api(outcome);
         answer
     }
+
+    /// How long the answer just decided is held back, and counts it.
+    pub(super) fn hold_back(&mut self, config: &ApiConfig) -> Duration {
+        let hold = hold_back(&mut self.dice, config);
+        self.counters.api_slowed += u64::from(hold.is_some());
+        hold.unwrap_or_default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use http::Method;
 
     use super::*;
@@ -198,6 +204,7 @@ mod tests {
         };
         let api = ApiConfig {
             revoke_presented: 0.0,
+            slow: None,
         };
         let mut state = State::new(
             Credentials::new("cid", "csecret", "user", "pass"),
