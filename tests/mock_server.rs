@@ -990,6 +990,36 @@ fn probabilities_outside_zero_to_one_are_refused_by_the_builder() {
     });
 }
 
+#[tokio::test]
+async fn refuse_every_token_refuses_until_switched_off_and_revokes_nothing() {
+    let server = MockServer::start().await.expect("start");
+    let client = client();
+    let (access, _) = password_grant(&server, &client).await;
+    server.refuse_every_token(true);
+    // A token issued while it is on is refused too, and so is none at all.
+    let (fresh, _) = password_grant(&server, &client).await;
+    for token in [Some(access.as_str()), Some(fresh.as_str()), None] {
+        let reply = api_get(&server, &client, token).await;
+        assert_eq!(
+            reply.header(header::WWW_AUTHENTICATE),
+            Some(r#"Bearer realm="daxium", error="invalid_token""#)
+        );
+        assert_invalid_token(&reply, codes::INVALID_TOKEN);
+    }
+    assert_eq!(server.check_access_token(&access), Err(ApiDenial::Unknown));
+
+    server.refuse_every_token(false);
+    for token in [&access, &fresh] {
+        assert_eq!(
+            api_get(&server, &client, Some(token)).await.status,
+            StatusCode::OK
+        );
+    }
+    let c = server.counters();
+    assert_eq!((c.api_refused_all, c.api_ok), (4, 2), "{c:?}");
+    assert_eq!((c.api_revoked, c.api_unknown, c.api_no_token), (0, 0, 0));
+}
+
 // === Controls ===
 
 #[tokio::test]

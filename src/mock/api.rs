@@ -1,6 +1,7 @@
-//! The protected resource's decisions: [`decide_api`] checks a presented
-//! access token against the books, then does to a valid one what the server
-//! was set to do to tokens in use (revoke it at a rate), and returns the
+//! The protected resource's decisions: [`decide_api`] refuses every token
+//! while the server is told to, or checks a presented access token against
+//! the books, then does to a valid one what the server was set to do to
+//! tokens in use (revoke it at a rate), and returns the
 //! answer and its outcome, which the server then sends and counts;
 //! [`hold_back`] draws how long the answer waits. The settings that shape
 //! the decisions are here too.
@@ -31,14 +32,20 @@ pub(super) struct SlowApi {
 }
 
 /// Decides whether the protected resource lets `presented` through at `now`,
-/// and how the request ended.
+/// and how the request ended. While `refuse_every_token`, nothing is.
 pub(super) fn decide_api(
     books: &mut Books,
     dice: &mut Dice,
     config: &ApiConfig,
+    refuse_every_token: bool,
     presented: Presented<'_>,
     now: Instant,
 ) -> (Result<(), ApiDenial>, ApiOutcome) {
+    if refuse_every_token {
+        // Not a word about the token, whatever it was, and nothing revoked:
+        // the trouble is the server's, and ends when it is switched off.
+        return (Err(ApiDenial::Unknown), ApiOutcome::RefusedAll);
+    }
     let checked = books.check(presented, now);
     if let (Ok(()), Presented::Bearer(token)) = (checked, presented)
         && dice.chance(config.revoke_presented)
@@ -70,6 +77,7 @@ mod tests {
         token: String,
         dice: Dice,
         config: ApiConfig,
+        refuse_every_token: bool,
         now: Instant,
     }
 
@@ -90,6 +98,7 @@ mod tests {
                     revoke_presented,
                     slow: None,
                 },
+                refuse_every_token: false,
                 now,
             }
         }
@@ -104,6 +113,7 @@ mod tests {
                 &mut self.books,
                 &mut self.dice,
                 &self.config,
+                self.refuse_every_token,
                 presented,
                 self.now,
             )
@@ -151,6 +161,18 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(fixture.decide(None), (Ok(()), ApiOutcome::Checked(Ok(()))));
         }
+    }
+
+    #[test]
+    fn refusing_every_token_refuses_valid_ones_without_revoking_them() {
+        let mut fixture = Fixture::new(1.0);
+        fixture.refuse_every_token = true;
+        let refused = (Err(ApiDenial::Unknown), ApiOutcome::RefusedAll);
+        assert_eq!(fixture.decide(None), refused);
+        assert_eq!(fixture.decide(Some(Presented::Nothing)), refused);
+        fixture.refuse_every_token = false;
+        fixture.config.revoke_presented = 0.0;
+        assert_eq!(fixture.decide(None), (Ok(()), ApiOutcome::Checked(Ok(()))));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::books::ApiDenial;
 ///
 /// Every protected resource check counts once in `api_requests` and once in
 /// exactly one of `api_ok`, `api_no_token`, `api_unknown`, `api_expired`,
-/// `api_revoked`, `api_injected` and `api_too_large`. A request whose body
+/// `api_revoked`, `api_refused_all`, `api_injected` and `api_too_large`. A request whose body
 /// never fully arrived is dropped without an outcome. `api_revoked_in_use`
 /// counts the revocations (already in `api_revoked`) of valid tokens that
 /// [`revoke_presented`](super::MockServerBuilder::revoke_presented) made on
@@ -76,6 +76,9 @@ pub struct MockCounters {
     /// by [`revoke_presented`](super::MockServerBuilder::revoke_presented)
     /// (each one is also in `api_revoked`).
     pub api_revoked_in_use: u64,
+    /// Protected resource requests refused, whatever their token, while
+    /// [`refuse_every_token`](super::MockServer::refuse_every_token) was on.
+    pub api_refused_all: u64,
     /// Protected resource requests answered from the
     /// [`fail_next_api`](super::MockServer::fail_next_api) queue.
     pub api_injected: u64,
@@ -146,6 +149,8 @@ pub(super) enum ApiOutcome {
     Checked(Result<(), ApiDenial>),
     /// Its token was valid, and revoked on the spot.
     RevokedInUse,
+    /// Refused whatever its token.
+    RefusedAll,
     /// A queued status answered it.
     Injected,
     /// Its body was over the cap.
@@ -181,6 +186,7 @@ impl MockCounters {
                 self.api_revoked_in_use += 1;
                 &mut self.api_revoked
             }
+            ApiOutcome::RefusedAll => &mut self.api_refused_all,
             ApiOutcome::Injected => &mut self.api_injected,
             ApiOutcome::TooLarge => &mut self.api_too_large,
         } += 1;
@@ -226,6 +232,7 @@ mod tests {
             ApiOutcome::Checked(Err(ApiDenial::Unknown)),
             ApiOutcome::Checked(Err(ApiDenial::Expired)),
             ApiOutcome::Checked(Err(ApiDenial::Revoked)),
+            ApiOutcome::RefusedAll,
             ApiOutcome::Injected,
             ApiOutcome::TooLarge,
         ];
@@ -238,14 +245,15 @@ mod tests {
             c.api_unknown,
             c.api_expired,
             c.api_revoked,
+            c.api_refused_all,
             c.api_injected,
             c.api_too_large,
         ];
-        assert_eq!(each, [1; 7]);
-        assert_eq!(c.api_requests, 7);
+        assert_eq!(each, [1; 8]);
+        assert_eq!(c.api_requests, 8);
 
         c.count_api(ApiOutcome::RevokedInUse);
         assert_eq!((c.api_revoked, c.api_revoked_in_use), (2, 1));
-        assert_eq!(c.api_requests, 8);
+        assert_eq!(c.api_requests, 9);
     }
 }

@@ -61,7 +61,9 @@
 //! Off by default, each set on the builder: revoking tokens in use at a
 //! rate ([`MockServerBuilder::revoke_presented`]), revoking the access token
 //! of the pair a refresh replaces ([`MockServerBuilder::revoke_on_refresh`]),
-//! holding back some answers ([`MockServerBuilder::slow_api`]).
+//! holding back some answers ([`MockServerBuilder::slow_api`]). At any
+//! time, [`MockServer::refuse_every_token`] makes the API refuse every token
+//! until told to stop.
 //! The random decisions
 //! come from one generator that [`MockServerBuilder::seed`] makes
 //! reproducible.
@@ -187,6 +189,22 @@ impl MockServer {
     /// and not revoked already.
     pub fn revoke(&self, access_token: &str) -> bool {
         self.shared.lock().revoke(access_token)
+    }
+
+    /// While on, the protected resource refuses every request as it refuses
+    /// an invalid token (401, `WWW-Authenticate: Bearer realm="daxium",
+    /// error="invalid_token"`, [`codes::INVALID_TOKEN`]), whatever token it
+    /// carries, none included; off (the default), it checks tokens again.
+    ///
+    /// No token is revoked: the valid ones work again once it is off. This is
+    /// an API in trouble rather than a token that was revoked: a gateway
+    /// that lost its signing keys, a permissions problem behind a bare 401.
+    /// A client that answers each such 401 with a new grant would hammer the
+    /// token endpoint for nothing. Each request refused so counts in
+    /// `api_refused_all`; [`check_access_token`](Self::check_access_token)
+    /// refuses too, with [`ApiDenial::Unknown`].
+    pub fn refuse_every_token(&self, on: bool) {
+        self.shared.lock().refuse_every_token(on);
     }
 
     /// Revokes every access token and every refresh token not yet spent.

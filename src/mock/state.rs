@@ -68,6 +68,7 @@ pub(super) struct State {
     books: Books,
     grant_faults: VecDeque<Fault>,
     api_faults: VecDeque<StatusCode>,
+    refuse_every_token: bool,
     dice: Dice,
     counters: MockCounters,
     grant_log: Vec<RecordedGrant>,
@@ -80,6 +81,7 @@ impl State {
             books: Books::new(),
             grant_faults: VecDeque::new(),
             api_faults: VecDeque::new(),
+            refuse_every_token: false,
             dice,
             counters: MockCounters::default(),
             grant_log: Vec::new(),
@@ -141,6 +143,10 @@ impl State {
         self.books.revoke(access_token)
     }
 
+    pub(super) fn refuse_every_token(&mut self, on: bool) {
+        self.refuse_every_token = on;
+    }
+
     pub(super) fn revoke_all(&mut self) {
         self.books.revoke_all();
     }
@@ -174,7 +180,14 @@ impl State {
         presented: Presented<'_>,
         now: Instant,
     ) -> Result<(), ApiDenial> {
-        let (answer, outcome) = decide_api(&mut self.books, &mut self.dice, config, presented, now);
+        let (answer, outcome) = decide_api(
+            &mut self.books,
+            &mut self.dice,
+            config,
+            self.refuse_every_token,
+            presented,
+            now,
+        );
         self.counters.count_api(outcome);
         answer
     }
