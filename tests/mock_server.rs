@@ -1020,6 +1020,101 @@ async fn refuse_every_token_refuses_until_switched_off_and_revokes_nothing() {
     assert_eq!((c.api_revoked, c.api_unknown, c.api_no_token), (0, 0, 0));
 }
 
+/// Checks a gRPC trailers-only refusal and returns its `grpc-message`.
+fn grpc_refusal(reply: &Reply) -> String {
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header(header::CONTENT_TYPE), Some("application/grpc"));
+    assert_eq!(reply.header("grpc-status"), Some("16"), "UNAUTHENTICATED");
+    assert!(reply.body.is_empty());
+    assert!(reply.header(header::WWW_AUTHENTICATE).is_none());
+    reply.header("grpc-message").expect("a message").to_owned()
+}
+
+#[tokio::test]
+async fn grpc_refusals_answer_every_refusal_the_grpc_way() {
+    let server = MockServer::builder()
+        .grpc_refusals(true)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (access, _) = password_grant(&server, &client).await;
+    let (revoked, _) = password_grant(&server, &client).await;
+    let (expired, _) = password_grant(&server, &client).await;
+    assert!(server.revoke(&revoked));
+
+    // A successful answer stays as it is.
+    let ok = api_get(&server, &client, Some(&access)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(ok.header("grpc-status").is_none());
+    assert_eq!(ok.header("x-echo-method"), Some("GET"));
+
+    for (token, code) in [
+        (None, codes::MISSING_TOKEN),
+        (Some("made-up"), codes::INVALID_TOKEN),
+        (Some(revoked.as_str()), codes::REVOKED_TOKEN),
+    ] {
+        let message = grpc_refusal(&api_get(&server, &client, token).await);
+        assert!(message.starts_with(&format!("{code}: ")), "{message}");
+    }
+    server.fail_next_api(1, StatusCode::UNAUTHORIZED);
+    server.fail_next_api(1, StatusCode::SERVICE_UNAVAILABLE);
+    grpc_refusal(&api_get(&server, &client, Some(&access)).await);
+    // Other queued statuses are not refusals of the token.
+    let unavailable = api_get(&server, &client, Some(&access)).await;
+    assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(unavailable.daerr(), codes::INJECTED);
+
+    server.refuse_every_token(true);
+    let message = grpc_refusal(&api_get(&server, &client, Some(&access)).await);
+    assert!(message.starts_with(codes::INVALID_TOKEN), "{message}");
+    server.refuse_every_token(false);
+
+    server.expire_all();
+    let message = grpc_refusal(&api_get(&server, &client, Some(&expired)).await);
+    assert!(message.starts_with(codes::EXPIRED_TOKEN), "{message}");
+    let c = server.counters();
+    assert_eq!(
+        (
+            c.api_ok,
+            c.api_no_token,
+            c.api_unknown,
+            c.api_revoked,
+            c.api_expired
+        ),
+        (1, 1, 1, 1, 1),
+        "{c:?}"
+    );
+    assert_eq!((c.api_injected, c.api_refused_all), (2, 1));
+}
+
+#[tokio::test]
+async fn a_grpc_refusal_is_trailers_only_over_http2_and_rate_revocations_are_refused_so() {
+    let server = MockServer::builder()
+        .grpc_refusals(true)
+        .revoke_presented(1.0)
+        .start()
+        .await
+        .expect("start");
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let (access, _) = password_grant(&server, &client).await;
+    let request = Request::post(server.api_url("grpc.health.v1.Health/Check"))
+        .header(header::AUTHORIZATION, format!("Bearer {access}"))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("request");
+    let response = client.request(request).await.expect("a response");
+    // One HEADERS frame that ends the stream: nothing follows the headers.
+    assert!(http_body::Body::is_end_stream(response.body()));
+    assert_eq!(response.headers()["grpc-status"], "16");
+    let message = response.headers()["grpc-message"].to_str().expect("text");
+    assert!(message.starts_with(codes::REVOKED_TOKEN), "{message}");
+    let c = server.counters();
+    assert_eq!((c.api_revoked_in_use, c.api_revoked), (1, 1));
+}
+
 // === Controls ===
 
 #[tokio::test]

@@ -22,6 +22,8 @@ pub(super) struct ApiConfig {
     /// The probability that a valid token presented is revoked on the spot.
     pub(super) revoke_presented: f64,
     pub(super) slow: Option<SlowApi>,
+    /// Whether refusals are answered as a gRPC server answers them.
+    pub(super) grpc_refusals: bool,
 }
 
 /// A fraction of the answers held back.
@@ -97,6 +99,7 @@ mod tests {
                 config: ApiConfig {
                     revoke_presented,
                     slow: None,
+                    grpc_refusals: false,
                 },
                 refuse_every_token: false,
                 now,
@@ -181,6 +184,7 @@ mod tests {
         let mut config = ApiConfig {
             revoke_presented: 0.0,
             slow: None,
+            grpc_refusals: false,
         };
         let mut dice = Dice::seeded(3);
         assert_eq!(hold_back(&mut dice, &config), None);

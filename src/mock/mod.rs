@@ -44,7 +44,8 @@
 //!   it a 413), then `Authorization: Bearer <token>` is checked. A missing,
 //!   unknown, expired or revoked token is a 401 with
 //!   `WWW-Authenticate: Bearer realm="daxium"` (plus `error="invalid_token"`
-//!   when a token was sent) and a Daxium error body. A valid one gets a 200
+//!   when a token was sent) and a Daxium error body, or a gRPC refusal with
+//!   [`MockServerBuilder::grpc_refusals`]. A valid one gets a 200
 //!   whose body is the request body byte for byte, with the request's
 //!   `Content-Type`, and `x-echo-method` and `x-echo-uri` headers.
 //! - Anything else: 404.
@@ -61,7 +62,8 @@
 //! Off by default, each set on the builder: revoking tokens in use at a
 //! rate ([`MockServerBuilder::revoke_presented`]), revoking the access token
 //! of the pair a refresh replaces ([`MockServerBuilder::revoke_on_refresh`]),
-//! holding back some answers ([`MockServerBuilder::slow_api`]). At any
+//! holding back some answers ([`MockServerBuilder::slow_api`]), refusing
+//! the gRPC way ([`MockServerBuilder::grpc_refusals`]). At any
 //! time, [`MockServer::refuse_every_token`] makes the API refuse every token
 //! until told to stop.
 //! The random decisions
@@ -318,6 +320,7 @@ impl MockServerBuilder {
             api: ApiConfig {
                 revoke_presented: 0.0,
                 slow: None,
+                grpc_refusals: false,
             },
             seed: None,
         }
@@ -430,6 +433,28 @@ impl MockServerBuilder {
     pub fn slow_api(mut self, fraction: f64, latency: Duration) -> Self {
         let fraction = probability("slow_api", fraction);
         self.api.slow = Some(SlowApi { fraction, latency });
+        self
+    }
+
+    /// Whether every refusal of the protected resource is answered as a gRPC
+    /// server refuses a call: HTTP 200, `Content-Type: application/grpc`,
+    /// `grpc-status: 16` (UNAUTHENTICATED) and a `grpc-message` (the
+    /// `DAERR-` code and the reason, as in [`codes`]) in the headers, and an
+    /// empty body: a trailers-only response, on HTTP/2 one HEADERS frame
+    /// that ends the stream. Default: off, a Daxium 401.
+    ///
+    /// Every refusal means a missing, unknown, expired or revoked token,
+    /// those of [`revoke_presented`](Self::revoke_presented) and
+    /// [`MockServer::refuse_every_token`], and a 401 queued with
+    /// [`MockServer::fail_next_api`]; other queued statuses and successful
+    /// answers stay as they are. gRPC servers (tonic, grpc-go, grpc-java)
+    /// refuse a token this way, never with a 401, and so do proxies that
+    /// answer a gRPC call themselves (Envoy turns its own 401 into
+    /// UNAUTHENTICATED): a client that only looks for 401s passes each
+    /// refusal to its caller. The counters are the same either way.
+    #[must_use]
+    pub fn grpc_refusals(mut self, on: bool) -> Self {
+        self.api.grpc_refusals = on;
         self
     }
 

@@ -218,6 +218,7 @@ mod tests {
         let api = ApiConfig {
             revoke_presented: 0.0,
             slow: None,
+            grpc_refusals: false,
         };
         let mut state = State::new(
             Credentials::new("cid", "csecret", "user", "pass"),
