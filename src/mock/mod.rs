@@ -284,6 +284,7 @@ impl fmt::Debug for MockServer {
         f.debug_struct("MockServer")
             .field("addr", &self.addr)
             .field("config", &self.shared.config)
+            .field("api", &self.shared.api)
             .finish_non_exhaustive()
     }
 }

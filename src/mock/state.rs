@@ -1,7 +1,8 @@
 //! What the mock server remembers, behind one mutex: the accepted login, the
-//! token books, the fault queues, the dice, the counters and the grant log. Each method
-//! is one short critical section that the HTTP handlers and the test-facing
-//! methods of `MockServer` (also from sync code) share.
+//! token books, the fault queues, the refuse-every-token switch, the dice,
+//! the counters and the grant log. Each method is one short critical section
+//! that the HTTP handlers and the test-facing methods of `MockServer` (also
+//! from sync code) share.
 
 use std::{
     collections::VecDeque,
