@@ -50,6 +50,7 @@ async fn every_request_succeeds_across_refreshes_and_a_revocation() {
         embedded: Embedded {
             token_lifetime: Duration::from_secs(1),
             revoke_halfway: true,
+            ..Embedded::default()
         },
         ..Config::default()
     };
@@ -180,6 +181,30 @@ async fn incomplete_settings_are_usage_errors() {
         ..Config::default()
     };
     assert!(matches!(run::run(config).await, Err(Fatal::Usage(_))));
+
+    // The embedded server's settings, for a real server.
+    let config = Config {
+        token_url: Some("https://api.daxium-air.com/oauth/v2/token".into()),
+        api_url: Some("https://api.daxium-air.com/api/v1/structures".into()),
+        embedded: Embedded {
+            revoke_rate: 0.1,
+            ..Embedded::default()
+        },
+        ..Config::default()
+    };
+    let err = run::run(config).await.unwrap_err();
+    assert!(err.to_string().contains("not with --token-url"), "{err}");
+    assert_eq!(err.exit_status(), 2);
+    // A rate the server cannot take is refused before it starts.
+    let config = Config {
+        embedded: Embedded {
+            revoke_rate: f64::NAN,
+            ..Embedded::default()
+        },
+        ..Config::default()
+    };
+    let err = run::run(config).await.unwrap_err();
+    assert!(err.to_string().starts_with("--revoke-rate"), "{err}");
 }
 
 /// A port that was just free on 127.0.0.1: nothing listens there.
@@ -418,6 +443,12 @@ fn help_lists_every_flag_and_variable_and_no_secret() {
         "DAXIUM_STORE",
         "--replicas",
         "[default: 1]",
+        "--token-lifetime",
+        "--revoke-rate",
+        "--revoke-on-refresh",
+        "--slow-api",
+        "--refuse-all",
+        "--grpc-refusals",
         "RUST_LOG",
     ] {
         assert!(ran.stdout.contains(name), "{name} in the help: {ran:#?}");
@@ -471,6 +502,24 @@ fn bad_command_lines_exit_2_with_a_clear_message() {
         (
             &["--api-url", "http://127.0.0.1:9/api/v1/structures"],
             "--api-url needs --token-url",
+        ),
+        // The embedded server's flags, for a real server.
+        (
+            &[
+                "--token-url",
+                "http://127.0.0.1:9/oauth/v2/token",
+                "--revoke-rate",
+                "0.1",
+            ],
+            "the argument '--token-url <URL>' cannot be used with",
+        ),
+        (
+            &["--slow-api", "0.1"],
+            "invalid value '0.1' for '--slow-api <FRACTION:MILLIS>'",
+        ),
+        (
+            &["--revoke-rate", "2"],
+            "invalid value '2' for '--revoke-rate <RATE>'",
         ),
     ] {
         let ran = load(args, &SECRET_ENV);
@@ -571,6 +620,7 @@ fn a_short_run_prints_every_documented_key_with_consistent_values() {
             "elapsed_s",
             "errors",
             "grants",
+            "grpc_status",
             "max_ms",
             "mean_ms",
             "ok",
@@ -583,6 +633,7 @@ fn a_short_run_prints_every_documented_key_with_consistent_values() {
             "requests",
             "requests_per_s",
             "retries_401",
+            "server",
             "status",
             "store",
             "waited_for_token",
@@ -655,6 +706,118 @@ fn a_short_run_prints_every_documented_key_with_consistent_values() {
     assert_eq!(n("replicas"), 1);
     assert_eq!(json["store"], Value::Null);
     assert_eq!(json["per_replica"][0]["requests"], 400);
+    // The embedded server's counters: every API request it answered is one
+    // of the run's or a replay.
+    let server = &json["server"];
+    assert_eq!(json["grpc_status"], serde_json::json!({}));
+    assert_eq!(
+        server["api_requests"].as_u64(),
+        Some(n("requests") + n("retries_401") + 1),
+        "the run's, the replays and the first request: {json}"
+    );
+    for key in [
+        "api_revoked_in_use",
+        "api_refused_all",
+        "api_slowed",
+        "refresh_revoked_access",
+    ] {
+        assert_eq!(server[key], 0, "{key} without its flag: {json}");
+    }
+}
+
+/// `load --json` with `args` against the embedded server: the JSON object,
+/// and its counters of the server. The run may exit 1: some refusals reach
+/// their caller (a replay revoked too, a window of refusals).
+fn embedded_run(args: &[&str]) -> (Value, Value) {
+    let mut all = vec!["--json", "--concurrency", "4"];
+    all.extend_from_slice(args);
+    let ran = load(&all, &[]);
+    assert!(matches!(ran.status, Some(0 | 1)), "{ran:#?}");
+    let json = ran.json();
+    assert_eq!(json["aborted"], Value::Null, "{json}");
+    let server = json["server"].clone();
+    (json, server)
+}
+
+fn count(json: &Value, path: &[&str]) -> u64 {
+    path.iter()
+        .fold(json, |value, key| &value[*key])
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn revocations_at_a_rate_show_in_the_json() {
+    let (json, server) = embedded_run(&["--duration", "1.5", "--revoke-rate", "0.002"]);
+    assert!(count(&server, &["api_revoked_in_use"]) > 0, "{json}");
+    assert!(count(&json, &["retries_401"]) >= 1, "{json}");
+    // Each revocation is a 401 that the layer replayed, or (a replay revoked
+    // too) one that reached its caller.
+    assert!(
+        count(&json, &["status", "401"]) <= count(&server, &["api_revoked"]),
+        "only refusals of the server: {json}"
+    );
+    assert_eq!(
+        count(&json, &["ok"]) + count(&json, &["status", "401"]),
+        count(&json, &["requests"]),
+        "{json}"
+    );
+}
+
+#[test]
+fn revocations_on_refresh_and_slow_answers_show_in_the_json() {
+    let (json, server) = embedded_run(&[
+        "--duration",
+        "1.5",
+        "--token-lifetime",
+        "0.4",
+        "--revoke-on-refresh",
+        "--slow-api",
+        "0.05:20",
+    ]);
+    assert!(count(&json, &["grants", "refresh_token"]) >= 1, "{json}");
+    assert!(count(&server, &["refresh_revoked_access"]) >= 1, "{json}");
+    assert!(count(&server, &["api_slowed"]) > 0, "{json}");
+    // The slow answers are in the latencies.
+    assert!(json["max_ms"].as_f64().unwrap() >= 20.0, "{json}");
+}
+
+#[test]
+fn a_window_of_refusals_shows_in_the_json_and_the_run_goes_on() {
+    let (json, server) = embedded_run(&["--duration", "2", "--refuse-all", "0.3:0.4"]);
+    let refused = count(&server, &["api_refused_all"]);
+    assert!(refused > 0, "{json}");
+    // Refusals of a token that never worked reach their callers.
+    assert!(count(&json, &["status", "401"]) > 0, "{json}");
+    assert!(count(&json, &["ok"]) > 0, "{json}");
+    assert_eq!(
+        count(&server, &["api_revoked_in_use"]),
+        0,
+        "nothing revoked"
+    );
+}
+
+#[test]
+fn grpc_refusals_are_seen_by_the_layer_and_replayed() {
+    let (json, server) = embedded_run(&[
+        "--requests",
+        "300",
+        "--grpc-refusals",
+        "--revoke-rate",
+        "0.05",
+    ]);
+    assert!(count(&server, &["api_revoked_in_use"]) > 0, "{json}");
+    // No 401: every refusal is a 200 with grpc-status 16, which the layer
+    // knows (`Refusal::grpc`): it refreshes and replays. A caller sees one
+    // only when its replay's new token was revoked too (5% of the time).
+    assert_eq!(json["status"].as_object().unwrap().len(), 1, "{json}");
+    assert_eq!(count(&json, &["status", "200"]), 300, "{json}");
+    let refused = count(&json, &["grpc_status", "16"]);
+    let replays = count(&json, &["retries_401"]);
+    assert_eq!(count(&json, &["ok"]) + refused, 300, "{json}");
+    assert!(replays > 0, "{json}");
+    assert!(refused <= replays, "{json}");
+    assert!(refused <= 15, "{json}");
 }
 
 #[test]

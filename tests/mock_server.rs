@@ -802,6 +802,319 @@ async fn check_authorization_reads_header_values() {
     assert_eq!(server.counters().api_requests, 4);
 }
 
+// === What real servers do ===
+
+#[tokio::test]
+async fn revoke_presented_revokes_a_valid_token_on_the_spot_and_for_good() {
+    let server = MockServer::builder()
+        .revoke_presented(1.0)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (access, refresh) = password_grant(&server, &client).await;
+
+    // Answered exactly as a revoked token is.
+    let reply = api_get(&server, &client, Some(&access)).await;
+    assert_eq!(
+        reply.header(header::WWW_AUTHENTICATE),
+        Some(r#"Bearer realm="daxium", error="invalid_token""#)
+    );
+    assert_invalid_token(&reply, codes::REVOKED_TOKEN);
+    assert_eq!(server.check_access_token(&access), Err(ApiDenial::Revoked));
+    // Tokens that are not valid are refused as they always were.
+    assert_invalid_token(
+        &api_get(&server, &client, Some("made-up")).await,
+        codes::INVALID_TOKEN,
+    );
+    // The refresh token is untouched.
+    tokens(&refresh_grant(&server, &client, &refresh).await);
+
+    let c = server.counters();
+    assert_eq!((c.api_revoked_in_use, c.api_revoked), (1, 2), "{c:?}");
+    assert_eq!((c.api_requests, c.api_unknown, c.api_ok), (3, 1, 0));
+}
+
+/// Which of `n` requests, each with a token not yet revoked, met a
+/// revocation at `rate` on a server seeded with `seed`; and its counters.
+async fn revocations(seed: u64, rate: f64, n: usize) -> (Vec<bool>, MockCounters) {
+    let server = MockServer::builder()
+        .revoke_presented(rate)
+        .seed(seed)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (mut access, _) = password_grant(&server, &client).await;
+    let mut revoked = Vec::with_capacity(n);
+    for _ in 0..n {
+        let reply = api_get(&server, &client, Some(&access)).await;
+        revoked.push(reply.status == StatusCode::UNAUTHORIZED);
+        if reply.status == StatusCode::UNAUTHORIZED {
+            assert_invalid_token(&reply, codes::REVOKED_TOKEN);
+            (access, _) = password_grant(&server, &client).await;
+        }
+    }
+    (revoked, server.counters())
+}
+
+#[tokio::test]
+async fn revocations_at_a_rate_come_at_that_rate_and_a_seed_replays_them() {
+    let (first, counters) = revocations(7, 0.25, 200).await;
+    let hits = first.iter().filter(|&&r| r).count() as u64;
+    // 50 expected; five standard deviations (about 31) either side.
+    assert!((19..=81).contains(&hits), "{hits} of 200");
+    assert_eq!(counters.api_revoked_in_use, hits);
+    assert_eq!(counters.api_revoked, hits);
+    assert_eq!(counters.api_ok, 200 - hits);
+    assert_eq!(counters.password_ok, hits + 1);
+
+    let (again, _) = revocations(7, 0.25, 200).await;
+    assert_eq!(again, first, "the same seed, the same revocations");
+    let (other, _) = revocations(8, 0.25, 200).await;
+    assert_ne!(other, first, "another seed, other revocations");
+}
+
+#[tokio::test]
+async fn revoke_on_refresh_revokes_the_access_token_of_the_pair_replaced() {
+    for rotation in [true, false] {
+        let server = MockServer::builder()
+            .revoke_on_refresh(true)
+            .rotation(rotation)
+            .start()
+            .await
+            .expect("start");
+        let client = client();
+        let (access1, refresh1) = password_grant(&server, &client).await;
+        let (other, _) = password_grant(&server, &client).await;
+        assert_eq!(
+            api_get(&server, &client, Some(&access1)).await.status,
+            StatusCode::OK
+        );
+
+        let (access2, refresh2) = tokens(&refresh_grant(&server, &client, &refresh1).await);
+        assert_invalid_token(
+            &api_get(&server, &client, Some(&access1)).await,
+            codes::REVOKED_TOKEN,
+        );
+        for token in [&access2, &other] {
+            assert_eq!(
+                api_get(&server, &client, Some(token)).await.status,
+                StatusCode::OK
+            );
+        }
+        // The chain's next refresh revokes the token of the one before.
+        tokens(&refresh_grant(&server, &client, &refresh2).await);
+        assert_eq!(server.check_access_token(&access2), Err(ApiDenial::Revoked));
+
+        let c = server.counters();
+        assert_eq!(c.refresh_revoked_access, 2, "rotation {rotation}: {c:?}");
+        assert_eq!((c.refresh_ok, c.api_revoked), (2, 2), "{c:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_api_holds_back_answers_and_refusals_alike() {
+    let latency = Duration::from_secs(5);
+    let server = MockServer::builder()
+        .slow_api(1.0, latency)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (access, _) = password_grant(&server, &client).await;
+    // Paused time: the server's sleep is skipped ahead, measured on the
+    // tokio clock, and the test takes no real time.
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        api_get(&server, &client, Some(&access)).await.status,
+        StatusCode::OK
+    );
+    assert!(started.elapsed() >= latency);
+    let started = tokio::time::Instant::now();
+    assert_invalid_token(
+        &api_get(&server, &client, Some("made-up")).await,
+        codes::INVALID_TOKEN,
+    );
+    assert!(started.elapsed() >= latency);
+    // The token endpoint is not slowed down.
+    let started = tokio::time::Instant::now();
+    password_grant(&server, &client).await;
+    assert!(started.elapsed() < latency);
+    let c = server.counters();
+    assert_eq!((c.api_slowed, c.api_ok, c.api_unknown), (2, 1, 1), "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_api_holds_back_its_fraction_of_the_answers() {
+    let latency = Duration::from_millis(800);
+    let server = MockServer::builder()
+        .slow_api(0.3, latency)
+        .seed(11)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (access, _) = password_grant(&server, &client).await;
+    let mut held = 0;
+    for _ in 0..100 {
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            api_get(&server, &client, Some(&access)).await.status,
+            StatusCode::OK
+        );
+        held += u64::from(started.elapsed() >= latency);
+    }
+    // 30 expected; five standard deviations (about 23) either side.
+    assert!((7..=53).contains(&held), "{held} of 100");
+    assert_eq!(server.counters().api_slowed, held);
+}
+
+#[test]
+fn probabilities_outside_zero_to_one_are_refused_by_the_builder() {
+    let refusal = |setter: &str, make: fn(f64) -> daxium_auth::mock::MockServerBuilder| {
+        for p in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+            let panic = std::panic::catch_unwind(|| make(p)).expect_err("refused");
+            let message = panic.downcast_ref::<String>().expect("a formatted message");
+            assert!(
+                message.contains(setter) && message.contains("not a probability"),
+                "{message}"
+            );
+        }
+    };
+    refusal("revoke_presented", |p| {
+        MockServer::builder().revoke_presented(p)
+    });
+    refusal("slow_api", |p| {
+        MockServer::builder().slow_api(p, Duration::from_secs(1))
+    });
+}
+
+#[tokio::test]
+async fn refuse_every_token_refuses_until_switched_off_and_revokes_nothing() {
+    let server = MockServer::start().await.expect("start");
+    let client = client();
+    let (access, _) = password_grant(&server, &client).await;
+    server.refuse_every_token(true);
+    // A token issued while it is on is refused too, and so is none at all.
+    let (fresh, _) = password_grant(&server, &client).await;
+    for token in [Some(access.as_str()), Some(fresh.as_str()), None] {
+        let reply = api_get(&server, &client, token).await;
+        assert_eq!(
+            reply.header(header::WWW_AUTHENTICATE),
+            Some(r#"Bearer realm="daxium", error="invalid_token""#)
+        );
+        assert_invalid_token(&reply, codes::INVALID_TOKEN);
+    }
+    assert_eq!(server.check_access_token(&access), Err(ApiDenial::Unknown));
+
+    server.refuse_every_token(false);
+    for token in [&access, &fresh] {
+        assert_eq!(
+            api_get(&server, &client, Some(token)).await.status,
+            StatusCode::OK
+        );
+    }
+    let c = server.counters();
+    assert_eq!((c.api_refused_all, c.api_ok), (4, 2), "{c:?}");
+    assert_eq!((c.api_revoked, c.api_unknown, c.api_no_token), (0, 0, 0));
+}
+
+/// Checks a gRPC trailers-only refusal and returns its `grpc-message`.
+fn grpc_refusal(reply: &Reply) -> String {
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header(header::CONTENT_TYPE), Some("application/grpc"));
+    assert_eq!(reply.header("grpc-status"), Some("16"), "UNAUTHENTICATED");
+    assert!(reply.body.is_empty());
+    assert!(reply.header(header::WWW_AUTHENTICATE).is_none());
+    reply.header("grpc-message").expect("a message").to_owned()
+}
+
+#[tokio::test]
+async fn grpc_refusals_answer_every_refusal_the_grpc_way() {
+    let server = MockServer::builder()
+        .grpc_refusals(true)
+        .start()
+        .await
+        .expect("start");
+    let client = client();
+    let (access, _) = password_grant(&server, &client).await;
+    let (revoked, _) = password_grant(&server, &client).await;
+    let (expired, _) = password_grant(&server, &client).await;
+    assert!(server.revoke(&revoked));
+
+    // A successful answer stays as it is.
+    let ok = api_get(&server, &client, Some(&access)).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(ok.header("grpc-status").is_none());
+    assert_eq!(ok.header("x-echo-method"), Some("GET"));
+
+    for (token, code) in [
+        (None, codes::MISSING_TOKEN),
+        (Some("made-up"), codes::INVALID_TOKEN),
+        (Some(revoked.as_str()), codes::REVOKED_TOKEN),
+    ] {
+        let message = grpc_refusal(&api_get(&server, &client, token).await);
+        assert!(message.starts_with(&format!("{code}: ")), "{message}");
+    }
+    server.fail_next_api(1, StatusCode::UNAUTHORIZED);
+    server.fail_next_api(1, StatusCode::SERVICE_UNAVAILABLE);
+    grpc_refusal(&api_get(&server, &client, Some(&access)).await);
+    // Other queued statuses are not refusals of the token.
+    let unavailable = api_get(&server, &client, Some(&access)).await;
+    assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(unavailable.daerr(), codes::INJECTED);
+
+    server.refuse_every_token(true);
+    let message = grpc_refusal(&api_get(&server, &client, Some(&access)).await);
+    assert!(message.starts_with(codes::INVALID_TOKEN), "{message}");
+    server.refuse_every_token(false);
+
+    server.expire_all();
+    let message = grpc_refusal(&api_get(&server, &client, Some(&expired)).await);
+    assert!(message.starts_with(codes::EXPIRED_TOKEN), "{message}");
+    let c = server.counters();
+    assert_eq!(
+        (
+            c.api_ok,
+            c.api_no_token,
+            c.api_unknown,
+            c.api_revoked,
+            c.api_expired
+        ),
+        (1, 1, 1, 1, 1),
+        "{c:?}"
+    );
+    assert_eq!((c.api_injected, c.api_refused_all), (2, 1));
+}
+
+#[tokio::test]
+async fn a_grpc_refusal_is_trailers_only_over_http2_and_rate_revocations_are_refused_so() {
+    let server = MockServer::builder()
+        .grpc_refusals(true)
+        .revoke_presented(1.0)
+        .start()
+        .await
+        .expect("start");
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let (access, _) = password_grant(&server, &client).await;
+    let request = Request::post(server.api_url("grpc.health.v1.Health/Check"))
+        .header(header::AUTHORIZATION, format!("Bearer {access}"))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("request");
+    let response = client.request(request).await.expect("a response");
+    // One HEADERS frame that ends the stream: nothing follows the headers.
+    assert!(http_body::Body::is_end_stream(response.body()));
+    assert_eq!(response.headers()["grpc-status"], "16");
+    let message = response.headers()["grpc-message"].to_str().expect("text");
+    assert!(message.starts_with(codes::REVOKED_TOKEN), "{message}");
+    let c = server.counters();
+    assert_eq!((c.api_revoked_in_use, c.api_revoked), (1, 1));
+}
+
 // === Controls ===
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use clap::{
 };
 use secrecy::SecretString;
 
-use crate::run::{Config, Stop};
+use crate::run::{Config, Embedded, SlowApi, Stop, Window};
 
 /// The most requests in flight: each is a task and a connection.
 const MAX_CONCURRENCY: i64 = 100_000;
@@ -28,7 +28,8 @@ const ABOUT: &str =
 const AFTER_HELP: &str = "\
 Without --token-url, load starts the embedded Daxium-compatible server on 127.0.0.1
 (4 s tokens, rotation on) and revokes every token half-way through, so that one run
-shows background refreshes, a new login and the 401 replay.
+shows background refreshes, a new login and the 401 replay. Its flags above make it
+behave as other real servers do; the summary counts what it did.
 
 --replicas N runs N layers in this process, each with its own token cache and clients as
 N processes would have, sharing the login through --store (redis://HOST:PORT/[DB],
@@ -56,6 +57,8 @@ pub(crate) struct Args {
     pub(crate) load: LoadArgs,
     #[command(flatten)]
     pub(crate) fleet: FleetArgs,
+    #[command(flatten)]
+    pub(crate) embedded: EmbeddedArgs,
     /// Print one JSON object at the end, nothing else on stdout (a run that
     /// cannot start prints {"error": {"kind", "message"}})
     #[arg(long, help_heading = "Output")]
@@ -176,6 +179,94 @@ pub(crate) struct FleetArgs {
     pub(crate) replicas: u32,
 }
 
+/// What the embedded server does: each flag only without `--token-url`.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Embedded server (without --token-url)")]
+#[group(id = "embedded", multiple = true, conflicts_with = "token_url")]
+pub(crate) struct EmbeddedArgs {
+    /// Access token lifetime, in seconds (fractions allowed) [default: 4]
+    #[arg(
+        long,
+        value_name = "SECS",
+        value_parser = seconds,
+        allow_negative_numbers = true
+    )]
+    pub(crate) token_lifetime: Option<Duration>,
+    /// Revoke a valid token presented with this probability (0 to 1), answered
+    /// as a revoked token, as servers that end sessions at any time do
+    #[arg(
+        long,
+        value_name = "RATE",
+        value_parser = probability,
+        allow_negative_numbers = true
+    )]
+    pub(crate) revoke_rate: Option<f64>,
+    /// Each refresh revokes the access token of the pair it replaces, as
+    /// django-oauth-toolkit does
+    #[arg(long)]
+    pub(crate) revoke_on_refresh: bool,
+    /// Hold back FRACTION (0 to 1) of the API's answers by MILLIS
+    /// milliseconds each, e.g. 0.05:200
+    #[arg(
+        long,
+        value_name = "FRACTION:MILLIS",
+        value_parser = slow_api
+    )]
+    pub(crate) slow_api: Option<SlowApi>,
+    /// Refuse every token (401 invalid_token, nothing revoked) from AT
+    /// seconds into the load for SECS seconds, e.g. 2:1.5
+    #[arg(
+        long,
+        value_name = "AT:SECS",
+        value_parser = window
+    )]
+    pub(crate) refuse_all: Option<Window>,
+    /// Refuse the gRPC way: HTTP 200, grpc-status 16 (UNAUTHENTICATED), no
+    /// body; counted under grpc_status
+    #[arg(long)]
+    pub(crate) grpc_refusals: bool,
+}
+
+/// The longest `--slow-api` latency, in milliseconds: an hour.
+const MAX_SLOW_MILLIS: u64 = 3_600_000;
+
+fn probability(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=1.0).contains(p))
+        .ok_or_else(|| "a probability from 0 to 1 wanted".to_owned())
+}
+
+fn slow_api(text: &str) -> Result<SlowApi, String> {
+    let wanted =
+        || format!("FRACTION:MILLIS wanted, FRACTION from 0 to 1, MILLIS up to {MAX_SLOW_MILLIS}");
+    let (fraction, millis) = text.split_once(':').ok_or_else(wanted)?;
+    let fraction = probability(fraction).map_err(|_| wanted())?;
+    let millis: u64 = millis
+        .parse()
+        .ok()
+        .filter(|ms| *ms <= MAX_SLOW_MILLIS)
+        .ok_or_else(wanted)?;
+    Ok(SlowApi {
+        fraction,
+        latency: Duration::from_millis(millis),
+    })
+}
+
+fn window(text: &str) -> Result<Window, String> {
+    let wanted = || "AT:SECS wanted: seconds into the load, and seconds above zero".to_owned();
+    let (at, length) = text.split_once(':').ok_or_else(wanted)?;
+    let at = at
+        .parse::<f64>()
+        .ok()
+        .filter(|secs| secs.is_finite() && *secs >= 0.0 && *secs <= MAX_DURATION_SECS)
+        .ok_or_else(wanted)?;
+    Ok(Window {
+        at: Duration::from_secs_f64(at),
+        length: seconds(length).map_err(|_| wanted())?,
+    })
+}
+
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
         .ok()
@@ -203,7 +294,23 @@ impl Args {
             stop,
             store: self.fleet.store,
             replicas: self.fleet.replicas as usize,
+            embedded: self.embedded.into_embedded(),
             ..Config::default()
+        }
+    }
+}
+
+impl EmbeddedArgs {
+    fn into_embedded(self) -> Embedded {
+        let defaults = Embedded::default();
+        Embedded {
+            token_lifetime: self.token_lifetime.unwrap_or(defaults.token_lifetime),
+            revoke_rate: self.revoke_rate.unwrap_or(defaults.revoke_rate),
+            revoke_on_refresh: self.revoke_on_refresh,
+            slow_api: self.slow_api,
+            refuse_all: self.refuse_all,
+            grpc_refusals: self.grpc_refusals,
+            ..defaults
         }
     }
 }
@@ -295,6 +402,43 @@ mod tests {
         assert_eq!(config.replicas, 8);
         let config = parse(&[]).unwrap().into_config();
         assert_eq!(config.stop, Stop::Duration(DEFAULT_DURATION));
+        assert_eq!(config.embedded, Embedded::default());
+    }
+
+    #[test]
+    fn embedded_flags_make_the_servers_settings() {
+        let config = parse(&[
+            "--token-lifetime",
+            "0.5",
+            "--revoke-rate",
+            "0.01",
+            "--revoke-on-refresh",
+            "--slow-api",
+            "0.05:200",
+            "--refuse-all=2:1.5",
+            "--grpc-refusals",
+        ])
+        .unwrap()
+        .into_config();
+        let embedded = config.embedded;
+        assert_eq!(embedded.token_lifetime, Duration::from_millis(500));
+        assert_eq!(embedded.revoke_rate, 0.01);
+        assert!(embedded.revoke_on_refresh && embedded.grpc_refusals);
+        assert_eq!(
+            embedded.slow_api,
+            Some(SlowApi {
+                fraction: 0.05,
+                latency: Duration::from_millis(200)
+            })
+        );
+        assert_eq!(
+            embedded.refuse_all,
+            Some(Window {
+                at: Duration::from_secs(2),
+                length: Duration::from_millis(1500)
+            })
+        );
+        assert!(embedded.revoke_halfway, "as without the flags");
     }
 
     #[test]
@@ -316,6 +460,28 @@ mod tests {
             &["--store"],
             &["--token-url"],
             &["--bogus"],
+            &["--token-lifetime", "0"],
+            &["--revoke-rate", "1.5"],
+            &["--revoke-rate", "-0.1"],
+            &["--revoke-rate", "NaN"],
+            &["--slow-api", "0.5"],
+            &["--slow-api", "2:10"],
+            &["--slow-api", "0.5:-1"],
+            &["--slow-api", "0.5:3600001"],
+            &["--refuse-all", "1"],
+            &["--refuse-all", "-1:1"],
+            &["--refuse-all", "1:0"],
+            &[
+                "--token-url=https://h/oauth/v2/token",
+                "--revoke-rate",
+                "0.1",
+            ],
+            &["--token-url=https://h/oauth/v2/token", "--grpc-refusals"],
+            &[
+                "--token-url=https://h/oauth/v2/token",
+                "--token-lifetime",
+                "2",
+            ],
         ] {
             let err = parse(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

@@ -18,13 +18,13 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AuthLayer, AuthService, Credentials, HttpFetcher, MemoryStore, ReplayBody, Stats, TokenError,
-    TokenStore,
+    AuthLayer, AuthLayerBuilder, AuthService, Credentials, HttpFetcher, MemoryStore, Refusal,
+    ReplayBody, Stats, TokenError, TokenStore,
     mock::MockServer,
     store::{AnyStore, LoginKey},
 };
 use futures_util::future::join_all;
-use http::{Request, StatusCode, Uri};
+use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
@@ -67,13 +67,23 @@ pub(crate) enum Stop {
 }
 
 /// The embedded server's settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Embedded {
     /// Access token lifetime: short, so that the run shows refreshes.
     pub(crate) token_lifetime: Duration,
     /// Revoke every token half-way through, so that the run shows the 401
     /// replay.
     pub(crate) revoke_halfway: bool,
+    /// The probability that a valid token presented is revoked on the spot.
+    pub(crate) revoke_rate: f64,
+    /// Each refresh revokes the access token of the pair it replaces.
+    pub(crate) revoke_on_refresh: bool,
+    /// A fraction of the API's answers held back.
+    pub(crate) slow_api: Option<SlowApi>,
+    /// When the API refuses every token.
+    pub(crate) refuse_all: Option<Window>,
+    /// Refusals the gRPC way (200, `grpc-status: 16`, no body).
+    pub(crate) grpc_refusals: bool,
 }
 
 impl Default for Embedded {
@@ -81,7 +91,32 @@ impl Default for Embedded {
         Self {
             token_lifetime: Duration::from_secs(4),
             revoke_halfway: true,
+            revoke_rate: 0.0,
+            revoke_on_refresh: false,
+            slow_api: None,
+            refuse_all: None,
+            grpc_refusals: false,
         }
+    }
+}
+
+/// `--slow-api`: this fraction of the answers, held back this long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SlowApi {
+    pub(crate) fraction: f64,
+    pub(crate) latency: Duration,
+}
+
+/// `--refuse-all`: from `at` into the load, for `length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub(crate) at: Duration,
+    pub(crate) length: Duration,
+}
+
+impl Window {
+    fn contains(&self, elapsed: Duration) -> bool {
+        elapsed >= self.at && elapsed - self.at < self.length
     }
 }
 
@@ -247,6 +282,8 @@ struct Live {
 #[derive(Default)]
 struct Tally {
     status: BTreeMap<u16, u64>,
+    /// 2xx answers that carried a gRPC status other than OK, by code.
+    grpc: BTreeMap<u32, u64>,
     errors: BTreeMap<&'static str, u64>,
 }
 
@@ -273,6 +310,7 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         }
         _ => {}
     }
+    check_embedded(&config)?;
     let sharing = open_store(&config)?;
     let (server, token_url, api_url, credentials) = prepare(&config).await?;
     if let Some(sharing) = &sharing {
@@ -294,7 +332,7 @@ pub(crate) async fn run(config: Config) -> Result<Summary, Fatal> {
         if let Some(sharing) = &sharing {
             builder = builder.store(sharing.store.clone());
         }
-        let layer = builder
+        let layer = refusal_rule(builder, &config.embedded)
             .build()
             .map_err(|err| Fatal::Usage(format!("--api-url: {err}")))?;
         let api = AuthService::new(http_client(), layer.clone());
@@ -344,10 +382,14 @@ async fn load(
     let firsts = replicas.iter().map(|r| one_request(r.api.clone(), api_uri));
     for first in join_all(firsts).await {
         match first {
-            Ok(status) if status.is_success() => {}
-            Ok(status) => {
+            Ok(answer) if answer.is_ok() => {}
+            // The embedded server's API is at the right URL; a refusal there
+            // is one it was told to make (--revoke-rate, say), which the load
+            // is to show, not a reason not to start.
+            Ok(_) if server.is_some() => {}
+            Ok(answer) => {
                 return Err(Fatal::Api(format!(
-                    "the API answered {status} to GET {api_url}"
+                    "the API answered {answer} to GET {api_url}"
                 )));
             }
             Err((kind, detail)) => {
@@ -393,6 +435,7 @@ async fn load(
     // The login has no previous token to race with: quiet from the start.
     let (mut last_grants, mut last_grant_at) = (fleet_stats(replicas).grants(), started - SETTLED);
     let mut halfway_at = None;
+    let mut refusing = false;
     let mut last_draw = started - DRAW;
     // Without a signal handler (none can be installed), no interruption.
     let interrupted = async {
@@ -458,7 +501,20 @@ async fn load(
                         ));
                     }
                 }
-                if ok != last_ok {
+                if let (Some(server), Some(window)) = (&server, config.embedded.refuse_all)
+                    && window.contains(elapsed) != refusing
+                {
+                    refusing = !refusing;
+                    server.refuse_every_token(refusing);
+                    bar.println(format!(
+                        "{:>6.2} s: the embedded server {} every token",
+                        elapsed.as_secs_f64(),
+                        if refusing { "refuses" } else { "accepts again" }
+                    ));
+                }
+                // No success is expected while the server refuses on purpose:
+                // the stall is counted from the end of the window.
+                if ok != last_ok || refusing {
                     (last_ok, last_ok_at) = (ok, now);
                 } else if now - last_ok_at >= STALL && aborted.is_none() {
                     aborted = Some(format!("no successful answer for {} s", STALL.as_secs()));
@@ -474,7 +530,7 @@ async fn load(
     let target = match &server {
         Some(server) => Target::Embedded {
             base_url: server.base_url(),
-            token_lifetime: config.embedded.token_lifetime,
+            settings: config.embedded,
             revoked_at,
             counters: server.counters(),
         },
@@ -498,6 +554,7 @@ async fn load(
         requests,
         ok,
         status: tally.status,
+        grpc: tally.grpc,
         errors: tally.errors,
         stats: fleet_stats(replicas),
         store,
@@ -510,6 +567,18 @@ async fn load(
         elapsed,
         aborted,
     })
+}
+
+/// Tells the layer how the API refuses a token, where that is not the 401
+/// about the token that the layer knows by default: with `--grpc-refusals`
+/// the embedded server refuses as a gRPC server does (HTTP 200,
+/// `grpc-status: 16`, no body), which `Refusal::grpc` recognises.
+fn refusal_rule(builder: AuthLayerBuilder, embedded: &Embedded) -> AuthLayerBuilder {
+    if embedded.grpc_refusals {
+        builder.refused_when(Refusal::grpc())
+    } else {
+        builder
+    }
 }
 
 /// One replica: a layer with its own token cache, and its own API client.
@@ -627,6 +696,35 @@ fn redact(message: &str, url: &str) -> String {
     }
 }
 
+/// The embedded server's settings: only for the embedded server, and
+/// probabilities within 0 to 1 (the server's builder would panic).
+fn check_embedded(config: &Config) -> Result<(), Fatal> {
+    let embedded = &config.embedded;
+    if config.token_url.is_some() && *embedded != Embedded::default() {
+        return Err(Fatal::Usage(
+            "the embedded server's settings (--token-lifetime, --revoke-rate, \
+             --revoke-on-refresh, --slow-api, --refuse-all, --grpc-refusals) need it: \
+             not with --token-url"
+                .into(),
+        ));
+    }
+    let fractions = [
+        ("--revoke-rate", embedded.revoke_rate),
+        (
+            "--slow-api",
+            embedded.slow_api.map_or(0.0, |slow| slow.fraction),
+        ),
+    ];
+    for (flag, p) in fractions {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(Fatal::Usage(format!(
+                "{flag}: a probability from 0 to 1 wanted"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The server (embedded or not), token URL, API URL and login of a run.
 async fn prepare(
     config: &Config,
@@ -666,12 +764,17 @@ async fn prepare(
                     "--api-url needs --token-url: the embedded server serves its own API".into(),
                 ));
             }
-            let server = MockServer::builder()
-                .token_lifetime(config.embedded.token_lifetime)
+            let embedded = &config.embedded;
+            let mut builder = MockServer::builder()
+                .token_lifetime(embedded.token_lifetime)
                 .rotation(true)
-                .start()
-                .await
-                .map_err(Fatal::Server)?;
+                .revoke_presented(embedded.revoke_rate)
+                .revoke_on_refresh(embedded.revoke_on_refresh)
+                .grpc_refusals(embedded.grpc_refusals);
+            if let Some(slow) = embedded.slow_api {
+                builder = builder.slow_api(slow.fraction, slow.latency);
+            }
+            let server = builder.start().await.map_err(Fatal::Server)?;
             if config.store.is_some() {
                 // A login of this run's own: a store kept from an earlier run
                 // holds tokens of another embedded server, that this one never
@@ -734,9 +837,39 @@ fn http_client() -> Client<Https, ReplayBody<Empty<Bytes>>> {
         .build(https)
 }
 
-/// One GET, body read, within [`REQUEST_TIMEOUT`]: the status, or the kind of
+/// What one request was answered.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    status: StatusCode,
+    /// A gRPC status other than OK, from the headers (a trailers-only
+    /// answer) or the trailers.
+    grpc: Option<u32>,
+}
+
+impl Answer {
+    fn is_ok(&self) -> bool {
+        self.status.is_success() && self.grpc.is_none()
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.grpc {
+            Some(code) => write!(f, "{} with gRPC status {code}", self.status),
+            None => write!(f, "{}", self.status),
+        }
+    }
+}
+
+/// A `grpc-status` other than 0 (OK) in `headers`.
+fn grpc_failure(headers: &HeaderMap) -> Option<u32> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    (code != 0).then_some(code)
+}
+
+/// One GET, body read, within [`REQUEST_TIMEOUT`]: the answer, or the kind of
 /// failure and its one-line description.
-async fn one_request(api: Api, uri: &Uri) -> Result<StatusCode, (&'static str, String)> {
+async fn one_request(api: Api, uri: &Uri) -> Result<Answer, (&'static str, String)> {
     let request = Request::get(uri.clone())
         .body(Empty::<Bytes>::new())
         .expect("a GET with a valid URI");
@@ -750,12 +883,11 @@ async fn one_request(api: Api, uri: &Uri) -> Result<StatusCode, (&'static str, S
             (kind, chain(&err))
         })?;
         let status = response.status();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|err| ("body", chain(&err)))?;
-        Ok(status)
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.map_err(|err| ("body", chain(&err)))?;
+        let grpc =
+            grpc_failure(&parts.headers).or_else(|| collected.trailers().and_then(grpc_failure));
+        Ok(Answer { status, grpc })
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
         Ok(result) => result,
@@ -786,14 +918,17 @@ async fn worker(
         }
         let started = Instant::now();
         match one_request(api.clone(), &uri).await {
-            Ok(status) => {
+            Ok(answer) => {
                 let latency = started.elapsed();
                 live.latency
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .record(latency);
-                *tally.status.entry(status.as_u16()).or_default() += 1;
-                if status.is_success() {
+                *tally.status.entry(answer.status.as_u16()).or_default() += 1;
+                if let (true, Some(code)) = (answer.status.is_success(), answer.grpc) {
+                    *tally.grpc.entry(code).or_default() += 1;
+                }
+                if answer.is_ok() {
                     live.ok.fetch_add(1, Relaxed);
                 }
             }
@@ -811,17 +946,21 @@ fn merge(into: &mut Tally, from: &Tally) {
     for (kind, n) in &from.errors {
         *into.errors.entry(kind).or_default() += n;
     }
+    for (code, n) in &from.grpc {
+        *into.grpc.entry(*code).or_default() += n;
+    }
 }
 
 impl Tally {
-    /// Requests that got an answer or failed, and answers with a 2xx.
+    /// Requests that got an answer or failed, and answers with a 2xx that
+    /// carried no gRPC failure.
     fn counts(&self) -> (u64, u64) {
         let requests = self.status.values().sum::<u64>() + self.errors.values().sum::<u64>();
-        let ok = (self.status.iter())
+        let success: u64 = (self.status.iter())
             .filter(|(code, _)| (200..300).contains(*code))
             .map(|(_, n)| n)
             .sum();
-        (requests, ok)
+        (requests, success - self.grpc.values().sum::<u64>())
     }
 }
 

@@ -10,6 +10,8 @@ use daxium_auth::{GrantType, Stats, mock::MockCounters};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::run::Embedded;
+
 /// The slowest latency the histogram tells apart, in microseconds: an hour.
 /// A slower one counts as an hour; a request never waits that long.
 const HIGHEST_US: u64 = 3_600_000_000;
@@ -19,12 +21,14 @@ const SIGNIFICANT_DIGITS: u8 = 3;
 const BAR_WIDTH: u64 = 40;
 
 /// Where the requests went.
+// One per run: boxing the larger variant would save nothing worth a pointer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// The embedded server, with its final counters.
+    /// The embedded server, with its settings and final counters.
     Embedded {
         base_url: String,
-        token_lifetime: Duration,
+        settings: Embedded,
         revoked_at: Option<Duration>,
         counters: MockCounters,
     },
@@ -170,6 +174,9 @@ pub(crate) struct Summary {
     pub(crate) ok: u64,
     /// Answers by status code.
     pub(crate) status: BTreeMap<u16, u64>,
+    /// 2xx answers that carried a gRPC status other than OK (a refusal the
+    /// layer did not replay), by gRPC code: not ok.
+    pub(crate) grpc: BTreeMap<u32, u64>,
     /// Failures without an answer, by kind: `token`, `connect`, `timeout`,
     /// `transport`, `body`.
     pub(crate) errors: BTreeMap<&'static str, u64>,
@@ -221,6 +228,49 @@ struct JsonSummary<'a> {
     replicas: usize,
     store: Option<&'a str>,
     per_replica: Vec<JsonReplica>,
+    grpc_status: &'a BTreeMap<u32, u64>,
+    server: Option<JsonServer>,
+}
+
+/// What the embedded server counted; `null` for a real server.
+#[derive(Serialize)]
+struct JsonServer {
+    api_requests: u64,
+    api_ok: u64,
+    api_revoked: u64,
+    api_revoked_in_use: u64,
+    api_expired: u64,
+    api_refused_all: u64,
+    api_slowed: u64,
+    refresh_revoked_access: u64,
+    refresh_reuse: u64,
+    /// When the server revoked every token, in seconds into the load.
+    revoked_all_at_s: Option<f64>,
+}
+
+impl JsonServer {
+    fn of(target: &Target) -> Option<Self> {
+        let Target::Embedded {
+            revoked_at,
+            counters: c,
+            ..
+        } = target
+        else {
+            return None;
+        };
+        Some(Self {
+            api_requests: c.api_requests,
+            api_ok: c.api_ok,
+            api_revoked: c.api_revoked,
+            api_revoked_in_use: c.api_revoked_in_use,
+            api_expired: c.api_expired,
+            api_refused_all: c.api_refused_all,
+            api_slowed: c.api_slowed,
+            refresh_revoked_access: c.refresh_revoked_access,
+            refresh_reuse: c.refresh_reuse,
+            revoked_all_at_s: revoked_at.map(|at| round3(at.as_secs_f64())),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -313,6 +363,8 @@ impl Summary {
                     retries_401: replica.stats.replays,
                 })
                 .collect(),
+            grpc_status: &self.grpc,
+            server: JsonServer::of(&self.target),
         })
         .expect("numbers, strings and maps with string or integer keys serialize")
     }
@@ -326,12 +378,10 @@ impl Summary {
         };
         let target = match &self.target {
             Target::Embedded {
-                base_url,
-                token_lifetime,
-                ..
+                base_url, settings, ..
             } => format!(
-                "embedded Daxium-compatible server at {base_url} ({} s tokens, rotation on)",
-                token_lifetime.as_secs_f64()
+                "embedded Daxium-compatible server at {base_url} ({})",
+                behaviour(settings)
             ),
             Target::Remote { api_url } => api_url.clone(),
         };
@@ -365,6 +415,15 @@ impl Summary {
             ),
         );
         row("status", listed(&self.status, "-"));
+        if !self.grpc.is_empty() {
+            row(
+                "grpc status",
+                format!(
+                    "{} (2xx answers refusing the call)",
+                    listed(&self.grpc, "-")
+                ),
+            );
+        }
         row("errors", listed(&self.errors, "none"));
         let latency = &self.latency;
         row(
@@ -436,29 +495,86 @@ impl Summary {
             ..
         } = &self.target
         {
-            let refused = counters.api_requests - counters.api_ok;
-            let revoked = match revoked_at {
-                Some(at) => format!("revoked every token at {:.1} s; ", at.as_secs_f64()),
-                None => String::new(),
-            };
-            row(
-                "server",
-                format!(
-                    "{revoked}{} API requests, {} refused ({} revoked, {} expired); \
-                     refresh tokens reused {}",
-                    group(counters.api_requests),
-                    group(refused),
-                    counters.api_revoked,
-                    counters.api_expired,
-                    counters.refresh_reuse
-                ),
-            );
+            row("server", server_line(*revoked_at, counters));
         }
         if let Some(reason) = &self.aborted {
             row("stopped early", reason.clone());
         }
         out
     }
+}
+
+/// The embedded server's settings, as the target line shows them.
+fn behaviour(settings: &Embedded) -> String {
+    let mut parts = vec![
+        format!("{} s tokens", settings.token_lifetime.as_secs_f64()),
+        "rotation on".to_owned(),
+    ];
+    if settings.revoke_rate > 0.0 {
+        parts.push(format!(
+            "revoking {}% of tokens in use",
+            settings.revoke_rate * 100.0
+        ));
+    }
+    if settings.revoke_on_refresh {
+        parts.push("revoking on refresh".to_owned());
+    }
+    if let Some(slow) = settings.slow_api {
+        parts.push(format!(
+            "{}% of answers {} ms late",
+            slow.fraction * 100.0,
+            slow.latency.as_millis()
+        ));
+    }
+    if let Some(window) = settings.refuse_all {
+        let from = window.at.as_secs_f64();
+        parts.push(format!(
+            "refusing every token from {from} s to {} s",
+            from + window.length.as_secs_f64()
+        ));
+    }
+    if settings.grpc_refusals {
+        parts.push("refusing the gRPC way".to_owned());
+    }
+    parts.join(", ")
+}
+
+/// The embedded server's `server` row: what it refused and revoked.
+fn server_line(revoked_at: Option<Duration>, c: &MockCounters) -> String {
+    let mut line = match revoked_at {
+        Some(at) => format!("revoked every token at {:.1} s; ", at.as_secs_f64()),
+        None => String::new(),
+    };
+    let mut refused = vec![
+        format!("{} revoked", group(c.api_revoked)),
+        format!("{} expired", group(c.api_expired)),
+    ];
+    if c.api_revoked_in_use > 0 {
+        refused[0].push_str(&format!(" ({} in use)", group(c.api_revoked_in_use)));
+    }
+    if c.api_refused_all > 0 {
+        refused.push(format!(
+            "{} while refusing every token",
+            group(c.api_refused_all)
+        ));
+    }
+    line.push_str(&format!(
+        "{} API requests, {} refused ({})",
+        group(c.api_requests),
+        group(c.api_requests - c.api_ok),
+        refused.join(", ")
+    ));
+    if c.api_slowed > 0 {
+        line.push_str(&format!(", {} held back", group(c.api_slowed)));
+    }
+    line.push_str(&format!("; refresh tokens reused {}", c.refresh_reuse));
+    if c.refresh_revoked_access > 0 {
+        line.push_str(&format!(
+            "; access tokens revoked by a refresh {}",
+            group(c.refresh_revoked_access)
+        ));
+    }
+    line
 }
 
 /// Each replica's grants as `password+refresh`, the first 16 of them.
@@ -658,6 +774,7 @@ mod tests {
             requests: latencies.len() as u64 + 1,
             ok: latencies.len() as u64 - 1,
             status: BTreeMap::from([(200, latencies.len() as u64 - 1), (401, 1)]),
+            grpc: BTreeMap::new(),
             errors: BTreeMap::from([("timeout", 1)]),
             stats,
             store: None,
@@ -722,6 +839,77 @@ mod tests {
         assert!(
             table.contains("grants by replica  2+4, 2+4, 2+4 (password+refresh)"),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn the_embedded_servers_settings_and_counters_are_shown() {
+        use crate::run::{SlowApi, Window};
+
+        let mut run = summary(&[100, 200]);
+        let mut counters = MockCounters::default();
+        counters.api_requests = 1_200;
+        counters.api_ok = 1_000;
+        counters.api_revoked = 150;
+        counters.api_revoked_in_use = 40;
+        counters.api_refused_all = 50;
+        counters.api_slowed = 7;
+        counters.refresh_revoked_access = 3;
+        run.target = Target::Embedded {
+            base_url: "http://127.0.0.1:1".into(),
+            settings: Embedded {
+                token_lifetime: Duration::from_millis(500),
+                revoke_rate: 0.01,
+                revoke_on_refresh: true,
+                slow_api: Some(SlowApi {
+                    fraction: 0.05,
+                    latency: Duration::from_millis(200),
+                }),
+                refuse_all: Some(Window {
+                    at: Duration::from_secs(2),
+                    length: Duration::from_millis(1500),
+                }),
+                grpc_refusals: true,
+                ..Embedded::default()
+            },
+            revoked_at: Some(Duration::from_millis(6_040)),
+            counters,
+        };
+        run.grpc = BTreeMap::from([(16, 12)]);
+        let table = run.table();
+        assert!(
+            table.contains(
+                "(0.5 s tokens, rotation on, revoking 1% of tokens in use, revoking on refresh, \
+                 5% of answers 200 ms late, refusing every token from 2 s to 3.5 s, \
+                 refusing the gRPC way)"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("grpc status        16: 12 (2xx answers refusing the call)"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "revoked every token at 6.0 s; 1,200 API requests, 200 refused (150 revoked \
+                 (40 in use), 0 expired, 50 while refusing every token), 7 held back; refresh \
+                 tokens reused 0; access tokens revoked by a refresh 3"
+            ),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&run.to_json()).unwrap();
+        assert_eq!(json["grpc_status"], serde_json::json!({"16": 12}));
+        let server = &json["server"];
+        assert_eq!(server["api_revoked_in_use"], 40);
+        assert_eq!(server["api_refused_all"], 50);
+        assert_eq!(server["api_slowed"], 7);
+        assert_eq!(server["refresh_revoked_access"], 3);
+        assert_eq!(server["revoked_all_at_s"], 6.04);
+        // A real server: no counters of its own.
+        let remote = summary(&[100]).to_json();
+        assert!(
+            remote.ends_with(r#""grpc_status":{},"server":null}"#),
+            "{remote}"
         );
     }
 

@@ -41,6 +41,9 @@ pub(super) enum RefreshStatus {
 pub(super) struct RefreshEntry {
     pub(super) login: Login,
     pub(super) status: RefreshStatus,
+    /// The access token last issued together with it: the one a server that
+    /// revokes on refresh revokes when it is presented.
+    pub(super) access: Option<String>,
 }
 
 /// Every token issued, and what became of it.
@@ -87,9 +90,17 @@ impl Books {
             RefreshEntry {
                 login,
                 status: RefreshStatus::Live,
+                access: None,
             },
         );
         token
+    }
+
+    /// Remembers that `access_token` was issued together with `refresh_token`.
+    pub(super) fn pair(&mut self, refresh_token: &str, access_token: &str) {
+        if let Some(entry) = self.refresh.get_mut(refresh_token) {
+            entry.access = Some(access_token.to_owned());
+        }
     }
 
     /// A refresh token this server issued.

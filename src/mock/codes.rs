@@ -34,8 +34,11 @@ pub const TOKEN_REQUEST_TOO_LARGE: &str = "DAERR-0120";
 /// 401 from the API: no `Authorization: Bearer` header.
 pub const MISSING_TOKEN: &str = "DAERR-0200";
 
-/// 401 from the API: a bearer token the server never issued, or a 401 queued
-/// with [`MockServer::fail_next_api`](super::MockServer::fail_next_api).
+/// 401 from the API: a bearer token the server never issued, a 401 queued
+/// with [`MockServer::fail_next_api`](super::MockServer::fail_next_api), or
+/// any request while
+/// [`MockServer::refuse_every_token`](super::MockServer::refuse_every_token)
+/// is on.
 pub const INVALID_TOKEN: &str = "DAERR-0201";
 
 /// 401 from the API: the access token is past its lifetime.

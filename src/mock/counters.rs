@@ -19,12 +19,17 @@ use super::books::ApiDenial;
 /// Every fault taken from the queue counts in `faults_injected`; a
 /// [`Fault::Delay`](super::Fault::Delay) is followed by the normal answer, which counts as well.
 /// `refresh_reuse` counts the refresh rejections (already in `refresh_rejected`)
-/// whose token had been spent before.
+/// whose token had been spent before. `refresh_revoked_access` counts the
+/// access tokens that refreshes (already in `refresh_ok`) revoked under
+/// [`revoke_on_refresh`](super::MockServerBuilder::revoke_on_refresh).
 ///
 /// Every protected resource check counts once in `api_requests` and once in
 /// exactly one of `api_ok`, `api_no_token`, `api_unknown`, `api_expired`,
-/// `api_revoked`, `api_injected` and `api_too_large`. A request whose body
-/// never fully arrived is dropped without an outcome.
+/// `api_revoked`, `api_refused_all`, `api_injected` and `api_too_large`. A request whose body
+/// never fully arrived is dropped without an outcome. `api_revoked_in_use`
+/// counts the revocations (already in `api_revoked`) of valid tokens that
+/// [`revoke_presented`](super::MockServerBuilder::revoke_presented) made on
+/// the spot.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MockCounters {
@@ -44,6 +49,11 @@ pub struct MockCounters {
     /// Refresh grants that presented a refresh token already spent by an
     /// earlier refresh (each one is also in `refresh_rejected`).
     pub refresh_reuse: u64,
+    /// Access tokens revoked by a refresh under
+    /// [`revoke_on_refresh`](super::MockServerBuilder::revoke_on_refresh):
+    /// the one issued together with the refresh token presented, unless it
+    /// was revoked already (an expired one counts).
+    pub refresh_revoked_access: u64,
     /// Token endpoint requests refused with 400 or 413: wrong method, content
     /// type or form, a missing parameter, an unsupported grant type, a body
     /// over 64 KiB.
@@ -62,11 +72,22 @@ pub struct MockCounters {
     pub api_expired: u64,
     /// Protected resource requests with a revoked token.
     pub api_revoked: u64,
+    /// Protected resource requests whose valid token was revoked on the spot
+    /// by [`revoke_presented`](super::MockServerBuilder::revoke_presented)
+    /// (each one is also in `api_revoked`).
+    pub api_revoked_in_use: u64,
+    /// Protected resource requests refused, whatever their token, while
+    /// [`refuse_every_token`](super::MockServer::refuse_every_token) was on.
+    pub api_refused_all: u64,
     /// Protected resource requests answered from the
     /// [`fail_next_api`](super::MockServer::fail_next_api) queue.
     pub api_injected: u64,
     /// Protected resource requests refused with 413 (body over 1 MiB).
     pub api_too_large: u64,
+    /// Protected resource answers held back by
+    /// [`slow_api`](super::MockServerBuilder::slow_api) (each request also
+    /// counts in its outcome).
+    pub api_slowed: u64,
     /// Requests for any other path (404).
     pub not_found: u64,
 }
@@ -108,7 +129,11 @@ impl fmt::Debug for RecordedGrant {
 pub(super) enum GrantOutcome {
     PasswordOk,
     PasswordRejected,
-    RefreshOk,
+    /// `revoked_access`: it revoked the access token issued with the
+    /// refresh token presented.
+    RefreshOk {
+        revoked_access: bool,
+    },
     /// `reused`: the refresh token had been spent by an earlier refresh.
     RefreshRejected {
         reused: bool,
@@ -122,6 +147,10 @@ pub(super) enum GrantOutcome {
 pub(super) enum ApiOutcome {
     /// Its token was checked.
     Checked(Result<(), ApiDenial>),
+    /// Its token was valid, and revoked on the spot.
+    RevokedInUse,
+    /// Refused whatever its token.
+    RefusedAll,
     /// A queued status answered it.
     Injected,
     /// Its body was over the cap.
@@ -133,7 +162,10 @@ impl MockCounters {
         *match outcome {
             GrantOutcome::PasswordOk => &mut self.password_ok,
             GrantOutcome::PasswordRejected => &mut self.password_rejected,
-            GrantOutcome::RefreshOk => &mut self.refresh_ok,
+            GrantOutcome::RefreshOk { revoked_access } => {
+                self.refresh_revoked_access += u64::from(revoked_access);
+                &mut self.refresh_ok
+            }
             GrantOutcome::RefreshRejected { reused } => {
                 self.refresh_reuse += u64::from(reused);
                 &mut self.refresh_rejected
@@ -150,6 +182,11 @@ impl MockCounters {
             ApiOutcome::Checked(Err(ApiDenial::Unknown)) => &mut self.api_unknown,
             ApiOutcome::Checked(Err(ApiDenial::Expired)) => &mut self.api_expired,
             ApiOutcome::Checked(Err(ApiDenial::Revoked)) => &mut self.api_revoked,
+            ApiOutcome::RevokedInUse => {
+                self.api_revoked_in_use += 1;
+                &mut self.api_revoked
+            }
+            ApiOutcome::RefusedAll => &mut self.api_refused_all,
             ApiOutcome::Injected => &mut self.api_injected,
             ApiOutcome::TooLarge => &mut self.api_too_large,
         } += 1;
@@ -165,14 +202,20 @@ mod tests {
         let mut c = MockCounters::default();
         c.count_grant(GrantOutcome::PasswordOk);
         c.count_grant(GrantOutcome::PasswordRejected);
-        c.count_grant(GrantOutcome::RefreshOk);
+        c.count_grant(GrantOutcome::RefreshOk {
+            revoked_access: false,
+        });
+        c.count_grant(GrantOutcome::RefreshOk {
+            revoked_access: true,
+        });
         c.count_grant(GrantOutcome::RefreshRejected { reused: false });
         c.count_grant(GrantOutcome::RefreshRejected { reused: true });
         c.count_grant(GrantOutcome::BadRequest);
         assert_eq!(
             (c.password_ok, c.password_rejected, c.refresh_ok),
-            (1, 1, 1)
+            (1, 1, 2)
         );
+        assert_eq!(c.refresh_revoked_access, 1);
         assert_eq!(
             (c.refresh_rejected, c.refresh_reuse, c.bad_requests),
             (2, 1, 1)
@@ -189,6 +232,7 @@ mod tests {
             ApiOutcome::Checked(Err(ApiDenial::Unknown)),
             ApiOutcome::Checked(Err(ApiDenial::Expired)),
             ApiOutcome::Checked(Err(ApiDenial::Revoked)),
+            ApiOutcome::RefusedAll,
             ApiOutcome::Injected,
             ApiOutcome::TooLarge,
         ];
@@ -201,10 +245,15 @@ mod tests {
             c.api_unknown,
             c.api_expired,
             c.api_revoked,
+            c.api_refused_all,
             c.api_injected,
             c.api_too_large,
         ];
-        assert_eq!(each, [1; 7]);
-        assert_eq!(c.api_requests, 7);
+        assert_eq!(each, [1; 8]);
+        assert_eq!(c.api_requests, 8);
+
+        c.count_api(ApiOutcome::RevokedInUse);
+        assert_eq!((c.api_revoked, c.api_revoked_in_use), (2, 1));
+        assert_eq!(c.api_requests, 9);
     }
 }

@@ -2,7 +2,7 @@
 //! content type, form) against the accepted login and the token books, and
 //! returns the reply and its outcome, which the server then sends and counts.
 //! The settings that shape the decisions (lifetime, rotation, reuse
-//! protection) are here too.
+//! protection, revocation on refresh) are here too.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,6 +29,9 @@ pub(super) struct Config {
     pub(super) token_lifetime: Duration,
     pub(super) rotation: bool,
     pub(super) reuse_protection: bool,
+    /// Whether a refresh revokes the access token issued with the refresh
+    /// token presented.
+    pub(super) revoke_on_refresh: bool,
     /// How long every answer is held back; the server waits, not the decision.
     pub(super) grant_latency: Duration,
 }
@@ -162,6 +165,7 @@ impl Grant<'_> {
         let access_token = self
             .books
             .issue_access(login, self.config.token_lifetime, self.now);
+        self.books.pair(&refresh_token, &access_token);
         GrantReply::Issued {
             access_token,
             refresh_token,
@@ -244,13 +248,20 @@ impl Grant<'_> {
                 rejected(refusal, true)
             }
             RefreshStatus::Live => {
+                let previous = entry.access.take();
                 let refresh_token = if self.config.rotation {
                     entry.status = RefreshStatus::Spent;
                     self.books.issue_refresh(login.clone())
                 } else {
                     presented.to_owned()
                 };
-                (self.issue(login, refresh_token), GrantOutcome::RefreshOk)
+                // As django-oauth-toolkit does: the pair presented is replaced
+                // whole, so a client that goes on with the old access token
+                // after its refresh meets a 401.
+                let revoked_access = self.config.revoke_on_refresh
+                    && previous.is_some_and(|access| self.books.revoke(&access));
+                let outcome = GrantOutcome::RefreshOk { revoked_access };
+                (self.issue(login, refresh_token), outcome)
             }
         }
     }

@@ -44,20 +44,37 @@
 //!   it a 413), then `Authorization: Bearer <token>` is checked. A missing,
 //!   unknown, expired or revoked token is a 401 with
 //!   `WWW-Authenticate: Bearer realm="daxium"` (plus `error="invalid_token"`
-//!   when a token was sent) and a Daxium error body. A valid one gets a 200
+//!   when a token was sent) and a Daxium error body, or a gRPC refusal with
+//!   [`MockServerBuilder::grpc_refusals`]. A valid one gets a 200
 //!   whose body is the request body byte for byte, with the request's
 //!   `Content-Type`, and `x-echo-method` and `x-echo-uri` headers.
 //! - Anything else: 404.
 //!
 //! Access tokens expire after the configured lifetime, measured on
 //! `tokio::time::Instant` (so paused test time applies); refresh tokens do not
-//! expire. A refresh leaves earlier access tokens valid until they expire.
+//! expire. A refresh leaves earlier access tokens valid until they expire
+//! (unless [`MockServerBuilder::revoke_on_refresh`]).
 //! Changing the credentials leaves issued tokens valid: call
 //! [`MockServer::revoke_all`] too to force a new password grant.
+//!
+//! # What real servers do
+//!
+//! Off by default, each set on the builder: revoking tokens in use at a
+//! rate ([`MockServerBuilder::revoke_presented`]), revoking the access token
+//! of the pair a refresh replaces ([`MockServerBuilder::revoke_on_refresh`]),
+//! holding back some answers ([`MockServerBuilder::slow_api`]), refusing
+//! the gRPC way ([`MockServerBuilder::grpc_refusals`]). At any
+//! time, [`MockServer::refuse_every_token`] makes the API refuse every token
+//! until told to stop.
+//! The random decisions
+//! come from one generator that [`MockServerBuilder::seed`] makes
+//! reproducible.
 
+mod api;
 mod books;
 pub mod codes;
 mod counters;
+mod dice;
 mod fault;
 mod grant;
 mod response;
@@ -73,12 +90,18 @@ use std::{
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::Instant};
 
+use self::{
+    api::{ApiConfig, SlowApi},
+    books::Presented,
+    dice::Dice,
+    grant::Config,
+    state::Shared,
+};
 pub use self::{
     books::ApiDenial,
     counters::{MockCounters, RecordedGrant},
     fault::Fault,
 };
-use self::{books::Presented, grant::Config, state::Shared};
 use crate::Credentials;
 
 // === impl MockServer ===
@@ -170,6 +193,22 @@ impl MockServer {
         self.shared.lock().revoke(access_token)
     }
 
+    /// While on, the protected resource refuses every request as it refuses
+    /// an invalid token (401, `WWW-Authenticate: Bearer realm="daxium",
+    /// error="invalid_token"`, [`codes::INVALID_TOKEN`]), whatever token it
+    /// carries, none included; off (the default), it checks tokens again.
+    ///
+    /// No token is revoked: the valid ones work again once it is off. This is
+    /// an API in trouble rather than a token that was revoked: a gateway
+    /// that lost its signing keys, a permissions problem behind a bare 401.
+    /// A client that answers each such 401 with a new grant would hammer the
+    /// token endpoint for nothing. Each request refused so counts in
+    /// `api_refused_all`; [`check_access_token`](Self::check_access_token)
+    /// refuses too, with [`ApiDenial::Unknown`].
+    pub fn refuse_every_token(&self, on: bool) {
+        self.shared.lock().refuse_every_token(on);
+    }
+
     /// Revokes every access token and every refresh token not yet spent.
     pub fn revoke_all(&self) {
         self.shared.lock().revoke_all();
@@ -201,16 +240,20 @@ impl MockServer {
         } else {
             Presented::Bearer(token)
         };
-        self.shared.lock().check(presented, Instant::now())
+        self.shared
+            .lock()
+            .check(&self.shared.api, presented, Instant::now())
     }
 
     /// Checks an `Authorization` header value (`Bearer <token>`, scheme in any
     /// case) as the protected resource would, and counts the outcome like an
     /// API request. `None`, or another scheme, is [`ApiDenial::NoToken`].
     pub fn check_authorization(&self, authorization: Option<&str>) -> Result<(), ApiDenial> {
-        self.shared
-            .lock()
-            .check(Presented::from_header(authorization), Instant::now())
+        self.shared.lock().check(
+            &self.shared.api,
+            Presented::from_header(authorization),
+            Instant::now(),
+        )
     }
 
     /// Shuts the server down and waits until the listener is closed and every
@@ -241,6 +284,7 @@ impl fmt::Debug for MockServer {
         f.debug_struct("MockServer")
             .field("addr", &self.addr)
             .field("config", &self.shared.config)
+            .field("api", &self.shared.api)
             .finish_non_exhaustive()
     }
 }
@@ -254,6 +298,8 @@ impl fmt::Debug for MockServer {
 pub struct MockServerBuilder {
     credentials: Credentials,
     config: Config,
+    api: ApiConfig,
+    seed: Option<u64>,
 }
 
 impl MockServerBuilder {
@@ -269,8 +315,15 @@ impl MockServerBuilder {
                 token_lifetime: Duration::from_secs(3600),
                 rotation: true,
                 reuse_protection: false,
+                revoke_on_refresh: false,
                 grant_latency: Duration::ZERO,
             },
+            api: ApiConfig {
+                revoke_presented: 0.0,
+                slow: None,
+                grpc_refusals: false,
+            },
+            seed: None,
         }
     }
 
@@ -313,11 +366,108 @@ impl MockServerBuilder {
         self
     }
 
+    /// Whether a successful refresh grant revokes the access token that was
+    /// issued together with the refresh token presented. Default: off, as
+    /// Daxium does: earlier access tokens live until they expire.
+    ///
+    /// On, a refresh replaces the pair presented whole, as django-oauth-toolkit,
+    /// node-oauth2-server and others do: a request still in flight with the
+    /// old access token meets a 401 once the refresh is processed, which is
+    /// why the layer makes a replay wait for the refresh in flight. Without
+    /// [`rotation`](Self::rotation) the refresh token comes back, and its
+    /// next refresh revokes the access token of this one. Each token revoked
+    /// (not already revoked) counts in `refresh_revoked_access`.
+    #[must_use]
+    pub fn revoke_on_refresh(mut self, on: bool) -> Self {
+        self.config.revoke_on_refresh = on;
+        self
+    }
+
     /// How long every token endpoint answer is held back, faults included.
     /// Default: zero. The grant itself takes effect when the request arrives.
     #[must_use]
     pub fn grant_latency(mut self, latency: Duration) -> Self {
         self.config.grant_latency = latency;
+        self
+    }
+
+    /// The probability that a protected resource request presenting a valid
+    /// access token revokes that token on the spot. Default: 0.0, never.
+    ///
+    /// The request is answered exactly as a revoked token is (401,
+    /// `WWW-Authenticate: Bearer realm="daxium", error="invalid_token"`,
+    /// [`codes::REVOKED_TOKEN`]), and the token stays revoked; its refresh
+    /// token is untouched. Real servers revoke tokens in use when a session
+    /// is ended elsewhere: a password change, an administrator's logout, a
+    /// security event (Keycloak's session revocation, Auth0's and Okta's
+    /// user logouts), at times nobody can predict. Each one counts in
+    /// `api_revoked` and in `api_revoked_in_use`. The draws come from the
+    /// server's one generator: see [`seed`](Self::seed).
+    ///
+    /// # Panics
+    ///
+    /// When `rate` is not within 0.0..=1.0 (NaN included): a test that asks
+    /// for an impossible rate has a bug, which clamping would hide.
+    #[must_use]
+    pub fn revoke_presented(mut self, rate: f64) -> Self {
+        self.api.revoke_presented = probability("revoke_presented", rate);
+        self
+    }
+
+    /// Holds back `fraction` of the protected resource's answers for
+    /// `latency` each (chosen at random, from the generator of
+    /// [`seed`](Self::seed)). Default: none.
+    ///
+    /// The draw is made once the token is checked, for every answer of the
+    /// check, refusals included (not for the queued answers of
+    /// [`MockServer::fail_next_api`] nor for a 413); the decision itself,
+    /// a revocation too, takes effect when the request arrives, and only the
+    /// answer waits, as behind a slow backend or a saturated gateway, the
+    /// long tail of every real API. So a 401 held back can reach the client
+    /// after its token was replaced. Measured with `tokio::time`: paused
+    /// test time applies. Each answer held back counts in `api_slowed`.
+    ///
+    /// # Panics
+    ///
+    /// When `fraction` is not within 0.0..=1.0 (NaN included).
+    #[must_use]
+    pub fn slow_api(mut self, fraction: f64, latency: Duration) -> Self {
+        let fraction = probability("slow_api", fraction);
+        self.api.slow = Some(SlowApi { fraction, latency });
+        self
+    }
+
+    /// Whether every refusal of the protected resource is answered as a gRPC
+    /// server refuses a call: HTTP 200, `Content-Type: application/grpc`,
+    /// `grpc-status: 16` (UNAUTHENTICATED) and a `grpc-message` (the
+    /// `DAERR-` code and the reason, as in [`codes`]) in the headers, and an
+    /// empty body: a trailers-only response, on HTTP/2 one HEADERS frame
+    /// that ends the stream. Default: off, a Daxium 401.
+    ///
+    /// Every refusal means a missing, unknown, expired or revoked token,
+    /// those of [`revoke_presented`](Self::revoke_presented) and
+    /// [`MockServer::refuse_every_token`], and a 401 queued with
+    /// [`MockServer::fail_next_api`]; other queued statuses and successful
+    /// answers stay as they are. gRPC servers (tonic, grpc-go, grpc-java)
+    /// refuse a token this way, never with a 401, and so do proxies that
+    /// answer a gRPC call themselves (Envoy turns its own 401 into
+    /// UNAUTHENTICATED): a client that only looks for 401s passes each
+    /// refusal to its caller. The counters are the same either way.
+    #[must_use]
+    pub fn grpc_refusals(mut self, on: bool) -> Self {
+        self.api.grpc_refusals = on;
+        self
+    }
+
+    /// Seeds the generator that decides every random behaviour
+    /// ([`revoke_presented`](Self::revoke_presented),
+    /// [`slow_api`](Self::slow_api)), so that a test that sends its requests
+    /// one after the other sees the same decisions on every run. Default: seeded from
+    /// the operating system, different on each start. The tokens do not come
+    /// from it: they stay unguessable whatever the seed.
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -333,7 +483,8 @@ impl MockServerBuilder {
     pub async fn start(self) -> std::io::Result<MockServer> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(self.config, self.credentials));
+        let dice = self.seed.map_or_else(Dice::unseeded, Dice::seeded);
+        let shared = Arc::new(Shared::new(self.config, self.api, self.credentials, dice));
         let (shutdown, watcher) = watch::channel(());
         let accept = tokio::spawn(server::accept_loop(listener, Arc::clone(&shared), watcher));
         Ok(MockServer {
@@ -349,4 +500,14 @@ impl Default for MockServerBuilder {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `p`, if it is a probability; a panic that names the setter otherwise.
+#[track_caller]
+fn probability(setter: &str, p: f64) -> f64 {
+    assert!(
+        (0.0..=1.0).contains(&p),
+        "MockServerBuilder::{setter}: {p} is not a probability within 0.0..=1.0"
+    );
+    p
 }

@@ -1,7 +1,7 @@
 //! The responses of the mock server, as both the handlers and the faults build
 //! them: [`MockBody`], a body of chunks already in memory with or without an
-//! announced length, and the JSON, Daxium error and plain responses. A leaf:
-//! it knows nothing of the server's state.
+//! announced length, and the JSON, Daxium error, gRPC status and plain
+//! responses. A leaf: it knows nothing of the server's state.
 
 use std::{
     collections::VecDeque,
@@ -117,6 +117,29 @@ pub(super) fn error_response(status: StatusCode, code: &str, message: &str) -> R
     )
 }
 
+/// gRPC's UNAUTHENTICATED status code.
+pub(super) const GRPC_UNAUTHENTICATED: u32 = 16;
+
+/// A gRPC trailers-only response, as a gRPC server refuses a call: HTTP 200,
+/// `Content-Type: application/grpc`, `grpc-status` and `grpc-message` in the
+/// headers, and no body, so that on HTTP/2 it is one HEADERS frame that ends
+/// the stream. `message` goes as it is when it is printable ASCII without
+/// `%`, which needs no percent-encoding in `grpc-message`; otherwise it is
+/// left out.
+pub(super) fn grpc_status_response(code: u32, message: &str) -> Response<MockBody> {
+    let mut response = respond(StatusCode::OK, "application/grpc", MockBody::empty());
+    let headers = response.headers_mut();
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if message
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'%')
+        && let Ok(value) = HeaderValue::from_str(message)
+    {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
 /// A response with `status`, a `Content-Type` (none when empty or not a valid
 /// header value) and `body`.
 pub(super) fn respond(
@@ -132,4 +155,33 @@ pub(super) fn respond(
         response.headers_mut().insert(header::CONTENT_TYPE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grpc_status_is_trailers_only() {
+        let response = grpc_status_response(GRPC_UNAUTHENTICATED, "DAERR-0203: revoked");
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers[header::CONTENT_TYPE], "application/grpc");
+        assert_eq!(headers["grpc-status"], "16");
+        assert_eq!(headers["grpc-message"], "DAERR-0203: revoked");
+        assert!(response.body().is_end_stream());
+        assert_eq!(response.body().size_hint().exact(), Some(0));
+    }
+
+    #[test]
+    fn a_grpc_message_that_would_need_encoding_is_left_out() {
+        for message in ["100% sure", "caf\u{e9}", "two\nlines"] {
+            let response = grpc_status_response(GRPC_UNAUTHENTICATED, message);
+            assert!(
+                response.headers().get("grpc-message").is_none(),
+                "{message}"
+            );
+            assert_eq!(response.headers()["grpc-status"], "16");
+        }
+    }
 }

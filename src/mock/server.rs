@@ -31,7 +31,9 @@ use super::{
     counters::RecordedGrant,
     fault::FaultAction,
     grant::{GRANT_BODY_LIMIT, GrantInput, GrantReply, parse_form},
-    response::{MockBody, error_response, json_response},
+    response::{
+        GRPC_UNAUTHENTICATED, MockBody, error_response, grpc_status_response, json_response,
+    },
     state::Shared,
 };
 
@@ -87,7 +89,14 @@ fn grant_response(reply: GrantReply) -> Response<MockBody> {
     }
 }
 
-fn denial_response(denial: ApiDenial) -> Response<MockBody> {
+/// A refusal of the protected resource: a Daxium 401, or as a gRPC server
+/// refuses a call when the server is set to.
+fn denial_response(denial: ApiDenial, grpc: bool) -> Response<MockBody> {
+    if grpc {
+        // The code goes in the message, so that a test can still tell why.
+        let message = format!("{}: {}", denial.code(), denial.message());
+        return grpc_status_response(GRPC_UNAUTHENTICATED, &message);
+    }
     let mut response = error_response(StatusCode::UNAUTHORIZED, denial.code(), denial.message());
     // RFC 6750 §3.1: no error code when the request carried no token at all.
     let challenge = match denial {
@@ -255,13 +264,22 @@ async fn protected_resource(
         (Some(_), Some(_)) => Presented::Garbage,
     };
 
-    let outcome = {
+    let (outcome, hold) = {
         let mut state = shared.lock();
         match state.begin_api() {
-            Some(status) => Err(Err(status)),
-            None => state.check(presented, Instant::now()).map_err(Ok),
+            Some(status) => (Err(Err(status)), Duration::ZERO),
+            None => {
+                let answer = state.check(&shared.api, presented, Instant::now());
+                (answer.map_err(Ok), state.hold_back(&shared.api))
+            }
         }
     };
+    // The decision (a revocation too) took effect on arrival; only the
+    // answer waits, as behind a slow backend: a refusal held back can reach
+    // the client after its token was replaced.
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
 
     match outcome {
         Ok(()) => {
@@ -287,8 +305,11 @@ async fn protected_resource(
             }
             Ok(response)
         }
-        Err(Ok(denial)) => Ok(denial_response(denial)),
-        Err(Err(StatusCode::UNAUTHORIZED)) => Ok(denial_response(ApiDenial::Unknown)),
+        Err(Ok(denial)) => Ok(denial_response(denial, shared.api.grpc_refusals)),
+        Err(Err(StatusCode::UNAUTHORIZED)) => Ok(denial_response(
+            ApiDenial::Unknown,
+            shared.api.grpc_refusals,
+        )),
         Err(Err(status)) => Ok(error_response(status, codes::INJECTED, "injected failure")),
     }
 }

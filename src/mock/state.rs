@@ -1,12 +1,14 @@
 //! What the mock server remembers, behind one mutex: the accepted login, the
-//! token books, the fault queues, the counters and the grant log. Each method
-//! is one short critical section that the HTTP handlers and the test-facing
-//! methods of `MockServer` (also from sync code) share.
+//! token books, the fault queues, the refuse-every-token switch, the dice,
+//! the counters and the grant log. Each method is one short critical section
+//! that the HTTP handlers and the test-facing methods of `MockServer` (also
+//! from sync code) share.
 
 use std::{
     collections::VecDeque,
     fmt,
     sync::{Mutex, MutexGuard, PoisonError},
+    time::Duration,
 };
 
 use http::StatusCode;
@@ -14,8 +16,10 @@ use tokio::time::Instant;
 
 use super::{
     Fault,
+    api::{ApiConfig, decide_api, hold_back},
     books::{ApiDenial, Books, Presented},
     counters::{ApiOutcome, MockCounters, RecordedGrant},
+    dice::Dice,
     grant::{Config, GrantInput, GrantReply, decide_grant},
 };
 use crate::Credentials;
@@ -23,14 +27,21 @@ use crate::Credentials;
 /// Everything a connection needs: the fixed settings and the state.
 pub(super) struct Shared {
     pub(super) config: Config,
+    pub(super) api: ApiConfig,
     state: Mutex<State>,
 }
 
 impl Shared {
-    pub(super) fn new(config: Config, credentials: Credentials) -> Self {
+    pub(super) fn new(
+        config: Config,
+        api: ApiConfig,
+        credentials: Credentials,
+        dice: Dice,
+    ) -> Self {
         Self {
             config,
-            state: Mutex::new(State::new(credentials)),
+            api,
+            state: Mutex::new(State::new(credentials, dice)),
         }
     }
 
@@ -46,6 +57,7 @@ impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
             .field("config", &self.config)
+            .field("api", &self.api)
             .finish_non_exhaustive()
     }
 }
@@ -57,17 +69,21 @@ pub(super) struct State {
     books: Books,
     grant_faults: VecDeque<Fault>,
     api_faults: VecDeque<StatusCode>,
+    refuse_every_token: bool,
+    dice: Dice,
     counters: MockCounters,
     grant_log: Vec<RecordedGrant>,
 }
 
 impl State {
-    fn new(credentials: Credentials) -> Self {
+    fn new(credentials: Credentials, dice: Dice) -> Self {
         Self {
             credentials,
             books: Books::new(),
             grant_faults: VecDeque::new(),
             api_faults: VecDeque::new(),
+            refuse_every_token: false,
+            dice,
             counters: MockCounters::default(),
             grant_log: Vec::new(),
         }
@@ -128,6 +144,10 @@ impl State {
         self.books.revoke(access_token)
     }
 
+    pub(super) fn refuse_every_token(&mut self, on: bool) {
+        self.refuse_every_token = on;
+    }
+
     pub(super) fn revoke_all(&mut self) {
         self.books.revoke_all();
     }
@@ -153,22 +173,36 @@ impl State {
         self.counters.not_found += 1;
     }
 
-    /// Checks a presented token and counts the outcome.
+    /// Decides whether the protected resource lets `presented` through, and
+    /// counts the outcome.
     pub(super) fn check(
         &mut self,
+        config: &ApiConfig,
         presented: Presented<'_>,
         now: Instant,
     ) -> Result<(), ApiDenial> {
-        let outcome = self.books.check(presented, now);
-        self.counters.count_api(ApiOutcome::Checked(outcome));
-        outcome
+        let (answer, outcome) = decide_api(
+            &mut self.books,
+            &mut self.dice,
+            config,
+            self.refuse_every_token,
+            presented,
+            now,
+        );
+        self.counters.count_api(outcome);
+        answer
+    }
+
+    /// How long the answer just decided is held back, and counts it.
+    pub(super) fn hold_back(&mut self, config: &ApiConfig) -> Duration {
+        let hold = hold_back(&mut self.dice, config);
+        self.counters.api_slowed += u64::from(hold.is_some());
+        hold.unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use http::Method;
 
     use super::*;
@@ -179,9 +213,18 @@ mod tests {
             token_lifetime: Duration::from_secs(60),
             rotation: true,
             reuse_protection: false,
+            revoke_on_refresh: false,
             grant_latency: Duration::ZERO,
         };
-        let mut state = State::new(Credentials::new("cid", "csecret", "user", "pass"));
+        let api = ApiConfig {
+            revoke_presented: 0.0,
+            slow: None,
+            grpc_refusals: false,
+        };
+        let mut state = State::new(
+            Credentials::new("cid", "csecret", "user", "pass"),
+            Dice::seeded(0),
+        );
         let now = Instant::now();
         let grant = |state: &mut State, method: &Method, body: &str| {
             let input = GrantInput {
@@ -203,10 +246,13 @@ mod tests {
             &Method::POST,
             &password.replace("password=pass", "password=nope"),
         );
-        assert_eq!(state.check(Presented::Bearer(&access_token), now), Ok(()));
+        assert_eq!(
+            state.check(&api, Presented::Bearer(&access_token), now),
+            Ok(())
+        );
         assert!(state.revoke(&access_token));
         assert_eq!(
-            state.check(Presented::Bearer(&access_token), now),
+            state.check(&api, Presented::Bearer(&access_token), now),
             Err(ApiDenial::Revoked)
         );
         state.queue_api_faults(1, StatusCode::BAD_GATEWAY);

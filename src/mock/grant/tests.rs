@@ -1,5 +1,6 @@
 //! The token endpoint's decisions, case by case: malformed requests, both
-//! grants, rotation, reuse and its protection, and the settings' arithmetic.
+//! grants, rotation, reuse and its protection, revocation on refresh, and
+//! the settings' arithmetic.
 
 use super::*;
 use crate::mock::books::{ApiDenial, Presented};
@@ -9,6 +10,7 @@ fn config() -> Config {
         token_lifetime: Duration::from_secs(3600),
         rotation: true,
         reuse_protection: false,
+        revoke_on_refresh: false,
         grant_latency: Duration::ZERO,
     }
 }
@@ -188,7 +190,9 @@ fn rotation_spends_and_reuse_is_detected() {
     // Without reuse protection the newer token still works.
     assert_eq!(
         endpoint.form(&refresh_body(&second)).1,
-        GrantOutcome::RefreshOk
+        GrantOutcome::RefreshOk {
+            revoked_access: false
+        }
     );
 }
 
@@ -219,6 +223,47 @@ fn no_rotation_keeps_the_refresh_token() {
     assert_eq!(first, same);
     assert_eq!(
         endpoint.form(&refresh_body(&first)).1,
-        GrantOutcome::RefreshOk
+        GrantOutcome::RefreshOk {
+            revoked_access: false
+        }
     );
+}
+
+#[test]
+fn revoke_on_refresh_revokes_the_access_token_issued_with_the_refresh_token() {
+    for rotation in [true, false] {
+        let mut endpoint = Endpoint::new(Config {
+            revoke_on_refresh: true,
+            rotation,
+            ..config()
+        });
+        let (access1, refresh1) = endpoint.issued(PASSWORD);
+        let (other, _) = endpoint.issued(PASSWORD);
+        let (access2, refresh2) = endpoint.issued(&refresh_body(&refresh1));
+        assert_eq!(endpoint.check(&access1), Err(ApiDenial::Revoked));
+        assert_eq!(endpoint.check(&access2), Ok(()));
+        assert_eq!(endpoint.check(&other), Ok(()), "another pair's token");
+
+        // The next refresh of the chain revokes the access token of the one
+        // before: it came with a new refresh token under rotation, with the
+        // same one without.
+        assert_eq!(refresh2 == refresh1, !rotation);
+        let (_, outcome) = endpoint.form(&refresh_body(&refresh2));
+        let revoked_access = true;
+        assert_eq!(outcome, GrantOutcome::RefreshOk { revoked_access });
+        assert_eq!(endpoint.check(&access2), Err(ApiDenial::Revoked));
+    }
+}
+
+#[test]
+fn revoke_on_refresh_counts_only_tokens_it_revoked() {
+    let mut endpoint = Endpoint::new(Config {
+        revoke_on_refresh: true,
+        ..config()
+    });
+    let (access, refresh) = endpoint.issued(PASSWORD);
+    assert!(endpoint.books.revoke(&access));
+    let (_, outcome) = endpoint.form(&refresh_body(&refresh));
+    let revoked_access = false;
+    assert_eq!(outcome, GrantOutcome::RefreshOk { revoked_access });
 }
