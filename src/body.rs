@@ -1,15 +1,19 @@
 //! The request body as the inner service sees it. [`ReplayBody`] records the
-//! frames while the inner service streams them, up to a cap, so that a request
-//! answered 401 can be sent again without a `B: Clone` bound and without an
-//! unbounded buffer. An empty body replays for free; a body over the cap, not
-//! fully sent when the answer came, or longer or shorter than it said, is not
-//! replayed.
+//! frames while the inner service streams them, up to a cap, so that a refused
+//! request can be sent again without a `B: Clone` bound and without an
+//! unbounded buffer. An empty body replays for free; a body over the cap, that
+//! failed, or that is longer or shorter than it said, is not replayed.
+//!
+//! A refusal can come before the body is all sent: a gRPC interceptor answers
+//! on the request's head, and the client then drops the body half-read or
+//! unread. The body itself is kept then, behind what was recorded of it, and
+//! the replay sends the recorded part and goes on reading the rest.
 
 use std::{
     fmt,
     pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll, ready},
+    task::{Context, Poll, Waker, ready},
 };
 
 use bytes::{Buf, Bytes};
@@ -44,7 +48,9 @@ pin_project! {
     #[project = KindProj]
     enum KindBody<B> {
         Plain { #[pin] body: B },
-        Recording { #[pin] body: B, recorder: Arc<Mutex<Recorder>> },
+        // The body is boxed so that, dropped before its end, it can be kept
+        // for a replay.
+        Recording { tap: Tap<B> },
         // Boxed: the body is moved many times on its way to the wire, and
         // this rare variant would otherwise set its size.
         Replay { replayed: Box<Replayed> },
@@ -97,7 +103,7 @@ impl<B: Body> ReplayBody<B> {
     /// exact size hint) has gone out: an HTTP/1 client that wrote that many
     /// bytes stops polling it, and never sees its end. A body that yields more
     /// than that, or ends short of it, is not replayed.
-    pub(crate) fn first(body: B, limit: usize, declared: Option<u64>) -> (Self, Replay) {
+    pub(crate) fn first(body: B, limit: usize, declared: Option<u64>) -> (Self, Replay<B>) {
         if body.is_end_stream() {
             // An empty body that declares a length is broken: sent again, it
             // would break the same way.
@@ -126,12 +132,16 @@ impl<B: Body> ReplayBody<B> {
                 Recording::Streaming
             },
             trailers: None,
+            settled: None,
+            rest: None,
         }));
+        let tap = Tap {
+            body: Some(Box::pin(body)),
+            prefix: Vec::new().into_iter(),
+            recorder: Arc::clone(&recorder),
+        };
         let body = Self {
-            kind: KindBody::Recording {
-                body,
-                recorder: Arc::clone(&recorder),
-            },
+            kind: KindBody::Recording { tap },
         };
         (body, Replay::Recorded(recorder))
     }
@@ -141,61 +151,122 @@ impl<B: Body> ReplayBody<B> {
 /// known not to be a refusal (with the request's future), it stops the
 /// recording and frees what it holds, however long the body goes on
 /// streaming.
-pub(crate) enum Replay {
+pub(crate) enum Replay<B> {
     /// No body: replayed for free.
     Empty,
-    /// Recorded while streamed; usable if it was complete and under the cap.
-    Recorded(Arc<Mutex<Recorder>>),
+    /// Recorded while streamed; usable once complete, or once the inner
+    /// service let go of the body before its end (kept to be read on).
+    Recorded(Arc<Mutex<Recorder<B>>>),
     /// Known too large from the start.
     Never,
 }
 
-impl Replay {
-    /// Whether the body can be sent again: empty, or recorded whole.
+impl<B> Replay<B> {
+    /// Whether the body is still being recorded: the inner service has not
+    /// sent all of it yet, nor let go of it.
+    pub(crate) fn is_settling(&self) -> bool {
+        match self {
+            Self::Recorded(recorder) => lock(recorder).state == Recording::Streaming,
+            Self::Empty | Self::Never => false,
+        }
+    }
+
+    /// Ready once the recording is settled: `true` when the body can be sent
+    /// again, `false` when it never can (over the cap, or failed).
+    pub(crate) fn poll_settled(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        match self {
+            Self::Empty => Poll::Ready(true),
+            Self::Never => Poll::Ready(false),
+            Self::Recorded(recorder) => {
+                let mut recorder = lock(recorder);
+                match recorder.state {
+                    Recording::Complete | Recording::Parked => Poll::Ready(true),
+                    Recording::Abandoned => Poll::Ready(false),
+                    Recording::Streaming => {
+                        recorder.settled = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the body can be sent again now.
     pub(crate) fn is_replayable(&self) -> bool {
         match self {
             Self::Empty => true,
             Self::Never => false,
-            Self::Recorded(recorder) => {
-                recorder.lock().unwrap_or_else(|e| e.into_inner()).state == Recording::Complete
-            }
+            Self::Recorded(recorder) => matches!(
+                lock(recorder).state,
+                Recording::Complete | Recording::Parked
+            ),
         }
     }
 
-    /// The body for a replay, if the first attempt's can be replayed.
-    pub(crate) fn body<B>(&self) -> Option<ReplayBody<B>> {
-        match self {
-            Self::Empty => Some(ReplayBody::empty()),
-            Self::Never => None,
-            Self::Recorded(recorder) => {
-                let recorder = recorder.lock().unwrap_or_else(|e| e.into_inner());
-                if recorder.state != Recording::Complete {
-                    return None;
-                }
+    /// The body for the next send, if the last one's can be sent again. A
+    /// body that was let go of before its end is read on from where it was
+    /// left, under a new recording (a third send may need it).
+    pub(crate) fn body(&mut self) -> Option<ReplayBody<B>> {
+        let recorder = match self {
+            Self::Empty => return Some(ReplayBody::empty()),
+            Self::Never => return None,
+            Self::Recorded(recorder) => Arc::clone(recorder),
+        };
+        let mut recorder = lock(&recorder);
+        match recorder.state {
+            Recording::Complete => Some(ReplayBody {
+                kind: KindBody::Replay {
+                    replayed: Box::new(Replayed {
+                        chunks: recorder.chunks.clone().into_iter(),
+                        remaining: recorder.len,
+                        trailers: recorder.trailers.clone(),
+                    }),
+                },
+            }),
+            Recording::Parked => {
+                let rest = recorder.rest.take()?;
+                recorder.state = Recording::Abandoned;
+                let resumed = Arc::new(Mutex::new(Recorder {
+                    chunks: recorder.chunks.clone(),
+                    len: recorder.len,
+                    limit: recorder.limit,
+                    expected: recorder.expected,
+                    state: Recording::Streaming,
+                    trailers: None,
+                    settled: None,
+                    rest: None,
+                }));
+                let tap = Tap {
+                    body: Some(rest),
+                    prefix: std::mem::take(&mut recorder.chunks).into_iter(),
+                    recorder: Arc::clone(&resumed),
+                };
+                drop(recorder);
+                *self = Self::Recorded(resumed);
                 Some(ReplayBody {
-                    kind: KindBody::Replay {
-                        replayed: Box::new(Replayed {
-                            chunks: recorder.chunks.clone().into_iter(),
-                            remaining: recorder.len,
-                            trailers: recorder.trailers.clone(),
-                        }),
-                    },
+                    kind: KindBody::Recording { tap },
                 })
             }
+            Recording::Streaming | Recording::Abandoned => None,
         }
     }
 }
 
-impl Drop for Replay {
+impl<B> Drop for Replay<B> {
     fn drop(&mut self) {
         if let Self::Recorded(recorder) = self
             && Arc::strong_count(recorder) > 1
         {
             // The body may stream on (an HTTP/2 upload answered at once): with
-            // nothing left to replay it, keeping its chunks is waste.
-            recorder.lock().unwrap_or_else(|e| e.into_inner()).abandon();
+            // nothing left to replay it, keeping its chunks, or the body
+            // itself, is waste.
+            lock(recorder).abandon();
         }
     }
+}
+
+fn lock<B>(recorder: &Mutex<Recorder<B>>) -> std::sync::MutexGuard<'_, Recorder<B>> {
+    recorder.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A recorded body being sent again.
@@ -205,7 +276,7 @@ struct Replayed {
     trailers: Option<HeaderMap>,
 }
 
-pub(crate) struct Recorder {
+pub(crate) struct Recorder<B> {
     chunks: Vec<Bytes>,
     len: u64,
     limit: u64,
@@ -214,17 +285,55 @@ pub(crate) struct Recorder {
     expected: Option<u64>,
     state: Recording,
     trailers: Option<HeaderMap>,
+    /// Woken when the recording is settled: a refusal that came before the
+    /// body was all sent waits for it.
+    settled: Option<Waker>,
+    /// The body itself, let go of by the inner service before its end.
+    rest: Option<Pin<Box<B>>>,
+}
+
+/// The body on its way to the inner service, with its recording: first what
+/// an earlier send recorded of it (`prefix`, for a body read on), then the
+/// body. Dropped before its end, it leaves the body to the recording.
+pub(crate) struct Tap<B> {
+    body: Option<Pin<Box<B>>>,
+    prefix: std::vec::IntoIter<Bytes>,
+    recorder: Arc<Mutex<Recorder<B>>>,
+}
+
+impl<B> Drop for Tap<B> {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.recorder) == 1 {
+            // No one can replay it: nothing to keep.
+            return;
+        }
+        let mut recorder = lock(&self.recorder);
+        if recorder.state == Recording::Streaming {
+            // What the inner service did not send of it is still in the
+            // body (a prefix left unsent is in the recording already).
+            recorder.rest = self.body.take();
+            recorder.state = if recorder.rest.is_some() {
+                Recording::Parked
+            } else {
+                Recording::Abandoned
+            };
+            recorder.wake();
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Recording {
     Streaming,
     Complete,
+    /// The inner service let go of the body before its end: the recording
+    /// holds what it sent, and the body the rest.
+    Parked,
     /// Over the cap, failed, or not the length it said: dropped, never replayed.
     Abandoned,
 }
 
-impl Recorder {
+impl<B> Recorder<B> {
     /// Records one frame; `end_stream` is whether the body says it is done.
     fn record(&mut self, frame: &Frame<Bytes>, end_stream: bool) {
         if self.state == Recording::Abandoned {
@@ -265,6 +374,8 @@ impl Recorder {
             self.abandon();
         } else {
             self.state = Recording::Complete;
+            self.rest = None;
+            self.wake();
         }
     }
 
@@ -273,6 +384,14 @@ impl Recorder {
         // Free what was kept: memory stays bounded by the cap.
         self.chunks = Vec::new();
         self.trailers = None;
+        self.rest = None;
+        self.wake();
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.settled.take() {
+            waker.wake();
+        }
     }
 }
 
@@ -292,9 +411,16 @@ where
                 let frame = ready!(body.poll_frame(cx));
                 Poll::Ready(frame.map(|r| r.map(|f| f.map_data(to_bytes))))
             }
-            KindProj::Recording { mut body, recorder } => {
+            KindProj::Recording { tap } => {
+                if let Some(chunk) = tap.prefix.next() {
+                    // Recorded by the send before, already.
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                let Some(body) = tap.body.as_mut() else {
+                    return Poll::Ready(None);
+                };
                 let frame = ready!(body.as_mut().poll_frame(cx));
-                let mut rec = recorder.lock().unwrap_or_else(|e| e.into_inner());
+                let mut rec = lock(&tap.recorder);
                 match frame {
                     None => {
                         rec.finish();
@@ -324,7 +450,10 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            KindBody::Plain { body } | KindBody::Recording { body, .. } => body.is_end_stream(),
+            KindBody::Plain { body } => body.is_end_stream(),
+            KindBody::Recording { tap } => {
+                tap.prefix.len() == 0 && tap.body.as_ref().is_none_or(|b| b.is_end_stream())
+            }
             KindBody::Replay { replayed } => {
                 replayed.chunks.len() == 0 && replayed.trailers.is_none()
             }
@@ -334,7 +463,20 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            KindBody::Plain { body } | KindBody::Recording { body, .. } => body.size_hint(),
+            KindBody::Plain { body } => body.size_hint(),
+            KindBody::Recording { tap } => {
+                let prefix: u64 = tap.prefix.as_slice().iter().map(|c| c.len() as u64).sum();
+                let rest = tap
+                    .body
+                    .as_ref()
+                    .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint());
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(prefix));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(prefix));
+                }
+                hint
+            }
             KindBody::Replay { replayed } => SizeHint::with_exact(replayed.remaining),
             KindBody::Empty => SizeHint::with_exact(0),
         }

@@ -34,6 +34,11 @@ use crate::{
 
 type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
 
+/// How long a refusal that came before the request's body was all sent (a
+/// gRPC interceptor answers on the request's head) waits for the body to
+/// finish, so that it can be replayed. A body still streaming then is not.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The most times one request is sent: the first attempt, a resend after its
 /// token was replaced in flight, and its one replay after a refusal of the
 /// current token. Nothing can loop.
@@ -75,9 +80,11 @@ pin_project! {
         // No valid token yet: wait for the grant, then call the service made ready.
         Acquire { token: Acquire, pending: Option<Pending<S, B>> },
         // After a refusal: wait for the token to send the request again with
-        // (a refresh in flight first). The refusal goes back if the cache
-        // says no token could help.
-        Reacquire { token: Acquire, resend: Option<Resending<S, B>> },
+        // (a refresh in flight first), and for the body's recording to
+        // settle if the refusal came before it was all sent. The refusal
+        // goes back if the cache says no token could help, or the body
+        // cannot be sent again.
+        Reacquire { token: Acquire, resend: Option<Resending<S, B>>, settle: Option<Pin<Box<tokio::time::Sleep>>> },
         // The request sent again; a refusal of it may send it once more,
         // within `MAX_SENDS`.
         Again { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, check: Check, retry: Option<Retry<S, B>> },
@@ -143,7 +150,7 @@ pub(crate) struct Retry<S, B> {
     /// to make and drop for each request.
     headers: Option<Box<HeaderMap>>,
     extensions: Extensions,
-    body: Replay,
+    body: Replay<B>,
     sends: u8,
     /// Whether the request had its one replay after a refusal of the
     /// current token.
@@ -153,7 +160,7 @@ pub(crate) struct Retry<S, B> {
 
 impl<S, B> Retry<S, B> {
     #[inline]
-    pub(crate) fn new<T>(req: &Request<T>, body: Replay, id: u64, link: Arc<Link<S>>) -> Self {
+    pub(crate) fn new<T>(req: &Request<T>, body: Replay<B>, id: u64, link: Arc<Link<S>>) -> Self {
         Self {
             id,
             link,
@@ -169,15 +176,16 @@ impl<S, B> Retry<S, B> {
         }
     }
 
-    /// Whether the request can be sent again: its body was recorded whole,
-    /// and a spare service is there to send it.
+    /// Whether the request may be sent again: its body was recorded whole,
+    /// or is still being sent and may yet be, and a spare service is there
+    /// to send it.
     fn replayable(&self) -> bool {
-        self.body.is_replayable() && self.link.has_spare()
+        (self.body.is_replayable() || self.body.is_settling()) && self.link.has_spare()
     }
 
     /// The request to send again with `slot`'s token, on a clone of the
     /// spare service; `None` when the body cannot be sent again.
-    fn request(&self, slot: &LiveSlot) -> Option<(S, Request<ReplayBody<B>>)>
+    fn request(&mut self, slot: &LiveSlot) -> Option<(S, Request<ReplayBody<B>>)>
     where
         S: Clone,
     {
@@ -360,7 +368,7 @@ where
 /// A send carrying `retry.id` was refused: the state that sends it again, or
 /// the refusal to return.
 fn refused<S, B, F, ResBody>(
-    retry: Retry<S, B>,
+    mut retry: Retry<S, B>,
     res: Response<ResBody>,
 ) -> Result<State<S, B, F>, Response<ResBody>>
 where
@@ -379,6 +387,14 @@ where
             return Err(res);
         }
     };
+    let answer = match answer {
+        // The body is still being sent: its recording settles first.
+        Ok(Answer::Token(slot)) if retry.body.is_settling() => {
+            Err(ready_answer(Answer::Token(slot)))
+        }
+        Ok(answer) => Ok(answer),
+        Err(ticket) => Err(Box::pin(Arc::clone(&shared).wait(ticket)) as Acquire),
+    };
     match answer {
         Ok(Answer::Token(slot)) => match retry.request(&slot) {
             Some((service, req)) => Ok(again(retry, service, req, &slot, replay)),
@@ -392,15 +408,21 @@ where
             shared.counters.replay_skipped();
             Err(res)
         }
-        Err(ticket) => Ok(rare_state(Rare::Reacquire {
-            token: Box::pin(shared.wait(ticket)),
+        Err(token) => Ok(rare_state(Rare::Reacquire {
+            token,
             resend: Some(Resending {
                 retry,
                 refused: res,
                 replay,
             }),
+            settle: None,
         })),
     }
+}
+
+/// An answer the cache gave already, as the future a wait for one is.
+fn ready_answer(answer: Answer<Live>) -> Acquire {
+    Box::pin(std::future::ready(answer))
 }
 
 /// Tells the cache that token `id` was refused, for a request that is not
@@ -452,6 +474,23 @@ where
     })
 }
 
+/// Polls the limit on waiting for a request body to settle, armed at the
+/// first poll; without a runtime to time it, the limit has passed.
+fn settle_limit(
+    settle: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    if settle.is_none() {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Poll::Ready(());
+        }
+        *settle = Some(Box::pin(tokio::time::sleep(SETTLE_LIMIT)));
+    }
+    settle
+        .as_mut()
+        .map_or(Poll::Ready(()), |sleep| sleep.as_mut().poll(cx))
+}
+
 /// Every state but the common path's.
 #[inline(never)]
 fn poll_rare<S, B, ResBody>(
@@ -481,14 +520,33 @@ where
             } = pending.take().expect("polled after completion");
             send(&mut inner, req, &slot, link, replay, limit).state
         }
-        RareProj::Reacquire { token, resend } => {
+        RareProj::Reacquire {
+            token,
+            resend,
+            settle,
+        } => {
+            let waiting = resend.as_ref().expect("polled after completion");
+            let settled = match waiting.retry.body.poll_settled(cx) {
+                Poll::Ready(settled) => settled,
+                // Bounded: a body that does not finish soon is not replayed.
+                Poll::Pending => match settle_limit(settle, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => false,
+                },
+            };
+            if !settled {
+                let Resending { retry, refused, .. } =
+                    resend.take().expect("polled after completion");
+                retry.link.shared().counters.replay_skipped();
+                return Poll::Ready(Step::Done(Ok(refused)));
+            }
             let answer = ready!(token.as_mut().poll(cx));
             let Resending {
-                retry,
+                mut retry,
                 refused,
                 replay,
             } = resend.take().expect("polled after completion");
-            let shared = retry.link.shared();
+            let shared = Arc::clone(retry.link.shared());
             match answer {
                 Answer::Token(slot) => match retry.request(&slot) {
                     Some((service, req)) => again(retry, service, req, &slot, replay),

@@ -2,7 +2,9 @@
 //! the crate's Daxium-compatible server on 127.0.0.1. A stream of known length
 //! goes out with a `Content-Length`, and hyper stops polling it once that many
 //! bytes are written: its replay after a 401 must not wait for an end it never
-//! sees, and a stream that is not the length it said is never replayed.
+//! sees, and a stream that is not the length it said is never replayed. A
+//! stream that ends with trailers, after which hyper polls no more, is
+//! replayed over HTTP/1 and HTTP/2 alike.
 #![cfg(all(feature = "mock", feature = "rustls"))]
 
 use std::{
@@ -175,4 +177,49 @@ async fn a_plain_stream_with_a_content_length_header_is_replayed_after_a_401() {
     let echoed = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(echoed, whole, "the replay sent the identical body");
     assert_eq!(layer.stats().replays, 1);
+}
+
+/// The upload's chunks, then trailers: a stream that never says it has
+/// ended, and after whose trailers hyper polls no more.
+fn with_trailers(chunks: &[Bytes]) -> Frames {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", http::HeaderValue::from_static("60000"));
+    let mut frames: Vec<_> = chunks.iter().cloned().map(|c| Ok(Frame::data(c))).collect();
+    frames.push(Ok(Frame::trailers(trailers)));
+    StreamBody::new(stream::iter(frames))
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_with_trailers_is_replayed_over_http1_and_http2() {
+    for http2 in [false, true] {
+        let server = MockServer::start().await.expect("bind 127.0.0.1");
+        let layer = layer_for(&server, |b| b);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(http2)
+            .build_http::<ReplayBody<Frames>>();
+        let svc = layer.layer(client);
+        revoke_the_current_token(&server, &layer).await;
+        let (chunks, whole) = upload();
+        let req = Request::post(server.api_url("uploads"))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(http::header::TE, "trailers")
+            .body(with_trailers(&chunks))
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+            .await
+            .expect("no request hangs")
+            .expect("the request is answered");
+        assert_eq!(res.status(), StatusCode::OK, "http2 {http2}: replayed");
+        let echoed = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            echoed, whole,
+            "http2 {http2}: the replay sent the identical body"
+        );
+        let stats = layer.stats();
+        assert_eq!(
+            (stats.replays, stats.replays_skipped),
+            (1, 0),
+            "http2 {http2}"
+        );
+    }
 }
