@@ -7,15 +7,13 @@
 //! cargo run --example tonic_client
 //! ```
 //!
-//! # The 401 that the replay needs
+//! # gRPC's refusal
 //!
 //! A tonic interceptor that returns `Status::unauthenticated` answers with
-//! HTTP 200 and `grpc-status: 16`: to the layer, which sees HTTP only, that is
-//! not a refused token, so there is no refresh and no replay (the token is
-//! still dropped when it expires). The server below therefore wraps its routes
-//! in a small tower service that reads the request, lets the interceptor
-//! decide, and turns its "unauthenticated" into an HTTP 401 with
-//! `WWW-Authenticate: Bearer error="invalid_token"`, as an HTTP API would.
+//! HTTP 200 and `grpc-status: 16` in a trailers-only response. The layer is
+//! built with `refused_when(Refusal::grpc())`, so it sees that answer as a
+//! refused token, as it sees an HTTP 401: it drops the token, refreshes and
+//! replays the call.
 //!
 //! # Origins
 //!
@@ -25,11 +23,9 @@
 //! the URIs are absolute and the gRPC server's origin must be an
 //! `api_origin` of the layer.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use daxium_auth::{AuthLayer, mock::MockServer};
-use http::{StatusCode, header::WWW_AUTHENTICATE};
-use http_body_util::{BodyExt, Full};
+use daxium_auth::{AuthLayer, Refusal, mock::MockServer};
 use tonic::{
     Request, Status,
     body::Body,
@@ -39,7 +35,7 @@ use tonic_health::{
     pb::{HealthCheckRequest, health_client::HealthClient, health_server::HealthServer},
     server::{HealthReporter, HealthService},
 };
-use tower::{Service, ServiceBuilder, ServiceExt, util::BoxCloneService};
+use tower::ServiceBuilder;
 use tower_http::map_request_body::MapRequestBodyLayer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,6 +59,7 @@ async fn main() -> Result<(), BoxError> {
         .credentials(mock.credentials())
         .api_origin(format!("http://{grpc}"))
         .refresh_margin(Duration::from_millis(500))
+        .refused_when(Refusal::grpc())
         .build()?;
 
     let channel = Channel::from_shared(format!("http://{grpc}"))?
@@ -124,45 +121,7 @@ async fn grpc_server(mock: &Arc<MockServer>) -> Result<SocketAddr, BoxError> {
         }
     };
     let health = HealthService::from_health_reporter(HealthReporter::new());
-    let router = Server::builder()
-        .layer(tower::layer::layer_fn(unauthenticated_as_http_401))
-        .add_service(HealthServer::with_interceptor(health, check));
+    let router = Server::builder().add_service(HealthServer::with_interceptor(health, check));
     tokio::spawn(router.serve_with_incoming(TcpIncoming::from(listener)));
     Ok(addr)
-}
-
-/// Reads the request body, calls the routes, and turns a trailers-only
-/// `grpc-status: 16` (UNAUTHENTICATED) into an HTTP 401.
-fn unauthenticated_as_http_401<S>(
-    inner: S,
-) -> BoxCloneService<http::Request<Body>, http::Response<Body>, Infallible>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    BoxCloneService::new(tower::service_fn(move |req: http::Request<Body>| {
-        let inner = inner.clone();
-        async move {
-            // Answering only once the whole request has arrived, as an HTTP API
-            // does, lets the client's layer replay a body it has fully sent.
-            let (parts, body) = req.into_parts();
-            let bytes = match body.collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(status) => return Ok(status.into_http()),
-            };
-            let req = http::Request::from_parts(parts, Body::new(Full::new(bytes)));
-            let mut res = inner.oneshot(req).await?;
-            if res.headers().get("grpc-status").is_some_and(|v| v == "16") {
-                *res.status_mut() = StatusCode::UNAUTHORIZED;
-                res.headers_mut().insert(
-                    WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-            }
-            Ok(res)
-        }
-    }))
 }
