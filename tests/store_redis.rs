@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 #[path = "support/store_contract.rs"]
 mod contract;
+#[allow(dead_code)]
 #[path = "support/redis.rs"]
 mod redis_server;
 
