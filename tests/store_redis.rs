@@ -155,6 +155,15 @@ async fn records_and_leases_are_stored_as_documented() {
     assert_eq!(envelope["login"], key.id());
     assert_eq!(envelope["version"], 1);
     assert_eq!(envelope["record"]["access_token"], "access-layout");
+    // The epoch is the replication id of the primary that wrote it.
+    let epoch: String = raw.hget(&record_key, "epoch").await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(epoch.len(), 40);
+    assert!(info.contains(&format!("master_replid:{epoch}")), "{info}");
 
     let lease_key = format!("daxium-auth:{{{}}}:lease", key.id());
     let holder: String = raw.get(&lease_key).await.unwrap();

@@ -174,6 +174,12 @@ impl Lease {
 /// filed per [`LoginKey`]: a record written for one login is never returned for
 /// another. Versions start at 1 and grow by one per write.
 ///
+/// A store that can lose a write it acknowledged (a replicated Redis whose
+/// primary fails over) must never hand out a refresh token that such a lost
+/// write had marked spent: it returns the records that may predate a loss
+/// with their refresh token spent, and refuses a spend mark over them (see
+/// `RedisStore`'s failover notes).
+///
 /// Implement it with async fns; [`AnyStore`] turns any implementation into
 /// one cheaply cloned type.
 pub trait TokenStore: Send + Sync + 'static {

@@ -35,10 +35,12 @@ const LIB: &str = include_str!("lib.lua");
 /// Layout, for a login whose [`LoginKey::id`] is `ID` and the default prefix
 /// `daxium-auth:`:
 ///
-/// - `daxium-auth:{ID}`: a hash with `version` (decimal) and `envelope` (the
-///   record as JSON, in clear or sealed with a `SealKey`, feature `sealed`);
-///   written only by a Lua compare-and-set, which also publishes the new
-///   version on the channel `daxium-auth:{ID}:changed`;
+/// - `daxium-auth:{ID}`: a hash with `version` (decimal), `envelope` (the
+///   record as JSON, in clear or sealed with a `SealKey`, feature `sealed`)
+///   and `epoch` (the replication id of the primary that wrote it, see
+///   [Failover](#failover)); written only by a Lua compare-and-set, which
+///   also publishes the new version on the channel
+///   `daxium-auth:{ID}:changed`;
 /// - `daxium-auth:{ID}:lease`: the lease, `SET … NX PX ttl` to a random
 ///   [`LeaseOwner`], renewed with `PEXPIRE` by its holder, deleted by a Lua
 ///   compare-and-delete.
@@ -65,7 +67,8 @@ const LIB: &str = include_str!("lib.lua");
 ///   others; for Sentinel, both the Sentinels and the primary).
 ///
 /// The password authenticates with `AUTH`; it never shows in `Debug` or in an
-/// error.
+/// error. Redis 5 or later (the scripts read `INFO`, which needs scripts
+/// replicated by their effects).
 ///
 /// Every call has a timeout ([`RedisStore::DEFAULT_TIMEOUT`], 250 ms by
 /// default), so that a dead or slow Redis never holds a caller for long: it
@@ -78,6 +81,8 @@ const LIB: &str = include_str!("lib.lua");
 /// channel on a connection of its own for the wait (on a cluster, to a seed
 /// node: a cluster forwards every `PUBLISH` to all its nodes), and polls if
 /// it cannot.
+///
+#[doc = include_str!("failover.md")]
 #[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisStore {
@@ -252,6 +257,7 @@ impl RedisStore {
         key: &LoginKey,
         version: Option<String>,
         envelope: Option<Vec<u8>>,
+        stale: bool,
     ) -> Result<(Option<u64>, Option<StoredRecord>), StoreError> {
         let Some(version) = version.filter(|v| !v.is_empty()) else {
             return Ok((None, None));
@@ -267,6 +273,13 @@ impl RedisStore {
         let envelope = Zeroizing::new(envelope.unwrap_or_default());
         let decoded = self.inner.codec.decode(key, &envelope);
         let record = match decoded.record {
+            // Written before a failover, it may lack the mark that its refresh
+            // token was spent: the token is never handed out.
+            Some(record) if decoded.version == Some(version) && stale => Some(StoredRecord::new(
+                record.login().clone(),
+                version,
+                record.into_record().with_refresh_spent(),
+            )),
             Some(record) if decoded.version == Some(version) => Some(record),
             Some(_) => {
                 tracing::warn!(
@@ -376,7 +389,7 @@ fn millis(ttl: Duration) -> u64 {
 impl TokenStore for RedisStore {
     async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
         let record_key = self.record_key(key);
-        let (version, envelope, foreign): (String, Vec<u8>, i64) = self
+        let (version, envelope, foreign, stale): (String, Vec<u8>, i64, i64) = self
             .call(async |c| self.inner.read.key(&record_key).invoke_async(c).await)
             .await?;
         if foreign == 1 {
@@ -396,7 +409,7 @@ impl TokenStore for RedisStore {
             );
             return Ok(None);
         }
-        Ok(self.decode(key, version, envelope)?.1)
+        Ok(self.decode(key, version, envelope, stale == 1)?.1)
     }
 
     async fn write(
@@ -408,7 +421,8 @@ impl TokenStore for RedisStore {
         let version = next_version(expected, STORE)?;
         let envelope = self.inner.codec.encode(key, version, record)?;
         let (record_key, channel) = (self.record_key(key), self.channel(key));
-        let (written, stored, stored_envelope): (i64, String, Vec<u8>) = self
+        let spends = record.is_refresh_spent();
+        let (written, stored, stored_envelope, stale): (i64, String, Vec<u8>, i64) = self
             .call(async |c| {
                 self.inner
                     .compare_and_set
@@ -417,6 +431,7 @@ impl TokenStore for RedisStore {
                     .arg(version)
                     .arg(envelope.as_slice())
                     .arg(&channel)
+                    .arg(u8::from(spends))
                     .invoke_async(c)
                     .await
             })
@@ -425,7 +440,7 @@ impl TokenStore for RedisStore {
             return Ok(WriteOutcome::Written { version });
         }
         let stored_envelope = (!stored_envelope.is_empty()).then_some(stored_envelope);
-        let (version, record) = self.decode(key, Some(stored), stored_envelope)?;
+        let (version, record) = self.decode(key, Some(stored), stored_envelope, stale == 1)?;
         Ok(WriteOutcome::Conflict(Conflict::new(version, record)))
     }
 
