@@ -1,7 +1,15 @@
 //! The Redis token store on replicated Redis, against real servers on
 //! 127.0.0.1: a primary whose replica is promoted while the primary still
-//! takes writes (the writes a failover loses), the store's epoch rule there.
-#![cfg(feature = "redis")]
+//! takes writes (the writes a failover loses), and the store's epoch rule
+//! there; a Redis Cluster of 3 primaries and 3 replicas, shared by the
+//! cluster tests, with the store contract, every key of a login in one slot,
+//! and 8 replicas of a service sharing one login through it while the
+//! primary of the login's slot is failed over (`CLUSTER FAILOVER`) and,
+//! separately, killed; and a Sentinel-watched primary killed under the same
+//! fleet. The fleets run against the crate's Daxium-compatible server with
+//! reuse protection on: every request succeeds, no refresh token is sent
+//! twice, and the fleet shares one record again after the failover.
+#![cfg(all(feature = "redis", feature = "mock", feature = "rustls"))]
 
 use std::time::Duration;
 
@@ -12,6 +20,8 @@ mod contract;
 #[allow(dead_code)]
 #[path = "support/redis.rs"]
 mod redis_server;
+#[path = "support/replicas.rs"]
+mod replicas;
 
 use redis_server::RedisServer;
 
@@ -122,4 +132,255 @@ async fn a_record_from_before_a_promotion_never_has_its_refresh_token_spent_agai
         new.write(&key, Some(2), &spend).await.unwrap().version(),
         Some(3)
     );
+}
+
+/// 8 replicas sharing a login through a replicated Redis, with one replica
+/// alone beside them, in real time, through a failover.
+mod fleets {
+    use std::{sync::Arc, time::Duration};
+
+    use daxium_auth::store::{AnyStore, LoginKey, RedisStore};
+    use tokio::time::{Instant, sleep_until};
+
+    use super::{
+        STORE_TIMEOUT,
+        replicas::{Issued, Replica, StoreWatch, blocking, replica, server, solo, spawn_drive},
+    };
+
+    /// The server's token lifetime: one replica alone refreshes about twice
+    /// per lifetime.
+    const LIFETIME: Duration = Duration::from_secs(2);
+    /// The whole run, and when the fault comes.
+    const RUN: Duration = Duration::from_secs(15);
+    const FAULT_AT: Duration = Duration::from_secs(5);
+    /// From the new primary on, how long the fleet has to share again before
+    /// its grants are counted against the replica alone.
+    const REJOIN: Duration = Duration::from_secs(3);
+    /// Each caller's pause between requests; two callers per replica.
+    const PACE: Duration = Duration::from_millis(50);
+    const CALLERS: usize = 2;
+    /// The slack over a single replica's grants that a fleet may make.
+    const SLACK: u64 = 4;
+
+    /// The store of one replica: its own connections, and keys of the test's
+    /// own (tests may share a Redis).
+    pub(super) fn store(url: &str, test: &str) -> RedisStore {
+        RedisStore::builder(url)
+            .timeout(STORE_TIMEOUT)
+            .key_prefix(format!("{test}:"))
+            .build()
+            .expect("a valid URL")
+    }
+
+    /// Drives the fleet on `url` for 15 s; at 5 s, `fault` runs with the
+    /// login's record key (on the blocking pool, until the new primary
+    /// serves), and what it returns lives to the end of the run and is
+    /// returned. Every request succeeds, no refresh token is reused or
+    /// refused, the fleet makes the grants of one replica before the fault
+    /// and again after it, and every replica ends on a token the store held
+    /// after the fault.
+    pub(super) async fn ride_out<T: Send + 'static>(
+        url: &str,
+        test: &str,
+        fault: impl FnOnce(String) -> T + Send + 'static,
+    ) -> T {
+        let shared = server(LIFETIME).await;
+        let issued = Arc::new(Issued::default());
+        let replicas: Vec<Arc<Replica>> = (0..8)
+            .map(|_| {
+                let store = AnyStore::new(store(url, test));
+                Arc::new(replica(&shared, Some(store), &issued, |b| b))
+            })
+            .collect();
+        let (alone, solo) = solo(LIFETIME).await;
+        let key = LoginKey::from_credentials(&shared.credentials());
+
+        let started = Instant::now();
+        let until = started + RUN;
+        let driving = spawn_drive(&replicas, &shared, CALLERS, PACE, until);
+        let driving_alone = spawn_drive(&solo, &alone, CALLERS, PACE, until);
+
+        sleep_until(started + FAULT_AT).await;
+        let (fleet_before, one_before) = (shared.counters(), alone.counters());
+        let record_key = format!("{test}:{{{}}}", key.id());
+        let kept = blocking(move || fault(record_key)).await;
+        let promoted = Instant::now();
+
+        // Every access token the store holds from the new primary on.
+        let observer = || AnyStore::new(store(url, test));
+        let watch = StoreWatch::start(observer(), key.clone(), RUN);
+
+        sleep_until(promoted + REJOIN).await;
+        let (fleet_from, one_from) = (shared.counters(), alone.counters());
+        let driven = driving.await.unwrap();
+        let driven_alone = driving_alone.await.unwrap();
+        let (fleet, one) = (shared.counters(), alone.counters());
+        // Every replica on a token of the shared record.
+        let last = watch
+            .assert_shared(&replicas, &observer(), &key, "the fault")
+            .await;
+
+        let window = |to: u64, from: u64| to - from;
+        let (fleet_window, one_window) = (
+            window(fleet.grant_requests, fleet_from.grant_requests),
+            window(one.grant_requests, one_from.grant_requests),
+        );
+        eprintln!(
+            "{test}: {} requests; before the fault: fleet {} grants, one replica alone {}; \
+             the fault took {:.1} s; from {:.1} s after it: fleet {fleet_window}, alone \
+             {one_window}; password grants {} in all, refresh {}, reuse {}; record \
+             version {} at the end",
+            driven.requests,
+            fleet_before.grant_requests,
+            one_before.grant_requests,
+            (promoted - started - FAULT_AT).as_secs_f64(),
+            REJOIN.as_secs_f64(),
+            fleet.password_ok,
+            fleet.refresh_ok,
+            fleet.refresh_reuse,
+            last.version()
+        );
+        driven.assert_all_ok();
+        driven_alone.assert_all_ok();
+        assert_eq!(fleet.refresh_reuse, 0, "{fleet:?}");
+        assert_eq!(
+            fleet.refresh_rejected + fleet.password_rejected,
+            0,
+            "{fleet:?}"
+        );
+        // One grant per refresh while the primary serves...
+        assert!(one_before.grant_requests >= 3, "{one_before:?}");
+        assert!(
+            fleet_before.grant_requests <= one_before.grant_requests + SLACK,
+            "before the fault the fleet made {} grants, one replica alone {}",
+            fleet_before.grant_requests,
+            one_before.grant_requests
+        );
+        // ...one login, one more for the new epoch, and at most one of its
+        // own per replica while no primary answered...
+        assert!(fleet.password_ok <= 2 + 8, "{fleet:?}");
+        // ...and the grants of one replica again once the new primary serves.
+        assert!(one_window >= 3, "{one:?}");
+        assert!(
+            fleet_window <= one_window + 2,
+            "after the fault the fleet made {fleet_window} grants, one replica alone {one_window}"
+        );
+        kept
+    }
+}
+
+/// A Redis Cluster of 3 primaries and 3 replicas, shared by the tests of
+/// this binary.
+mod cluster {
+    use std::time::Duration;
+
+    use daxium_auth::store::{LeaseOwner, LoginKey, TokenStore};
+
+    use super::{
+        contract, fleets::ride_out, redis_server::RedisCluster, replicas::blocking, store,
+    };
+
+    async fn cluster() -> &'static RedisCluster {
+        blocking(RedisCluster::shared).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_store_contract_holds_on_a_cluster() {
+        let cluster = cluster().await;
+        let _quiet = cluster.quiet().await;
+        let (a, b) = (store(&cluster.url()), store(&cluster.url()));
+        contract::compare_and_set(&a).await;
+        contract::one_lease_holder_at_a_time(&a).await;
+        contract::another_login_is_never_read(&a).await;
+        contract::a_lease_lapses_after_its_ttl(&a, Duration::from_millis(300)).await;
+        contract::a_waiter_sees_another_handles_write(&a, &b).await;
+        contract::a_wait_without_a_write_times_out(&a).await;
+    }
+
+    /// The cluster itself says that a login's keys share a slot, and every
+    /// script runs on each of the three primaries without a CROSSSLOT.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_key_of_a_login_is_in_one_slot_and_every_script_runs_on_every_primary() {
+        let cluster = cluster().await;
+        let _quiet = cluster.quiet().await;
+        let store = store(&cluster.url());
+        let mut primaries = std::collections::HashSet::new();
+        for n in 0..24 {
+            let key = LoginKey::new("slots", format!("user-{n}@example.com"));
+            let id = key.id();
+            let names = [
+                format!("daxium-auth:{{{id}}}"),
+                format!("daxium-auth:{{{id}}}:lease"),
+                format!("daxium-auth:{{{id}}}:changed"),
+            ];
+            let slots: Vec<u16> = blocking({
+                let names = names.clone();
+                move || names.iter().map(|n| cluster.slot(n)).collect()
+            })
+            .await;
+            assert!(slots.iter().all(|&s| s == slots[0]), "{n}: {slots:?}");
+            let owner = LeaseOwner::random();
+            assert!(contract::takes(&store, &key, &owner, Duration::from_secs(5)).await);
+            assert_eq!(contract::put(&store, &key, None, "slot").await, 1);
+            let read = store.read(&key).await.unwrap().expect("the record");
+            let spent = read.record().clone().with_refresh_spent();
+            assert_eq!(
+                store.write(&key, Some(1), &spent).await.unwrap().version(),
+                Some(2)
+            );
+            assert!(store.release_lease(&key, &owner).await.unwrap());
+            let slot = slots[0];
+            primaries.insert(blocking(move || cluster.primary_of(slot)).await);
+        }
+        assert_eq!(
+            primaries.len(),
+            3,
+            "the logins' slots covered every primary"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eight_replicas_ride_out_a_failover_of_their_slots_primary() {
+        let cluster = cluster().await;
+        let _alone = cluster.alone().await;
+        ride_out(&cluster.url(), "cluster-failover", move |key| {
+            cluster.fail_over(cluster.slot(&key))
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eight_replicas_ride_out_their_slots_primary_killed() {
+        let cluster = cluster().await;
+        let _alone = cluster.alone().await;
+        let killed = ride_out(&cluster.url(), "cluster-kill", move |key| {
+            cluster.kill_primary(cluster.slot(&key))
+        })
+        .await;
+        // Whole again (the killed node a replica now) for the tests after.
+        blocking(move || cluster.restart(killed)).await;
+    }
+}
+
+/// A primary, its replica and three Sentinels, for one test.
+mod sentinel {
+    use super::{contract, fleets::ride_out, redis_server::Sentinels, replicas::blocking, store};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eight_replicas_follow_the_sentinels_to_the_new_primary_when_theirs_is_killed() {
+        let sentinels = blocking(Sentinels::start).await;
+        let url = sentinels.url();
+        // The store finds the primary and waits on it.
+        let (a, b) = (store(&url), store(&url));
+        contract::compare_and_set(&a).await;
+        contract::a_waiter_sees_another_handles_write(&a, &b).await;
+
+        let sentinels = ride_out(&url, "sentinel-kill", move |_| {
+            let mut sentinels = sentinels;
+            sentinels.kill_primary();
+            sentinels
+        })
+        .await;
+        blocking(move || drop(sentinels)).await;
+    }
 }

@@ -351,3 +351,416 @@ fn free_port() -> u16 {
         .map(|address| address.port())
         .expect("bind 127.0.0.1:0")
 }
+
+impl RedisServer {
+    /// Whether it runs (it was not stopped, or was started again).
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+// === commands to a node ===
+
+/// How long a command to a node of the harness may take.
+const COMMAND_WITHIN: Duration = Duration::from_secs(2);
+
+/// How long a cluster or a Sentinel may take to settle after a change.
+const SETTLED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Sends one command to the server on `port` of 127.0.0.1.
+pub(crate) fn command<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> redis::RedisResult<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut connection = client.get_connection_with_timeout(COMMAND_WITHIN)?;
+    connection.set_read_timeout(Some(COMMAND_WITHIN))?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut connection)
+}
+
+/// A field of `INFO` from the server on `port`, if it answers.
+pub(crate) fn info(port: u16, field: &str) -> Option<String> {
+    let text: String = command(port, &["INFO"]).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .map(|value| value.trim().to_owned())
+}
+
+/// Polls `done` every 50 ms for at most `within`; whether it held.
+pub(crate) fn settles(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
+// === a Redis Cluster ===
+
+/// A Redis Cluster of nodes on 127.0.0.1, each a `redis-server` of this
+/// harness with cluster mode on, made with `redis-cli --cluster create`.
+///
+/// Failures are detected within a second (`cluster-node-timeout 1000`), a
+/// replica may always be promoted, and the slots that have a primary are
+/// served while another shard fails over (`cluster-require-full-coverage
+/// no`), so that tests sharing the cluster stay apart.
+pub(crate) struct RedisCluster {
+    nodes: std::sync::Mutex<Vec<RedisServer>>,
+    replicas: usize,
+    /// Tests that fail a node over hold it alone; the others share it.
+    faults: tokio::sync::RwLock<()>,
+}
+
+/// One line of `CLUSTER NODES`.
+struct ClusterNode {
+    id: String,
+    port: u16,
+    primary: bool,
+    failed: bool,
+    primary_id: String,
+    slots: Vec<(u16, u16)>,
+}
+
+impl RedisCluster {
+    /// `primaries` primaries with `replicas` replicas each, every slot
+    /// served, every replica in sync.
+    pub(crate) fn start(primaries: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
+            .map(|_| {
+                RedisServer::with_args(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    "--cluster-require-full-coverage",
+                    "no",
+                    "--cluster-allow-replica-migration",
+                    "no",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            created.is_ok_and(|s| s.success()),
+            "redis-cli --cluster create failed"
+        );
+        let cluster = Self {
+            nodes: std::sync::Mutex::new(nodes),
+            replicas,
+            faults: tokio::sync::RwLock::new(()),
+        };
+        cluster.settle();
+        cluster
+    }
+
+    /// The cluster of 3 primaries and 3 replicas that the tests of this
+    /// binary share, started by the first that asks; its nodes stop with the
+    /// test process.
+    pub(crate) fn shared() -> &'static Self {
+        static SHARED: std::sync::OnceLock<RedisCluster> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::start(3, 1))
+    }
+
+    /// A `redis+cluster://` URL with every node as a seed.
+    pub(crate) fn url(&self) -> String {
+        format!(
+            "redis+cluster://{}/",
+            self.ports()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+
+    /// Leaves the cluster as it is while the caller runs: no test fails a
+    /// node over meanwhile.
+    pub(crate) async fn quiet(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.faults.read().await
+    }
+
+    /// The cluster to the caller alone, to fail nodes over.
+    pub(crate) async fn alone(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.faults.write().await
+    }
+
+    /// The slot of `key`, as the cluster computes it.
+    pub(crate) fn slot(&self, key: &str) -> u16 {
+        let port = self.ports().next().expect("a running node");
+        command(port, &["CLUSTER", "KEYSLOT", key]).expect("CLUSTER KEYSLOT")
+    }
+
+    /// The port of the primary that serves `slot`, as the running nodes see it.
+    pub(crate) fn primary_of(&self, slot: u16) -> u16 {
+        let view = self.view().expect("a running node answers");
+        view.iter()
+            .find(|n| n.primary && !n.failed && n.serves(slot))
+            .map(|n| n.port)
+            .expect("a primary for the slot")
+    }
+
+    /// Fails the primary of `slot` over to its replica with `CLUSTER
+    /// FAILOVER` (the replica catches up first: nothing is lost); returns
+    /// the new primary's port once the cluster has settled on it.
+    pub(crate) fn fail_over(&self, slot: u16) -> u16 {
+        let old = self.primary_of(slot);
+        let replica = self.replica_of(old);
+        let answer: String = command(replica, &["CLUSTER", "FAILOVER"]).expect("CLUSTER FAILOVER");
+        assert_eq!(answer, "OK");
+        let promoted = settles(SETTLED_WITHIN, || self.primary_of(slot) == replica);
+        assert!(promoted, "the replica of port {old} never took its slots");
+        self.settle();
+        replica
+    }
+
+    /// Kills the primary of `slot` with SIGKILL and waits until its replica
+    /// is promoted; returns the killed node's port.
+    pub(crate) fn kill_primary(&self, slot: u16) -> u16 {
+        let old = self.primary_of(slot);
+        let replica = self.replica_of(old);
+        self.with_node(old, RedisServer::stop);
+        let promoted = settles(SETTLED_WITHIN, || {
+            self.view().is_some_and(|view| {
+                view.iter()
+                    .any(|n| n.port == replica && n.primary && n.serves(slot))
+            })
+        });
+        assert!(
+            promoted,
+            "the replica of the killed port {old} was never promoted"
+        );
+        old
+    }
+
+    /// Starts the node on `port` again; it rejoins (as a replica, if another
+    /// node took its slots), and the cluster settles.
+    pub(crate) fn restart(&self, port: u16) {
+        self.with_node(port, RedisServer::restart);
+        self.settle();
+    }
+
+    /// The replica of the primary on `port`.
+    fn replica_of(&self, port: u16) -> u16 {
+        let view = self.view().expect("a running node answers");
+        let primary = view.iter().find(|n| n.port == port).expect("the primary");
+        view.iter()
+            .find(|n| n.primary_id == primary.id && !n.failed)
+            .map(|n| n.port)
+            .expect("a replica")
+    }
+
+    fn with_node(&self, port: u16, f: impl FnOnce(&mut RedisServer)) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let node = nodes.iter_mut().find(|n| n.port() == port).expect("a node");
+        f(node);
+    }
+
+    fn ports(&self) -> impl Iterator<Item = u16> {
+        let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let ports: Vec<u16> = nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(RedisServer::port)
+            .collect();
+        ports.into_iter()
+    }
+
+    /// `CLUSTER NODES` as the first running node that answers sees it.
+    fn view(&self) -> Option<Vec<ClusterNode>> {
+        self.ports().find_map(|port| {
+            let text: String = command(port, &["CLUSTER", "NODES"]).ok()?;
+            Some(text.lines().filter_map(ClusterNode::parse).collect())
+        })
+    }
+
+    /// Waits until every running node says the cluster is ok, sees the same
+    /// primaries, and every primary has its replicas in sync.
+    fn settle(&self) {
+        let settled = settles(SETTLED_WITHIN, || {
+            let ports: Vec<u16> = self.ports().collect();
+            let mut views = Vec::new();
+            for &port in &ports {
+                let ok = info_cluster(port).is_some_and(|i| i.contains("cluster_state:ok"));
+                let text: Option<String> = command(port, &["CLUSTER", "NODES"]).ok();
+                let Some(text) = text.filter(|_| ok) else {
+                    return false;
+                };
+                let mut primaries: Vec<(u16, Vec<(u16, u16)>)> = text
+                    .lines()
+                    .filter_map(ClusterNode::parse)
+                    .filter(|n| n.primary && !n.failed && !n.slots.is_empty())
+                    .map(|n| (n.port, n.slots))
+                    .collect();
+                primaries.sort();
+                views.push(primaries);
+            }
+            let agreed = views.windows(2).all(|w| w[0] == w[1]);
+            let Some(primaries) = views.first() else {
+                return false;
+            };
+            let synced = ports
+                .iter()
+                .filter(|p| !primaries.iter().any(|(q, _)| q == *p))
+                .all(|&p| info(p, "master_link_status").as_deref() == Some("up"));
+            let replicas = ports.len() - primaries.len();
+            agreed && synced && replicas >= primaries.len() * self.replicas
+        });
+        assert!(settled, "the cluster did not settle");
+    }
+}
+
+fn info_cluster(port: u16) -> Option<String> {
+    command(port, &["CLUSTER", "INFO"]).ok()
+}
+
+impl ClusterNode {
+    fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = fields.get(1)?.split(['@', ',']).next()?.rsplit_once(':')?.1;
+        let flags = fields.get(2)?;
+        Some(Self {
+            id: fields[0].to_owned(),
+            port: port.parse().ok()?,
+            primary: flags.contains("master"),
+            failed: flags.contains("fail"),
+            primary_id: fields.get(3)?.to_string(),
+            slots: fields
+                .iter()
+                .skip(8)
+                .filter_map(|range| {
+                    let (from, to) = range.split_once('-').unwrap_or((range, range));
+                    Some((from.parse().ok()?, to.parse().ok()?))
+                })
+                .collect(),
+        })
+    }
+
+    fn serves(&self, slot: u16) -> bool {
+        self.slots
+            .iter()
+            .any(|&(from, to)| (from..=to).contains(&slot))
+    }
+}
+
+// === a Sentinel-watched primary ===
+
+/// A primary, a replica of it and three Sentinels that watch it as
+/// `daxium`, on 127.0.0.1; a primary that stops answering for a second is
+/// failed over.
+pub(crate) struct Sentinels {
+    primary: RedisServer,
+    replica: RedisServer,
+    sentinels: Vec<RedisServer>,
+}
+
+impl Sentinels {
+    /// The name the Sentinels know the primary by.
+    pub(crate) const MASTER: &str = "daxium";
+
+    /// Starts them all and waits until the Sentinels know the replica and
+    /// each other (they vote on a failover).
+    pub(crate) fn start() -> Self {
+        let primary = RedisServer::start();
+        let replica =
+            RedisServer::with_args(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+        let config = format!(
+            "sentinel monitor {master} 127.0.0.1 {port} 2\n\
+             sentinel down-after-milliseconds {master} 1000\n\
+             sentinel failover-timeout {master} 10000\n\
+             sentinel parallel-syncs {master} 1\n",
+            master = Self::MASTER,
+            port = primary.port(),
+        );
+        let sentinels = (0..3).map(|_| RedisServer::sentinel(&config)).collect();
+        let started = Self {
+            primary,
+            replica,
+            sentinels,
+        };
+        let acquainted = settles(SETTLED_WITHIN, || {
+            started.sentinels.iter().all(|s| {
+                let master: Option<Vec<String>> =
+                    command(s.port(), &["SENTINEL", "MASTER", Self::MASTER]).ok();
+                let field = |name: &str| {
+                    let master = master.as_ref()?;
+                    let at = master.iter().position(|f| f == name)?;
+                    master.get(at + 1).cloned()
+                };
+                field("num-slaves").as_deref() == Some("1")
+                    && field("num-other-sentinels").as_deref() == Some("2")
+            })
+        });
+        assert!(
+            acquainted,
+            "the Sentinels never knew the replica and each other"
+        );
+        started
+    }
+
+    /// A `redis+sentinel://` URL naming the three Sentinels.
+    pub(crate) fn url(&self) -> String {
+        let sentinels: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port()))
+            .collect();
+        format!("redis+sentinel://{}/{}", sentinels.join(","), Self::MASTER)
+    }
+
+    /// The port of the primary the Sentinels name (all of them, the same).
+    pub(crate) fn named_primary(&self) -> Option<u16> {
+        let named: Vec<Option<u16>> = self
+            .sentinels
+            .iter()
+            .map(|s| {
+                let address: Vec<String> = command(
+                    s.port(),
+                    &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER],
+                )
+                .ok()?;
+                address.get(1)?.parse().ok()
+            })
+            .collect();
+        named
+            .windows(2)
+            .all(|w| w[0] == w[1])
+            .then(|| named[0])
+            .flatten()
+    }
+
+    /// The primary's URL.
+    pub(crate) fn primary_url(&self) -> String {
+        self.primary.url()
+    }
+
+    /// Kills the primary with SIGKILL and waits until the Sentinels name the
+    /// replica and it answers as a primary.
+    pub(crate) fn kill_primary(&mut self) {
+        self.primary.stop();
+        let replica = self.replica.port();
+        let promoted = settles(SETTLED_WITHIN, || {
+            self.named_primary() == Some(replica)
+                && info(replica, "role").as_deref() == Some("master")
+        });
+        assert!(promoted, "the Sentinels never promoted the replica");
+    }
+}
