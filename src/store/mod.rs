@@ -394,7 +394,9 @@ impl AnyStore {
     ///
     /// - `memory:` — a [`MemoryStore`] of its own;
     /// - `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) — a
-    ///   `RedisStore` (feature `redis`);
+    ///   `RedisStore` (feature `redis`); `redis+cluster://…` and
+    ///   `redis+sentinel://…` (and their `rediss+` forms) — the same on a
+    ///   Redis Cluster or a Sentinel-watched primary;
     /// - `file:///ABSOLUTE/PATH` — a `FileStore` in that directory (feature
     ///   `file`; the path is taken as written, without percent-decoding).
     ///
@@ -405,7 +407,8 @@ impl AnyStore {
         match scheme.to_ascii_lowercase().as_str() {
             "memory" => Ok(Self::new(MemoryStore::new())),
             #[cfg(feature = "redis")]
-            "redis" | "rediss" => Ok(Self::new(RedisStore::new(url)?)),
+            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel"
+            | "rediss+sentinel" => Ok(Self::new(RedisStore::new(url)?)),
             #[cfg(feature = "file")]
             "file" => {
                 let path = url
