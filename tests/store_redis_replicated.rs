@@ -5,10 +5,11 @@
 //! cluster tests, with the store contract, every key of a login in one slot,
 //! and 8 replicas of a service sharing one login through it while the
 //! primary of the login's slot is failed over (`CLUSTER FAILOVER`) and,
-//! separately, killed; and a Sentinel-watched primary killed under the same
-//! fleet. The fleets run against the crate's Daxium-compatible server with
-//! reuse protection on: every request succeeds, no refresh token is sent
-//! twice, and the fleet shares one record again after the failover.
+//! separately, killed; a Sentinel-watched primary killed under the same
+//! fleet, and one frozen with SIGSTOP under a store that must find the
+//! promoted replica. The fleets run against the crate's Daxium-compatible
+//! server with reuse protection on: every request succeeds, no refresh token
+//! is sent twice, and the fleet shares one record again after the failover.
 #![cfg(all(feature = "redis", feature = "mock", feature = "rustls"))]
 
 use std::time::Duration;
@@ -364,6 +365,8 @@ mod cluster {
 
 /// A primary, its replica and three Sentinels, for one test.
 mod sentinel {
+    use daxium_auth::store::TokenStore;
+
     use super::{contract, fleets::ride_out, redis_server::Sentinels, replicas::blocking, store};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,6 +384,43 @@ mod sentinel {
             sentinels
         })
         .await;
+        blocking(move || drop(sentinels)).await;
+    }
+
+    /// A primary that stops answering without closing its connections: the
+    /// calls on it time out, and the store asks the Sentinels again until
+    /// they name the promoted replica.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_follows_the_sentinels_away_from_a_frozen_primary() {
+        let sentinels = blocking(Sentinels::start).await;
+        let store = store(&sentinels.url());
+        let key = contract::key("frozen");
+        assert_eq!(contract::put(&store, &key, None, "before").await, 1);
+
+        let sentinels = blocking(move || {
+            let mut sentinels = sentinels;
+            sentinels.freeze_primary();
+            sentinels
+        })
+        .await;
+        // Bounded: each call gives up within the store's timeout.
+        let mut written = None;
+        for _ in 0..20 {
+            let expected = match store.read(&key).await {
+                Ok(record) => record.map(|r| r.version()),
+                Err(_) => continue,
+            };
+            if let Ok(outcome) = store
+                .write(&key, expected, &contract::record("after"))
+                .await
+            {
+                written = outcome.version();
+                break;
+            }
+        }
+        let version = written.expect("the store never wrote to the new primary");
+        let read = store.read(&key).await.unwrap().expect("the new record");
+        assert_eq!(read.version(), version);
         blocking(move || drop(sentinels)).await;
     }
 }

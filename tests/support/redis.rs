@@ -756,6 +756,22 @@ impl Sentinels {
     /// replica and it answers as a primary.
     pub(crate) fn kill_primary(&mut self) {
         self.primary.stop();
+        self.wait_promoted();
+    }
+
+    /// Stops the primary with SIGSTOP (it holds its connections and answers
+    /// nothing, as a primary cut off without a reset would) and waits until
+    /// the Sentinels name the replica and it answers as a primary. SIGKILL
+    /// ends it when it is dropped.
+    pub(crate) fn freeze_primary(&mut self) {
+        let stopped = Command::new("kill")
+            .args(["-STOP", &self.primary.pid.to_string()])
+            .status();
+        assert!(stopped.is_ok_and(|s| s.success()), "SIGSTOP the primary");
+        self.wait_promoted();
+    }
+
+    fn wait_promoted(&self) {
         let replica = self.replica.port();
         let promoted = settles(SETTLED_WITHIN, || {
             self.named_primary() == Some(replica)

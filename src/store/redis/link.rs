@@ -218,12 +218,12 @@ impl Link {
         }
     }
 
-    /// Tells the link that a call on `conn` failed with `error`: a primary
-    /// that Sentinel named is asked for again when the error may mean that
-    /// it is gone or no longer the primary.
-    pub(super) fn failed(&self, conn: &Conn, error: &RedisError) {
+    /// Tells the link that a call on `conn` failed with `error` (`None`: no
+    /// answer in time): a primary that Sentinel named is asked for again
+    /// when the failure may mean that it is gone or no longer the primary.
+    pub(super) fn failed(&self, conn: &Conn, error: Option<&RedisError>) {
         if let (Self::Sentinel(watched), Conn::Primary { id, .. }) = (self, conn)
-            && may_be_failover(error)
+            && error.is_none_or(may_be_failover)
         {
             let mut primary = watched.primary.lock().unwrap_or_else(|p| p.into_inner());
             if primary.as_ref().is_some_and(|p| p.id == *id) {

@@ -236,19 +236,24 @@ impl RedisStore {
         op: impl AsyncFnOnce(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
         let link = &self.inner.link;
-        let attempt = async {
-            let mut connection = link
-                .connection(self.inner.timeout)
-                .await
-                .map_err(redis_error)?;
-            op(&mut connection).await.map_err(|e| {
-                link.failed(&connection, &e);
-                redis_error(e)
-            })
-        };
-        tokio::time::timeout(self.inner.timeout, attempt)
+        let deadline = Instant::now() + self.inner.timeout;
+        let timed_out = || StoreError::timeout(STORE);
+        let mut connection = tokio::time::timeout_at(deadline, link.connection(self.inner.timeout))
             .await
-            .unwrap_or_else(|_| Err(StoreError::timeout(STORE)))
+            .map_err(|_| timed_out())?
+            .map_err(redis_error)?;
+        match tokio::time::timeout_at(deadline, op(&mut connection)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                link.failed(&connection, Some(&e));
+                Err(redis_error(e))
+            }
+            // No answer in time: a primary cut off without a reset looks so.
+            Err(_) => {
+                link.failed(&connection, None);
+                Err(timed_out())
+            }
+        }
     }
 
     /// The stored version and the record, when it is readable for `key`.
@@ -548,6 +553,28 @@ mod tests {
         }
         // Logins spread over the slots: the tag is not a constant.
         assert_eq!(slots.len(), logins.len());
+    }
+
+    #[test]
+    fn debug_names_the_deployment_and_its_nodes_but_no_password() {
+        for (url, kind, address) in [
+            ("redis://:hunter2@10.0.0.1:6379/", "single", "10.0.0.1:6379"),
+            (
+                "redis+cluster://u:hunter2@h1:7000,h2:7001/",
+                "cluster",
+                "h1:7000,h2:7001",
+            ),
+            (
+                "rediss+sentinel://u:hunter2@s1:26379,s2/master",
+                "sentinel",
+                "s1:26379,s2:26379",
+            ),
+        ] {
+            let store = RedisStore::new(url).unwrap();
+            let text = format!("{store:?} {:?}", RedisStore::builder(url));
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains(kind) && text.contains(address), "{text}");
+        }
     }
 
     #[test]
