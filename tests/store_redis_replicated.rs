@@ -3,7 +3,7 @@
 //! takes writes (the writes a failover loses), and the store's epoch rule
 //! there; a Redis Cluster of 3 primaries and 3 replicas, shared by the
 //! cluster tests, with the store contract, every key of a login in one slot,
-//! and 8 replicas of a service sharing one login through it while the
+//! a wait woken by a commit that another node publishes, and 8 replicas of a service sharing one login through it while the
 //! primary of the login's slot is failed over (`CLUSTER FAILOVER`) and,
 //! separately, killed; a Sentinel-watched primary killed under the same
 //! fleet, and one frozen with SIGSTOP under a store that must find the
@@ -278,7 +278,11 @@ mod cluster {
     use daxium_auth::store::{LeaseOwner, LoginKey, TokenStore};
 
     use super::{
-        contract, fleets::ride_out, redis_server::RedisCluster, replicas::blocking, store,
+        contract,
+        fleets::ride_out,
+        redis_server::{RedisCluster, command},
+        replicas::blocking,
+        store,
     };
 
     async fn cluster() -> &'static RedisCluster {
@@ -338,6 +342,38 @@ mod cluster {
             3,
             "the logins' slots covered every primary"
         );
+    }
+
+    /// A wait subscribes on a seed node; the commit is published by the
+    /// primary of the login's slot, another node, and reaches the wait
+    /// through the cluster at once, not at the next poll.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_on_a_cluster_wakes_on_a_commit_that_another_node_publishes() {
+        let cluster = cluster().await;
+        let _quiet = cluster.quiet().await;
+        let (waiter, writer) = (store(&cluster.url()), store(&cluster.url()));
+        let (seed, key) = blocking(move || {
+            let seed = cluster.seed();
+            let elsewhere = (0..64)
+                .map(|n| LoginKey::new("bus", format!("user-{n}@example.com")))
+                .find(|key| {
+                    let slot = cluster.slot(&format!("daxium-auth:{{{}}}", key.id()));
+                    cluster.primary_of(slot) != seed
+                });
+            (seed, elsewhere.expect("a login that another node serves"))
+        })
+        .await;
+        let channel = format!("daxium-auth:{{{}}}:changed", key.id());
+        let subscribers = move || {
+            let channel = channel.clone();
+            blocking(move || {
+                let counts: Vec<(String, i64)> =
+                    command(seed, &["PUBSUB", "NUMSUB", &channel]).expect("PUBSUB NUMSUB");
+                counts[0].1
+            })
+        };
+
+        contract::a_subscribed_wait_wakes_at_the_commit(waiter, &writer, &key, subscribers).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

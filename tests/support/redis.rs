@@ -492,6 +492,11 @@ impl RedisCluster {
         )
     }
 
+    /// The first seed of [`url`](Self::url): where a wait subscribes.
+    pub(crate) fn seed(&self) -> u16 {
+        self.ports().next().expect("a running node")
+    }
+
     /// Leaves the cluster as it is while the caller runs: no test fails a
     /// node over meanwhile.
     pub(crate) async fn quiet(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
