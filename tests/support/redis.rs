@@ -431,7 +431,12 @@ impl RedisCluster {
     pub(crate) fn start(primaries: usize, replicas: usize) -> Self {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
+                // The bus port is the data port + 10,000 unless given: over
+                // 65,535 for a free port above 55,535.
+                let bus = free_port().to_string();
                 RedisServer::with_args(&[
+                    "--cluster-port",
+                    &bus,
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
