@@ -3,7 +3,8 @@
 //! takes writes (the writes a failover loses), and the store's epoch rule
 //! there; a Redis Cluster of 3 primaries and 3 replicas, shared by the
 //! cluster tests, with the store contract, every key of a login in one slot,
-//! a wait woken by a commit that another node publishes, and 8 replicas of a service sharing one login through it while the
+//! a wait woken by a commit that another node publishes, no password in
+//! errors, and 8 replicas of a service sharing one login through it while the
 //! primary of the login's slot is failed over (`CLUSTER FAILOVER`) and,
 //! separately, killed; a Sentinel-watched primary killed under the same
 //! fleet, and one frozen with SIGSTOP under a store that must find the
@@ -374,6 +375,40 @@ mod cluster {
         };
 
         contract::a_subscribed_wait_wakes_at_the_commit(waiter, &writer, &key, subscribers).await;
+    }
+
+    /// A password the cluster refuses, and Sentinels and a cluster that do
+    /// not answer: the calls fail, and no error, cause or `Debug` shows the
+    /// password.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_password_shows_in_the_errors_of_a_cluster_or_sentinel_store() {
+        let cluster = cluster().await;
+        let _quiet = cluster.quiet().await;
+        let secret = "pw-sentinel-5e1f";
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let refused = cluster.url().replace("://", &format!("://u:{secret}@"));
+        for url in [
+            refused,
+            format!("redis+cluster://:{secret}@127.0.0.1:{closed}/"),
+            format!("redis+sentinel://:{secret}@127.0.0.1:{closed}/daxium"),
+        ] {
+            let store = store(&url);
+            let key = contract::key("secret");
+            let err = store
+                .read(&key)
+                .await
+                .expect_err("no answer with that password");
+            let mut shown = format!("{err} {err:?} {store:?}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                shown.push_str(&format!(" {cause} {cause:?}"));
+                source = cause.source();
+            }
+            assert!(!shown.contains(secret), "{shown}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
