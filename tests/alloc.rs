@@ -8,7 +8,9 @@
 //! - replay off, as a layer setting or per request (`NoReplay`): no allocation
 //!   added;
 //! - replay on (the default), fresh token: at most 2 added;
-//! - a service cloned for each request, replay on or off: none added either.
+//! - a service cloned for each request, replay on or off: none added either;
+//! - a token store configured (memory, Redis, a Redis Cluster): none added
+//!   to what the layer costs without one.
 
 use std::{fmt, hint::black_box};
 
@@ -128,17 +130,23 @@ fn a_token_store_adds_no_allocation_to_the_hot_path() {
     );
     #[cfg(feature = "redis")]
     {
-        // A real Redis holding the record this layer wrote: requests never
-        // call the store.
+        // A real Redis, and a Redis Cluster of three primaries, holding the
+        // record this layer wrote: requests never call the store.
         let server = bench::redis::RedisServer::start();
-        for replay in [false, true] {
-            let without = allocations(&mut auth_layer(&rt, replay).layer(Inner), false);
-            let shared = bench::auth_layer_redis(&rt, replay, &server.url());
-            let auth = allocations(&mut shared.layer(Inner), false);
-            eprintln!(
-                "a RedisStore configured, replay {replay}: without {without}, with {auth} allocations"
-            );
-            assert_eq!(auth, without, "replay {replay} with a RedisStore");
+        let cluster = bench::redis::RedisCluster::start(3, 0);
+        for (deployment, url) in [("one server", server.url()), ("a cluster", cluster.url())] {
+            for replay in [false, true] {
+                let without = allocations(&mut auth_layer(&rt, replay).layer(Inner), false);
+                let shared = bench::auth_layer_redis(&rt, replay, &url);
+                let auth = allocations(&mut shared.layer(Inner), false);
+                eprintln!(
+                    "a RedisStore on {deployment}, replay {replay}: without {without}, with {auth} allocations"
+                );
+                assert_eq!(
+                    auth, without,
+                    "replay {replay} with a RedisStore on {deployment}"
+                );
+            }
         }
         // A Redis that does not answer: the token is this replica's own.
         let store = daxium_auth::store::RedisStore::new("redis://127.0.0.1:1/").expect("a URL");

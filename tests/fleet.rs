@@ -123,12 +123,7 @@ mod real {
 
 #[cfg(all(feature = "mock", feature = "rustls", feature = "redis"))]
 mod on_redis {
-    use std::{
-        collections::HashSet,
-        convert::Infallible,
-        sync::{Arc, Mutex},
-        time::Duration,
-    };
+    use std::{convert::Infallible, sync::Arc, time::Duration};
 
     use bytes::Bytes;
     use daxium_auth::{
@@ -145,7 +140,8 @@ mod on_redis {
         real::*,
         redis_server::RedisServer,
         replicas::{
-            Issued, Replica, Then, blocking, drive, eventually, login_key, replica, server, solo,
+            Issued, Replica, StoreWatch, Then, blocking, drive, eventually, login_key, replica,
+            server, solo, spawn_drive,
         },
     };
 
@@ -241,14 +237,8 @@ mod on_redis {
 
         let started = Instant::now();
         let until = started + RUN;
-        let driving = {
-            let (replicas, api) = (replicas.clone(), shared.api_url("v1/items"));
-            tokio::spawn(async move { drive(&replicas, &api, CALLERS, PACE, until).await })
-        };
-        let driving_alone = {
-            let (solo, api) = (solo.clone(), alone.api_url("v1/items"));
-            tokio::spawn(async move { drive(&solo, &api, CALLERS, PACE, until).await })
-        };
+        let driving = spawn_drive(&replicas, &shared, CALLERS, PACE, until);
+        let driving_alone = spawn_drive(&solo, &alone, CALLERS, PACE, until);
 
         // Killed at 6 s, back at 9 s on the same port, with nothing stored.
         sleep_until(started + Duration::from_secs(6)).await;
@@ -267,20 +257,7 @@ mod on_redis {
         .await;
 
         // Every access token the store holds from the restart on.
-        let stored = Arc::new(Mutex::new(HashSet::new()));
-        let watcher = {
-            let (observer, key, stored) = (store(&url), key.clone(), Arc::clone(&stored));
-            tokio::spawn(async move {
-                let turns = (RUN.as_millis() / 20) as usize;
-                for _ in 0..turns {
-                    if let Ok(Some(record)) = observer.read(&key).await {
-                        let access = record.record().access_token().expose_secret().to_owned();
-                        stored.lock().unwrap().insert(access);
-                    }
-                    sleep(Duration::from_millis(20)).await;
-                }
-            })
-        };
+        let watch = StoreWatch::start(store(&url), key.clone(), RUN);
 
         // The rejoined fleet against the replica alone, over the last 7 s.
         sleep_until(started + Duration::from_secs(13)).await;
@@ -288,21 +265,10 @@ mod on_redis {
         let driven = driving.await.unwrap();
         let driven_alone = driving_alone.await.unwrap();
         let (fleet, one) = (shared.counters(), alone.counters());
-
-        let mut held = Vec::new();
-        for replica in &replicas {
-            held.push(replica.token().await);
-        }
-        watcher.abort();
-        let last = store(&url)
-            .read(&key)
-            .await
-            .expect("redis-server answers")
-            .expect("the fleet's record");
-        stored
-            .lock()
-            .unwrap()
-            .insert(last.record().access_token().expose_secret().to_owned());
+        // Every replica holds a token of the shared record.
+        let last = watch
+            .assert_shared(&replicas, &store(&url), &key, "the restart")
+            .await;
 
         let fleet_window = fleet.grant_requests - fleet_from.grant_requests;
         let one_window = one.grant_requests - one_from.grant_requests;
@@ -324,20 +290,12 @@ mod on_redis {
         assert_eq!(fleet.refresh_rejected + fleet.password_rejected, 0);
         // One login, and at most one of its own per replica while Redis was away.
         assert!(fleet.password_ok <= 1 + 8, "{fleet:?}");
-        // Rejoined: the fleet makes the grants of one replica again...
+        // Rejoined: the fleet makes the grants of one replica again.
         assert!(one_window >= 3, "{one:?}");
         assert!(
             fleet_window <= one_window + 2,
             "after the restart the fleet made {fleet_window} grants in 7 s, one replica alone {one_window}"
         );
-        // ...and every replica holds a token of the shared record.
-        let stored = stored.lock().unwrap();
-        for (i, token) in held.iter().enumerate() {
-            assert!(
-                stored.contains(token),
-                "replica {i} holds a token the store never held after the restart"
-            );
-        }
         assert!(
             last.version() >= 3,
             "the record moved on: {}",

@@ -6,8 +6,8 @@
 //! (`--help`, bad flags with status 2), the `--json` summary and error object,
 //! the table with its latency histogram, `RUST_LOG`, and no secret on stdout
 //! or stderr. A fleet: replicas in one process on a memory store, several
-//! processes on one `FileStore` and on one `redis-server` making one login
-//! between them (against one Daxium-compatible server started here), a second
+//! processes on one `FileStore`, on one `redis-server`, on a Redis Cluster
+//! and on a Sentinel-watched primary making one login between them (against one Daxium-compatible server started here), a second
 //! run adopting the stored pair, and store URLs that are refused without
 //! their password. The example's own modules (their unit tests run here too)
 //! are included by path.
@@ -1109,13 +1109,30 @@ fn load_processes_on_one_file_store_log_in_once_and_a_second_run_not_at_all() {
 
 #[test]
 fn load_processes_on_one_redis_log_in_once() {
-    let shared = Shared::start();
     let redis = redis_server::RedisServer::start();
-    let url = redis.url();
+    processes_on_one_store_log_in_once(&redis.url(), "redis");
+}
+
+#[test]
+fn load_processes_on_one_redis_cluster_log_in_once() {
+    let cluster = redis_server::RedisCluster::start(3, 0);
+    processes_on_one_store_log_in_once(&cluster.url(), "redis+cluster");
+}
+
+#[test]
+fn load_processes_on_one_sentinel_watched_redis_log_in_once() {
+    let sentinels = redis_server::Sentinels::start();
+    processes_on_one_store_log_in_once(&sentinels.url(), "redis+sentinel");
+}
+
+/// Three `load` processes of 4 replicas each on the store at `url` make one
+/// login between them, and each says it shared `scheme`.
+fn processes_on_one_store_log_in_once(url: &str, scheme: &str) {
+    let shared = Shared::start();
     let args = [
         "--json",
         "--store",
-        url.as_str(),
+        url,
         "--replicas",
         "4",
         "--concurrency",
@@ -1124,7 +1141,7 @@ fn load_processes_on_one_redis_log_in_once() {
         "400",
     ];
     let summaries = fleet_of_processes(&shared, 3, &args, &[]);
-    assert_each_shares(&summaries, "redis", 4, 400);
+    assert_each_shares(&summaries, scheme, 4, 400);
     let counters = shared.server.counters();
     assert_eq!(
         logins(&summaries),
@@ -1231,6 +1248,12 @@ fn store_urls_that_cannot_work_are_refused_without_their_password() {
             2,
             "usage",
             "does not parse",
+        ),
+        (
+            "redis+sentinel://:pw-sentinel-91c2@127.0.0.1:26379/",
+            2,
+            "usage",
+            "MASTER-NAME",
         ),
         // A directory that cannot be made: the run cannot start.
         (under_a_file.as_str(), 1, "store", "file system error"),

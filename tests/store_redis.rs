@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 #[path = "support/store_contract.rs"]
 mod contract;
+#[allow(dead_code)]
 #[path = "support/redis.rs"]
 mod redis_server;
 
@@ -85,55 +86,28 @@ async fn a_wait_subscribes_to_the_logins_channel_and_wakes_on_the_commit() {
     let (waiter, writer) = (store(&server), store(&server));
     let key = contract::key("subscribed");
     let channel = format!("daxium-auth:{{{}}}:changed", key.id());
-    let mut raw = raw(&server.url()).await;
-    let subscribers = async |raw: &mut redis::aio::MultiplexedConnection| -> i64 {
-        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&channel)
-            .query_async(raw)
-            .await
-            .unwrap();
-        counts[0].1
-    };
-    assert_eq!(subscribers(&mut raw).await, 0);
-
-    let wait = tokio::spawn(async move {
-        let seen = waiter
-            .wait_for_change(&contract::key("subscribed"), None, Duration::from_secs(10))
-            .await;
-        (seen, Instant::now())
-    });
-    // Bounded: 2 s for the subscription to show.
-    let mut subscribed = false;
-    for _ in 0..200 {
-        if subscribers(&mut raw).await == 1 {
-            subscribed = true;
-            break;
+    let raw = raw(&server.url()).await;
+    // The subscriptions to the login's channel.
+    let subscribers = || {
+        let (mut raw, channel) = (raw.clone(), channel.clone());
+        async move {
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            counts[0].1
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(subscribed, "the waiter never subscribed");
-
-    // Past the poll interval the fallback would take, the commit is what wakes it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(contract::put(&writer, &key, None, "pushed").await, 1);
-    let committed = Instant::now();
-    let (seen, woke) = wait.await.unwrap();
-    assert_eq!(seen.unwrap().expect("the commit").version(), 1);
-    let latency = woke.duration_since(committed);
-    eprintln!("woke {} µs after the commit", latency.as_micros());
-    assert!(latency < Duration::from_millis(100), "{latency:?}");
+    };
+    assert_eq!(subscribers().await, 0);
+    contract::a_subscribed_wait_wakes_at_the_commit(waiter, &writer, &key, subscribers).await;
 
     // The wait's connection is gone with it.
-    let mut unsubscribed = false;
-    for _ in 0..200 {
-        if subscribers(&mut raw).await == 0 {
-            unsubscribed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(unsubscribed, "the wait left its subscription behind");
+    assert!(
+        contract::subscribers_reach(0, subscribers).await,
+        "the wait left its subscription behind"
+    );
 }
 
 #[tokio::test]
@@ -154,6 +128,15 @@ async fn records_and_leases_are_stored_as_documented() {
     assert_eq!(envelope["login"], key.id());
     assert_eq!(envelope["version"], 1);
     assert_eq!(envelope["record"]["access_token"], "access-layout");
+    // The epoch is the replication id of the primary that wrote it.
+    let epoch: String = raw.hget(&record_key, "epoch").await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(epoch.len(), 40);
+    assert!(info.contains(&format!("master_replid:{epoch}")), "{info}");
 
     let lease_key = format!("daxium-auth:{{{}}}:lease", key.id());
     let holder: String = raw.get(&lease_key).await.unwrap();

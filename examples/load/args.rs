@@ -33,7 +33,9 @@ behave as other real servers do; the summary counts what it did.
 
 --replicas N runs N layers in this process, each with its own token cache and clients as
 N processes would have, sharing the login through --store (redis://HOST:PORT/[DB],
-rediss://… for TLS, file:///ABSOLUTE/DIR, or memory:, the default for more than one
+redis+cluster://HOST:PORT,HOST:PORT/ for a Redis Cluster,
+redis+sentinel://HOST:PORT,HOST:PORT/MASTER[/DB] for a Sentinel-watched primary, each
+with rediss… for TLS; file:///ABSOLUTE/DIR, or memory:, the default for more than one
 replica); the summary counts the grants of the whole fleet.
 
 RUST_LOG (e.g. RUST_LOG=daxium_auth=debug) shows the layer's spans and events on
@@ -163,7 +165,9 @@ pub(crate) struct LoadArgs {
 #[command(next_help_heading = "Fleet")]
 pub(crate) struct FleetArgs {
     /// Share the login through this token store: redis://[USER:PASSWORD@]HOST[:PORT][/DB],
-    /// rediss://… (TLS), file:///ABSOLUTE/DIR, memory:
+    /// redis+cluster://[USER:PASSWORD@]HOST:PORT,HOST:PORT/,
+    /// redis+sentinel://[USER:PASSWORD@]HOST:PORT,HOST:PORT/MASTER[/DB], rediss… (TLS),
+    /// file:///ABSOLUTE/DIR, memory:
     #[arg(long, env = "DAXIUM_STORE", value_name = "URL", hide_env_values = true)]
     pub(crate) store: Option<SecretString>,
     /// Independent layers in this process (each its own token cache, as that

@@ -675,10 +675,19 @@ async fn check_store(
 /// The scheme of a store URL, for the summary: one of the known ones.
 pub(crate) fn scheme_of(url: &str) -> &'static str {
     let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-    ["memory", "redis", "rediss", "file"]
-        .into_iter()
-        .find(|known| scheme.eq_ignore_ascii_case(known))
-        .unwrap_or("unknown")
+    [
+        "memory",
+        "redis",
+        "rediss",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+        "file",
+    ]
+    .into_iter()
+    .find(|known| scheme.eq_ignore_ascii_case(known))
+    .unwrap_or("unknown")
 }
 
 /// `message` without the password of `url`'s user info, should a cause
@@ -1019,6 +1028,11 @@ mod tests {
     fn a_store_url_shows_its_scheme_only() {
         assert_eq!(scheme_of("redis://user:secret@127.0.0.1:6379/0"), "redis");
         assert_eq!(scheme_of("REDISS://h:1/"), "rediss");
+        assert_eq!(
+            scheme_of("redis+cluster://:secret@h1:7000,h2:7000/"),
+            "redis+cluster"
+        );
+        assert_eq!(scheme_of("rediss+sentinel://s1,s2/m"), "rediss+sentinel");
         assert_eq!(scheme_of("file:///var/lib/tokens"), "file");
         assert_eq!(scheme_of("memory:"), "memory");
         assert_eq!(scheme_of("secret-without-scheme"), "unknown");
@@ -1031,6 +1045,13 @@ mod tests {
         assert_eq!(said, "could not log in as user with ****");
         assert_eq!(
             redact("no hunter2 here", "redis://:hunter2@h/"),
+            "no **** here"
+        );
+        assert_eq!(
+            redact(
+                "no hunter2 here",
+                "redis+cluster://u:hunter2@h1:7000,h2:7000/"
+            ),
             "no **** here"
         );
         assert_eq!(redact("as it was", "redis://127.0.0.1:6379/"), "as it was");

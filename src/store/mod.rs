@@ -183,6 +183,12 @@ impl Lease {
 /// filed per [`LoginKey`]: a record written for one login is never returned for
 /// another. Versions start at 1 and grow by one per write.
 ///
+/// A store that can lose a write it acknowledged (a replicated Redis whose
+/// primary fails over) must never hand out a refresh token that such a lost
+/// write had marked spent: it returns the records that may predate a loss
+/// with their refresh token spent, and refuses a spend mark over them (see
+/// `RedisStore`'s failover notes).
+///
 /// Implement it with async fns; [`AnyStore`] turns any implementation into
 /// one cheaply cloned type.
 pub trait TokenStore: Send + Sync + 'static {
@@ -397,7 +403,9 @@ impl AnyStore {
     ///
     /// - `memory:` — a [`MemoryStore`] of its own;
     /// - `redis://[USER:PASSWORD@]HOST[:PORT][/DB]`, `rediss://…` (TLS) — a
-    ///   `RedisStore` (feature `redis`);
+    ///   `RedisStore` (feature `redis`); `redis+cluster://…` and
+    ///   `redis+sentinel://…` (and their `rediss+` forms) — the same on a
+    ///   Redis Cluster or a Sentinel-watched primary;
     /// - `file:///ABSOLUTE/PATH` — a `FileStore` in that directory (feature
     ///   `file`; the path is taken as written, without percent-decoding).
     ///
@@ -408,7 +416,8 @@ impl AnyStore {
         match scheme.to_ascii_lowercase().as_str() {
             "memory" => Ok(Self::new(MemoryStore::new())),
             #[cfg(feature = "redis")]
-            "redis" | "rediss" => Ok(Self::new(RedisStore::new(url)?)),
+            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel"
+            | "rediss+sentinel" => Ok(Self::new(RedisStore::new(url)?)),
             #[cfg(feature = "file")]
             "file" => {
                 let path = url

@@ -5,12 +5,14 @@
 //! issued (so that a test can look for them where they must not be), and can
 //! be told to hang once a refresh grant has been answered (as a replica that
 //! dies mid-grant would) or to do something first (freeze the store). Callers
-//! drive the replicas for a bounded time.
+//! drive the replicas for a bounded time, and watch which tokens the store
+//! held.
 
 // Each test binary uses the parts that apply to it.
 #![allow(dead_code)]
 
 use std::{
+    collections::HashSet,
     future::Future,
     sync::{
         Arc, Mutex,
@@ -24,7 +26,7 @@ use daxium_auth::{
     AuthLayer, AuthLayerBuilder, AuthService, GrantRequest, GrantType, HttpFetcher, ReplayBody,
     TokenFetcher, fetcher,
     mock::MockServer,
-    store::{AnyStore, LoginKey},
+    store::{AnyStore, LoginKey, StoredRecord, TokenStore},
 };
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -32,7 +34,11 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use tokio::{sync::Notify, task::JoinSet, time::Instant};
+use tokio::{
+    sync::Notify,
+    task::{JoinHandle, JoinSet},
+    time::Instant,
+};
 use tower::{Layer, ServiceExt};
 
 /// How long one request may take before the test counts it failed.
@@ -319,6 +325,18 @@ pub(crate) async fn drive(
     driven
 }
 
+/// [`drive`] in a task of its own, for `server`'s API.
+pub(crate) fn spawn_drive(
+    replicas: &[Arc<Replica>],
+    server: &MockServer,
+    callers: usize,
+    every: Duration,
+    until: Instant,
+) -> JoinHandle<Driven> {
+    let (replicas, api) = (replicas.to_vec(), server.api_url("v1/items"));
+    tokio::spawn(async move { drive(&replicas, &api, callers, every, until).await })
+}
+
 /// Runs `f` on tokio's blocking pool (for the `redis-server` harness, which
 /// waits with the thread's clock).
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -345,4 +363,63 @@ pub(crate) async fn eventually<F: Future<Output = bool>>(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     done().await
+}
+
+/// The access tokens that a login's record in a store held, read every
+/// 20 ms from when the watch starts.
+pub(crate) struct StoreWatch {
+    seen: Arc<Mutex<HashSet<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl StoreWatch {
+    /// Watches `key` in `store` for at most `within`.
+    pub(crate) fn start(store: AnyStore, key: LoginKey, within: Duration) -> Self {
+        let seen = Arc::new(Mutex::new(HashSet::new()));
+        let task = {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let turns = (within.as_millis() / 20) as usize;
+                for _ in 0..turns {
+                    if let Ok(Some(record)) = store.read(&key).await {
+                        let access = record.record().access_token().expose_secret().to_owned();
+                        seen.lock().unwrap().insert(access);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        Self { seen, task }
+    }
+
+    /// Ends the watch with the record `store` holds now (which it must
+    /// have), and checks that every replica holds a token the store held
+    /// since `since` (the watch's start); the record.
+    pub(crate) async fn assert_shared(
+        self,
+        replicas: &[Arc<Replica>],
+        store: &AnyStore,
+        key: &LoginKey,
+        since: &str,
+    ) -> StoredRecord {
+        let mut held = Vec::new();
+        for replica in replicas {
+            held.push(replica.token().await);
+        }
+        self.task.abort();
+        let last = store
+            .read(key)
+            .await
+            .expect("the store answers")
+            .expect("the fleet's record");
+        let mut seen = self.seen.lock().unwrap();
+        seen.insert(last.record().access_token().expose_secret().to_owned());
+        for (i, token) in held.iter().enumerate() {
+            assert!(
+                seen.contains(token),
+                "replica {i} holds a token the store never held after {since}"
+            );
+        }
+        last
+    }
 }

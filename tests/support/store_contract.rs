@@ -306,3 +306,55 @@ pub(crate) async fn an_unreadable_record_is_replaced_over_its_version(
         "access-replacing"
     );
 }
+
+/// For a store that is told of writes: a wait on `key` that `subscribers`
+/// (the subscriptions to the login's channel) shows subscribed, and that
+/// has gone quiet for longer than a poll would, wakes within 100 ms of
+/// `writer`'s first write.
+pub(crate) async fn a_subscribed_wait_wakes_at_the_commit<S, F>(
+    waiter: S,
+    writer: &impl TokenStore,
+    key: &LoginKey,
+    mut subscribers: impl FnMut() -> F,
+) where
+    S: TokenStore,
+    F: std::future::Future<Output = i64>,
+{
+    let wait = {
+        let key = key.clone();
+        tokio::spawn(async move {
+            let seen = waiter
+                .wait_for_change(&key, None, Duration::from_secs(10))
+                .await;
+            (seen, Instant::now())
+        })
+    };
+    assert!(
+        subscribers_reach(1, &mut subscribers).await,
+        "the waiter never subscribed"
+    );
+
+    // Past the poll interval the fallback would take, the commit is what wakes it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(put(writer, key, None, "pushed").await, 1);
+    let committed = Instant::now();
+    let (seen, woke) = wait.await.unwrap();
+    assert_eq!(seen.unwrap().expect("the commit").version(), 1);
+    let latency = woke.duration_since(committed);
+    eprintln!("woke {} µs after the commit", latency.as_micros());
+    assert!(latency < Duration::from_millis(100), "{latency:?}");
+}
+
+/// Whether `subscribers` comes to say `n`, asked every 10 ms for at most 2 s.
+pub(crate) async fn subscribers_reach<F: std::future::Future<Output = i64>>(
+    n: i64,
+    mut subscribers: impl FnMut() -> F,
+) -> bool {
+    for _ in 0..200 {
+        if subscribers().await == n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

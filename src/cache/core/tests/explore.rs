@@ -1,8 +1,9 @@
 //! The fleet model checked exhaustively: every sequence of ops to a stated
-//! depth, from a cold start and from a stale stored record, with the safety
-//! checks of `fleet.rs` at every step and its liveness check at every leaf.
+//! depth, from a cold start, from a stale stored record and from a refresh
+//! grant in flight, with the safety checks of `fleet.rs` at every step and
+//! its liveness check at every leaf.
 
-use super::fleet::{Op, REPLICAS, World, apply, recovers};
+use super::fleet::{Op, REPLICAS, World, apply, mid_refresh, recovers};
 
 /// Every sequence of `depth` ops from `alphabet`, from `w`: the safety checks
 /// run at every step (they panic), liveness at every leaf. Returns the number
@@ -54,9 +55,11 @@ fn every_fleet_interleaving_to_the_stated_depth_is_safe_and_recovers() {
         Op::Store(true),
         Op::Rotate,
         Op::Freeze(true),
+        Op::Failover,
     ]);
-    // From a start where replica 0 holds the record and its token has gone stale,
-    // and from a cold start.
+    // From a cold start, from a start where replica 0 holds the record and its
+    // token has gone stale, and from one where it has sent the refresh token
+    // (a failover then may lose the spend mark).
     let cold = World::new();
     // Replica 0 logs in and stores the pair (lease, read, grant, write,
     // release), and its token goes stale.
@@ -73,7 +76,10 @@ fn every_fleet_interleaving_to_the_stated_depth_is_safe_and_recovers() {
     apply(&mut warm, &Op::Advance(45_000));
     assert!(warm.record.is_some(), "the warm start has a stored record");
     let depth = depth();
-    let states = explore(&cold, &alphabet, depth) + explore(&warm, &alphabet, depth);
+    let refreshing = mid_refresh(true);
+    let states = explore(&cold, &alphabet, depth)
+        + explore(&warm, &alphabet, depth)
+        + explore(&refreshing, &alphabet, depth);
     eprintln!(
         "fleet model: 3 replicas, {} ops, depth {depth}: {states} states",
         alphabet.len()

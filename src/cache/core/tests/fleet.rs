@@ -2,11 +2,18 @@
 //! model of a token store (a versioned record and a lease with a time to live)
 //! and one token server that rotates refresh tokens. Random interleavings of
 //! their calls, each answered or failed, store outages, replicas that die
-//! mid-protocol, dead holders whose lease stays held past its expiry, 401s
-//! and time passing are checked after every step: a refresh
-//! token is sent at most once fleet-wide, no replica shows a token past its
-//! expiry, no replica has two grants in flight; and once the faults stop,
-//! every live replica that asks gets a valid token.
+//! mid-protocol, dead holders whose lease stays held past its expiry, a
+//! store that fails over and loses its last acknowledged writes, 401s and
+//! time passing are checked after every step: a refresh token is sent at
+//! most once fleet-wide, no replica shows a token past its expiry, no
+//! replica has two grants in flight; and once the faults stop, every live
+//! replica that asks gets a valid token.
+//!
+//! The store follows `RedisStore`'s epoch rule: a failover starts a new
+//! epoch, a record of an older one is read with its refresh token spent, and
+//! a spend mark over it is refused. Without the rule, a lost spend mark lets
+//! the next holder send the token again (a test below shows the check
+//! finding it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -21,6 +28,8 @@ use super::harness::{T, TErr};
 
 pub(super) const REPLICAS: usize = 3;
 const LIFETIME: Duration = Duration::from_secs(60);
+/// How many of its last writes a failover may lose, one per rollback.
+const REMEMBERED: usize = 4;
 
 #[derive(Clone)]
 enum Call {
@@ -55,7 +64,12 @@ pub(super) struct Stored {
     spent: bool,
     /// Written by another fleet under another seal key: no replica reads it.
     unreadable: bool,
+    /// The store's epoch when it was written.
+    epoch: u64,
 }
+
+/// The store's state before one write: the record and the lease.
+type Snapshot = (Option<Stored>, Option<(usize, Time)>);
 
 #[derive(Clone)]
 pub(super) struct World {
@@ -67,6 +81,14 @@ pub(super) struct World {
     frozen: bool,
     pub(super) record: Option<Stored>,
     lease: Option<(usize, Time)>,
+    /// The state before each of the last writes, newest last: what a
+    /// failover goes back to.
+    history: Vec<Snapshot>,
+    /// One more at each failover.
+    epoch: u64,
+    /// Whether the store keeps the epoch rule (off only to show what it
+    /// prevents).
+    pub(super) epochs: bool,
     /// Access token -> expiry, as the server issued them.
     access: BTreeMap<u32, Time>,
     sent: BTreeSet<u32>,
@@ -98,6 +120,9 @@ impl World {
             frozen: false,
             record: None,
             lease: None,
+            history: Vec::new(),
+            epoch: 0,
+            epochs: true,
             access: BTreeMap::new(),
             sent: BTreeSet::new(),
             next: 0,
@@ -153,6 +178,7 @@ impl World {
                 ..
             } => {
                 if self.up && self.lease.is_some_and(|(owner, _)| owner == r) {
+                    self.remember();
                     self.lease = None;
                 }
             }
@@ -183,16 +209,30 @@ impl World {
     }
 
     fn record(&self) -> Option<Record<T>> {
-        self.record
-            .as_ref()
-            .filter(|s| !s.unreadable)
-            .map(|s| Record {
+        self.record.as_ref().filter(|s| !s.unreadable).map(|s| {
+            // A record from before a failover may lack its spend mark.
+            let withheld = self.stale(s);
+            Record {
                 version: s.version,
                 access: s.access,
-                refresh: s.refresh,
+                refresh: if withheld { None } else { s.refresh },
                 expires_at: s.expires_at,
-                spent: s.spent,
-            })
+                spent: s.spent || withheld,
+            }
+        })
+    }
+
+    /// Whether the epoch rule holds `stored` back: written before a failover.
+    fn stale(&self, stored: &Stored) -> bool {
+        self.epochs && stored.epoch != self.epoch
+    }
+
+    /// Keeps the state before a write, for a failover to go back to.
+    fn remember(&mut self) {
+        if self.history.len() == REMEMBERED {
+            self.history.remove(0);
+        }
+        self.history.push((self.record.clone(), self.lease));
     }
 
     fn write(&mut self, expected: Option<u64>, record: &Record<T>, spent: bool) -> StoreReply<T> {
@@ -203,8 +243,11 @@ impl World {
             stored if stored.as_ref().map(|s| s.version) != expected => {
                 return StoreReply::Conflict(self.record());
             }
+            // A spend mark only over a record of this epoch.
+            Some(s) if spent && self.stale(s) => return StoreReply::Conflict(self.record()),
             _ => {}
         }
+        self.remember();
         let version = expected.map_or(1, |v| v + 1);
         let refresh = if spent { None } else { record.refresh };
         let (access, expires_at) = (record.access, record.expires_at);
@@ -215,6 +258,7 @@ impl World {
             expires_at,
             spent,
             unreadable: false,
+            epoch: self.epoch,
         });
         StoreReply::Written(version)
     }
@@ -232,6 +276,7 @@ impl World {
                     StoreReply::Held(Some(Duration::ZERO))
                 }
                 _ => {
+                    self.remember();
                     self.lease = Some((r, self.now + self.ttl));
                     StoreReply::Leased
                 }
@@ -378,6 +423,7 @@ pub(super) fn apply(w: &mut World, op: &Op) {
         Op::Rotate => {
             // Another fleet, under another seal key, writes over the record.
             let version = w.record.as_ref().map_or(1, |s| s.version + 1);
+            w.remember();
             w.record = Some(Stored {
                 version,
                 access: u32::MAX,
@@ -385,7 +431,17 @@ pub(super) fn apply(w: &mut World, op: &Op) {
                 expires_at: w.now + LIFETIME,
                 spent: false,
                 unreadable: true,
+                epoch: w.epoch,
             });
+        }
+        Op::Failover => {
+            // A replica is promoted without the last write the primary
+            // acknowledged (or with everything: then nothing is lost).
+            if let Some((record, lease)) = w.history.pop() {
+                w.record = record;
+                w.lease = lease;
+            }
+            w.epoch += 1;
         }
     }
 }
@@ -432,6 +488,10 @@ pub(super) enum Op {
     Freeze(bool),
     /// The record becomes one that no replica can read (another seal key).
     Rotate,
+    /// The store fails over and loses its last acknowledged write (the lease
+    /// taken or released, a spend mark, a pair): each one goes back one
+    /// write more.
+    Failover,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -445,6 +505,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<bool>().prop_map(Op::Store),
         1 => any::<bool>().prop_map(Op::Freeze),
         1 => Just(Op::Rotate),
+        3 => Just(Op::Failover),
     ]
 }
 
@@ -461,4 +522,64 @@ proptest! {
             prop_assert!(false, "{}", why);
         }
     }
+}
+
+/// Answers the next `times` calls of replica `r`, each as it comes.
+fn answer(w: &mut World, r: usize, times: usize) {
+    for _ in 0..times {
+        apply(
+            w,
+            &Op::Complete {
+                r,
+                pick: 0,
+                fail: false,
+            },
+        );
+    }
+}
+
+/// Replica 0 logs in, its token goes stale, and it refreshes: the lease, the
+/// record read again, the spend mark written; the refresh grant is in flight.
+pub(super) fn mid_refresh(epochs: bool) -> World {
+    let mut w = World::new();
+    w.epochs = epochs;
+    apply(&mut w, &Op::Need(0));
+    answer(&mut w, 0, 5);
+    apply(&mut w, &Op::Advance(45_000));
+    apply(&mut w, &Op::Need(0));
+    answer(&mut w, 0, 3);
+    assert_eq!(w.sent.len(), 1, "the refresh token is sent");
+    w
+}
+
+/// The store fails over and loses replica 0's spend mark; replica 0's grant
+/// lands (its write conflicts), replica 1 adopts the record and then meets a
+/// 401 on its token, and refreshes under the lease.
+fn a_spend_mark_lost_in_a_failover(epochs: bool) -> World {
+    let mut w = mid_refresh(epochs);
+    apply(&mut w, &Op::Failover);
+    // The grant, then the pair's write (a conflict) and the release.
+    answer(&mut w, 0, 2);
+    // Replica 1: lease, read, and what the record makes it do; then a 401
+    // and the same again.
+    apply(&mut w, &Op::Need(1));
+    answer(&mut w, 1, 4);
+    apply(&mut w, &Op::Refused(1));
+    answer(&mut w, 1, 4);
+    w
+}
+
+#[test]
+#[should_panic(expected = "sent twice")]
+fn without_epochs_a_spend_mark_lost_in_a_failover_gets_a_refresh_token_sent_twice() {
+    a_spend_mark_lost_in_a_failover(false);
+}
+
+#[test]
+fn with_epochs_a_spend_mark_lost_in_a_failover_never_gets_a_refresh_token_sent_twice() {
+    // The same steps as above: replica 1 reads the record with its refresh
+    // token withheld and logs in instead; no token is sent twice (the check
+    // panics), and the fleet recovers.
+    let w = a_spend_mark_lost_in_a_failover(true);
+    recovers(w).unwrap();
 }

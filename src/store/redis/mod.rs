@@ -1,17 +1,15 @@
 //! The Redis token store, for a fleet: one hash per login holding the version
 //! and the record's envelope, written by a Lua compare-and-set that publishes
 //! each commit; the lease is a key set with `NX PX` and deleted only by its
-//! owner. Every call gives up after a short timeout.
+//! owner. One server, a Redis Cluster or a Sentinel-watched primary; every
+//! call gives up after a short timeout.
 
 use std::{fmt, time::Duration};
 
 use futures_util::StreamExt;
-use redis::{
-    Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, Script, ServerErrorKind,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::{sync::OnceCell, time::Instant};
+use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{
@@ -22,115 +20,69 @@ use super::{
     lease_ttl, next_version, poll_for_change, wait_deadline,
 };
 
+mod link;
+mod target;
+
+use link::{Conn, Link};
+
 const STORE: &str = "redis";
 
-/// Whether a stored version is one a store writes: a decimal u64 from 1, in
-/// canonical form (no sign, no leading zero), up to 20 digits.
-const IS_VERSION: &str = r"
-local function is_version(v)
-  if not v or not string.match(v, '^[1-9]%d*$') or #v > 20 then return false end
-  return #v < 20 or v <= '18446744073709551615'
-end
-";
-
-/// Reads the record hash. A key of another type, or a hash whose version is
-/// not one a store writes, was not written by a store: it reads as none.
-///
-/// KEYS[1] the record hash. Returns `{version or "", envelope or "", foreign}`
-/// (`foreign`: 1 when something else was found at the key).
-const READ: &str = r"
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'none' then return {'', '', 0} end
-if kind ~= 'hash' then return {'', '', 1} end
-local version = redis.call('HGET', KEYS[1], 'version')
-if not is_version(version) then return {'', '', 1} end
-return {version, redis.call('HGET', KEYS[1], 'envelope') or '', 0}
-";
-
-/// Writes the record if the stored version is the expected one (`0`: none, or
-/// something a store did not write, which the write replaces), and tells the
-/// waiters.
-///
-/// KEYS[1] the record hash; ARGV: expected version, new version, envelope,
-/// channel. Returns `{1, new, ""}` or `{0, stored version or "", envelope or ""}`.
-const COMPARE_AND_SET: &str = r"
-local kind = redis.call('TYPE', KEYS[1]).ok
-local current = nil
-if kind == 'hash' then
-  current = redis.call('HGET', KEYS[1], 'version')
-  if not is_version(current) then current = nil end
-end
-if (current or '0') ~= ARGV[1] then
-  local envelope = ''
-  if current then envelope = redis.call('HGET', KEYS[1], 'envelope') or '' end
-  return {0, current or '', envelope}
-end
-if kind ~= 'none' and not current then redis.call('DEL', KEYS[1]) end
-redis.call('HSET', KEYS[1], 'version', ARGV[2], 'envelope', ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[2])
-return {1, ARGV[2], ''}
-";
-
-/// Takes the lease for an owner, or renews it for its holder.
-///
-/// KEYS[1] the lease key; ARGV: owner, time to live in ms. Returns `{1, 0}`,
-/// or `{0, PTTL of the holder's lease}`. A lease without expiry was not taken
-/// by a store (which always sets one): it gets the caller's time to live, so
-/// that it lapses instead of holding every replica off for ever.
-const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, 0}
-end
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, 0}
-end
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  pttl = tonumber(ARGV[2])
-end
-return {0, pttl}
-";
-
-/// Deletes the lease if the owner still holds it. KEYS[1] the lease key;
-/// ARGV[1] the owner. Returns the number of keys deleted.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-";
+/// The helpers that the record scripts share.
+const LIB: &str = include_str!("lib.lua");
 
 /// A [`TokenStore`] in Redis, for the replicas of a fleet.
 ///
 /// Layout, for a login whose [`LoginKey::id`] is `ID` and the default prefix
-/// `daxium-auth:` (the braces keep a login's keys in one cluster slot):
+/// `daxium-auth:`:
 ///
-/// - `daxium-auth:{ID}`: a hash with `version` (decimal) and `envelope` (the
-///   record as JSON, in clear or sealed with a `SealKey`, feature `sealed`);
-///   written only by a Lua compare-and-set, which also publishes the new
-///   version on the channel `daxium-auth:{ID}:changed`;
+/// - `daxium-auth:{ID}`: a hash with `version` (decimal), `envelope` (the
+///   record as JSON, in clear or sealed with a `SealKey`, feature `sealed`)
+///   and `epoch` (the replication id of the primary that wrote it, see
+///   [Failover](#failover)); written only by a Lua compare-and-set, which
+///   also publishes the new version on the channel
+///   `daxium-auth:{ID}:changed`;
 /// - `daxium-auth:{ID}:lease`: the lease, `SET … NX PX ttl` to a random
 ///   [`LeaseOwner`], renewed with `PEXPIRE` by its holder, deleted by a Lua
 ///   compare-and-delete.
 ///
-/// Records have no expiry of their own in Redis.
+/// Records have no expiry of their own in Redis. The braces make `ID` the
+/// hash tag of every key of the login: in a Redis Cluster they all live in
+/// one slot, so that each script (which names every key it touches in
+/// `KEYS`) runs on one node. A key prefix with a brace is refused, since it
+/// could move the hash tag.
 ///
-/// URLs: `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`, and `rediss://…` for
-/// TLS (rustls, with the system's roots unless the builder is given others).
+/// URLs name the deployment:
+///
+/// - `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`: one server;
+/// - `redis+cluster://[[USER]:PASSWORD@]HOST:PORT,HOST:PORT/`: a Redis
+///   Cluster, reached through any of these seed nodes (database 0 only);
+///   redirections and topology changes are followed;
+/// - `redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT],HOST[:PORT]/MASTER[/DB]`:
+///   the primary that these Sentinels (port 26379 unless given) know as
+///   `MASTER`, asked for again after a failure so that a failover is
+///   followed; the user and password are the primary's (Sentinels without
+///   AUTH);
+/// - `rediss://…`, `rediss+cluster://…` and `rediss+sentinel://…`: the same
+///   over TLS (rustls, with the system's roots unless the builder is given
+///   others; for Sentinel, both the Sentinels and the primary).
+///
 /// The password authenticates with `AUTH`; it never shows in `Debug` or in an
-/// error.
+/// error. Redis 5 or later (the scripts read `INFO`, which needs scripts
+/// replicated by their effects).
 ///
 /// Every call has a timeout ([`RedisStore::DEFAULT_TIMEOUT`], 250 ms by
 /// default), so that a dead or slow Redis never holds a caller for long: it
 /// fails with [`is_unavailable`](StoreError::is_unavailable) or
 /// [`is_timeout`](StoreError::is_timeout), and the connection is made again
-/// in the background once Redis is back. Building a store does not connect:
-/// the first call does, so a replica starts while Redis is down.
+/// once Redis is back. Building a store does not connect: the first call
+/// does, so a replica starts while Redis is down.
 ///
 /// [`wait_for_change`](TokenStore::wait_for_change) subscribes to the login's
-/// channel on a connection of its own for the wait, and polls if it cannot.
+/// channel on a connection of its own for the wait (on a cluster, to a seed
+/// node: a cluster forwards every `PUBLISH` to all its nodes), and polls if
+/// it cannot.
+///
+#[doc = include_str!("failover.md")]
 #[derive(Clone)]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub struct RedisStore {
@@ -138,8 +90,7 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: Client,
-    manager: OnceCell<ConnectionManager>,
+    link: Link,
     timeout: Duration,
     prefix: String,
     codec: Codec,
@@ -147,7 +98,7 @@ struct Inner {
     compare_and_set: Script,
     acquire: Script,
     release: Script,
-    /// `host:port` and whether TLS is on, for `Debug`.
+    /// `host:port` of the nodes named, and whether TLS is on, for `Debug`.
     address: String,
     tls: bool,
 }
@@ -172,15 +123,17 @@ impl RedisStoreBuilder {
     }
 
     /// The prefix of every key and channel (default `daxium-auth:`). Logins
-    /// of different token endpoints are kept apart by their keys already.
+    /// of different token endpoints are kept apart by their keys already. A
+    /// prefix with `{` or `}` is refused by [`build`](Self::build): it would
+    /// change the keys' cluster hash tag.
     #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
     }
 
-    /// Trusts these PEM certificates, and only them, for a `rediss://` URL:
-    /// for a Redis whose certificate a private authority signed.
+    /// Trusts these PEM certificates, and only them, for a `rediss` URL: for
+    /// a Redis whose certificate a private authority signed.
     #[must_use]
     pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_certificates = Some(pem.into());
@@ -198,66 +151,33 @@ impl RedisStoreBuilder {
     }
 
     /// The store. Fails on a URL that does not parse or has another scheme,
-    /// and on root certificates without TLS; it does not connect.
+    /// on a key prefix with a brace, and on root certificates without TLS; it
+    /// does not connect.
     ///
-    /// For `rediss://`, the ring crypto provider becomes rustls's process
+    /// For a `rediss` URL, the ring crypto provider becomes rustls's process
     /// default unless one is installed already.
     pub fn build(self) -> Result<RedisStore, StoreError> {
         check_call_timeout(self.timeout, STORE)?;
-        let url = self.url.expose_secret();
-        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-        if !matches!(scheme, Some(s) if s.eq_ignore_ascii_case("redis") || s.eq_ignore_ascii_case("rediss"))
-        {
+        if self.prefix.contains(['{', '}']) {
             return Err(StoreError::config(
                 STORE,
-                "the URL must start with redis:// or rediss://",
+                "the key prefix must not hold a brace: the login's id is the keys' hash tag",
             ));
         }
-        // The parser's own errors may quote the URL, password included.
-        let info = url
-            .into_connection_info()
-            .map_err(|_| StoreError::config(STORE, "the Redis URL does not parse"))?;
-        let (address, tls) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (format!("{host}:{port}"), false),
-            ConnectionAddr::TcpTls { host, port, .. } => (format!("{host}:{port}"), true),
-            _ => {
-                return Err(StoreError::config(STORE, "the URL must name a TCP host"));
-            }
-        };
-        if tls {
-            // `redis` builds its rustls configuration from the process
-            // default; without one, a second provider in the build would panic.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = match self.root_certificates {
-            Some(pem) if tls => Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
-            .map_err(|_| StoreError::config(STORE, "the root certificates do not parse"))?,
-            Some(_) => {
-                return Err(StoreError::config(
-                    STORE,
-                    "root certificates need a rediss:// URL",
-                ));
-            }
-            None => Client::open(info)
-                .map_err(|_| StoreError::config(STORE, "the Redis URL is not usable"))?,
-        };
+        let parsed = target::parse(self.url.expose_secret())?;
+        let (address, tls) = (parsed.address.clone(), parsed.tls);
+        let link = Link::new(parsed, self.root_certificates, self.timeout)?;
+        let script = |body: &str| Script::new(&format!("{LIB}{body}"));
         Ok(RedisStore {
             inner: std::sync::Arc::new(Inner {
-                client,
-                manager: OnceCell::new(),
+                link,
                 timeout: self.timeout,
                 prefix: self.prefix,
                 codec: self.codec,
-                read: Script::new(&format!("{IS_VERSION}{READ}")),
-                compare_and_set: Script::new(&format!("{IS_VERSION}{COMPARE_AND_SET}")),
-                acquire: Script::new(ACQUIRE),
-                release: Script::new(RELEASE),
+                read: script(include_str!("read.lua")),
+                compare_and_set: script(include_str!("compare_and_set.lua")),
+                acquire: Script::new(include_str!("acquire.lua")),
+                release: Script::new(include_str!("release.lua")),
                 address,
                 tls,
             }),
@@ -309,40 +229,31 @@ impl RedisStore {
         format!("{}{{{}}}:changed", self.inner.prefix, key.id())
     }
 
-    /// The shared connection; made on the first call, remade by the manager
-    /// after a failure.
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let timeout = self.inner.timeout;
-        self.inner
-            .manager
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(timeout))
-                    .set_response_timeout(Some(timeout))
-                    .set_number_of_retries(2)
-                    .set_min_delay(Duration::from_millis(10))
-                    .set_max_delay(timeout);
-                self.inner
-                    .client
-                    .get_connection_manager_lazy(config)
-                    .map_err(redis_error)
-            })
-            .await
-            .cloned()
-    }
-
-    /// Runs `op` on the shared connection within the store's timeout.
+    /// Runs `op` on a connection within the store's timeout, connecting
+    /// first if need be.
     async fn call<T>(
         &self,
-        op: impl AsyncFnOnce(&mut ConnectionManager) -> Result<T, RedisError>,
+        op: impl AsyncFnOnce(&mut Conn) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
-        let attempt = async {
-            let mut connection = self.connection().await?;
-            op(&mut connection).await.map_err(redis_error)
-        };
-        tokio::time::timeout(self.inner.timeout, attempt)
+        let link = &self.inner.link;
+        let deadline = Instant::now() + self.inner.timeout;
+        let timed_out = || StoreError::timeout(STORE);
+        let mut connection = tokio::time::timeout_at(deadline, link.connection(self.inner.timeout))
             .await
-            .unwrap_or_else(|_| Err(StoreError::timeout(STORE)))
+            .map_err(|_| timed_out())?
+            .map_err(redis_error)?;
+        match tokio::time::timeout_at(deadline, op(&mut connection)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => {
+                link.failed(&connection, Some(&e));
+                Err(redis_error(e))
+            }
+            // No answer in time: a primary cut off without a reset looks so.
+            Err(_) => {
+                link.failed(&connection, None);
+                Err(timed_out())
+            }
+        }
     }
 
     /// The stored version and the record, when it is readable for `key`.
@@ -351,6 +262,7 @@ impl RedisStore {
         key: &LoginKey,
         version: Option<String>,
         envelope: Option<Vec<u8>>,
+        stale: bool,
     ) -> Result<(Option<u64>, Option<StoredRecord>), StoreError> {
         let Some(version) = version.filter(|v| !v.is_empty()) else {
             return Ok((None, None));
@@ -366,6 +278,13 @@ impl RedisStore {
         let envelope = Zeroizing::new(envelope.unwrap_or_default());
         let decoded = self.inner.codec.decode(key, &envelope);
         let record = match decoded.record {
+            // Written before a failover, it may lack the mark that its refresh
+            // token was spent: the token is never handed out.
+            Some(record) if decoded.version == Some(version) && stale => Some(StoredRecord::new(
+                record.login().clone(),
+                version,
+                record.into_record().with_refresh_spent(),
+            )),
             Some(record) if decoded.version == Some(version) => Some(record),
             Some(_) => {
                 tracing::warn!(
@@ -390,15 +309,15 @@ impl RedisStore {
     ) -> Option<Result<Option<StoredRecord>, StoreError>> {
         let channel = self.channel(key);
         let subscribe = async {
-            let mut pubsub = self.inner.client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, RedisError>(pubsub)
+            let mut pubsub = self.inner.link.pubsub(self.inner.timeout).await?;
+            pubsub.subscribe(&channel).await.ok()?;
+            Some(pubsub)
         };
         let subscribed_by = deadline.min(Instant::now() + self.inner.timeout);
-        let mut pubsub = match tokio::time::timeout_at(subscribed_by, subscribe).await {
-            Ok(Ok(pubsub)) => pubsub,
-            _ => return None,
-        };
+        let mut pubsub = tokio::time::timeout_at(subscribed_by, subscribe)
+            .await
+            .ok()
+            .flatten()?;
         // Subscribed before reading: a commit in between is seen by one or
         // the other.
         match self.read(key).await {
@@ -428,6 +347,7 @@ impl RedisStore {
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
+            .field("deployment", &self.inner.link.kind())
             .field("address", &self.inner.address)
             .field("tls", &self.inner.tls)
             .field("prefix", &self.inner.prefix)
@@ -456,6 +376,7 @@ fn redis_error(e: RedisError) -> StoreError {
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::ReadOnly
             )
         )
     {
@@ -473,7 +394,7 @@ fn millis(ttl: Duration) -> u64 {
 impl TokenStore for RedisStore {
     async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
         let record_key = self.record_key(key);
-        let (version, envelope, foreign): (String, Vec<u8>, i64) = self
+        let (version, envelope, foreign, stale): (String, Vec<u8>, i64, i64) = self
             .call(async |c| self.inner.read.key(&record_key).invoke_async(c).await)
             .await?;
         if foreign == 1 {
@@ -493,7 +414,7 @@ impl TokenStore for RedisStore {
             );
             return Ok(None);
         }
-        Ok(self.decode(key, version, envelope)?.1)
+        Ok(self.decode(key, version, envelope, stale == 1)?.1)
     }
 
     async fn write(
@@ -505,7 +426,8 @@ impl TokenStore for RedisStore {
         let version = next_version(expected, STORE)?;
         let envelope = self.inner.codec.encode(key, version, record)?;
         let (record_key, channel) = (self.record_key(key), self.channel(key));
-        let (written, stored, stored_envelope): (i64, String, Vec<u8>) = self
+        let spends = record.is_refresh_spent();
+        let (written, stored, stored_envelope, stale): (i64, String, Vec<u8>, i64) = self
             .call(async |c| {
                 self.inner
                     .compare_and_set
@@ -514,6 +436,7 @@ impl TokenStore for RedisStore {
                     .arg(version)
                     .arg(envelope.as_slice())
                     .arg(&channel)
+                    .arg(u8::from(spends))
                     .invoke_async(c)
                     .await
             })
@@ -522,7 +445,7 @@ impl TokenStore for RedisStore {
             return Ok(WriteOutcome::Written { version });
         }
         let stored_envelope = (!stored_envelope.is_empty()).then_some(stored_envelope);
-        let (version, record) = self.decode(key, Some(stored), stored_envelope)?;
+        let (version, record) = self.decode(key, Some(stored), stored_envelope, stale == 1)?;
         Ok(WriteOutcome::Conflict(Conflict::new(version, record)))
     }
 
@@ -586,5 +509,105 @@ impl TokenStore for RedisStore {
             deadline.saturating_duration_since(Instant::now()),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::Slot;
+
+    use super::*;
+
+    /// Every key a login's scripts touch, and its channel.
+    fn names(store: &RedisStore, key: &LoginKey) -> [String; 3] {
+        [
+            store.record_key(key),
+            store.lease_key(key),
+            store.channel(key),
+        ]
+    }
+
+    #[test]
+    fn every_key_of_a_login_hashes_to_one_cluster_slot() {
+        let logins = [
+            LoginKey::new("cid", "me@example.com"),
+            LoginKey::new("", ""),
+            LoginKey::new("{weird}", "user}{name"),
+        ];
+        let mut slots = std::collections::HashSet::new();
+        for prefix in ["daxium-auth:", "", "staging:daxium:", "a:b:c"] {
+            let store = RedisStore::builder("redis+cluster://127.0.0.1:7000")
+                .key_prefix(prefix)
+                .build()
+                .unwrap();
+            for login in &logins {
+                let names = names(&store, login);
+                let slot = Slot::for_key(&names[0]);
+                for name in &names {
+                    assert_eq!(Slot::for_key(name), slot, "{name}");
+                    // The hash tag is the login's id, whatever the prefix.
+                    assert_eq!(slot, Slot::for_key(login.id()), "{name}");
+                }
+                slots.insert(format!("{slot:?}"));
+            }
+        }
+        // Logins spread over the slots: the tag is not a constant.
+        assert_eq!(slots.len(), logins.len());
+    }
+
+    #[test]
+    fn debug_names_the_deployment_and_its_nodes_but_no_password() {
+        for (url, kind, address) in [
+            ("redis://:hunter2@10.0.0.1:6379/", "single", "10.0.0.1:6379"),
+            (
+                "redis+cluster://u:hunter2@h1:7000,h2:7001/",
+                "cluster",
+                "h1:7000,h2:7001",
+            ),
+            (
+                "rediss+sentinel://u:hunter2@s1:26379,s2/master",
+                "sentinel",
+                "s1:26379,s2:26379",
+            ),
+        ] {
+            let store = RedisStore::new(url).unwrap();
+            let text = format!("{store:?} {:?}", RedisStore::builder(url));
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains(kind) && text.contains(address), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_that_could_move_the_hash_tag_is_refused() {
+        for prefix in ["{}", "env{", "env}", "{env}:"] {
+            let built = RedisStore::builder("redis://127.0.0.1/")
+                .key_prefix(prefix)
+                .build();
+            assert!(built.is_err_and(|e| e.is_config()), "{prefix}");
+        }
+    }
+
+    #[test]
+    fn every_script_names_the_keys_it_touches_in_keys() {
+        // A script touches keys only through KEYS[n]: a key built from ARGV or
+        // a string would escape the slot check of a cluster.
+        for script in [
+            include_str!("read.lua"),
+            include_str!("compare_and_set.lua"),
+            include_str!("acquire.lua"),
+            include_str!("release.lua"),
+            LIB,
+        ] {
+            for call in script.split("redis.call(").skip(1) {
+                let (command, rest) = call.split_once(',').unwrap_or((call, ""));
+                let command = command.trim_matches(|c| c == '\'' || c == ')');
+                let keyless = ["INFO", "PUBLISH"].contains(&command);
+                let first = rest.trim_start();
+                assert!(
+                    keyless || first.starts_with("KEYS["),
+                    "{command} touches a key not in KEYS: {call}"
+                );
+            }
+        }
     }
 }
