@@ -599,7 +599,9 @@ fn fleet_stats(replicas: &[Replica]) -> Stats {
         sum.refresh_failed += stats.refresh_failed;
         sum.replays += stats.replays;
         sum.replays_skipped += stats.replays_skipped;
+        sum.resends += stats.resends;
         sum.waited += stats.waited;
+        sum.store_errors += stats.store_errors;
     }
     sum
 }
