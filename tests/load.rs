@@ -800,6 +800,9 @@ fn a_window_of_refusals_shows_in_the_json_and_the_run_goes_on() {
         0,
         "nothing revoked"
     );
+    // Callers turned away at once do not take the runtime from the others:
+    // no request waits for the end of the run.
+    assert!(json["max_ms"].as_f64().unwrap() < 1_000.0, "{json}");
 }
 
 #[test]

@@ -934,7 +934,14 @@ async fn worker(
                     live.ok.fetch_add(1, Relaxed);
                 }
             }
-            Err((kind, _)) => *tally.errors.entry(kind).or_default() += 1,
+            Err((kind, _)) => {
+                *tally.errors.entry(kind).or_default() += 1;
+                // An error can come without a wait (a layer that turns
+                // callers away while the API refuses every token): without
+                // a yield this loop would keep its thread from the requests
+                // in flight, the server and the ticker until the run ends.
+                tokio::task::yield_now().await;
+            }
         }
         live.completed.fetch_add(1, Relaxed);
     }
