@@ -84,8 +84,12 @@ async fn every_request_succeeds_across_refreshes_and_a_revocation() {
         panic!("the embedded server");
     };
     assert!(revoked_at.is_some());
-    // Every refused API request is one the layer replayed.
-    assert_eq!(counters.api_requests - counters.api_ok, stats.replays);
+    // Every refused API request is one the layer sent again: its replay, or
+    // a resend after its token was replaced in flight.
+    assert_eq!(
+        counters.api_requests - counters.api_ok,
+        stats.replays + stats.resends
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,6 +636,7 @@ fn a_short_run_prints_every_documented_key_with_consistent_values() {
             "replicas",
             "requests",
             "requests_per_s",
+            "resends",
             "retries_401",
             "server",
             "status",
@@ -707,13 +712,13 @@ fn a_short_run_prints_every_documented_key_with_consistent_values() {
     assert_eq!(json["store"], Value::Null);
     assert_eq!(json["per_replica"][0]["requests"], 400);
     // The embedded server's counters: every API request it answered is one
-    // of the run's or a replay.
+    // of the run's, a replay or a resend.
     let server = &json["server"];
     assert_eq!(json["grpc_status"], serde_json::json!({}));
     assert_eq!(
         server["api_requests"].as_u64(),
-        Some(n("requests") + n("retries_401") + 1),
-        "the run's, the replays and the first request: {json}"
+        Some(n("requests") + n("retries_401") + n("resends") + 1),
+        "the run's, the replays, the resends and the first request: {json}"
     );
     for key in [
         "api_revoked_in_use",
@@ -795,6 +800,9 @@ fn a_window_of_refusals_shows_in_the_json_and_the_run_goes_on() {
         0,
         "nothing revoked"
     );
+    // Callers turned away at once do not take the runtime from the others:
+    // no request waits for the end of the run.
+    assert!(json["max_ms"].as_f64().unwrap() < 1_000.0, "{json}");
 }
 
 #[test]

@@ -599,7 +599,9 @@ fn fleet_stats(replicas: &[Replica]) -> Stats {
         sum.refresh_failed += stats.refresh_failed;
         sum.replays += stats.replays;
         sum.replays_skipped += stats.replays_skipped;
+        sum.resends += stats.resends;
         sum.waited += stats.waited;
+        sum.store_errors += stats.store_errors;
     }
     sum
 }
@@ -941,7 +943,14 @@ async fn worker(
                     live.ok.fetch_add(1, Relaxed);
                 }
             }
-            Err((kind, _)) => *tally.errors.entry(kind).or_default() += 1,
+            Err((kind, _)) => {
+                *tally.errors.entry(kind).or_default() += 1;
+                // An error can come without a wait (a layer that turns
+                // callers away while the API refuses every token): without
+                // a yield this loop would keep its thread from the requests
+                // in flight, the server and the ticker until the run ends.
+                tokio::task::yield_now().await;
+            }
         }
         live.completed.fetch_add(1, Relaxed);
     }

@@ -224,6 +224,9 @@ struct JsonSummary<'a> {
     requests_per_s: f64,
     concurrency: usize,
     waited_for_token: u64,
+    /// Requests sent again after a refusal of a token replaced while they
+    /// were in flight: not their replay.
+    resends: u64,
     aborted: Option<&'a str>,
     replicas: usize,
     store: Option<&'a str>,
@@ -294,6 +297,7 @@ struct JsonReplica {
     ok: u64,
     grants: JsonGrants,
     retries_401: u64,
+    resends: u64,
 }
 
 /// The `--json` object of a run that could not start.
@@ -352,6 +356,7 @@ impl Summary {
             requests_per_s: round3(self.requests_per_s()),
             concurrency: self.concurrency,
             waited_for_token: self.stats.waited,
+            resends: self.stats.resends,
             aborted: self.aborted.as_deref(),
             replicas: self.replicas.len(),
             store: self.store,
@@ -361,6 +366,7 @@ impl Summary {
                     ok: replica.ok,
                     grants: JsonGrants::of(&replica.stats),
                     retries_401: replica.stats.replays,
+                    resends: replica.stats.resends,
                 })
                 .collect(),
             grpc_status: &self.grpc,
@@ -487,6 +493,13 @@ impl Summary {
         row(
             "401 replays",
             format!("{} (401s not replayed: {})", s.replays, s.replays_skipped),
+        );
+        row(
+            "resends",
+            format!(
+                "{} (refused with a token replaced in flight)",
+                group(s.resends)
+            ),
         );
         row("waited for a token", group(s.waited));
         if let Target::Embedded {
@@ -816,7 +829,8 @@ mod tests {
                 "requests": 5,
                 "ok": 3,
                 "grants": {"password": 2, "refresh_token": 4},
-                "retries_401": 5
+                "retries_401": 5,
+                "resends": 0
             }])
         );
     }

@@ -126,6 +126,9 @@ pub(crate) struct Core<P: Payload> {
     refused: bool,
     /// How many tokens in a row the API refused before it accepted any.
     unproven: u32,
+    /// The first token of that streak: an answer that shows a token from
+    /// there on worked ends it.
+    streak_from: u64,
     /// No grant for a refusal before this time (set by a streak of
     /// `UNPROVEN_BEFORE_PAUSE` or more).
     refusal_hold: Option<Time>,
@@ -163,6 +166,7 @@ impl<P: Payload> Core<P> {
             demand: false,
             refused: false,
             unproven: 0,
+            streak_from: 0,
             refusal_hold: None,
             refused_ids: std::collections::VecDeque::with_capacity(REFUSED_KEPT),
             waiters: Waiters::default(),
@@ -351,6 +355,9 @@ impl<P: Payload> Core<P> {
                 tracing::debug!(target: "daxium_auth", "access token revoked by the API; refreshing");
                 self.unproven = 0;
             } else {
+                if self.unproven == 0 {
+                    self.streak_from = id;
+                }
                 self.unproven = self.unproven.saturating_add(1);
                 tracing::debug!(target: "daxium_auth", streak = self.unproven, "new access token refused by the API before it worked");
                 if self.unproven >= UNPROVEN_BEFORE_PAUSE {
@@ -374,13 +381,23 @@ impl<P: Payload> Core<P> {
     }
 
     /// The API accepted token `id`: if it is the current one, a later
-    /// refusal of it is a revocation, and the streak of refusals ends.
+    /// refusal of it is a revocation, and the streak of refusals ends. So it
+    /// does for a token of the streak whose refusal came first: under load a
+    /// token goes out on many requests at once, and the answers of those the
+    /// API accepted before it revoked the token can arrive after the
+    /// refusal. That token had worked: it was revoked, not refused on first
+    /// use, and a pause the streak began is over.
     fn accepted(&mut self, id: u64) {
         if let Some(token) = self.token.as_mut().filter(|t| t.slot.id == id) {
             token.slot.accepted = true;
-            self.unproven = 0;
-            self.refusal_hold = None;
+        } else if self.unproven == 0 || id < self.streak_from || id >= self.next_token {
+            return;
+        } else if self.refusing() {
+            self.flight = Flight::Idle;
+            self.refresh_due = true;
         }
+        self.unproven = 0;
+        self.refusal_hold = None;
     }
 
     fn answer(&mut self, ids: Vec<WaiterId>, answer: Answer<P>, out: &mut Vec<Action<P>>) {

@@ -345,12 +345,14 @@ impl Shared {
     }
 
     /// The API answered a request carrying token `id` without refusing it.
-    /// Only the first answer per token reaches the core: once it knows, the
-    /// published view says so and no request asks again.
+    /// Only answers until the current token is known to work reach the core:
+    /// the first one for that token, and those for earlier tokens, which may
+    /// show that a token refused before its answers came had worked (the
+    /// core ends a streak of tokens refused on first use then). Once the
+    /// published view says the current token works, no request asks again.
     #[cold]
     pub(crate) fn accepted(self: &Arc<Self>, id: u64) {
-        let unconfirmed =
-            (self.view.load().slot()).is_some_and(|slot| slot.id == id && !slot.accepted);
+        let unconfirmed = (self.view.load().slot()).is_none_or(|slot| !slot.accepted);
         if unconfirmed {
             self.run(Event::Accepted { id });
         }

@@ -107,6 +107,8 @@ pub(super) struct Harness {
     /// Tokens in a row refused before the API accepted any, and the time
     /// before which no grant for a refusal may start because of them.
     pub(super) unproven: u32,
+    /// The first token of that streak.
+    pub(super) streak_from: u64,
     pub(super) refusal_hold: Option<Time>,
     pub(super) grants: usize,
     pub(super) closed: bool,
@@ -138,6 +140,7 @@ impl Harness {
             accepted: BTreeSet::new(),
             refused: BTreeSet::new(),
             unproven: 0,
+            streak_from: 0,
             refusal_hold: None,
             grants: 0,
             closed: false,
@@ -237,6 +240,9 @@ impl Harness {
             if revoked {
                 self.unproven = 0;
             } else {
+                if self.unproven == 0 {
+                    self.streak_from = id;
+                }
                 self.unproven += 1;
                 if self.unproven >= 3 {
                     let pause = self
@@ -420,8 +426,17 @@ impl Harness {
 
     /// The API accepted a request carrying token `id`.
     pub(super) fn accepted(&mut self, id: u64) {
+        // A token of the streak that worked after all (its answer came after
+        // its refusal) ends the streak too.
+        let of_streak = self.unproven > 0
+            && id >= self.streak_from
+            && id < self.next_token_id()
+            && !self.closed;
         if self.token().is_some_and(|(slot, _)| slot.id == id) {
             self.accepted.insert(id);
+            self.unproven = 0;
+            self.refusal_hold = None;
+        } else if of_streak {
             self.unproven = 0;
             self.refusal_hold = None;
         }

@@ -10,8 +10,9 @@
 //! token is sent again only with a newer one; no waiter is turned away while
 //! a usable token is current (so a refusal of a superseded token always
 //! gets the current one); a refused token is replaced at once, revoked ones
-//! always and tokens refused on first use until a streak of three; and no
-//! grant for a refusal starts before the pause such a streak calls for.
+//! always and tokens refused on first use until a streak of three (which an
+//! answer showing that one of them worked, late, ends); and no grant for a
+//! refusal starts before the pause such a streak calls for.
 //! Each was checked to fail when its rule is taken out of the core.
 
 use std::time::Duration;
@@ -27,14 +28,16 @@ enum Op {
         budget_ms: u64,
     },
     Kick,
-    /// A 401 on the published token (`pick` 0), an older one, or an unknown one.
+    /// A 401 on the published token (`pick` 0), an older one, an unknown
+    /// one, or the last one shown (the refused one, when none is published).
     Refused {
         pick: u8,
         replay: bool,
         budget_ms: u64,
     },
     /// The API accepted a request carrying the published token (`pick` 0),
-    /// an older one, or an unknown one.
+    /// an older one, an unknown one, or the last one shown (an answer that
+    /// comes after the token's refusal).
     Accepted {
         pick: u8,
     },
@@ -81,8 +84,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => budget.clone().prop_map(|budget_ms| Op::Need { budget_ms }),
         1 => Just(Op::Kick),
-        3 => (0..4u8, any::<bool>(), budget).prop_map(|(pick, replay, budget_ms)| Op::Refused { pick, replay, budget_ms }),
-        3 => (0..4u8).prop_map(|pick| Op::Accepted { pick }),
+        3 => (0..5u8, any::<bool>(), budget).prop_map(|(pick, replay, budget_ms)| Op::Refused { pick, replay, budget_ms }),
+        3 => (0..5u8).prop_map(|pick| Op::Accepted { pick }),
         1 => any::<u8>().prop_map(|pick| Op::Gone { pick }),
         5 => (prop::bool::weighted(0.15), any::<u8>(), reply(), 0.0..=1.0f64)
             .prop_map(|(stale, pick, reply, jitter)| Op::Complete { stale, pick, reply, jitter }),
@@ -116,7 +119,8 @@ fn token(h: &Harness, pick: u8) -> u64 {
     match pick {
         0 | 1 => current,
         2 => current.saturating_sub(1),
-        _ => 0,
+        3 => 0,
+        _ => h.shown_tokens.last().copied().unwrap_or(0),
     }
 }
 

@@ -141,6 +141,60 @@ fn new_tokens_refused_on_first_use_slow_the_grants_down_and_callers_hear_it_at_o
 }
 
 #[test]
+fn a_late_answer_showing_that_a_refused_token_had_worked_ends_the_streak_and_the_pause() {
+    let mut h = with_token(HOUR);
+    // Under load a token is sent by many requests at once: the server may
+    // accept a few and then revoke it, and its refusal may reach the cache
+    // before the answers that show it worked.
+    for _ in 0..5 {
+        let id = token_id(&h);
+        h.refused(id, None);
+        h.accepted(id);
+        let flight = h.running().expect("a revoked token is replaced at once");
+        h.grant_ok(flight);
+    }
+    // Three in a row with no answer at all make a pause; an answer that
+    // comes late for the last of them ends it.
+    for _ in 0..3 {
+        let id = token_id(&h);
+        h.refused(id, None);
+        if let Some(flight) = h.running() {
+            h.grant_ok(flight);
+        }
+    }
+    assert!(h.token().is_none() && h.running().is_none(), "a pause");
+    let last = *h.shown_tokens.last().unwrap();
+    h.accepted(last);
+    let flight = h
+        .running()
+        .expect("it had worked: revoked, replaced at once");
+    assert_eq!(grant_of(&h, flight).1, Reason::Refusal);
+    assert_eq!(h.grants, 9);
+}
+
+#[test]
+fn a_late_answer_for_a_token_older_than_the_streak_does_not_end_it() {
+    let mut h = with_token(HOUR);
+    let old = token_id(&h);
+    h.accepted(old);
+    h.refused(old, None);
+    for _ in 0..3 {
+        if let Some(flight) = h.running() {
+            h.grant_ok(flight);
+        }
+        let id = token_id(&h);
+        h.refused(id, None);
+    }
+    assert!(h.running().is_none(), "a pause");
+    // A request sent with the revoked token before its revocation says
+    // nothing of the tokens after it.
+    h.accepted(old);
+    assert!(h.running().is_none(), "the pause holds");
+    h.advance(secs(1), false);
+    assert!(h.running().is_some());
+}
+
+#[test]
 fn an_api_that_refuses_every_token_gets_few_grants() {
     let mut h = with_token(HOUR);
     let start = h.now;
