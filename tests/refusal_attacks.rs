@@ -664,6 +664,52 @@ async fn a_late_refusal_of_a_replaced_token_resends_without_a_grant() {
     assert_eq!((stats.resends, stats.replays), (1, 0), "{stats:?}");
 }
 
+/// An API that accepts each token for one request and revokes it then, and
+/// answers that request after the refusals of the others (it is slower): each
+/// token worked, so its refusal is a revocation. The grants never pause and
+/// no request is told that the API refuses every token. (The acceptance of
+/// a token that was refused already used to be ignored: three such tokens in
+/// a row paused the grants.)
+#[tokio::test(start_paused = true)]
+async fn tokens_revoked_after_one_slow_acceptance_never_pause_the_grants() {
+    let s = setup();
+    let api = Arc::clone(&s.api);
+    let svc = s.layer.layer(api_fn(move |token| {
+        let fresh = token.is_some_and(|t| api.valid.lock().unwrap().remove(t));
+        if fresh {
+            // Accepted, and revoked at once; the answer takes longer than
+            // a grant (20 ms), so it comes after the refusals of the others.
+            (StatusCode::OK, Duration::from_millis(30))
+        } else {
+            (StatusCode::UNAUTHORIZED, Duration::from_millis(1))
+        }
+    }));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (svc, refused) = (svc.clone(), Arc::clone(&refused));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                let req = Request::get(API).body(Full::default()).unwrap();
+                if let Err(err) = svc.clone().oneshot(req).await {
+                    assert!(err.token_error().unwrap().is_refused(), "{err:?}");
+                    refused.fetch_add(1, SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        refused.load(SeqCst),
+        0,
+        "requests told the API refuses every token: {:?}",
+        s.layer.stats()
+    );
+}
+
 /// Exactly three new tokens refused on first use, then an API that accepts:
 /// the third refusal pauses the grants (new requests learn it at once), and
 /// after the pause the next grant works and the streak is over, so that a

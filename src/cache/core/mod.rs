@@ -374,12 +374,22 @@ impl<P: Payload> Core<P> {
     }
 
     /// The API accepted token `id`: if it is the current one, a later
-    /// refusal of it is a revocation, and the streak of refusals ends.
+    /// refusal of it is a revocation. Any token of this cache that worked
+    /// ends the streak of refusals, and the pause it set: an API that
+    /// accepts tokens does not refuse every token. An acceptance can be
+    /// told after a refusal of the same token (the request it answered was
+    /// slower), and that refusal was a revocation, not a first use.
     fn accepted(&mut self, id: u64) {
         if let Some(token) = self.token.as_mut().filter(|t| t.slot.id == id) {
             token.slot.accepted = true;
-            self.unproven = 0;
-            self.refusal_hold = None;
+        } else if id == 0 || id >= self.next_token {
+            return;
+        }
+        self.unproven = 0;
+        self.refusal_hold = None;
+        if self.refusing() {
+            // The refused token's replacement is due now.
+            self.flight = Flight::Idle;
         }
     }
 

@@ -345,12 +345,17 @@ impl Shared {
     }
 
     /// The API answered a request carrying token `id` without refusing it.
-    /// Only the first answer per token reaches the core: once it knows, the
-    /// published view says so and no request asks again.
+    /// Only answers that come while the current token has not proved itself
+    /// reach the core: once it has, the published view says so and no
+    /// request asks again. An older token's acceptance (a request answered
+    /// after its token was refused or replaced) still counts then: it ends
+    /// a streak of refusals.
     #[cold]
     pub(crate) fn accepted(self: &Arc<Self>, id: u64) {
-        let unconfirmed =
-            (self.view.load().slot()).is_some_and(|slot| slot.id == id && !slot.accepted);
+        let unconfirmed = match self.view.load().slot() {
+            Some(slot) => !slot.accepted,
+            None => true,
+        };
         if unconfirmed {
             self.run(Event::Accepted { id });
         }

@@ -422,6 +422,9 @@ impl Harness {
     pub(super) fn accepted(&mut self, id: u64) {
         if self.token().is_some_and(|(slot, _)| slot.id == id) {
             self.accepted.insert(id);
+        }
+        // Any token of the cache that worked ends the streak and its pause.
+        if id != 0 && id < self.next_token_id() {
             self.unproven = 0;
             self.refusal_hold = None;
         }
