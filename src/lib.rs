@@ -112,7 +112,7 @@ pub use crate::{
     stats::Stats,
     store::{MemoryStore, StoreError, TokenStore},
     token::{
-        AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_TOKEN_LEN, MIN_LIFETIME, RefreshToken,
-        TokenPair,
+        AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_REFRESH_LIFETIME, MAX_TOKEN_LEN,
+        MIN_LIFETIME, RefreshToken, TokenPair,
     },
 };
