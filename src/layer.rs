@@ -3,13 +3,15 @@
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
+use tokio::sync::watch;
 use tower_layer::Layer;
 
 use crate::{
     cache::{CacheConfig, TokenCache},
     credentials::Credentials,
-    error::BuildError,
+    error::{BuildError, TokenError},
     fetcher::{DynFetcher, TokenFetcher},
+    login::LoginState,
     origin::{Origin, ShownUrl, check_url},
     refusal::Refusal,
     service::{AuthService, CacheNumber},
@@ -108,6 +110,30 @@ impl AuthLayer {
     /// Replaces the login; see [`TokenCache::set_credentials`].
     pub fn set_credentials(&self, credentials: Credentials) {
         self.cache.set_credentials(credentials);
+    }
+
+    /// Logs in now, rather than at the first request; see
+    /// [`TokenCache::login`].
+    pub async fn login(&self) -> Result<(), TokenError> {
+        self.cache.login().await
+    }
+
+    /// Whether requests get a valid token now without waiting, for readiness
+    /// probes; see [`TokenCache::is_ready`].
+    pub fn is_ready(&self) -> bool {
+        self.cache.is_ready()
+    }
+
+    /// Replaces the token now, within the cache's rules; see
+    /// [`TokenCache::refresh`].
+    pub async fn refresh(&self) -> Result<(), TokenError> {
+        self.cache.refresh().await
+    }
+
+    /// The login's state, now and as it changes; see
+    /// [`TokenCache::subscribe`].
+    pub fn subscribe(&self) -> watch::Receiver<LoginState> {
+        self.cache.subscribe()
     }
 
     pub(crate) fn config(&self) -> &Arc<LayerConfig> {

@@ -16,6 +16,9 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let credentials = Credentials::new("client-id", "client-secret", "me@example.com", "password");
 //! let auth = AuthLayer::new("https://api.daxium-air.com/oauth/v2/token", credentials)?;
+//! // Optional: log in now, so that wrong credentials fail at start-up rather
+//! // than at the first request. `auth.is_ready()` says so to a probe.
+//! auth.login().await?;
 //!
 //! let https = hyper_rustls::HttpsConnectorBuilder::new()
 //!     .with_webpki_roots()
@@ -36,6 +39,14 @@
 //!
 //! See the README for the behaviour in detail, the integrations and the
 //! configuration.
+//!
+//! # The application's handle on its login
+//!
+//! Besides [`login`](AuthLayer::login) and [`is_ready`](AuthLayer::is_ready),
+//! the layer tells where its login stands ([`AuthLayer::subscribe`]: a
+//! [`LoginState`] with no secret in it, for logs, status pages and metrics),
+//! and replaces its token on demand within the limits that keep the token
+//! endpoint safe ([`AuthLayer::refresh`]).
 //!
 //! # Metrics
 //!
@@ -76,6 +87,7 @@ pub mod fetcher;
 mod future;
 mod grant;
 mod layer;
+mod login;
 mod origin;
 mod refusal;
 mod service;
@@ -107,6 +119,7 @@ pub use crate::{
     future::ResponseFuture,
     grant::{GrantRequest, GrantType},
     layer::{AuthLayer, AuthLayerBuilder},
+    login::{LoginState, LoginStatus, TokenSource},
     refusal::Refusal,
     service::AuthService,
     stats::Stats,
