@@ -33,6 +33,8 @@ pub(crate) struct LayerConfig {
     pub(crate) origins: Option<Vec<Origin>>,
     /// Which answers refuse the token.
     pub(crate) refusal: Refusal,
+    /// Whether a request that carries its own `Authorization` is sent as it is.
+    pub(crate) keep_authorization: bool,
 }
 
 /// A tower [`Layer`] that authenticates every request to the Daxium Air API.
@@ -171,6 +173,7 @@ pub struct AuthLayerBuilder {
     replay: bool,
     replay_limit: usize,
     refusal: Refusal,
+    keep_authorization: bool,
 }
 
 impl Default for AuthLayerBuilder {
@@ -186,6 +189,7 @@ impl Default for AuthLayerBuilder {
             replay: true,
             replay_limit: DEFAULT_REPLAY_LIMIT,
             refusal: Refusal::unauthorized(),
+            keep_authorization: false,
         }
     }
 }
@@ -206,6 +210,7 @@ impl fmt::Debug for AuthLayerBuilder {
             .field("replay", &self.replay)
             .field("replay_limit", &self.replay_limit)
             .field("refusal", &self.refusal)
+            .field("keep_authorization", &self.keep_authorization)
             .finish()
     }
 }
@@ -286,6 +291,24 @@ impl AuthLayerBuilder {
     /// its replay. No request is sent more than three times.
     pub fn refused_when(mut self, refusal: Refusal) -> Self {
         self.refusal = refusal;
+        self
+    }
+
+    /// Whether a request that already carries an `Authorization` header is
+    /// sent as it is (default off).
+    ///
+    /// On, such a request passes through untouched: no token is attached,
+    /// its header is not replaced, it is never replayed, and its answer,
+    /// refusal or not, says nothing to the token cache. For applications that
+    /// make some calls with credentials of their own (another account's
+    /// token, a signed URL's header) through the same client.
+    ///
+    /// Off, every request for an API origin gets the layer's token, whatever
+    /// header it had: a stale header left by a caller can never reach the
+    /// API in place of the current token. Off costs a request nothing (the
+    /// headers are not looked at); on, one header lookup.
+    pub fn keep_authorization(mut self, on: bool) -> Self {
+        self.keep_authorization = on;
         self
     }
 
@@ -476,6 +499,7 @@ impl AuthLayerBuilder {
                 replay_limit: self.replay_limit,
                 origins,
                 refusal: self.refusal,
+                keep_authorization: self.keep_authorization,
             }),
             cache,
         })

@@ -45,8 +45,10 @@
 //! Besides [`login`](AuthLayer::login) and [`is_ready`](AuthLayer::is_ready),
 //! the layer tells where its login stands ([`AuthLayer::subscribe`]: a
 //! [`LoginState`] with no secret in it, for logs, status pages and metrics),
-//! and replaces its token on demand within the limits that keep the token
-//! endpoint safe ([`AuthLayer::refresh`]).
+//! replaces its token on demand within the limits that keep the token
+//! endpoint safe ([`AuthLayer::refresh`]), and lets requests that carry an
+//! `Authorization` of their own through untouched when told to
+//! ([`AuthLayerBuilder::keep_authorization`]).
 //!
 //! # Metrics
 //!
