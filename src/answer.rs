@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use crate::{
     error::{ErrorBody, Kind, TokenError},
-    token::{AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MIN_LIFETIME, RefreshToken, TokenPair},
+    token::{
+        AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_REFRESH_LIFETIME, MIN_LIFETIME,
+        RefreshToken, TokenPair,
+    },
 };
 
 /// The longest text kept from an error body, in bytes.
@@ -49,6 +52,13 @@ impl RefreshToken {
 ///   clamped to [`MIN_LIFETIME`] (1 s) ..= [`MAX_LIFETIME`] (24 h). So no value
 ///   means "refresh on every request" and none means "never expires";
 ///   fractions are rounded down; nothing overflows.
+/// - `refresh_expires_in` (Keycloak and others send it): read as `expires_in`
+///   is, but a missing, null, non-numeric, zero or negative value means that
+///   the lifetime is unknown (Keycloak says 0 for a refresh token that does
+///   not expire): the refresh token is then good until the endpoint refuses
+///   it. A positive number is clamped to [`MIN_LIFETIME`] (1 s) ..=
+///   [`MAX_REFRESH_LIFETIME`] (366 days). The token cache never sends a
+///   refresh token past its expiry: the password grant goes at once instead.
 /// - `error`: a non-empty string makes the answer an error even with a 2xx
 ///   status: a [refusal](TokenError::is_grant_rejected) when it is an RFC 6749
 ///   §5.2 refusal code (`invalid_grant`, `invalid_client`, …), else an
@@ -65,6 +75,7 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
         access_token: Option<serde_json::Value>,
         refresh_token: Option<serde_json::Value>,
         expires_in: Option<serde_json::Value>,
+        refresh_expires_in: Option<serde_json::Value>,
         token_type: Option<serde_json::Value>,
         scope: Option<serde_json::Value>,
         error: Option<serde_json::Value>,
@@ -118,7 +129,10 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
         _ => None,
     };
 
-    let pair = TokenPair::new(access, refresh?, lifetime(raw.expires_in.as_ref()));
+    let mut pair = TokenPair::new(access, refresh?, lifetime(raw.expires_in.as_ref()));
+    if let Some(refresh_lifetime) = seconds(raw.refresh_expires_in.as_ref()) {
+        pair = pair.with_refresh_token_lifetime(refresh_lifetime);
+    }
     Ok(pair.with_scope(scope))
 }
 
@@ -138,20 +152,22 @@ fn stated_error(error: Option<&serde_json::Value>, body: &[u8]) -> Option<TokenE
 
 /// The lifetime rule of [`parse_token_response`].
 fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
-    let seconds = match expires_in {
-        Some(serde_json::Value::Number(n)) => n.as_f64(),
-        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+    seconds(expires_in).map_or(DEFAULT_LIFETIME, |s| s.clamp(MIN_LIFETIME, MAX_LIFETIME))
+}
+
+/// A whole, positive number of seconds from a number or a numeric string,
+/// at most [`MAX_REFRESH_LIFETIME`] (the longer of the two caps); `None` for
+/// anything else.
+fn seconds(value: Option<&serde_json::Value>) -> Option<Duration> {
+    let seconds = match value? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
         _ => None,
-    };
-    match seconds {
-        Some(s) if s.is_nan() || s.floor() <= 0.0 => DEFAULT_LIFETIME,
-        // Clamping in f64 first keeps `from_secs_f64` away from its panics.
-        Some(s) => Duration::from_secs_f64(
-            s.floor()
-                .clamp(MIN_LIFETIME.as_secs_f64(), MAX_LIFETIME.as_secs_f64()),
-        ),
-        None => DEFAULT_LIFETIME,
-    }
+    }?;
+    let whole = seconds.floor();
+    // NaN fails the comparison too. Capping in f64 first keeps
+    // `from_secs_f64` away from its panics.
+    (whole >= 1.0).then(|| Duration::from_secs_f64(whole.min(MAX_REFRESH_LIFETIME.as_secs_f64())))
 }
 
 fn invalid_field(field: &'static str, reason: &'static str) -> TokenError {

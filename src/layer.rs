@@ -3,13 +3,15 @@
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
+use tokio::sync::watch;
 use tower_layer::Layer;
 
 use crate::{
     cache::{CacheConfig, TokenCache},
     credentials::Credentials,
-    error::BuildError,
+    error::{BuildError, TokenError},
     fetcher::{DynFetcher, TokenFetcher},
+    login::LoginState,
     origin::{Origin, ShownUrl, check_url},
     refusal::Refusal,
     service::{AuthService, CacheNumber},
@@ -31,6 +33,8 @@ pub(crate) struct LayerConfig {
     pub(crate) origins: Option<Vec<Origin>>,
     /// Which answers refuse the token.
     pub(crate) refusal: Refusal,
+    /// Whether a request that carries its own `Authorization` is sent as it is.
+    pub(crate) keep_authorization: bool,
 }
 
 /// A tower [`Layer`] that authenticates every request to the Daxium Air API.
@@ -110,6 +114,30 @@ impl AuthLayer {
         self.cache.set_credentials(credentials);
     }
 
+    /// Logs in now, rather than at the first request; see
+    /// [`TokenCache::login`].
+    pub async fn login(&self) -> Result<(), TokenError> {
+        self.cache.login().await
+    }
+
+    /// Whether requests get a valid token now without waiting, for readiness
+    /// probes; see [`TokenCache::is_ready`].
+    pub fn is_ready(&self) -> bool {
+        self.cache.is_ready()
+    }
+
+    /// Replaces the token now, within the cache's rules; see
+    /// [`TokenCache::refresh`].
+    pub async fn refresh(&self) -> Result<(), TokenError> {
+        self.cache.refresh().await
+    }
+
+    /// The login's state, now and as it changes; see
+    /// [`TokenCache::subscribe`].
+    pub fn subscribe(&self) -> watch::Receiver<LoginState> {
+        self.cache.subscribe()
+    }
+
     pub(crate) fn config(&self) -> &Arc<LayerConfig> {
         &self.config
     }
@@ -145,6 +173,7 @@ pub struct AuthLayerBuilder {
     replay: bool,
     replay_limit: usize,
     refusal: Refusal,
+    keep_authorization: bool,
 }
 
 impl Default for AuthLayerBuilder {
@@ -160,6 +189,7 @@ impl Default for AuthLayerBuilder {
             replay: true,
             replay_limit: DEFAULT_REPLAY_LIMIT,
             refusal: Refusal::unauthorized(),
+            keep_authorization: false,
         }
     }
 }
@@ -180,6 +210,7 @@ impl fmt::Debug for AuthLayerBuilder {
             .field("replay", &self.replay)
             .field("replay_limit", &self.replay_limit)
             .field("refusal", &self.refusal)
+            .field("keep_authorization", &self.keep_authorization)
             .finish()
     }
 }
@@ -260,6 +291,24 @@ impl AuthLayerBuilder {
     /// its replay. No request is sent more than three times.
     pub fn refused_when(mut self, refusal: Refusal) -> Self {
         self.refusal = refusal;
+        self
+    }
+
+    /// Whether a request that already carries an `Authorization` header is
+    /// sent as it is (default off).
+    ///
+    /// On, such a request passes through untouched: no token is attached,
+    /// its header is not replaced, it is never replayed, and its answer,
+    /// refusal or not, says nothing to the token cache. For applications that
+    /// make some calls with credentials of their own (another account's
+    /// token, a signed URL's header) through the same client.
+    ///
+    /// Off, every request for an API origin gets the layer's token, whatever
+    /// header it had: a stale header left by a caller can never reach the
+    /// API in place of the current token. Off costs a request nothing (the
+    /// headers are not looked at); on, one header lookup.
+    pub fn keep_authorization(mut self, on: bool) -> Self {
+        self.keep_authorization = on;
         self
     }
 
@@ -450,6 +499,7 @@ impl AuthLayerBuilder {
                 replay_limit: self.replay_limit,
                 origins,
                 refusal: self.refusal,
+                keep_authorization: self.keep_authorization,
             }),
             cache,
         })

@@ -16,6 +16,9 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let credentials = Credentials::new("client-id", "client-secret", "me@example.com", "password");
 //! let auth = AuthLayer::new("https://api.daxium-air.com/oauth/v2/token", credentials)?;
+//! // Optional: log in now, so that wrong credentials fail at start-up rather
+//! // than at the first request. `auth.is_ready()` says so to a probe.
+//! auth.login().await?;
 //!
 //! let https = hyper_rustls::HttpsConnectorBuilder::new()
 //!     .with_webpki_roots()
@@ -36,6 +39,16 @@
 //!
 //! See the README for the behaviour in detail, the integrations and the
 //! configuration.
+//!
+//! # The application's handle on its login
+//!
+//! Besides [`login`](AuthLayer::login) and [`is_ready`](AuthLayer::is_ready),
+//! the layer tells where its login stands ([`AuthLayer::subscribe`]: a
+//! [`LoginState`] with no secret in it, for logs, status pages and metrics),
+//! replaces its token on demand within the limits that keep the token
+//! endpoint safe ([`AuthLayer::refresh`]), and lets requests that carry an
+//! `Authorization` of their own through untouched when told to
+//! ([`AuthLayerBuilder::keep_authorization`]).
 //!
 //! # Metrics
 //!
@@ -75,6 +88,7 @@ pub mod fetcher;
 mod future;
 mod grant;
 mod layer;
+mod login;
 mod origin;
 mod refusal;
 mod service;
@@ -106,12 +120,13 @@ pub use crate::{
     future::ResponseFuture,
     grant::{GrantRequest, GrantType},
     layer::{AuthLayer, AuthLayerBuilder},
+    login::{LoginState, LoginStatus, TokenSource},
     refusal::Refusal,
     service::AuthService,
     stats::Stats,
     store::{MemoryStore, StoreError, TokenStore},
     token::{
-        AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_TOKEN_LEN, MIN_LIFETIME, RefreshToken,
-        TokenPair,
+        AccessToken, DEFAULT_LIFETIME, MAX_LIFETIME, MAX_REFRESH_LIFETIME, MAX_TOKEN_LEN,
+        MIN_LIFETIME, RefreshToken, TokenPair,
     },
 };

@@ -65,6 +65,10 @@ use crate::{
 ///   and the request does not carry the [`NoReplay`] extension
 ///   (`client.post(url).with_extension(NoReplay)`). Otherwise the 401 goes
 ///   back to the caller.
+/// - A request that carries its own `Authorization` header is sent as it is
+///   when the layer says so
+///   ([`keep_authorization`](crate::AuthLayerBuilder::keep_authorization));
+///   otherwise its header is replaced by the token.
 /// - When no token can be had, the request fails with
 ///   [`reqwest_middleware::Error::Middleware`] wrapping the
 ///   [`TokenError`]; find it with
@@ -150,7 +154,9 @@ impl Middleware for AuthMiddleware {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        if !self.attaches(req.url()) {
+        let own =
+            self.layer.config().keep_authorization && req.headers().contains_key(AUTHORIZATION);
+        if own || !self.attaches(req.url()) {
             return next.run(req, extensions).await;
         }
         let mut slot = self

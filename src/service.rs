@@ -34,7 +34,9 @@ use crate::{
 
 /// Adds `Authorization: Bearer …` (marked sensitive) to each request for the
 /// configured API origins, keeps the token fresh, and replays a request once
-/// when the API answers 401. Made by [`AuthLayer`].
+/// when the API answers 401. Made by [`AuthLayer`]. A request that carries
+/// an `Authorization` of its own gets the token in its place, unless the
+/// layer [keeps it](crate::AuthLayerBuilder::keep_authorization).
 ///
 /// `poll_ready` is the inner service's; `call` uses the service that was made
 /// ready. A request writes to nothing that another service shares: each
@@ -56,7 +58,7 @@ pub struct AuthService<S> {
     /// The layer's settings the hot path reads, copied here.
     cache: CacheNumber,
     replay: bool,
-    guarded: bool,
+    gate: Gate,
     replay_limit: usize,
     refusal: Refusal,
     last_origin: LastOrigin,
@@ -164,13 +166,18 @@ impl<S> AuthService<S> {
     pub fn new(inner: S, layer: AuthLayer) -> Self {
         let view = Cache::new(Published(Arc::clone(layer.cache().shared())));
         let config = layer.config();
-        let (cache, replay, guarded, replay_limit, refusal) = (
+        let (cache, replay, replay_limit, refusal) = (
             config.cache,
             config.replay,
-            config.origins.is_some(),
             config.replay_limit,
             config.refusal,
         );
+        let gate = match (config.keep_authorization, config.origins.is_some()) {
+            (false, false) => Gate::Open,
+            (false, true) => Gate::Origins,
+            (true, false) => Gate::KeepAuthorization,
+            (true, true) => Gate::KeepAuthorizationOrigins,
+        };
         Self {
             inner,
             view,
@@ -180,7 +187,7 @@ impl<S> AuthService<S> {
             own_link: true,
             cache,
             replay,
-            guarded,
+            gate,
             replay_limit,
             refusal,
             last_origin: LastOrigin::default(),
@@ -221,7 +228,7 @@ impl<S: Clone> Clone for AuthService<S> {
             own_link: false,
             cache: self.cache,
             replay: self.replay,
-            guarded: self.guarded,
+            gate: self.gate,
             replay_limit: self.replay_limit,
             refusal: self.refusal,
             last_origin: self.last_origin,
@@ -253,16 +260,15 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if self.guarded {
-            let link = &self.link;
-            let allowed = self.last_origin.allows(req.uri(), || {
-                let origins = link.layer.config().origins.as_deref().unwrap_or_default();
-                origins.iter().any(|o| o.matches(req.uri()))
-            });
-            if !allowed {
-                let fut = self.inner.call(req.map(ReplayBody::new));
-                return ResponseFuture::passthrough(fut, self.cache);
+        // The default (origins checked, no `Authorization` kept) makes the
+        // one test of the gate that the origin check alone made: the headers
+        // are not looked at.
+        if self.gate != Gate::Origins {
+            if self.gate != Gate::Open && self.keeps(&req) {
+                return passthrough(&mut self.inner, req, self.cache);
             }
+        } else if !allows(&mut self.last_origin, &self.link, req.uri()) {
+            return passthrough(&mut self.inner, req, self.cache);
         }
         let replay = self.replay && req.extensions().get::<NoReplay>().is_none();
 
@@ -316,6 +322,61 @@ where
             self.replay_limit,
         )
     }
+}
+
+impl<S> AuthService<S> {
+    /// Whether `req` is sent as it is under a gate that keeps requests' own
+    /// `Authorization`: it carries one, or it is for another origin.
+    /// Off the default path, whose gate is [`Gate::Origins`].
+    #[cold]
+    #[inline(never)]
+    fn keeps<B>(&mut self, req: &Request<B>) -> bool {
+        req.headers().contains_key(AUTHORIZATION)
+            || (self.gate == Gate::KeepAuthorizationOrigins
+                && !allows(&mut self.last_origin, &self.link, req.uri()))
+    }
+}
+
+/// Whether requests for `uri` get the token: the last origin seen answers
+/// at once, another is looked up in the layer's.
+#[inline(always)]
+fn allows<S>(last_origin: &mut LastOrigin, link: &Link<S>, uri: &http::Uri) -> bool {
+    last_origin.allows(uri, || {
+        let origins = link.layer.config().origins.as_deref().unwrap_or_default();
+        origins.iter().any(|o| o.matches(uri))
+    })
+}
+
+/// Which requests `call` sends on without the token, decided once per
+/// service from the layer's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Gate {
+    /// Those for other origins (the default): zero, which the hot path tests
+    /// as it tested a flag.
+    Origins = 0,
+    /// None: every request gets it (`any_origin`).
+    Open,
+    /// Those that carry an `Authorization` of their own.
+    KeepAuthorization,
+    /// Those that carry an `Authorization` of their own, and those for other
+    /// origins.
+    KeepAuthorizationOrigins,
+}
+
+/// Sends `req` as it is: for another origin, or with an `Authorization` of
+/// its own that the layer keeps. Its answer says nothing about the token.
+#[inline]
+fn passthrough<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    cache: CacheNumber,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    ResponseFuture::passthrough(inner.call(req.map(ReplayBody::new)), cache)
 }
 
 /// The parts of a service that change when a new token comes.

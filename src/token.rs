@@ -24,6 +24,11 @@ pub const MIN_LIFETIME: Duration = Duration::from_secs(1);
 /// must not mean "never expires".
 pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest lifetime a refresh token is given: refresh tokens commonly
+/// live days or weeks, but a larger `refresh_expires_in` than a year is
+/// absurd, and is taken as this.
+pub const MAX_REFRESH_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// An access token, kept as the ready-made `Authorization: Bearer …` header
 /// value (marked sensitive), so attaching it costs a reference-count increment.
 #[derive(Clone)]
@@ -102,12 +107,14 @@ impl fmt::Debug for RefreshToken {
 }
 
 /// What a successful grant returns: an access token, maybe a new refresh
-/// token, and how long the access token lives.
+/// token, how long the access token lives and, if the endpoint said, how
+/// long the refresh token does.
 #[derive(Clone)]
 pub struct TokenPair {
     access: AccessToken,
     refresh: Option<RefreshToken>,
     lifetime: Duration,
+    refresh_lifetime: Option<Duration>,
     scope: Option<String>,
 }
 
@@ -119,8 +126,22 @@ impl TokenPair {
             access,
             refresh,
             lifetime: lifetime.clamp(MIN_LIFETIME, MAX_LIFETIME),
+            refresh_lifetime: None,
             scope: None,
         }
+    }
+
+    /// The same pair, whose refresh token lives `lifetime` from when the
+    /// grant was sent, clamped to [`MIN_LIFETIME`]..=[`MAX_REFRESH_LIFETIME`].
+    /// The token cache does not send a refresh token past its expiry (the
+    /// endpoint would refuse it): the password grant goes at once instead.
+    /// Without it, a refresh token is good until the endpoint refuses it.
+    /// For a pair without a refresh token, it is the lifetime of the one that
+    /// was sent, which the cache keeps.
+    #[must_use]
+    pub fn with_refresh_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.refresh_lifetime = Some(lifetime.clamp(MIN_LIFETIME, MAX_REFRESH_LIFETIME));
+        self
     }
 
     /// The access token.
@@ -140,6 +161,13 @@ impl TokenPair {
         self.lifetime
     }
 
+    /// How long the refresh token lives, counted from when the grant was
+    /// sent, if the response said (`refresh_expires_in`, after the rule of
+    /// [`parse_token_response`](crate::parse_token_response)).
+    pub fn refresh_token_lifetime(&self) -> Option<Duration> {
+        self.refresh_lifetime
+    }
+
     /// The granted scope, if the response said.
     pub fn scope(&self) -> Option<&str> {
         self.scope.as_deref()
@@ -150,8 +178,21 @@ impl TokenPair {
         self
     }
 
-    pub(crate) fn into_parts(self) -> (AccessToken, Option<RefreshToken>, Duration) {
-        (self.access, self.refresh, self.lifetime)
+    /// The access token, the refresh token, and their lifetimes.
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        AccessToken,
+        Option<RefreshToken>,
+        Duration,
+        Option<Duration>,
+    ) {
+        (
+            self.access,
+            self.refresh,
+            self.lifetime,
+            self.refresh_lifetime,
+        )
     }
 }
 
@@ -161,6 +202,7 @@ impl fmt::Debug for TokenPair {
             .field("access_token", &self.access)
             .field("refresh_token", &self.refresh)
             .field("lifetime", &self.lifetime)
+            .field("refresh_lifetime", &self.refresh_lifetime)
             .field("scope", &self.scope)
             .finish()
     }
@@ -247,6 +289,17 @@ mod tests {
         );
         assert!(!text.contains("sentinel"), "{text}");
         assert!(text.contains("****") && text.contains("api"), "{text}");
+    }
+
+    #[test]
+    fn a_refresh_token_lifetime_is_clamped_too() {
+        let access = AccessToken::checked("abc").unwrap();
+        let pair = TokenPair::new(access, None, Duration::from_secs(60));
+        assert_eq!(pair.refresh_token_lifetime(), None);
+        let short = pair.clone().with_refresh_token_lifetime(Duration::ZERO);
+        assert_eq!(short.refresh_token_lifetime(), Some(MIN_LIFETIME));
+        let long = pair.with_refresh_token_lifetime(Duration::MAX);
+        assert_eq!(long.refresh_token_lifetime(), Some(MAX_REFRESH_LIFETIME));
     }
 
     #[test]

@@ -161,6 +161,21 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
     seen.debug(&svc);
     seen.debug(&layer);
 
+    // Every state of the login, as a subscriber would log it.
+    let states = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tokio::spawn({
+        let (states, mut login) = (Arc::clone(&states), layer.subscribe());
+        async move {
+            while login.changed().await.is_ok() {
+                let state = *login.borrow_and_update();
+                states
+                    .lock()
+                    .unwrap()
+                    .push(format!("{state:?} {state:#?} {state}"));
+            }
+        }
+    });
+
     let revoke_latest = || {
         let issued = endpoint.issued_tokens();
         api.revoke(&issued[issued.len() - 2]);
@@ -241,6 +256,12 @@ async fn the_cache_and_the_layer_never_show_a_secret() {
     seen.debug(&layer.stats());
     seen.debug(&layer.cache());
     seen.debug(&layer);
+    subscriber.abort();
+    let states = states.lock().unwrap().clone();
+    assert!(states.len() >= 10, "{states:?}");
+    for state in states {
+        let _ = writeln!(seen.0, "{state}");
+    }
     seen.debug(&GrantRequest::refresh(
         Arc::new(credentials(PASSWORD)),
         RefreshToken::new(&format!("{MARK}-refresh-x")).unwrap(),

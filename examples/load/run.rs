@@ -371,10 +371,10 @@ async fn load(
     // them logs in and the others adopt its token.
     let logins = replicas
         .iter()
-        .map(|r| tokio::time::timeout(LOGIN_TIMEOUT, r.layer.cache().access_token()));
+        .map(|r| tokio::time::timeout(LOGIN_TIMEOUT, r.layer.login()));
     for login in join_all(logins).await {
         match login {
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
             Ok(Err(err)) => return Err(Fatal::Login(err)),
             Err(_) => return Err(Fatal::LoginTimeout),
         }

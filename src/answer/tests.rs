@@ -82,6 +82,56 @@ fn expires_in_absurd_is_the_maximum() {
     assert_eq!(lifetime_of(&u64::MAX.to_string()), MAX_LIFETIME);
 }
 
+fn refresh_lifetime_of(refresh_expires_in: &str) -> Option<Duration> {
+    let json = format!(
+        r#"{{"access_token":"abc","refresh_token":"r","refresh_expires_in":{refresh_expires_in}}}"#
+    );
+    parse(&json).unwrap().refresh_token_lifetime()
+}
+
+#[test]
+fn refresh_expires_in_as_a_number_or_a_numeric_string() {
+    assert_eq!(refresh_lifetime_of("1800"), Some(Duration::from_secs(1800)));
+    assert_eq!(
+        refresh_lifetime_of(r#"" 120 ""#),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(refresh_lifetime_of("90.9"), Some(Duration::from_secs(90)));
+    assert_eq!(refresh_lifetime_of("1"), Some(MIN_LIFETIME));
+}
+
+#[test]
+fn refresh_expires_in_missing_zero_negative_or_garbage_is_unknown() {
+    let pair = parse(r#"{"access_token":"abc","refresh_token":"r"}"#).unwrap();
+    assert_eq!(pair.refresh_token_lifetime(), None);
+    for value in [
+        "null",
+        "0",
+        "0.5",
+        "-5",
+        r#""soon""#,
+        r#""NaN""#,
+        "true",
+        "[1]",
+    ] {
+        assert_eq!(refresh_lifetime_of(value), None, "{value}");
+    }
+}
+
+#[test]
+fn refresh_expires_in_absurd_is_the_refresh_maximum() {
+    for value in ["99999999999999999999999", "1e308", r#""1e400""#] {
+        assert_eq!(
+            refresh_lifetime_of(value),
+            Some(MAX_REFRESH_LIFETIME),
+            "{value}"
+        );
+    }
+    // Longer than any access token may live, and kept so.
+    let week = Duration::from_secs(7 * 86_400);
+    assert_eq!(refresh_lifetime_of("604800"), Some(week));
+}
+
 #[test]
 fn token_type_is_case_insensitive() {
     for t in ["bearer", "Bearer", "BEARER", "bEaReR"] {

@@ -6,6 +6,8 @@
 
 use std::{fmt, future::Future, sync::Arc};
 
+use tokio::sync::watch;
+
 mod core;
 mod driver;
 
@@ -15,6 +17,7 @@ use crate::{
     credentials::Credentials,
     error::{Kind, TokenError},
     fetcher::DynFetcher,
+    login::LoginState,
     stats::Stats,
     store::AnyStore,
     token::AccessToken,
@@ -146,13 +149,98 @@ impl TokenCache {
 
     async fn ask(&self, refused: Option<u64>) -> Answer<Live> {
         let shared = &self.handle.shared;
-        match shared.ask(refused) {
-            Ok(answer) => answer,
-            Err(ticket) => Arc::clone(shared).wait(ticket).await,
-        }
+        wait(shared, shared.ask(refused)).await
     }
 
-    /// Starts a refresh now, however fresh the token: the new token replaces
+    /// Logs in now, rather than at the first request: returns once the cache
+    /// holds a valid token (from a password grant, or adopted from the
+    /// [store](crate::AuthLayerBuilder::store)'s record of another replica),
+    /// or with the error that stopped it. It waits as a request would: through
+    /// the retries of a failing endpoint as long as the next attempt starts
+    /// within the [wait budget](crate::AuthLayerBuilder::wait_budget), and no
+    /// longer. With a valid token held already, it returns at once.
+    ///
+    /// Call it at start-up to fail fast on wrong credentials, and before
+    /// [`is_ready`](Self::is_ready) may say yes. The grant goes on in the
+    /// background if this future is dropped.
+    pub async fn login(&self) -> Result<(), TokenError> {
+        let shared = &self.handle.shared;
+        into_result(wait(shared, shared.ask_to_login()).await)?
+            .map(drop)
+            .ok_or_else(TokenError::closed)
+    }
+
+    /// Whether requests get a valid token now without waiting: for readiness
+    /// probes. One atomic load, no lock; no grant starts.
+    pub fn is_ready(&self) -> bool {
+        self.handle.shared.is_ready()
+    }
+
+    /// Replaces the token now, however fresh it is, and returns once the new
+    /// one is in use (or with the error that stopped it): after a change of
+    /// the account's rights, say, that only a new token carries.
+    ///
+    /// It can never make the endpoint see more grants than the cache would
+    /// make on its own, so a loop that calls it is safe:
+    ///
+    /// - a token younger than 5 seconds (and not yet due for its refresh) is
+    ///   the new token already: the call returns at once, without a grant;
+    /// - a grant in flight is joined: a thousand concurrent calls make one;
+    /// - during a backoff after failed grants, it waits for the next attempt
+    ///   if that starts within the [wait
+    ///   budget](crate::AuthLayerBuilder::wait_budget), and fails at once with
+    ///   the last error otherwise; a [refused
+    ///   password](TokenError::is_grant_rejected) and an API that [refuses
+    ///   every token](TokenError::is_refused) fail it at once;
+    /// - with a [store](crate::AuthLayerBuilder::store), the grant follows the
+    ///   fleet's protocol: a newer record of another replica is adopted
+    ///   instead of a grant.
+    ///
+    /// Without a token, it logs in, as [`login`](Self::login) does. The grant
+    /// goes on in the background if this future is dropped.
+    pub async fn refresh(&self) -> Result<(), TokenError> {
+        let shared = &self.handle.shared;
+        into_result(wait(shared, shared.ask_to_refresh()).await)?
+            .map(drop)
+            .ok_or_else(TokenError::closed)
+    }
+
+    /// The login's state, now and as it changes: logged in or not, backing
+    /// off, refused, rejected or closed, how many tokens came so far, when
+    /// the current one expires and where it came from. No secret in it. The
+    /// cache updates it as its state changes, never on a request's common
+    /// path (a fresh token); see
+    /// [`LoginState`], and its module for keeping a rotated pair across
+    /// restarts and replicas.
+    ///
+    /// ```
+    /// # use daxium_auth::{AuthLayer, Credentials, LoginStatus};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), daxium_auth::BuildError> {
+    /// # let layer = AuthLayer::builder()
+    /// #     .token_url("https://api.daxium-air.com/oauth/v2/token")
+    /// #     .credentials(Credentials::new("id", "secret", "me@example.com", "pw"))
+    /// #     .build()?;
+    /// let mut login = layer.subscribe();
+    /// assert_eq!(login.borrow().status(), LoginStatus::LoggedOut);
+    /// tokio::spawn(async move {
+    ///     while login.changed().await.is_ok() {
+    ///         let state = *login.borrow_and_update();
+    ///         tracing::info!(%state, "login changed");
+    ///     }
+    /// });
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Do not hold a [`borrow`](watch::Receiver::borrow) across an `.await`
+    /// or for long: the cache waits for it to publish the next state.
+    pub fn subscribe(&self) -> watch::Receiver<LoginState> {
+        self.handle.shared.subscribe()
+    }
+
+    /// Starts a refresh now, however fresh the token, without waiting, and
+    /// outside the rules of [`refresh`](Self::refresh): the new token replaces
     /// it when the grant answers. Must be called within a tokio runtime. For
     /// benches, which replace the token while requests run.
     #[doc(hidden)]
@@ -191,6 +279,14 @@ impl TokenCache {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.handle.shared.counters.snapshot()
+    }
+}
+
+/// The answer of `asked`, waiting for it if it did not come at once.
+async fn wait(shared: &Arc<Shared>, asked: Result<Answer<Live>, Ticket>) -> Answer<Live> {
+    match asked {
+        Ok(answer) => answer,
+        Err(ticket) => Arc::clone(shared).wait(ticket).await,
     }
 }
 

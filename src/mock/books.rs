@@ -41,6 +41,8 @@ pub(super) enum RefreshStatus {
 pub(super) struct RefreshEntry {
     pub(super) login: Login,
     pub(super) status: RefreshStatus,
+    /// When it stops being taken, if refresh tokens have a lifetime.
+    pub(super) expires_at: Option<Instant>,
     /// The access token last issued together with it: the one a server that
     /// revokes on refresh revokes when it is presented.
     pub(super) access: Option<String>,
@@ -83,13 +85,15 @@ impl Books {
         token
     }
 
-    pub(super) fn issue_refresh(&mut self, login: Login) -> String {
+    /// Issues a refresh token, taken until `expires_at` if given.
+    pub(super) fn issue_refresh(&mut self, login: Login, expires_at: Option<Instant>) -> String {
         let token = self.tokens.next();
         self.refresh.insert(
             token.clone(),
             RefreshEntry {
                 login,
                 status: RefreshStatus::Live,
+                expires_at,
                 access: None,
             },
         );
@@ -338,9 +342,9 @@ mod tests {
             username: "other".into(),
             ..login()
         };
-        let spent = books.issue_refresh(login());
+        let spent = books.issue_refresh(login(), None);
         books.refresh_mut(&spent).unwrap().status = RefreshStatus::Spent;
-        let live = books.issue_refresh(login());
+        let live = books.issue_refresh(login(), None);
         let access = books.issue_access(login(), Duration::from_secs(60), now);
         let theirs = books.issue_access(other, Duration::from_secs(60), now);
         books.revoke_login(&login());

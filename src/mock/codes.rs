@@ -28,6 +28,11 @@ pub const INVALID_REFRESH_TOKEN: &str = "DAERR-0112";
 /// earlier refresh (counted as `refresh_reuse`).
 pub const REFRESH_TOKEN_REUSED: &str = "DAERR-0113";
 
+/// 401 from the token endpoint: the refresh token is past the lifetime set
+/// with [`refresh_token_lifetime`](super::MockServerBuilder::refresh_token_lifetime)
+/// (counted as `refresh_expired`).
+pub const EXPIRED_REFRESH_TOKEN: &str = "DAERR-0114";
+
 /// 413 from the token endpoint: the request body is over 64 KiB.
 pub const TOKEN_REQUEST_TOO_LARGE: &str = "DAERR-0120";
 

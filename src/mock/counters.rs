@@ -19,7 +19,8 @@ use super::books::ApiDenial;
 /// Every fault taken from the queue counts in `faults_injected`; a
 /// [`Fault::Delay`](super::Fault::Delay) is followed by the normal answer, which counts as well.
 /// `refresh_reuse` counts the refresh rejections (already in `refresh_rejected`)
-/// whose token had been spent before. `refresh_revoked_access` counts the
+/// whose token had been spent before, `refresh_expired` those whose token
+/// was past its lifetime. `refresh_revoked_access` counts the
 /// access tokens that refreshes (already in `refresh_ok`) revoked under
 /// [`revoke_on_refresh`](super::MockServerBuilder::revoke_on_refresh).
 ///
@@ -49,6 +50,11 @@ pub struct MockCounters {
     /// Refresh grants that presented a refresh token already spent by an
     /// earlier refresh (each one is also in `refresh_rejected`).
     pub refresh_reuse: u64,
+    /// Refresh grants that presented a refresh token past its lifetime
+    /// ([`refresh_token_lifetime`](super::MockServerBuilder::refresh_token_lifetime);
+    /// each one is also in `refresh_rejected`). A client that knows the
+    /// lifetime sends none.
+    pub refresh_expired: u64,
     /// Access tokens revoked by a refresh under
     /// [`revoke_on_refresh`](super::MockServerBuilder::revoke_on_refresh):
     /// the one issued together with the refresh token presented, unless it
@@ -134,9 +140,11 @@ pub(super) enum GrantOutcome {
     RefreshOk {
         revoked_access: bool,
     },
-    /// `reused`: the refresh token had been spent by an earlier refresh.
+    /// `reused`: the refresh token had been spent by an earlier refresh;
+    /// `expired`: it was past its lifetime.
     RefreshRejected {
         reused: bool,
+        expired: bool,
     },
     /// A 400 or 413: not a grant request the endpoint could decide.
     BadRequest,
@@ -166,8 +174,9 @@ impl MockCounters {
                 self.refresh_revoked_access += u64::from(revoked_access);
                 &mut self.refresh_ok
             }
-            GrantOutcome::RefreshRejected { reused } => {
+            GrantOutcome::RefreshRejected { reused, expired } => {
                 self.refresh_reuse += u64::from(reused);
+                self.refresh_expired += u64::from(expired);
                 &mut self.refresh_rejected
             }
             GrantOutcome::BadRequest => &mut self.bad_requests,
@@ -208,8 +217,18 @@ mod tests {
         c.count_grant(GrantOutcome::RefreshOk {
             revoked_access: true,
         });
-        c.count_grant(GrantOutcome::RefreshRejected { reused: false });
-        c.count_grant(GrantOutcome::RefreshRejected { reused: true });
+        c.count_grant(GrantOutcome::RefreshRejected {
+            reused: false,
+            expired: false,
+        });
+        c.count_grant(GrantOutcome::RefreshRejected {
+            reused: true,
+            expired: false,
+        });
+        c.count_grant(GrantOutcome::RefreshRejected {
+            reused: false,
+            expired: true,
+        });
         c.count_grant(GrantOutcome::BadRequest);
         assert_eq!(
             (c.password_ok, c.password_rejected, c.refresh_ok),
@@ -218,8 +237,9 @@ mod tests {
         assert_eq!(c.refresh_revoked_access, 1);
         assert_eq!(
             (c.refresh_rejected, c.refresh_reuse, c.bad_requests),
-            (2, 1, 1)
+            (3, 1, 1)
         );
+        assert_eq!(c.refresh_expired, 1);
         assert_eq!(c.grant_requests, 0, "counted when the request is logged");
     }
 

@@ -27,6 +27,8 @@ pub(super) const GRANT_BODY_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub(super) struct Config {
     pub(super) token_lifetime: Duration,
+    /// How long a refresh token is taken, if not for ever.
+    pub(super) refresh_lifetime: Option<Duration>,
     pub(super) rotation: bool,
     pub(super) reuse_protection: bool,
     /// Whether a refresh revokes the access token issued with the refresh
@@ -45,6 +47,14 @@ impl Config {
         let secs = lifetime.as_secs() + u64::from(lifetime.subsec_nanos() > 0);
         secs.max(1)
     }
+}
+
+/// `refresh_expires_in` for a refresh token that is taken until `expires_at`:
+/// whole seconds rounded down, at least 1, so that a client that counts from
+/// when it sent the grant never believes in a longer life than the server
+/// enforces; `None` for one that does not expire.
+fn refresh_expires_in(expires_at: Option<Instant>, now: Instant) -> Option<u64> {
+    expires_at.map(|at| at.saturating_duration_since(now).as_secs().max(1))
 }
 
 /// A token endpoint request, reduced to what decides the answer.
@@ -89,6 +99,8 @@ pub(super) enum GrantReply {
         access_token: String,
         refresh_token: String,
         expires_in: u64,
+        /// The refresh token's remaining life, when it has one.
+        refresh_expires_in: Option<u64>,
     },
     Refused(Refusal),
 }
@@ -166,14 +178,22 @@ impl Grant<'_> {
             .books
             .issue_access(login, self.config.token_lifetime, self.now);
         self.books.pair(&refresh_token, &access_token);
+        let refresh_until = (self.books.refresh_mut(&refresh_token)).and_then(|e| e.expires_at);
         GrantReply::Issued {
             access_token,
             refresh_token,
             expires_in: self.config.expires_in(),
+            refresh_expires_in: refresh_expires_in(refresh_until, self.now),
         }
     }
 
-    fn password(self) -> (GrantReply, GrantOutcome) {
+    /// A new refresh token of `login`, with the configured lifetime.
+    fn new_refresh(&mut self, login: Login) -> String {
+        let expires_at = (self.config.refresh_lifetime).map(|life| self.now + life);
+        self.books.issue_refresh(login, expires_at)
+    }
+
+    fn password(mut self) -> (GrantReply, GrantOutcome) {
         if !self.has(&["client_id", "client_secret", "username", "password"]) {
             let refusal = Refusal::bad_request(
                 "the password grant needs client_id, client_secret, username and password",
@@ -202,11 +222,11 @@ impl Grant<'_> {
             client_id: self.form["client_id"].clone(),
             username: self.form["username"].clone(),
         };
-        let refresh_token = self.books.issue_refresh(login.clone());
+        let refresh_token = self.new_refresh(login.clone());
         (self.issue(login, refresh_token), GrantOutcome::PasswordOk)
     }
 
-    fn refresh(self) -> (GrantReply, GrantOutcome) {
+    fn refresh(mut self) -> (GrantReply, GrantOutcome) {
         if !self.has(&["client_id", "client_secret", "refresh_token"]) {
             let refusal = Refusal::bad_request(
                 "the refresh grant needs client_id, client_secret and refresh_token",
@@ -214,10 +234,11 @@ impl Grant<'_> {
             return (GrantReply::Refused(refusal), GrantOutcome::BadRequest);
         }
         let rejected = |refusal, reused| {
-            (
-                GrantReply::Refused(refusal),
-                GrantOutcome::RefreshRejected { reused },
-            )
+            let outcome = GrantOutcome::RefreshRejected {
+                reused,
+                expired: false,
+            };
+            (GrantReply::Refused(refusal), outcome)
         };
         if !self.client_matches() {
             let refusal =
@@ -247,11 +268,20 @@ impl Grant<'_> {
                 );
                 rejected(refusal, true)
             }
+            RefreshStatus::Live if entry.expires_at.is_some_and(|at| self.now >= at) => {
+                let refusal =
+                    Refusal::unauthorized(codes::EXPIRED_REFRESH_TOKEN, "refresh token expired");
+                let outcome = GrantOutcome::RefreshRejected {
+                    reused: false,
+                    expired: true,
+                };
+                (GrantReply::Refused(refusal), outcome)
+            }
             RefreshStatus::Live => {
                 let previous = entry.access.take();
                 let refresh_token = if self.config.rotation {
                     entry.status = RefreshStatus::Spent;
-                    self.books.issue_refresh(login.clone())
+                    self.new_refresh(login.clone())
                 } else {
                     presented.to_owned()
                 };

@@ -52,7 +52,7 @@
 //!
 //! Access tokens expire after the configured lifetime, measured on
 //! `tokio::time::Instant` (so paused test time applies); refresh tokens do not
-//! expire. A refresh leaves earlier access tokens valid until they expire
+//! expire unless [`MockServerBuilder::refresh_token_lifetime`] says. A refresh leaves earlier access tokens valid until they expire
 //! (unless [`MockServerBuilder::revoke_on_refresh`]).
 //! Changing the credentials leaves issued tokens valid: call
 //! [`MockServer::revoke_all`] too to force a new password grant.
@@ -313,6 +313,7 @@ impl MockServerBuilder {
             ),
             config: Config {
                 token_lifetime: Duration::from_secs(3600),
+                refresh_lifetime: None,
                 rotation: true,
                 reuse_protection: false,
                 revoke_on_refresh: false,
@@ -344,6 +345,21 @@ impl MockServerBuilder {
     #[must_use]
     pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
         self.config.token_lifetime = lifetime;
+        self
+    }
+
+    /// How long a refresh token is taken: from then on a refresh grant that
+    /// presents it is refused (401, [`codes::EXPIRED_REFRESH_TOKEN`]) and
+    /// counted in `refresh_expired`. Default: refresh tokens do not expire.
+    ///
+    /// Every token answer then carries `refresh_expires_in`: the refresh
+    /// token's remaining life, in whole seconds rounded down (at least 1),
+    /// as Keycloak and other servers send it. A refresh without
+    /// [`rotation`](Self::rotation) keeps the token's expiry, and states
+    /// what is left of it.
+    #[must_use]
+    pub fn refresh_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.config.refresh_lifetime = Some(lifetime);
         self
     }
 

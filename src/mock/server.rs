@@ -66,17 +66,19 @@ fn grant_response(reply: GrantReply) -> Response<MockBody> {
             access_token,
             refresh_token,
             expires_in,
+            refresh_expires_in,
         } => {
-            let mut response = json_response(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "access_token": access_token,
-                    "refresh_token": refresh_token,
-                    "expires_in": expires_in,
-                    "token_type": "bearer",
-                    "scope": SCOPE,
-                }),
-            );
+            let mut body = serde_json::json!({
+                "access_token": access_token,
+                "refresh_token": refresh_token,
+                "expires_in": expires_in,
+                "token_type": "bearer",
+                "scope": SCOPE,
+            });
+            if let Some(seconds) = refresh_expires_in {
+                body["refresh_expires_in"] = seconds.into();
+            }
+            let mut response = json_response(StatusCode::OK, &body);
             // RFC 6749 §5.1: tokens must not be cached by intermediaries.
             let headers = response.headers_mut();
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -211,6 +211,7 @@ mod tests {
     fn every_request_counts_once_in_its_outcome() {
         let config = Config {
             token_lifetime: Duration::from_secs(60),
+            refresh_lifetime: None,
             rotation: true,
             reuse_protection: false,
             revoke_on_refresh: false,

@@ -6,7 +6,8 @@
 //! ```text
 //! {"format":1,"login":"<LoginKey::id>","version":7,"record":{
 //!    "client_id":…,"username":…,"access_token":…,"refresh_token":…|null,
-//!    "refresh_spent":false,"expires_at_ms":…,"scope":…|null}}
+//!    "refresh_spent":false,"expires_at_ms":…,"scope":…|null,
+//!    "refresh_expires_at_ms":…}}   (the last only when the endpoint said)
 //! {"format":1,"login":"<LoginKey::id>","version":7,"sealed":"<base64 of nonce‖ciphertext‖tag>"}
 //! ```
 //!
@@ -67,6 +68,10 @@ struct BodyOut<'a> {
     refresh_spent: bool,
     expires_at_ms: u64,
     scope: Option<&'a str>,
+    // Absent rather than null, so that a replica of an earlier version reads
+    // the record as it always did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_expires_at_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +95,8 @@ struct BodyIn {
     refresh_spent: bool,
     expires_at_ms: u64,
     scope: Option<String>,
+    #[serde(default)]
+    refresh_expires_at_ms: Option<u64>,
 }
 
 impl Drop for BodyIn {
@@ -147,6 +154,7 @@ impl Codec {
             refresh_spent: record.is_refresh_spent(),
             expires_at_ms: record.expires_at_unix_ms(),
             scope: record.scope(),
+            refresh_expires_at_ms: record.refresh_expires_at_unix_ms(),
         };
         let mut envelope = EnvelopeOut {
             format: FORMAT,
@@ -238,7 +246,8 @@ impl Codec {
             body.refresh_spent,
             body.expires_at_ms,
             body.scope.clone(),
-        );
+        )
+        .with_refresh_expires_at_unix_ms(body.refresh_expires_at_ms);
         Ok(StoredRecord::new(key.clone(), version, record))
     }
 
@@ -309,6 +318,24 @@ mod tests {
         assert_eq!(rec.refresh_token().unwrap().expose_secret(), "ref-sentinel");
         assert_eq!(rec.expires_at_unix_ms(), 1_700_000_000_123);
         assert_eq!(rec.scope(), Some("all"));
+    }
+
+    #[test]
+    fn a_refresh_token_expiry_round_trips_and_its_absence_reads_as_before() {
+        let codec = Codec::clear("test");
+        let key = LoginKey::new("cid", "user");
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_600_000);
+        let bytes = codec
+            .encode(&key, 2, &record().with_refresh_expires_at(at))
+            .unwrap();
+        let stored = codec.decode(&key, &bytes).record.unwrap();
+        assert_eq!(stored.record().refresh_expires_at(), Some(at));
+        // Written without one (an earlier version of the crate), it reads as
+        // unknown, and the field is not written at all.
+        let bytes = codec.encode(&key, 3, &record()).unwrap();
+        assert!(!contains(&bytes, "refresh_expires_at_ms"));
+        let stored = codec.decode(&key, &bytes).record.unwrap();
+        assert_eq!(stored.record().refresh_expires_at(), None);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use super::key::LoginKey;
 use crate::token::{AccessToken, RefreshToken, TokenPair};
 
 /// A token pair as a store keeps it: the access token, the refresh token (or
-/// the mark that it was spent), the expiry as wall-clock Unix milliseconds,
-/// and the scope.
+/// the mark that it was spent), the expiry as wall-clock Unix milliseconds
+/// (and the refresh token's, when the endpoint said), and the scope.
 ///
 /// Marking the refresh token spent drops it: a holder of the lease marks it,
 /// writes the record, and only then sends the refresh grant, so that a holder
@@ -25,6 +25,7 @@ pub struct Record {
     access: AccessToken,
     refresh: Refresh,
     expires_at_ms: u64,
+    refresh_expires_at_ms: Option<u64>,
     scope: Option<String>,
 }
 
@@ -46,6 +47,7 @@ impl Record {
             access: access_token,
             refresh: refresh_token.map_or(Refresh::None, Refresh::Usable),
             expires_at_ms: unix_ms(expires_at),
+            refresh_expires_at_ms: None,
             scope: None,
         }
     }
@@ -54,12 +56,28 @@ impl Record {
     /// `sent_at`, the wall-clock time the grant request was sent.
     pub fn from_pair(pair: &TokenPair, sent_at: SystemTime) -> Self {
         let expires_at = sent_at.checked_add(pair.lifetime()).unwrap_or(sent_at);
-        Self::new(
+        let record = Self::new(
             pair.access_token().clone(),
             pair.refresh_token().cloned(),
             expires_at,
         )
-        .with_scope(pair.scope().map(str::to_owned))
+        .with_scope(pair.scope().map(str::to_owned));
+        match pair.refresh_token_lifetime() {
+            Some(life) => {
+                record.with_refresh_expires_at(sent_at.checked_add(life).unwrap_or(sent_at))
+            }
+            None => record,
+        }
+    }
+
+    /// The same record, whose refresh token expires at `expires_at`: no
+    /// replica sends it after that, and the holder of the lease makes a
+    /// password grant instead. Without it, the refresh token is good until
+    /// the endpoint refuses it.
+    #[must_use]
+    pub fn with_refresh_expires_at(mut self, expires_at: SystemTime) -> Self {
+        self.refresh_expires_at_ms = Some(unix_ms(expires_at));
+        self
     }
 
     /// The same record with `scope`.
@@ -81,6 +99,7 @@ impl Record {
     pub fn mark_refresh_spent(&mut self) {
         if !matches!(self.refresh, Refresh::None) {
             self.refresh = Refresh::Spent;
+            self.refresh_expires_at_ms = None;
         }
     }
 
@@ -113,6 +132,24 @@ impl Record {
         self.expires_at_ms
     }
 
+    /// When the refresh token expires, if the endpoint said.
+    pub fn refresh_expires_at(&self) -> Option<SystemTime> {
+        (self.refresh_expires_at_ms).map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// When the refresh token expires, in milliseconds since the Unix epoch,
+    /// if the endpoint said.
+    pub fn refresh_expires_at_unix_ms(&self) -> Option<u64> {
+        self.refresh_expires_at_ms
+    }
+
+    /// Sets the refresh token's expiry from its stored form.
+    #[cfg_attr(not(any(feature = "redis", feature = "file")), allow(dead_code))]
+    pub(crate) fn with_refresh_expires_at_unix_ms(mut self, ms: Option<u64>) -> Self {
+        self.refresh_expires_at_ms = ms;
+        self
+    }
+
     /// How long the access token still lives at `now`: zero once expired.
     pub fn remaining_at(&self, now: SystemTime) -> Duration {
         self.expires_at()
@@ -142,6 +179,7 @@ impl Record {
             access,
             refresh,
             expires_at_ms,
+            refresh_expires_at_ms: None,
             scope,
         }
     }
@@ -158,6 +196,7 @@ impl fmt::Debug for Record {
             .field("access_token", &self.access)
             .field("refresh_token", refresh)
             .field("expires_at_unix_ms", &self.expires_at_ms)
+            .field("refresh_expires_at_unix_ms", &self.refresh_expires_at_ms)
             .field("scope", &self.scope)
             .finish()
     }

@@ -6,8 +6,8 @@
 //! refresh token.
 
 use super::{
-    Action, Core, Flight, FlightId, Grant, Payload, Record, Running, Step, StoreCall, StoreReply,
-    timing::schedule,
+    Action, Core, Flight, FlightId, Kept, Payload, Record, Running, Step, StoreCall, StoreReply,
+    TokenSource, timing::schedule,
 };
 
 /// The least wait before a replica asks again for a lease that is held.
@@ -62,7 +62,7 @@ impl<P: Payload> Core<P> {
                     refresh = run.sent.take();
                 });
                 if let Some(refresh) = refresh {
-                    self.send(Grant::Refresh(refresh), out);
+                    self.send(Some(refresh), out);
                 }
             }
             (Step::Watch, StoreReply::Record(Some(record))) if self.adoptable(&record) => {
@@ -163,13 +163,16 @@ impl<P: Payload> Core<P> {
                     call: StoreCall::Release,
                 });
             }
+            // A shared refresh token past its expiry is not sent: the record
+            // is replaced by a password grant's pair.
             Some(Record {
                 version,
                 access,
                 refresh: Some(refresh),
                 expires_at,
+                refresh_until,
                 ..
-            }) => {
+            }) if refresh_until.is_none_or(|until| self.now < until) => {
                 // Spent in the store before it is sent: a holder that dies now
                 // leaves nothing for the next one to send again.
                 let record = Record {
@@ -177,9 +180,14 @@ impl<P: Payload> Core<P> {
                     access,
                     refresh: Some(refresh.clone()),
                     expires_at,
+                    refresh_until,
                     spent: true,
                 };
-                self.step(Step::Spend, |run| run.sent = Some(refresh));
+                let kept = Kept {
+                    token: refresh,
+                    until: refresh_until,
+                };
+                self.step(Step::Spend, |run| run.sent = Some(kept));
                 out.push(Action::Store {
                     flight,
                     call: StoreCall::Spend { record },
@@ -190,8 +198,8 @@ impl<P: Payload> Core<P> {
                 self.step(Step::Grant, |run| run.base = base);
                 // A refresh token of this replica's own (from a grant while the
                 // store was down) is no one else's: it may be sent.
-                let grant = self.refresh.take().map_or(Grant::Password, Grant::Refresh);
-                self.send(grant, out);
+                let refresh = self.refresh.take();
+                self.send(refresh, out);
             }
         }
     }
@@ -213,8 +221,8 @@ impl<P: Payload> Core<P> {
                 call: StoreCall::Release,
             });
         }
-        let grant = self.refresh.take().map_or(Grant::Password, Grant::Refresh);
-        self.send(grant, out);
+        let refresh = self.refresh.take();
+        self.send(refresh, out);
     }
 
     /// Whether a stored record is worth taking instead of a grant: another
@@ -236,7 +244,13 @@ impl<P: Payload> Core<P> {
         let (stale_at, expires_at) = schedule(self.now, remaining, self.config.refresh_margin, 0.0);
         // The refresh token stays in the store, used only under the lease.
         self.version = Some(record.version);
-        self.commit(record.access, None, (stale_at, expires_at), out);
+        self.commit(
+            record.access,
+            None,
+            (stale_at, expires_at),
+            TokenSource::Store,
+            out,
+        );
     }
 
     /// After a grant under the lease: the new pair goes to the store.
@@ -256,11 +270,13 @@ impl<P: Payload> Core<P> {
     /// The record of this replica's pair, for the store.
     fn pair_record(&self) -> Option<Record<P>> {
         let token = self.token.as_ref()?;
+        let refresh = self.refresh.as_ref();
         Some(Record {
             version: 0,
             access: token.slot.access.clone(),
-            refresh: self.refresh.clone(),
+            refresh: refresh.map(|kept| kept.token.clone()),
             expires_at: token.expires_at,
+            refresh_until: refresh.and_then(|kept| kept.until),
             spent: false,
         })
     }

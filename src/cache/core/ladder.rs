@@ -4,19 +4,20 @@
 //! grant when one is wanted and allowed.
 
 use super::{
-    Action, Answer, Class, Core, Failure, Flight, FlightId, Grant, Granted, Payload, Reason,
-    Rejection, Running, Slot, Step, StoreCall, Time, Token, Waiter, Why,
+    Action, Answer, Class, Core, Failure, Flight, FlightId, Grant, Granted, Kept, Payload, Reason,
+    Rejection, Running, Slot, Step, StoreCall, Time, Token, TokenSource, Waiter, Why,
     timing::{backoff, schedule},
 };
 
 impl<P: Payload> Core<P> {
-    /// Makes `access` the token, with the refresh token to keep and the times
-    /// that retire it, and hands it to every waiter.
+    /// Makes `access` the token, with the refresh token to keep, the times
+    /// that retire it and where it came from, and hands it to every waiter.
     pub(super) fn commit(
         &mut self,
         access: P::Access,
-        refresh: Option<P::Refresh>,
+        refresh: Option<Kept<P::Refresh>>,
         (stale_at, expires_at): (Time, Time),
+        source: TokenSource,
         out: &mut Vec<Action<P>>,
     ) {
         let slot = Slot {
@@ -30,12 +31,17 @@ impl<P: Payload> Core<P> {
             stale_at,
             expires_at,
             stale: self.now >= stale_at,
+            born: self.now,
+            source,
         });
         self.refresh = refresh;
         self.attempt = 0;
         self.last_error = None;
         self.rejected = None;
         self.refused = false;
+        // A new token is what a forced refresh waited for, whichever grant
+        // brought it.
+        self.forced = false;
         let all = self.waiters.ids();
         self.answer(all, Answer::Token(slot), out);
     }
@@ -78,13 +84,29 @@ impl<P: Payload> Core<P> {
         };
         let margin = self.config.refresh_margin;
         let (stale_at, expires_at) = schedule(grant.sent_at, grant.lifetime, margin, grant.jitter);
-        // An answer without a refresh token keeps the one that was sent.
-        let refresh = grant.refresh.or(run.sent.take());
+        let source = match run.sent {
+            Some(_) => TokenSource::RefreshGrant,
+            None => TokenSource::PasswordGrant,
+        };
+        // An answer without a refresh token keeps the one that was sent; a
+        // lifetime the answer states is the kept token's too (a server that
+        // does not rotate says how long the one it kept lives).
+        let until = (grant.refresh_lifetime).map(|life| grant.sent_at.saturating_add(life));
+        let refresh = match (grant.refresh, run.sent.take()) {
+            (Some(token), _) => Some(Kept { token, until }),
+            (None, Some(kept)) => Some(Kept {
+                until: until.or(kept.until),
+                ..kept
+            }),
+            (None, None) => None,
+        };
         if expires_at <= self.now {
+            // The refresh token of the answer is good, with its lifetime.
+            self.refresh = refresh;
             let failure = Failure {
                 error: P::error(Why::Expired),
                 class: Class::Sent,
-                rotated: refresh,
+                rotated: None,
                 retry_after: None,
                 jitter: grant.jitter,
             };
@@ -93,7 +115,7 @@ impl<P: Payload> Core<P> {
         }
         // The store version seen last stays: a record of that version is not
         // adopted again (its token may be the one the API refused).
-        self.commit(grant.access, refresh, (stale_at, expires_at), out);
+        self.commit(grant.access, refresh, (stale_at, expires_at), source, out);
         if run.leased {
             self.publish_pair(run, out);
         }
@@ -127,8 +149,9 @@ impl<P: Payload> Core<P> {
         was_refresh: bool,
         out: &mut Vec<Action<P>>,
     ) {
-        if failure.rotated.is_some() {
-            self.refresh = failure.rotated;
+        if let Some(token) = failure.rotated {
+            // Its lifetime is unknown: the answer that held it was unusable.
+            self.refresh = Some(Kept { token, until: None });
         }
         self.last_error = Some(failure.error.clone());
         if failure.class == Class::Rejected {
@@ -214,6 +237,7 @@ impl<P: Payload> Core<P> {
         }
         let reason = match (&self.token, self.refused) {
             (_, true) => Reason::Refusal,
+            (Some(_), false) if self.forced => Reason::Forced,
             (Some(_), false) => Reason::Stale,
             (None, false) => Reason::Demand,
         };
@@ -233,18 +257,27 @@ impl<P: Payload> Core<P> {
         self.start(reason, out);
     }
 
-    /// Sends the grant of the flight in flight. A refresh token is spent the
-    /// moment it is sent: the flight keeps it only to give it back if the
-    /// request never left.
-    pub(super) fn send(&mut self, grant: Grant<P::Refresh>, out: &mut Vec<Action<P>>) {
+    /// Sends the grant of the flight in flight: with `refresh`, the refresh
+    /// grant, else the password grant. A refresh token is spent the moment it
+    /// is sent: the flight keeps it only to give it back if the request never
+    /// left. One past its expiry is not sent (the endpoint would refuse it):
+    /// the password grant goes at once instead.
+    pub(super) fn send(&mut self, refresh: Option<Kept<P::Refresh>>, out: &mut Vec<Action<P>>) {
+        let now = self.now;
         let Flight::Running(run) = &mut self.flight else {
             return;
         };
+        let refresh = refresh.filter(|kept| {
+            let usable = kept.usable_at(now);
+            if !usable {
+                tracing::debug!(target: "daxium_auth", "refresh token past its expiry; using the password grant");
+            }
+            usable
+        });
         run.step = Step::Grant;
-        run.sent = match &grant {
-            Grant::Refresh(refresh) => Some(refresh.clone()),
-            Grant::Password => None,
-        };
+        let grant =
+            (refresh.as_ref()).map_or(Grant::Password, |kept| Grant::Refresh(kept.token.clone()));
+        run.sent = refresh;
         out.push(Action::Start {
             flight: run.id,
             grant,
@@ -257,6 +290,7 @@ impl<P: Payload> Core<P> {
         let flight = FlightId(self.next_flight);
         self.next_flight += 1;
         self.demand = false;
+        self.forced = false;
         let shared = self.config.shared;
         self.flight = Flight::Running(Running {
             id: flight,
@@ -276,7 +310,7 @@ impl<P: Payload> Core<P> {
                 call: StoreCall::Lease,
             });
         }
-        let grant = self.refresh.take().map_or(Grant::Password, Grant::Refresh);
-        self.send(grant, out);
+        let refresh = self.refresh.take();
+        self.send(refresh, out);
     }
 }

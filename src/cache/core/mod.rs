@@ -17,15 +17,23 @@ mod tests;
 pub(crate) use self::types::*;
 use self::waiters::{Waiter, Waiters};
 
-/// The token held, with the times that retire it. Whether the API accepted
-/// it yet is `slot.accepted`.
+/// The token held, with the times that retire it, when it came and from
+/// where. Whether the API accepted it yet is `slot.accepted`.
 #[cfg_attr(test, derive(Clone))]
 struct Token<A> {
     slot: Slot<A>,
     stale_at: Time,
     expires_at: Time,
     stale: bool,
+    born: Time,
+    source: TokenSource,
 }
+
+/// The youngest token a forced refresh replaces (unless it is inside its
+/// refresh margin already): a younger one is the new token the caller asked
+/// for. So a loop that forces refreshes makes one grant per this much time
+/// at most, besides the backoff and the refusal pause that every grant obeys.
+pub(crate) const MIN_AGE_TO_FORCE: Time = Time::from_secs(5);
 
 /// How many tokens in a row the API must refuse on first use before the
 /// grants that replace them slow down. One or two such refusals happen to
@@ -54,7 +62,7 @@ struct Running<R> {
     id: FlightId,
     /// The refresh token sent, kept for a failure before it left and for an
     /// answer that rotates none.
-    sent: Option<R>,
+    sent: Option<Kept<R>>,
     /// The credentials generation the grant was made with.
     credentials: u64,
     reason: Reason,
@@ -107,7 +115,7 @@ pub(crate) struct Core<P: Payload> {
     config: CacheConfig,
     now: Time,
     token: Option<Token<P::Access>>,
-    refresh: Option<P::Refresh>,
+    refresh: Option<Kept<P::Refresh>>,
     flight: Flight<P::Refresh>,
     last_error: Option<P::Error>,
     attempt: u32,
@@ -121,6 +129,9 @@ pub(crate) struct Core<P: Payload> {
     /// A caller that could not wait found no token: a grant is wanted even
     /// with no one waiting for it.
     demand: bool,
+    /// The application forced a refresh: the grant that replaces the token is
+    /// its.
+    forced: bool,
     /// The token was dropped because the API refused it: the next grant is
     /// a refusal's.
     refused: bool,
@@ -147,6 +158,8 @@ pub(crate) struct Core<P: Payload> {
     rejections: u64,
     armed: Option<Time>,
     published: Option<Published>,
+    /// What the login's subscribers were told last.
+    told: Option<Login>,
     closed: bool,
 }
 
@@ -164,6 +177,7 @@ impl<P: Payload> Core<P> {
             refresh_due: false,
             refused_access: None,
             demand: false,
+            forced: false,
             refused: false,
             unproven: 0,
             streak_from: 0,
@@ -178,6 +192,7 @@ impl<P: Payload> Core<P> {
             rejections: 0,
             armed: None,
             published: None,
+            told: None,
             closed: false,
         }
     }
@@ -224,6 +239,7 @@ impl<P: Payload> Core<P> {
                 }
                 self.refresh_due = true;
             }
+            Event::Forced { waiter, deadline } => self.forced(waiter, deadline, out),
             Event::Tick | Event::GrantLost { .. } | Event::TimerLost => {}
         }
         self.progress(out);
@@ -280,11 +296,12 @@ impl<P: Payload> Core<P> {
 
     /// What a waiter that stops waiting gets: the token if it is valid and not
     /// the refused one; for a request to send again while the API refuses
-    /// every new token, its refusal; otherwise the error to report.
+    /// every new token, its refusal; otherwise the error to report (a forced
+    /// refresh, whose old token is still current, gets the error too).
     fn best_for(&self, not: Option<u64>) -> Answer<P> {
         match &self.token {
             Some(t) if Some(t.slot.id) != not => Answer::Token(t.slot.clone()),
-            Some(_) => Answer::NoReplay,
+            Some(_) => self.failure(),
             None if not.is_some() && self.refusing() => Answer::NoReplay,
             None => self.failure(),
         }
@@ -323,7 +340,16 @@ impl<P: Payload> Core<P> {
             // token the moment they process one.
             Some(_) if not.is_some() && running => None,
             Some(t) if Some(t.slot.id) != not => Some(Answer::Token(t.slot.clone())),
-            Some(_) => (!running).then_some(Answer::NoReplay),
+            // The token is still the one the caller wants replaced (a forced
+            // refresh; a refused token is gone by now): it waits for the next
+            // attempt if that starts within its budget.
+            Some(_) => match &self.flight {
+                Flight::Paused {
+                    until,
+                    refusing: false,
+                } if *until <= deadline => None,
+                _ => Some(self.failure()),
+            },
             None => match (&self.rejected, &self.flight) {
                 (Some(rejected), _) => Some(Answer::Failed(rejected.error.clone())),
                 // The API refuses every new token: waiting cannot help.
@@ -343,6 +369,30 @@ impl<P: Payload> Core<P> {
             }
             None => {}
         }
+    }
+
+    /// The application wants a token newer than the current one. A token
+    /// younger than [`MIN_AGE_TO_FORCE`], and not inside its refresh margin,
+    /// is that token already; an older one is marked stale and replaced by
+    /// the next grant, which the caller waits for. That grant is the one in
+    /// flight if there is one, and follows the backoff, the refusal pause
+    /// and a refused password as any other: forced refreshes never add
+    /// grants that the ladder would not make.
+    fn forced(&mut self, waiter: WaiterId, deadline: Time, out: &mut Vec<Action<P>>) {
+        let now = self.now;
+        let old = (self.token.as_mut())
+            .filter(|t| t.stale || now >= t.born.saturating_add(MIN_AGE_TO_FORCE))
+            .map(|t| {
+                t.stale = true;
+                t.slot.id
+            });
+        if old.is_some() {
+            self.refresh_due = true;
+            self.forced = true;
+            // Started before the caller waits: it waits for this grant.
+            self.progress(out);
+        }
+        self.need(waiter, deadline, old, out);
     }
 
     /// The API refused token `id`. The current token is dropped at once, so
@@ -452,6 +502,7 @@ impl<P: Payload> Core<P> {
     fn after_close(&mut self, event: Event<P>, out: &mut Vec<Action<P>>) {
         let waiter = match event {
             Event::Need { waiter, .. }
+            | Event::Forced { waiter, .. }
             | Event::Refused {
                 waiter: Some((waiter, _)),
                 ..

@@ -1,8 +1,8 @@
 //! What the core tells the outside after each event: the next deadline the
-//! driver's timer must wake it at, and the view readers load without a lock
-//! (published only when it changes).
+//! driver's timer must wake it at, the view readers load without a lock, and
+//! the login's state for its subscribers (each told only when it changes).
 
-use super::{Action, Core, Flight, Payload, Phase, Published, Time, View, Why};
+use super::{Action, Core, Flight, Login, LoginStatus, Payload, Phase, Published, Time, View, Why};
 
 impl<P: Payload> Core<P> {
     /// The next time something is due.
@@ -36,6 +36,33 @@ impl<P: Payload> Core<P> {
         if self.published != Some(key) {
             self.published = Some(key);
             out.push(Action::Publish(view));
+        }
+        let login = self.login();
+        if self.told != Some(login) {
+            self.told = Some(login);
+            out.push(Action::Login(login));
+        }
+    }
+
+    /// The login's state. What stops grants comes first: a token may still
+    /// be valid while the password is refused or a refresh backs off, and
+    /// its expiry says until when.
+    fn login(&self) -> Login {
+        let status = match &self.flight {
+            _ if self.closed => LoginStatus::Closed,
+            _ if self.rejected.is_some() => LoginStatus::Rejected,
+            Flight::Paused { refusing: true, .. } => LoginStatus::Refused,
+            Flight::Paused {
+                refusing: false, ..
+            } => LoginStatus::BackingOff,
+            _ if self.token.is_some() => LoginStatus::LoggedIn,
+            _ => LoginStatus::LoggedOut,
+        };
+        Login {
+            // Token ids count from 1, one per token taken.
+            version: self.next_token - 1,
+            status,
+            token: (self.token.as_ref()).map(|t| (t.expires_at, t.source)),
         }
     }
 

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+pub(crate) use crate::login::{LoginStatus, TokenSource};
+
 /// A point in time: how long after the driver's origin. The core never reads a
 /// clock; every event comes with the time it happened.
 pub(crate) type Time = Duration;
@@ -63,6 +65,10 @@ pub(crate) enum Event<P: Payload> {
     /// A refresh is wanted now, however fresh the token (benches replace the
     /// token this way while requests run).
     Refresh,
+    /// A caller wants a token newer than the current one (a forced refresh),
+    /// and waits until `deadline` at the latest. A token younger than
+    /// [`MIN_AGE_TO_FORCE`](super::MIN_AGE_TO_FORCE) counts as new.
+    Forced { waiter: WaiterId, deadline: Time },
     /// The API refused a request carrying token `id` (a 401, or what the
     /// layer's refusal rule says); `waiter`, if any, wants the token to send
     /// the request again with.
@@ -109,6 +115,8 @@ pub(crate) struct Record<P: Payload> {
     pub(crate) access: P::Access,
     pub(crate) refresh: Option<P::Refresh>,
     pub(crate) expires_at: Time,
+    /// When its refresh token expires, if the endpoint said.
+    pub(crate) refresh_until: Option<Time>,
     /// Its refresh token was marked spent: a holder is refreshing it, and its
     /// access token may be the one that was refused.
     pub(crate) spent: bool,
@@ -141,6 +149,9 @@ pub(crate) struct Granted<P: Payload> {
     /// `None` when the answer held none: the one that was sent is kept.
     pub(crate) refresh: Option<P::Refresh>,
     pub(crate) lifetime: Duration,
+    /// How long the refresh token lives, if the answer said
+    /// (`refresh_expires_in`); counted from `sent_at` too.
+    pub(crate) refresh_lifetime: Option<Duration>,
     /// When the grant request was sent: expiry counts from there.
     pub(crate) sent_at: Time,
     /// 0..1, for the refresh margin's jitter.
@@ -190,6 +201,35 @@ pub(crate) enum Reason {
     /// The previous step of the same ladder was refused: a refused refresh
     /// token, or a password refused after the credentials changed.
     Chained,
+    /// The application asked for a new token ([`Event::Forced`]).
+    Forced,
+}
+
+/// A refresh token and when it expires (`None`: the endpoint did not say, and
+/// it is good until the endpoint refuses it).
+#[derive(Clone)]
+pub(crate) struct Kept<R> {
+    pub(crate) token: R,
+    pub(crate) until: Option<Time>,
+}
+
+impl<R> Kept<R> {
+    /// Whether it may still be sent at `now`: a refresh token past its
+    /// expiry is refused by the endpoint, so the password grant goes at once.
+    pub(crate) fn usable_at(&self, now: Time) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+}
+
+/// What the core tells the login's subscribers: how many tokens it has taken
+/// (the newest token's id), where it stands, and the valid token's expiry and
+/// source, in the public terms of [`LoginState`](crate::LoginState) but
+/// for the core's time. No secret in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Login {
+    pub(crate) version: u64,
+    pub(crate) status: LoginStatus,
+    pub(crate) token: Option<(Time, TokenSource)>,
 }
 
 /// What the driver does.
@@ -204,6 +244,8 @@ pub(crate) enum Action<P: Payload> {
     Abort { flight: FlightId },
     /// Replace what readers see.
     Publish(View<P>),
+    /// Tell the login's subscribers (only when it changed).
+    Login(Login),
     /// Answer these waiters, all alike.
     Answer {
         waiters: Vec<WaiterId>,

@@ -28,13 +28,14 @@ use self::tasks::Lost;
 pub(crate) use self::waiters::{Resend, Ticket};
 
 use super::core::{
-    Action, Answer, CacheConfig, Core, Event, FlightId, Grant, Payload, Reason, Slot, StoreCall,
-    Time, View, WaiterId, Why,
+    Action, Answer, CacheConfig, Core, Event, FlightId, Grant, Login, Payload, Phase, Reason, Slot,
+    StoreCall, Time, View, WaiterId, Why,
 };
 use crate::{
     credentials::Credentials,
     error::{Kind, TokenError},
     fetcher::{DynFetcher, GrantRequest},
+    login::{LoginState, LoginStatus},
     stats::Counters,
     store::AnyStore,
     token::RefreshToken,
@@ -73,6 +74,9 @@ const MAX_ROUNDS: usize = 8;
 /// A cache's shared part: what readers load, and the driver under its lock.
 pub(crate) struct Shared {
     view: ArcSwap<View<Live>>,
+    /// The login's state, for the application's subscribers: sent under the
+    /// lock, as the view is published, so that they see states in order.
+    login: watch::Sender<LoginState>,
     driver: Mutex<Driver>,
     fetcher: Arc<dyn DynFetcher>,
     origin: Instant,
@@ -125,6 +129,7 @@ impl Shared {
             .map(|(store, endpoint)| store::Fleet::new(store, endpoint, &credentials, &config));
         Self {
             view: ArcSwap::from_pointee(View::Empty),
+            login: watch::Sender::new(LoginState::new(0, LoginStatus::LoggedOut, None)),
             budget: config.wait_budget,
             grant_timeout: config.grant_timeout,
             driver: Mutex::new(Driver {
@@ -150,6 +155,29 @@ impl Shared {
     /// What readers see.
     pub(crate) fn view(&self) -> &ArcSwap<View<Live>> {
         &self.view
+    }
+
+    /// A receiver of the login's state.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<LoginState> {
+        self.login.subscribe()
+    }
+
+    /// Whether requests get a valid token now, without waiting: one load.
+    /// A token whose timer was lost with its runtime (rare) may be past its
+    /// expiry, which only the core can tell: it is asked then, and re-arms
+    /// the timer.
+    pub(crate) fn is_ready(self: &Arc<Self>) -> bool {
+        match &**self.view.load() {
+            View::Token(_, Phase::Fresh | Phase::Stale | Phase::Refreshing) => true,
+            View::Token(_, Phase::Unchecked) => self.recheck(),
+            View::Empty | View::Failed(_) => false,
+        }
+    }
+
+    #[cold]
+    fn recheck(self: &Arc<Self>) -> bool {
+        self.run(Event::Tick);
+        matches!(&**self.view.load(), View::Token(..))
     }
 
     pub(crate) fn config(&self) -> CacheConfig {
@@ -210,6 +238,9 @@ impl Shared {
     fn execute(&self, driver: &mut Driver, action: Action<Live>, after: &mut After) -> usize {
         match action {
             Action::Publish(view) => self.view.store(Arc::new(view)),
+            Action::Login(login) => {
+                self.login.send_replace(self.login_state(login));
+            }
             Action::Answer { waiters, answer } => {
                 let answered = waiters.len();
                 for id in waiters {
@@ -402,6 +433,12 @@ impl Shared {
         if let Some(fleet) = release {
             self.release(fleet).await;
         }
+    }
+
+    /// The core's login in the application's terms: its expiry as an instant.
+    fn login_state(&self, login: Login) -> LoginState {
+        let token = (login.token).map(|(expires_at, source)| (self.instant(expires_at), source));
+        LoginState::new(login.version, login.status, token)
     }
 
     /// The id of `header` if it is the token readers see now, else 0 (no

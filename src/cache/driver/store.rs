@@ -20,7 +20,7 @@ use crate::{
         self, AnyStore, Lease, LeaseOwner, LoginKey, StoreError, StoredRecord, TokenStore,
         WriteOutcome,
     },
-    token::{AccessToken, MAX_LIFETIME},
+    token::{AccessToken, MAX_LIFETIME, MAX_REFRESH_LIFETIME},
 };
 
 /// The store a cache shares, the login's key in it, and this replica's name
@@ -200,7 +200,12 @@ impl Shared {
         let record = stored.into_record();
         // A stored expiry beyond what any grant is given (expires_in is
         // clamped to MAX_LIFETIME) is absurd, and never means "never expires".
-        let remaining = record.remaining_at(SystemTime::now()).min(MAX_LIFETIME);
+        let now = SystemTime::now();
+        let remaining = record.remaining_at(now).min(MAX_LIFETIME);
+        let refresh_until = record.refresh_expires_at().map(|at| {
+            let left = at.duration_since(now).unwrap_or(Duration::ZERO);
+            self.now().saturating_add(left.min(MAX_REFRESH_LIFETIME))
+        });
         let mut access = HeaderValue::clone(record.access_token().header_value());
         access.set_sensitive(true);
         Record {
@@ -208,16 +213,21 @@ impl Shared {
             access,
             refresh: record.refresh_token().cloned(),
             expires_at: self.now().saturating_add(remaining),
+            refresh_until,
             spent: record.is_refresh_spent(),
         }
     }
 
     /// A record of the core in the store's terms: its expiry on the wall clock.
     fn stored(&self, record: Record<Live>) -> store::Record {
-        let remaining = record.expires_at.saturating_sub(self.now());
-        let expires_at = SystemTime::now() + remaining;
+        let (now, wall) = (self.now(), SystemTime::now());
+        let expires_at = wall + record.expires_at.saturating_sub(now);
         let access = AccessToken::from_header_value(record.access);
-        store::Record::new(access, record.refresh, expires_at)
+        let stored = store::Record::new(access, record.refresh, expires_at);
+        match record.refresh_until {
+            Some(until) => stored.with_refresh_expires_at(wall + until.saturating_sub(now)),
+            None => stored,
+        }
     }
 
     fn now(&self) -> Time {

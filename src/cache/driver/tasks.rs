@@ -94,11 +94,12 @@ impl Shared {
                 span.record("outcome", Outcome::Ok.as_str());
                 self.counters.grant_timed(grant_type, Outcome::Ok, latency);
                 tracing::info!(target: "daxium_auth", "grant succeeded");
-                let (access, refresh, lifetime) = pair.into_parts();
+                let (access, refresh, lifetime, refresh_lifetime) = pair.into_parts();
                 let grant = Granted {
                     access: access.into_header(),
                     refresh,
                     lifetime,
+                    refresh_lifetime,
                     sent_at,
                     jitter,
                 };

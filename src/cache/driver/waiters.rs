@@ -21,6 +21,8 @@ pub(crate) struct Ticket {
     pending: Option<(WaiterId, oneshot::Receiver<Answer<Live>>)>,
     deadline: Time,
     not: Option<u64>,
+    /// A forced refresh: asking again forces it again.
+    forced: bool,
 }
 
 impl Drop for Ticket {
@@ -39,25 +41,46 @@ impl Shared {
     /// `refused`, and the answer is the token to replay with. The answer comes
     /// at once when the core has it; otherwise the ticket is for [`wait`](Self::wait).
     pub(crate) fn ask(self: &Arc<Self>, refused: Option<u64>) -> Result<Answer<Live>, Ticket> {
+        if refused.is_none() {
+            self.counters.waited();
+        }
+        self.ask_for(Want::Token { refused })
+    }
+
+    /// Asks for a valid token as [`ask`](Self::ask) does, for the
+    /// application (its login, not a request: no request counts as waiting).
+    pub(crate) fn ask_to_login(self: &Arc<Self>) -> Result<Answer<Live>, Ticket> {
+        self.ask_for(Want::Token { refused: None })
+    }
+
+    /// Asks for a token newer than the current one (a forced refresh); a
+    /// token too young to replace counts as one.
+    pub(crate) fn ask_to_refresh(self: &Arc<Self>) -> Result<Answer<Live>, Ticket> {
+        self.ask_for(Want::Newer)
+    }
+
+    fn ask_for(self: &Arc<Self>, want: Want) -> Result<Answer<Live>, Ticket> {
         if let Some(answer) = no_runtime() {
             return Ok(answer);
         }
         let deadline = self.time(Instant::now()).saturating_add(self.budget);
-        let (waiter, rx) = self.register(|waiter| match refused {
-            Some(id) => Event::Refused {
+        let (waiter, rx) = self.register(|waiter| match want {
+            Want::Token { refused: Some(id) } => Event::Refused {
                 id,
                 waiter: Some((waiter, deadline)),
             },
-            None => Event::Need {
+            Want::Token { refused: None } => Event::Need {
                 waiter,
                 deadline,
                 not: None,
             },
+            Want::Newer => Event::Forced { waiter, deadline },
         });
-        if refused.is_none() {
-            self.counters.waited();
-        }
-        self.answer_or_ticket(waiter, rx, deadline, refused)
+        let ticket = self.answer_or_ticket(waiter, rx, deadline, want.refused());
+        ticket.map_err(|mut ticket| {
+            ticket.forced = matches!(want, Want::Newer);
+            ticket
+        })
     }
 
     /// The API refused a request carrying token `id`. Whether the request is
@@ -121,6 +144,7 @@ impl Shared {
             pending,
             deadline,
             not,
+            forced: false,
         })
     }
 
@@ -130,6 +154,10 @@ impl Shared {
         for _ in 0..MAX_ROUNDS {
             let (waiter, rx) = match ticket.pending.take() {
                 Some(pending) => pending,
+                None if ticket.forced => self.register(|waiter| Event::Forced {
+                    waiter,
+                    deadline: ticket.deadline,
+                }),
                 None => self.register(|waiter| Event::Need {
                     waiter,
                     deadline: ticket.deadline,
@@ -164,6 +192,25 @@ impl Shared {
             Some(event(id))
         });
         (id, rx)
+    }
+}
+
+/// What a caller asks the cache for.
+#[derive(Clone, Copy)]
+enum Want {
+    /// A valid token; with `refused`, other than that one, which the API
+    /// refused.
+    Token { refused: Option<u64> },
+    /// A token newer than the current one.
+    Newer,
+}
+
+impl Want {
+    fn refused(self) -> Option<u64> {
+        match self {
+            Self::Token { refused } => refused,
+            Self::Newer => None,
+        }
     }
 }
 

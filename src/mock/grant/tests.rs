@@ -8,6 +8,7 @@ use crate::mock::books::{ApiDenial, Presented};
 fn config() -> Config {
     Config {
         token_lifetime: Duration::from_secs(3600),
+        refresh_lifetime: None,
         rotation: true,
         reuse_protection: false,
         revoke_on_refresh: false,
@@ -32,7 +33,10 @@ impl Endpoint {
     }
 
     fn decide(&mut self, input: &GrantInput<'_>) -> (GrantReply, GrantOutcome) {
-        let now = Instant::now();
+        self.decide_at(input, Instant::now())
+    }
+
+    fn decide_at(&mut self, input: &GrantInput<'_>, now: Instant) -> (GrantReply, GrantOutcome) {
         decide_grant(&mut self.books, &self.accepted, &self.config, input, now)
     }
 
@@ -183,10 +187,22 @@ fn rotation_spends_and_reuse_is_detected() {
     assert_ne!(first, second);
     let (refusal, outcome) = endpoint.refused(&refresh_body(&first));
     assert_eq!(refusal.code, codes::REFRESH_TOKEN_REUSED);
-    assert_eq!(outcome, GrantOutcome::RefreshRejected { reused: true });
+    assert_eq!(
+        outcome,
+        GrantOutcome::RefreshRejected {
+            reused: true,
+            expired: false
+        }
+    );
     let (refusal, outcome) = endpoint.refused(&refresh_body("made-up"));
     assert_eq!(refusal.code, codes::INVALID_REFRESH_TOKEN);
-    assert_eq!(outcome, GrantOutcome::RefreshRejected { reused: false });
+    assert_eq!(
+        outcome,
+        GrantOutcome::RefreshRejected {
+            reused: false,
+            expired: false
+        }
+    );
     // Without reuse protection the newer token still works.
     assert_eq!(
         endpoint.form(&refresh_body(&second)).1,
@@ -209,7 +225,66 @@ fn reuse_protection_revokes_the_login() {
     assert_eq!(endpoint.check(&access2), Err(ApiDenial::Revoked));
     let (refusal, outcome) = endpoint.refused(&refresh_body(&second));
     assert_eq!(refusal.code, codes::INVALID_REFRESH_TOKEN);
-    assert_eq!(outcome, GrantOutcome::RefreshRejected { reused: false });
+    assert_eq!(
+        outcome,
+        GrantOutcome::RefreshRejected {
+            reused: false,
+            expired: false
+        }
+    );
+}
+
+#[test]
+fn a_refresh_token_lifetime_is_stated_and_enforced() {
+    let mut endpoint = Endpoint::new(Config {
+        refresh_lifetime: Some(Duration::from_millis(90_500)),
+        ..config()
+    });
+    let start = Instant::now();
+    let issued = |reply| match reply {
+        GrantReply::Issued {
+            refresh_token,
+            refresh_expires_in,
+            ..
+        } => (refresh_token, refresh_expires_in),
+        GrantReply::Refused(refusal) => panic!("refused: {refusal:?}"),
+    };
+    let (first, stated) = issued(endpoint.decide_at(&form_input(PASSWORD), start).0);
+    assert_eq!(stated, Some(90), "whole seconds, rounded down");
+    // Within its life: refreshed, and the new token lives as long again.
+    let later = start + Duration::from_secs(60);
+    let (second, stated) = issued(
+        endpoint
+            .decide_at(&form_input(&refresh_body(&first)), later)
+            .0,
+    );
+    assert_eq!(stated, Some(90));
+    // Past its life: refused, and counted as expired.
+    let past = later + Duration::from_millis(90_500);
+    let (reply, outcome) = endpoint.decide_at(&form_input(&refresh_body(&second)), past);
+    let GrantReply::Refused(refusal) = reply else {
+        panic!("issued past the refresh token's lifetime")
+    };
+    assert_eq!(refusal.code, codes::EXPIRED_REFRESH_TOKEN);
+    assert_eq!(
+        outcome,
+        GrantOutcome::RefreshRejected {
+            reused: false,
+            expired: true
+        }
+    );
+}
+
+#[test]
+fn without_a_refresh_token_lifetime_none_is_stated() {
+    let mut endpoint = Endpoint::new(config());
+    let GrantReply::Issued {
+        refresh_expires_in, ..
+    } = endpoint.form(PASSWORD).0
+    else {
+        panic!("refused")
+    };
+    assert_eq!(refresh_expires_in, None);
 }
 
 #[test]

@@ -1,12 +1,15 @@
 //! The harness's checks: it runs each event through the core and checks every
 //! action against the invariants of the cache (one grant in flight, a refresh
-//! token sent once, nothing of a replaced login, every waiter answered once
-//! and alike, no token past its expiry, backoff and refusal bounds).
+//! token sent once and never past its expiry, nothing of a replaced login,
+//! every waiter answered once and alike, no token past its expiry, backoff,
+//! refusal and forced-refresh bounds, and a login state that tells what the
+//! core holds).
 
 use std::collections::BTreeSet;
 
 use super::super::{
-    Action, Answer, Event, FlightId, Grant, Phase, Reason, Slot, Time, View, WaiterId,
+    Action, Answer, Event, FlightId, Grant, LoginStatus, MIN_AGE_TO_FORCE, Phase, Reason, Slot,
+    Time, View, WaiterId,
 };
 use super::harness::{FlightInfo, FlightState, Harness, T, TErr, WaiterInfo};
 
@@ -29,18 +32,20 @@ impl Harness {
         }
         self.check_after(&step);
         // A waiter told to ask again does, with its deadline.
-        for (deadline, not) in step.retried {
+        for info in step.retried {
             let waiter = WaiterId(self.next_waiter);
             self.next_waiter += 1;
-            self.waiters.insert(waiter, WaiterInfo { deadline, not });
-            self.step(
-                self.now,
-                Event::Need {
+            let (deadline, not) = (info.deadline, info.not);
+            let event = match info.forced {
+                Some(_) => Event::Forced { waiter, deadline },
+                None => Event::Need {
                     waiter,
                     deadline,
                     not,
                 },
-            );
+            };
+            self.waiters.insert(waiter, info);
+            self.step(self.now, event);
         }
     }
 
@@ -74,9 +79,26 @@ impl Harness {
                         .remove(&waiter)
                         .expect("a waiter is answered once");
                     match &answer {
-                        Answer::Token(slot) => self.check_token(slot, info.not),
-                        Answer::Retry => step.retried.push((info.deadline, info.not)),
-                        Answer::Failed(_) | Answer::NoReplay => step.denied.push(info.not),
+                        Answer::Token(slot) => {
+                            self.check_token(slot, info.not);
+                            if let Some((current, young)) = info.forced {
+                                assert!(
+                                    slot.id > current || (slot.id == current && young),
+                                    "a forced refresh ended with token {} (asked while {current} was current, {})",
+                                    slot.id,
+                                    if young {
+                                        "young"
+                                    } else {
+                                        "old enough to replace"
+                                    }
+                                );
+                            }
+                        }
+                        Answer::Retry => step.retried.push(info),
+                        Answer::Failed(_) | Answer::NoReplay => step.denied.push(Denied {
+                            not: info.not,
+                            replacing: info.forced.map(|(current, _)| current),
+                        }),
                     }
                     step.answered(&answer);
                     assert!(self.answers.insert(waiter, answer.clone()).is_none());
@@ -85,6 +107,16 @@ impl Harness {
             // This harness runs a replica without a store; `fleet.rs` drives
             // replicas with one.
             Action::Store { .. } => panic!("a store call from a cache without a store"),
+            Action::Login(login) => {
+                if let Some(before) = self.told {
+                    assert!(before != login, "the login told again unchanged");
+                    assert!(
+                        before.version <= login.version,
+                        "the login's version went back"
+                    );
+                }
+                self.told = Some(login);
+            }
             Action::Arm(at) => {
                 if let Some(at) = at {
                     assert!(at > self.now, "a deadline is armed in the future");
@@ -122,6 +154,20 @@ impl Harness {
                 self.now >= not_before,
                 "an attempt before its backoff ended"
             );
+        }
+        if reason == Reason::Forced {
+            // The view before this step: the token the forced refresh replaces.
+            let (slot, phase) = self.token().expect("a forced grant replaces a token");
+            assert!(
+                phase != Phase::Fresh || self.now >= self.born[&slot.id] + MIN_AGE_TO_FORCE,
+                "a forced grant for token {} younger than the minimum age",
+                slot.id
+            );
+        }
+        if let Grant::Refresh(r) = grant
+            && let Some(expiry) = self.refresh_expiry.get(&r)
+        {
+            assert!(self.now < *expiry, "refresh token {r} sent past its expiry");
         }
         if reason == Reason::Refusal
             && let Some(hold) = self.refusal_hold
@@ -176,18 +222,25 @@ impl Harness {
                 "token ids only grow"
             );
             self.shown_tokens.push(slot.id);
+            self.born.insert(slot.id, self.now);
         }
     }
 
     fn check_after(&self, step: &Step) {
         if let Some((slot, _)) = self.token() {
+            // A forced refresh may fail while the token it would replace is
+            // still current; anyone else is served while a token is.
+            let denied: Vec<(Option<u64>, Option<u64>)> = (step.denied.iter())
+                .filter(|d| d.replacing.is_none_or(|old| slot.id > old))
+                .map(|d| (d.not, d.replacing))
+                .collect();
             assert!(
-                step.denied.is_empty(),
-                "a waiter turned away (refused with {:?}) while token {} was current and usable",
-                step.denied,
+                denied.is_empty(),
+                "a waiter turned away (refused with, replacing: {denied:?}) while token {} was current and usable",
                 slot.id
             );
         }
+        self.check_login();
         assert!(
             step.tokens.len() <= 1,
             "waiters of one step got different tokens"
@@ -217,15 +270,67 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The login told last agrees with what the core holds and shows.
+    fn check_login(&self) {
+        let Some(login) = self.told else {
+            return;
+        };
+        let shown = self.shown_tokens.last().copied().unwrap_or(0);
+        assert_eq!(
+            login.version, shown,
+            "the login's version is not the tokens taken"
+        );
+        // The harness marks itself closed once the close's step is done.
+        if login.status == LoginStatus::Closed || self.closed {
+            return;
+        }
+        match (self.token(), login.token) {
+            (Some((slot, _)), Some((expires_at, source))) => {
+                assert_eq!(
+                    expires_at, self.access[&slot.access].1,
+                    "the token's expiry told wrongly"
+                );
+                assert_eq!(
+                    Some(&source),
+                    self.sources.get(&slot.access),
+                    "the token's source told wrongly"
+                );
+            }
+            (None, None) => {}
+            (shown, told) => panic!(
+                "the login says {told:?} while the view shows {:?}",
+                shown.map(|(slot, _)| slot.id)
+            ),
+        }
+        if login.status == LoginStatus::LoggedIn {
+            assert!(login.token.is_some(), "logged in without a token");
+        }
+        if login.status == LoginStatus::Rejected {
+            assert!(
+                self.rejected.is_some(),
+                "rejected, with no password refused"
+            );
+        }
+    }
+}
+
+/// A waiter answered without a token.
+struct Denied {
+    /// The token its request was refused with.
+    not: Option<u64>,
+    /// For a forced refresh, the token it asked to replace.
+    replacing: Option<u64>,
+}
+
 /// What one step answered.
 #[derive(Default)]
 struct Step {
     tokens: BTreeSet<u64>,
     errors: Vec<TErr>,
-    retried: Vec<(Time, Option<u64>)>,
-    /// The waiters answered without a token, by the token they were refused
-    /// with.
-    denied: Vec<Option<u64>>,
+    retried: Vec<WaiterInfo>,
+    /// The waiters answered without a token.
+    denied: Vec<Denied>,
 }
 
 impl Step {

@@ -68,6 +68,7 @@ impl Replica {
                     access: 7,
                     refresh: Some(8),
                     lifetime: Duration::from_secs(3600),
+                    refresh_lifetime: None,
                     sent_at: self.now,
                     jitter: 0.0,
                 };

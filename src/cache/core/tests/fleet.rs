@@ -3,11 +3,12 @@
 //! and one token server that rotates refresh tokens. Random interleavings of
 //! their calls, each answered or failed, store outages, replicas that die
 //! mid-protocol, dead holders whose lease stays held past its expiry, a
-//! store that fails over and loses its last acknowledged writes, 401s and
-//! time passing are checked after every step: a refresh token is sent at
-//! most once fleet-wide, no replica shows a token past its expiry, no
-//! replica has two grants in flight; and once the faults stop, every live
-//! replica that asks gets a valid token.
+//! store that fails over and loses its last acknowledged writes, 401s,
+//! forced refreshes and time passing are checked after every step: a
+//! refresh token is sent at most once fleet-wide and never past its expiry
+//! (the server states one, longer than an access token's), no replica shows
+//! a token past its expiry, no replica has two grants in flight; and once
+//! the faults stop, every live replica that asks gets a valid token.
 //!
 //! The store follows `RedisStore`'s epoch rule: a failover starts a new
 //! epoch, a record of an older one is read with its refresh token spent, and
@@ -30,6 +31,8 @@ pub(super) const REPLICAS: usize = 3;
 const LIFETIME: Duration = Duration::from_secs(60);
 /// How many of its last writes a failover may lose, one per rollback.
 const REMEMBERED: usize = 4;
+/// Long enough for one refresh, short enough that idle spells outlive it.
+const REFRESH_LIFETIME: Duration = Duration::from_secs(90);
 
 #[derive(Clone)]
 enum Call {
@@ -61,6 +64,7 @@ pub(super) struct Stored {
     access: u32,
     refresh: Option<u32>,
     expires_at: Time,
+    refresh_until: Option<Time>,
     spent: bool,
     /// Written by another fleet under another seal key: no replica reads it.
     unreadable: bool,
@@ -91,6 +95,8 @@ pub(super) struct World {
     pub(super) epochs: bool,
     /// Access token -> expiry, as the server issued them.
     access: BTreeMap<u32, Time>,
+    /// Refresh token -> expiry, as the server issued them.
+    refresh: BTreeMap<u32, Time>,
     sent: BTreeSet<u32>,
     next: u32,
     next_waiter: u64,
@@ -124,6 +130,7 @@ impl World {
             epoch: 0,
             epochs: true,
             access: BTreeMap::new(),
+            refresh: BTreeMap::new(),
             sent: BTreeSet::new(),
             next: 0,
             next_waiter: 1,
@@ -166,6 +173,10 @@ impl World {
                         self.sent.insert(*token),
                         "refresh token {token} sent twice in the fleet"
                     );
+                    assert!(
+                        self.now < self.refresh[token],
+                        "replica {r} sent refresh token {token} past its expiry"
+                    );
                 }
                 let call = Call::Grant {
                     flight,
@@ -205,6 +216,7 @@ impl World {
                 }
             }
             Action::Arm(at) => self.replicas[r].armed = at,
+            Action::Login(_) => {}
         }
     }
 
@@ -217,6 +229,7 @@ impl World {
                 access: s.access,
                 refresh: if withheld { None } else { s.refresh },
                 expires_at: s.expires_at,
+                refresh_until: s.refresh_until,
                 spent: s.spent || withheld,
             }
         })
@@ -256,6 +269,7 @@ impl World {
             access,
             refresh,
             expires_at,
+            refresh_until: record.refresh_until,
             spent,
             unreadable: false,
             epoch: self.epoch,
@@ -355,10 +369,12 @@ impl World {
         let access = self.serial();
         let refresh = self.serial();
         self.access.insert(access, sent_at + LIFETIME);
+        self.refresh.insert(refresh, sent_at + REFRESH_LIFETIME);
         let grant = Granted {
             access,
             refresh: Some(refresh),
             lifetime: LIFETIME,
+            refresh_lifetime: Some(REFRESH_LIFETIME),
             sent_at,
             jitter: 0.5,
         };
@@ -392,6 +408,14 @@ impl World {
         );
         waiter
     }
+
+    /// Replica `r`'s application forces a refresh.
+    fn forced(&mut self, r: usize) {
+        let waiter = WaiterId(self.next_waiter);
+        self.next_waiter += 1;
+        let deadline = self.now + Duration::from_secs(10);
+        self.step(r, Event::Forced { waiter, deadline });
+    }
 }
 
 /// Applies one op; a `Kill` leaves at least one replica alive.
@@ -400,6 +424,7 @@ pub(super) fn apply(w: &mut World, op: &Op) {
         Op::Need(r) => {
             w.need(r);
         }
+        Op::Forced(r) => w.forced(r),
         Op::Complete { r, pick, fail } => w.complete(r, pick, fail),
         Op::Refused(r) => {
             let (id, access) = match &w.replicas[r].view {
@@ -429,6 +454,7 @@ pub(super) fn apply(w: &mut World, op: &Op) {
                 access: u32::MAX,
                 refresh: None,
                 expires_at: w.now + LIFETIME,
+                refresh_until: None,
                 spent: false,
                 unreadable: true,
                 epoch: w.epoch,
@@ -475,6 +501,7 @@ pub(super) fn recovers(mut w: World) -> Result<(), String> {
 #[derive(Debug, Clone)]
 pub(super) enum Op {
     Need(usize),
+    Forced(usize),
     Complete {
         r: usize,
         pick: usize,
@@ -498,6 +525,7 @@ fn op() -> impl Strategy<Value = Op> {
     let r = 0..REPLICAS;
     prop_oneof![
         3 => r.clone().prop_map(Op::Need),
+        1 => r.clone().prop_map(Op::Forced),
         8 => (r.clone(), 0..4usize, prop::bool::weighted(0.2)).prop_map(|(r, pick, fail)| Op::Complete { r, pick, fail }),
         1 => r.clone().prop_map(Op::Refused),
         3 => prop_oneof![0..=2_000u64, 2_001..=120_000u64].prop_map(Op::Advance),

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::super::{
-    Answer, CacheConfig, Class, Core, Event, Failure, FlightId, Grant, Granted, Payload, Phase,
-    Reason, Slot, Time, View, WaiterId, Why, timing::backoff_floor,
+    Answer, CacheConfig, Class, Core, Event, Failure, FlightId, Grant, Granted, Login, Payload,
+    Phase, Reason, Slot, Time, TokenSource, View, WaiterId, Why, timing::backoff_floor,
 };
 
 /// The test payload: tokens and errors are numbers.
@@ -71,6 +71,9 @@ pub(super) struct FlightInfo {
 pub(super) struct WaiterInfo {
     pub(super) deadline: Time,
     pub(super) not: Option<u64>,
+    /// A forced refresh: the token current when it asked, and whether that
+    /// token was too young to replace.
+    pub(super) forced: Option<(u64, bool)>,
 }
 
 /// Drives a core and checks it.
@@ -90,6 +93,11 @@ pub(super) struct Harness {
     pub(super) access: BTreeMap<u32, (u32, Time)>,
     /// Refresh token -> login.
     pub(super) refresh: BTreeMap<u32, u32>,
+    /// Refresh token -> when the server stops taking it, for those it
+    /// issued with a lifetime.
+    pub(super) refresh_expiry: BTreeMap<u32, Time>,
+    /// The lifetime the server states for the refresh tokens it issues.
+    pub(super) refresh_lifetime: Option<Duration>,
     pub(super) sent_refresh: BTreeSet<u32>,
     /// The current login and credentials generation.
     pub(super) login: u32,
@@ -114,6 +122,12 @@ pub(super) struct Harness {
     pub(super) closed: bool,
     /// Every token id published or handed out, in order.
     pub(super) shown_tokens: Vec<u64>,
+    /// When each token id was first shown: the core took it then.
+    pub(super) born: BTreeMap<u64, Time>,
+    /// Access token -> the grant that issued it.
+    pub(super) sources: BTreeMap<u32, TokenSource>,
+    /// What the login's subscribers were told last.
+    pub(super) told: Option<Login>,
 }
 
 impl Harness {
@@ -131,6 +145,8 @@ impl Harness {
             next_serial: 1,
             access: BTreeMap::new(),
             refresh: BTreeMap::new(),
+            refresh_expiry: BTreeMap::new(),
+            refresh_lifetime: None,
             sent_refresh: BTreeSet::new(),
             login: 0,
             credentials: 0,
@@ -145,6 +161,9 @@ impl Harness {
             grants: 0,
             closed: false,
             shown_tokens: Vec::new(),
+            born: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            told: None,
         }
     }
 
@@ -209,6 +228,32 @@ impl Harness {
         }
         if failed {
             assert!(matches!(self.answers.get(&waiter), Some(Answer::Failed(_))));
+        }
+        waiter
+    }
+
+    /// The application forces a refresh, waiting at most `budget`.
+    pub(super) fn forced(&mut self, budget: Duration) -> WaiterId {
+        let shown = self.token();
+        let current = shown.as_ref().map(|(slot, _)| {
+            let young = self.now < self.born[&slot.id] + super::super::MIN_AGE_TO_FORCE;
+            (slot.id, young)
+        });
+        let waiter = self.new_waiter(budget, None);
+        let info = self.waiters.get_mut(&waiter).expect("just made");
+        info.forced = current;
+        let deadline = info.deadline;
+        self.step(self.now, Event::Forced { waiter, deadline });
+        // (A token inside its margin shows fresh while the password is
+        // refused: a forced refresh fails then.)
+        let rejected = self.rejected.is_some_and(|(at, c)| {
+            c == self.credentials && self.now < at + self.config.rejected_cooldown
+        });
+        if let (Some((_, Phase::Fresh)), Some((_, true)), false) = (shown, current, rejected) {
+            assert!(
+                is_token(self.answers.get(&waiter)),
+                "a forced refresh of a token too young to replace gets it at once"
+            );
         }
         waiter
     }
@@ -285,7 +330,12 @@ impl Harness {
         let waiter = WaiterId(self.next_waiter);
         self.next_waiter += 1;
         let deadline = self.now + budget;
-        self.waiters.insert(waiter, WaiterInfo { deadline, not });
+        let info = WaiterInfo {
+            deadline,
+            not,
+            forced: None,
+        };
+        self.waiters.insert(waiter, info);
         waiter
     }
 
@@ -367,9 +417,26 @@ impl Harness {
         let access = self.serial();
         let expires = info.started + lifetime;
         self.access.insert(access, (info.login, expires));
+        let source = match info.grant {
+            Grant::Password => TokenSource::PasswordGrant,
+            Grant::Refresh(_) => TokenSource::RefreshGrant,
+        };
+        self.sources.insert(access, source);
         let refresh = rotate.then(|| self.serial());
         if let Some(r) = refresh {
             self.refresh.insert(r, info.login);
+        }
+        // The lifetime stated is the one of the refresh token the client holds
+        // after the answer: the new one, or the one it sent and keeps (an
+        // answer the client drops, for a flight no longer current, changes
+        // nothing it holds).
+        let kept = match (refresh, &info.grant) {
+            (Some(r), _) => Some(r),
+            (None, Grant::Refresh(r)) if current => Some(*r),
+            (None, _) => None,
+        };
+        if let (Some(r), Some(life)) = (kept, self.refresh_lifetime) {
+            self.refresh_expiry.insert(r, info.started + life);
         }
         if current && expires > self.now {
             self.attempt = 0;
@@ -381,6 +448,7 @@ impl Harness {
             access,
             refresh,
             lifetime,
+            refresh_lifetime: self.refresh_lifetime,
             sent_at: info.started,
             jitter,
         };
@@ -467,10 +535,19 @@ impl Harness {
     pub(super) fn close(&mut self) {
         self.step(self.now, Event::Close);
         self.closed = true;
+        assert_eq!(
+            self.told.map(|login| login.status),
+            Some(super::super::LoginStatus::Closed),
+            "the close is told"
+        );
         assert!(self.waiters.is_empty(), "the close answers every waiter");
         assert!(
             self.running().is_none(),
             "the close stops the grant in flight"
         );
     }
+}
+
+fn is_token(answer: Option<&Answer<T>>) -> bool {
+    matches!(answer, Some(Answer::Token(_)))
 }

@@ -10,8 +10,11 @@ mod checks;
 mod close;
 mod explore;
 mod fleet;
+mod forced;
 mod harness;
+mod login;
 mod props;
+mod refresh_expiry;
 mod refusals;
 
 use harness::{Harness, Reply, TErr};

@@ -1,9 +1,10 @@
 //! The property test of the core: random sequences of events (callers with
-//! any budget, refusals of current, old and unknown tokens, answers that show
-//! a token works, grant answers of every class for the flight in flight or
-//! for stale ones, lost grants and timers, credential changes, time passing
-//! on time or late), each step checked by the harness's invariants, and a
-//! close at the end that must answer everyone.
+//! any budget, forced refreshes, refusals of current, old and unknown tokens,
+//! answers that show a token works, grant answers of every class for the
+//! flight in flight or for stale ones, lost grants and timers, credential
+//! changes, time passing on time or late), against a server that states a
+//! refresh token lifetime or not, each step checked by the harness's
+//! invariants, and a close at the end that must answer everyone.
 //!
 //! Among them, the outcomes a user sees of refusals: no waiter is answered,
 //! and no view shows, a token the API refused; a request refused with a
@@ -63,6 +64,10 @@ enum Op {
     TimerLost,
     /// A refresh asked for, however fresh the token.
     Refresh,
+    /// The application forces a refresh, waiting at most this long.
+    Forced {
+        budget_ms: u64,
+    },
     Credentials {
         other_login: bool,
     },
@@ -84,7 +89,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => budget.clone().prop_map(|budget_ms| Op::Need { budget_ms }),
         1 => Just(Op::Kick),
-        3 => (0..5u8, any::<bool>(), budget).prop_map(|(pick, replay, budget_ms)| Op::Refused { pick, replay, budget_ms }),
+        3 => (0..5u8, any::<bool>(), budget.clone()).prop_map(|(pick, replay, budget_ms)| Op::Refused { pick, replay, budget_ms }),
         3 => (0..5u8).prop_map(|pick| Op::Accepted { pick }),
         1 => any::<u8>().prop_map(|pick| Op::Gone { pick }),
         5 => (prop::bool::weighted(0.15), any::<u8>(), reply(), 0.0..=1.0f64)
@@ -94,6 +99,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(ms, late)| Op::Advance { ms, late }),
         1 => Just(Op::TimerLost),
         1 => Just(Op::Refresh),
+        2 => budget.clone().prop_map(|budget_ms| Op::Forced { budget_ms }),
         1 => any::<bool>().prop_map(|other_login| Op::Credentials { other_login }),
     ]
 }
@@ -164,8 +170,15 @@ fn apply(h: &mut Harness, op: &Op, outstanding: &mut Vec<WaiterId>) {
         Op::Advance { ms, late } => h.advance(Duration::from_millis(ms), late),
         Op::TimerLost => h.timer_lost(),
         Op::Refresh => h.step(h.now, super::super::Event::Refresh),
+        Op::Forced { budget_ms } => outstanding.push(h.forced(Duration::from_millis(budget_ms))),
         Op::Credentials { other_login } => h.credentials(other_login),
     }
+}
+
+/// The refresh token lifetime the server states, if any: from shorter than
+/// an access token's to hours.
+fn refresh_lifetime() -> impl Strategy<Value = Option<Duration>> {
+    proptest::option::of(prop_oneof![1..=10u64, 11..=7_200u64].prop_map(Duration::from_secs))
 }
 
 pub(super) fn cases() -> u32 {
@@ -184,8 +197,12 @@ proptest! {
     })]
 
     #[test]
-    fn every_interleaving_keeps_the_invariants(ops in prop::collection::vec(op(), 1..80)) {
+    fn every_interleaving_keeps_the_invariants(
+        ops in prop::collection::vec(op(), 1..80),
+        refresh_lifetime in refresh_lifetime(),
+    ) {
         let mut h = Harness::new(CacheConfig::default());
+        h.refresh_lifetime = refresh_lifetime;
         let mut outstanding = Vec::new();
         for op in &ops {
             apply(&mut h, op, &mut outstanding);
@@ -208,8 +225,10 @@ proptest! {
     #[test]
     fn a_healthy_endpoint_always_ends_with_every_waiter_served(
         ops in prop::collection::vec(op(), 1..60),
+        refresh_lifetime in refresh_lifetime(),
     ) {
         let mut h = Harness::new(CacheConfig::default());
+        h.refresh_lifetime = refresh_lifetime;
         let mut outstanding = Vec::new();
         for op in &ops {
             apply(&mut h, op, &mut outstanding);
