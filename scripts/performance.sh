@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of the README's "Performance" table, from one run of each
+# Every figure of the first table in BENCHMARKS.md, from one run of each
 # bench: instructions per request (callgrind), the hot path's paired time,
 # allocations, contention, the stampede and loopback. Built with the `redis`
 # feature, so that the hot path is measured with a RedisStore configured too,
