@@ -355,7 +355,7 @@ impl AuthLayerBuilder {
         self
     }
 
-    /// Shares the login with other replicas through `store` (DESIGN §7): a
+    /// Shares the login with other replicas through `store` ([the fleet](crate::guide::fleet)): a
     /// [`RedisStore`](crate::store) for a fleet, a `FileStore` for the
     /// processes of one host, or a [`MemoryStore`](crate::MemoryStore) for
     /// layers of one process. Grants then take the store's lease: the replica

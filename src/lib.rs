@@ -1,15 +1,27 @@
 //! Authenticated Daxium Air API clients from any tower HTTP stack.
 //!
-//! Add one [`AuthLayer`] to a hyper, tonic or reqwest-middleware client and the
-//! application never handles a token again: the layer logs in with the password
-//! grant, keeps the token pair fresh with the refresh grant before it expires,
-//! collapses concurrent refreshes into one, replays a request once when the API
-//! answers 401, and rides out token endpoint outages with backoff.
+//! A tower layer that makes any tower HTTP client stack an authenticated Daxium
+//! Air API client. The application builds its client (hyper, tonic,
+//! reqwest-middleware), adds one [`AuthLayer`], and never touches a token again:
+//! the layer logs in with the OAuth2 password grant, keeps the token pair fresh
+//! with the refresh grant before it expires, collapses concurrent refreshes into
+//! one, survives token endpoint outages with backoff, and replays once the
+//! request that met a revoked token. Doing this by hand means a lock around the
+//! token, a timer, a retry loop and a copy of every request body; done wrong it
+//! means a stampede of logins when the token expires, a refresh token spent
+//! twice, or an account locked by a client that retries a wrong password.
+//!
+//! # Quickstart
+//!
+//! ```toml
+//! [dependencies]
+//! daxium-auth = "0.1"
+//! ```
 //!
 //! ```no_run
 //! use bytes::Bytes;
-//! use daxium_auth::{AuthLayer, Credentials};
-//! use http_body_util::Empty;
+//! use daxium_auth::{AuthLayer, Credentials, ReplayBody};
+//! use http_body_util::Full;
 //! use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 //! use tower::{ServiceBuilder, ServiceExt};
 //!
@@ -24,58 +36,130 @@
 //!     .with_webpki_roots()
 //!     .https_only()
 //!     .enable_http1()
+//!     .enable_http2()
 //!     .build();
-//! let client = Client::builder(TokioExecutor::new())
-//!     .build::<_, daxium_auth::ReplayBody<Empty<Bytes>>>(https);
-//! let service = ServiceBuilder::new().layer(auth).service(client);
+//! // The inner client sees `ReplayBody<B>`: the layer records the body as the
+//! // client streams it, so that it can send it again after a 401.
+//! let client = Client::builder(TokioExecutor::new()).build::<_, ReplayBody<Full<Bytes>>>(https);
+//! let api = ServiceBuilder::new().layer(auth).service(client);
 //!
-//! let request = http::Request::get("https://api.daxium-air.com/api/v1/structures")
-//!     .body(Empty::<Bytes>::new())?;
-//! let response = service.oneshot(request).await?;
+//! let request = http::Request::post("https://api.daxium-air.com/api/v1/submissions")
+//!     .header("content-type", "application/json")
+//!     .body(Full::from(r#"{"structure_id":42}"#))?;
+//! let response = api.clone().oneshot(request).await?;
 //! println!("{}", response.status());
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! See the README for the behaviour in detail, the integrations and the
-//! configuration.
+//! [`AuthLayer`] is cheap to clone; every service it makes shares one token
+//! cache. Errors keep the two failures apart: [`Error::Token`] (no token could
+//! be had: [`TokenError`], with predicates such as
+//! [`is_grant_rejected()`](TokenError::is_grant_rejected) and
+//! [`is_transient()`](TokenError::is_transient)) and [`Error::Inner`] (the
+//! client's own error). To try it without a server, see
+//! [`guide::without_a_server`].
 //!
-//! # The application's handle on its login
+//! # What it does
 //!
-//! Besides [`login`](AuthLayer::login) and [`is_ready`](AuthLayer::is_ready),
-//! the layer tells where its login stands ([`AuthLayer::subscribe`]: a
-//! [`LoginState`] with no secret in it, for logs, status pages and metrics),
-//! replaces its token on demand within the limits that keep the token
-//! endpoint safe ([`AuthLayer::refresh`]), and lets requests that carry an
-//! `Authorization` of their own through untouched when told to
-//! ([`AuthLayerBuilder::keep_authorization`]).
+//! - **The first request logs in.** Requests made while the login is in flight
+//!   wait for that one login; a thousand concurrent requests make one grant.
+//! - **A token about to expire is refreshed in the background.** Inside the
+//!   refresh margin (default 60 s; half the lifetime for short-lived tokens, plus
+//!   up to a fifth at random so that replicas do not refresh in lockstep), the
+//!   next request starts one refresh and goes on with the current token. No
+//!   request waits for a refresh while the token is valid.
+//! - **An expired token is never sent.** After a quiet period longer than the
+//!   lifetime, the next request waits for the one refresh in flight.
+//! - **A refused token is never sent again.** A refusal (an HTTP 401 about the
+//!   token; with [`Refusal::grpc()`](Refusal::grpc), also gRPC's UNAUTHENTICATED in a
+//!   trailers-only answer; or the application's own rule,
+//!   [`AuthLayerBuilder::refused_when`]) of the current token drops it at once:
+//!   no request that starts afterwards carries it, and requests wait for the
+//!   next token. A token that had worked was revoked: one refresh starts at
+//!   once, shared by every request that carried it, with no rate bound.
+//! - **A refused request is sent again.** A refusal of the current token uses
+//!   the request's one replay, with the newest token (after the refresh in
+//!   flight, if there is one: servers revoke the previous token when they
+//!   process a refresh). A refusal of a token that had been replaced while the
+//!   request was in flight (the layer's own refresh, a fleet's record, a new
+//!   login, an expiry) sends it again with the current one without counting as
+//!   its replay. No request is sent more than three times; a refusal that is not
+//!   followed by a resend goes back to the caller unchanged.
+//! - **An API that refuses every token is not hammered.** Three or more new
+//!   tokens in a row refused before they ever worked mean the API refuses every
+//!   token (a permissions problem behind a bare 401, a gateway in trouble): the
+//!   next grant waits 1 s, the pause doubling up to 30 s and reset by any answer
+//!   that shows a token works; meanwhile new requests fail at once with
+//!   [`TokenError::is_refused()`](TokenError::is_refused) and replays get the API's refusal back.
+//! - **Bodies are replayed byte for byte.** They are recorded as they stream, up
+//!   to a cap (64 KiB by default), trailers included: an empty body replays for
+//!   free; a larger body is not replayed and the refusal goes back. A refusal
+//!   that comes before the body is all sent (a gRPC interceptor answers on the
+//!   request's head) keeps the body: the replay sends what was recorded and
+//!   reads on. Once the answer is known not to be a refusal, the recording
+//!   stops and frees what it holds.
+//! - **A refresh token is used once.** It counts as spent the moment its request
+//!   is sent; a refresh that failed after sending (an error status, a reset, a
+//!   timeout) is followed by the password grant, never by the same refresh token.
+//!   Only a failure before the request left (connection refused, DNS) keeps it.
+//!   A refused refresh token also falls back to the password grant.
+//! - **Outages are ridden out.** While a token is still valid, callers never see
+//!   a token endpoint failure; the refresh is retried with exponential backoff
+//!   and jitter, honouring `Retry-After`. When no token is valid, a request
+//!   waits through the retries as long as the next attempt starts within its
+//!   wait budget (10 s by default, [`AuthLayerBuilder::wait_budget`]), and gets
+//!   the last error at once otherwise: a cold start that meets one 500 succeeds,
+//!   and a dead endpoint sees one attempt per backoff step, not one per request.
+//! - **A refused password is not retried.** No new password grant is made until
+//!   the credentials change ([`AuthLayer::set_credentials`]) or a cool-down passes
+//!   (5 minutes by default): servers lock accounts that retry wrong passwords.
+//! - **One login at a time.** `set_credentials` with another client id or
+//!   username ends the session: a grant in flight for the previous login is
+//!   dropped whole, and no request sent afterwards carries its token.
+//! - **Lifetimes are measured on the monotonic clock** (`tokio::time::Instant`)
+//!   from the moment the grant request was sent. A missing, null, zero, negative
+//!   or non-numeric `expires_in` means the documented 3600 s; a positive one is
+//!   clamped to 1 s ..= 24 h. No value means "never expires", and none means
+//!   "refresh on every request".
+//! - **Secrets stay secret.** The client secret, password, refresh token and
+//!   access token never appear in `Debug`, `Display`, errors, logs or URLs; the
+//!   `Authorization` header is marked sensitive. The token goes only to the
+//!   configured API origins (by default the token endpoint's: Daxium serves both
+//!   from one host). `http://` URLs are refused except for loopback hosts. The
+//!   token client never follows redirects and reads error bodies through a 1 MiB
+//!   cap.
+//! - **It can be watched.** `tracing` spans and events (target `daxium_auth`) for
+//!   every grant (type, outcome, latency, coalesced waiters) and every replay,
+//!   never with a secret; [`AuthLayer::stats()`](AuthLayer::stats) is a cheap snapshot of grants by
+//!   type and outcome, replays, skipped replays and requests that waited.
 //!
-//! # Metrics
+//! [The guarantees](guide::guarantees) name the test that checks each of these.
 //!
-//! [`AuthLayer::stats`] reads the counters of one token cache. With the
-//! `metrics` feature, the same counts also go to the
-//! [`metrics`](https://docs.rs/metrics/0.24) facade, so that the exporter the
-//! application installs (Prometheus, OpenTelemetry, ...) picks them up:
+//! # The guide
 //!
-//! | Name | Kind | Labels | What |
-//! |---|---|---|---|
-//! | `daxium_auth_grants_total` | counter | `grant_type`, `outcome` | grants made at the token endpoint |
-//! | `daxium_auth_grant_duration_seconds` | histogram | `grant_type`, `outcome` | time from a grant's request to its answer, in seconds |
-//! | `daxium_auth_replays_total` | counter | | requests replayed once after the API refused the current token |
-//! | `daxium_auth_resends_total` | counter | | requests sent again after a refusal of a token replaced while they were in flight |
-//! | `daxium_auth_replays_skipped_total` | counter | | refusals not followed by a resend: replay off, body over the cap, sends used up, or every new token refused |
-//! | `daxium_auth_waited_total` | counter | | requests that waited for a grant, having no valid token |
-//! | `daxium_auth_store_errors_total` | counter | | calls to the token store that failed (down, timed out, refused) |
+//! - [`guide::configuration`]: every setting, custom fetchers and transports,
+//!   and the application's handle on its login ([`AuthLayer::login`],
+//!   [`AuthLayer::is_ready`], [`AuthLayer::subscribe`], [`AuthLayer::refresh`]).
+//! - [`guide::integrations`]: hyper, tonic (with [`Refusal::grpc()`](Refusal::grpc))
+//!   and reqwest-middleware.
+//! - [`guide::fleet`]: many replicas, one login, through a token store; Redis on
+//!   one server, a Cluster or Sentinel, and what each guarantees under failover.
+//! - [`guide::without_a_server`]: the embedded Daxium-compatible server.
+//! - [`guide::metrics`]: the counters and the tracing spans.
+//! - [`guide::guarantees`], [`guide::benchmarks`] and [`guide::compared`].
 //!
-//! `grant_type` is `password` or `refresh_token`; `outcome` is `ok`,
-//! `rejected` (the endpoint refused the grant) or `failed` (a 5xx, a network
-//! error, a timeout, an unusable answer). No label ever holds a secret, a URL
-//! or a user name. Every layer of the process adds to the same series. Each
-//! token cache describes the metrics (unit and help text) to the recorder in
-//! place when it is made, so install the recorder before building the
-//! layer. Only the rare paths record anything: a grant's end, a replay, a
-//! wait, a failed store call; a request with a fresh token touches no
-//! metric, and without the feature no metric code is compiled in.
+//! # Feature flags
+//!
+//! | Feature   | Default | What it adds |
+//! |-----------|---------|--------------|
+//! | `rustls`  | yes     | The default token client transport (hyper-util over rustls, webpki roots, HTTP/1 and HTTP/2), [`AuthLayer::new`] and `HttpFetcher::new`. Without it, give a fetcher ([`HttpFetcher::with_client`] or your own). |
+//! | `mock`    | no      | `daxium_auth::mock`: the Daxium-compatible server for tests and examples. |
+//! | `reqwest` | no      | `daxium_auth::reqwest::AuthMiddleware` for reqwest-middleware 0.5 (reqwest 0.13). |
+//! | `redis`   | no      | `store::RedisStore`: a fleet's shared login in Redis (the `redis` crate 1.x, tokio, connection manager, TLS). |
+//! | `file`    | no      | `store::FileStore`: the processes of one host share one login through a directory. |
+//! | `sealed`  | no      | `store::SealKey`: records encrypted with XChaCha20-Poly1305 in any store. |
+//! | `metrics` | no      | The counters of `Stats` through the `metrics` 0.24 facade, for any exporter (see [`guide::metrics`]). |
 // The lints are set once, in Cargo.toml's `[lints]`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -87,6 +171,7 @@ mod error;
 pub mod fetcher;
 mod future;
 mod grant;
+pub mod guide;
 mod layer;
 mod login;
 mod origin;

@@ -554,7 +554,7 @@ fn a_call_outside_a_runtime_does_not_poison_the_cache() {
 
 // === 12. the rotated refresh token was lost when the rest of the answer was unusable ===
 
-/// DESIGN §2: "a rotated refresh token is never lost, also when the rest of
+/// The rule: "a rotated refresh token is never lost, also when the rest of
 /// the response fails to parse". A refresh answered 200 with a new refresh
 /// token but an unusable access token dropped the new refresh token: the next
 /// grant was a password grant.

@@ -79,7 +79,7 @@ struct Running<R> {
     replaced: bool,
 }
 
-/// The steps of a flight with a token store (DESIGN §7).
+/// The steps of a flight with a token store (the protocol in `crate::store`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Lease,
