@@ -11,7 +11,7 @@ use std::{
     error::Error as StdError,
     fmt::Write as _,
     io,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -25,11 +25,13 @@ use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tracing_subscriber::fmt::format::FmtSpan;
 
 mod support;
 
-use support::scripted::{Api, Endpoint, Step, api_service};
+use support::{
+    scripted::{Api, Endpoint, Step, api_service},
+    secrets::{assert_no_secret, capture_logs, log_text},
+};
 
 const CLIENT_SECRET: &str = "SENTINEL-client-secret-4f1e";
 const PASSWORD: &str = "SENTINEL-password-93ab";
@@ -39,47 +41,6 @@ const MARK: &str = "SENTINEL";
 
 fn credentials(password: &str) -> Credentials {
     Credentials::new("client-id", CLIENT_SECRET, "user@example.com", password)
-}
-
-// === capturing every log line ===
-
-type Buffer = Arc<Mutex<Vec<u8>>>;
-
-struct Capture(Buffer);
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The process-wide subscriber: TRACE for every target, spans on open and
-/// close with their fields, into one buffer. Global, so that tasks on any
-/// thread (hyper's connection tasks, the grant task) are captured.
-fn logs() -> &'static Buffer {
-    static LOGS: OnceLock<Buffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Buffer::default();
-        let writer = Arc::clone(&buffer);
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_span_events(FmtSpan::FULL)
-            .with_ansi(false)
-            .with_target(true)
-            .with_writer(move || Capture(Arc::clone(&writer)))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-        buffer
-    })
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
 }
 
 /// Everything formatted during a test, to be searched at the end.
@@ -103,31 +64,11 @@ impl Seen {
     }
 }
 
-/// Fails with every place a secret showed up.
-fn assert_no_secret(text: &str, secrets: &[String], what: &str) {
-    assert!(!secrets.is_empty());
-    let mut found = Vec::new();
-    for secret in secrets {
-        if let Some(at) = text.find(secret.as_str()) {
-            let start = text[..at]
-                .char_indices()
-                .rev()
-                .nth(80)
-                .map_or(0, |(i, _)| i);
-            found.push(format!(
-                "{secret}: ...{}...",
-                &text[start..(at + secret.len()).min(text.len())]
-            ));
-        }
-    }
-    assert!(found.is_empty(), "secrets in {what}:\n{}", found.join("\n"));
-}
-
 // === the cache level: the scripted endpoint, issuing sentinel tokens ===
 
 #[tokio::test(start_paused = true)]
 async fn the_cache_and_the_layer_never_show_a_secret() {
-    logs();
+    capture_logs();
     let mut seen = Seen::default();
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
@@ -348,7 +289,7 @@ fn tapped_client(
 
 #[tokio::test]
 async fn http_grants_and_failures_never_show_a_secret() {
-    logs();
+    capture_logs();
     let mut seen = Seen::default();
     let server = MockServer::builder()
         .credentials(credentials(PASSWORD))

@@ -43,13 +43,7 @@ use tower::Layer;
 
 mod support;
 
-#[path = "support/store_contract.rs"]
-mod contract;
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
-
-use redis_server::RedisServer;
+use support::{redis::RedisServer, store_contract as contract};
 use support::{
     scripted::{Api, Endpoint, api_service, get, layer_with, send},
     stores::{Call, Fault, Faulty, Svc, bounded, login, ok},

@@ -21,8 +21,9 @@ use daxium_auth::{
 };
 use tempfile::TempDir;
 
-#[path = "support/store_contract.rs"]
-mod contract;
+mod support;
+
+use support::store_contract as contract;
 
 fn dir() -> TempDir {
     tempfile::tempdir().expect("a temporary directory")

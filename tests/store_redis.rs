@@ -12,25 +12,15 @@ use daxium_auth::store::{
 use redis::AsyncCommands;
 use tokio::time::Instant;
 
-#[path = "support/store_contract.rs"]
-mod contract;
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
+mod support;
 
-use redis_server::RedisServer;
+use support::{
+    redis::{RedisServer, raw},
+    store_contract as contract,
+};
 
 fn store(server: &RedisServer) -> RedisStore {
     RedisStore::new(&server.url()).expect("a valid URL")
-}
-
-/// A plain connection to the server, to look at what the store wrote.
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis-server answers")
 }
 
 /// Everything an error shows: Display, Debug, and its causes'.
