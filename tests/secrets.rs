@@ -4,7 +4,8 @@
 //! TRACE level, and every public type and error is formatted with `{:?}`,
 //! `{:#?}` and `{}`: no sentinel appears anywhere. The `Authorization` header
 //! the inner service receives is marked sensitive, so `http`'s own `Debug`
-//! hides it too.
+//! hides it too. The same holds for a fleet whose Redis refuses its
+//! password, and for the seal key of its records.
 #![cfg(all(feature = "mock", feature = "rustls"))]
 
 use std::{
@@ -568,4 +569,74 @@ fn the_builder_debug_hides_user_info_and_query_of_urls() {
         &[MARK.to_owned(), CLIENT_SECRET.to_owned()],
         "the builder's Debug",
     );
+}
+
+// === a fleet on a Redis that refuses its password ===
+
+#[cfg(all(feature = "redis", feature = "sealed"))]
+#[tokio::test]
+async fn no_secret_shows_in_debug_errors_or_logs_of_a_fleet_with_a_wrong_redis_password() {
+    use daxium_auth::store::{RedisStore, SealKey, TokenStore};
+    use support::{
+        redis::RedisServer,
+        stores::{bounded, login, ok},
+    };
+
+    let server = RedisServer::with_password("right-sentinel-pass");
+    capture_logs();
+
+    let url = server.url_with(":wrong-sentinel-pass@");
+    let store = RedisStore::builder(&url)
+        .seal(SealKey::new([0x5e; 32]))
+        .build()
+        .unwrap();
+    let err = store.read(&login()).await.unwrap_err();
+    assert!(err.is_auth_failed(), "{err:?}");
+    let mut seen = Seen::default();
+    seen.error(&err);
+    seen.debug(&store);
+
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.prefix.lock().unwrap() = "tok-sentinel-".into();
+    let layer = support::scripted::layer_with(&endpoint, |b| {
+        b.store(store.clone()).credentials(Credentials::new(
+            "client",
+            "secret-sentinel",
+            "user@example.com",
+            "password-sentinel",
+        ))
+    });
+    let svc = layer.layer(api_service(&api));
+    assert!(ok(&bounded(&svc, Duration::from_secs(5)).await.unwrap()));
+    layer.cache().refresh_now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(ok(&bounded(&svc, Duration::from_secs(5)).await.unwrap()));
+    assert!(layer.stats().store_errors > 0);
+    seen.debug(&layer);
+    seen.debug(&svc);
+    seen.debug(&layer.stats());
+    let builder = AuthLayer::builder()
+        .store(store.clone())
+        .credentials(Credentials::new(
+            "c",
+            "secret-sentinel",
+            "u",
+            "password-sentinel",
+        ));
+    seen.debug(&builder);
+
+    let logs = log_text();
+    assert!(logs.contains("token store unavailable"), "{logs}");
+    let mut secrets = vec![
+        "right-sentinel-pass".to_owned(),
+        "wrong-sentinel-pass".to_owned(),
+        "secret-sentinel".to_owned(),
+        "password-sentinel".to_owned(),
+        // The seal key's bytes, as Debug of an array would print them.
+        "94, 94, 94".to_owned(),
+    ];
+    secrets.extend(endpoint.issued_tokens());
+    assert_no_secret(&seen.0, &secrets, "formatted values");
+    assert_no_secret(&logs, &secrets, "logs");
 }

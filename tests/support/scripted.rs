@@ -225,7 +225,9 @@ pub(crate) fn answer(valid: bool, body: Bytes) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-pub(crate) type Inner<B> =
+/// The scripted API as the layer's inner service, for request bodies `B`
+/// (a `Full<Bytes>` unless told otherwise).
+pub(crate) type Inner<B = Full<Bytes>> =
     tower::util::BoxCloneSyncService<Request<ReplayBody<B>>, Response<Full<Bytes>>, Infallible>;
 
 pub(crate) fn api_service<B>(api: &Arc<Api>) -> Inner<B>
