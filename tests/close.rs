@@ -143,15 +143,6 @@ async fn close_without_a_store_only_closes() {
 }
 
 #[cfg(all(feature = "mock", feature = "rustls", feature = "redis"))]
-#[path = "support/replicas.rs"]
-mod replicas;
-
-#[cfg(all(feature = "mock", feature = "rustls", feature = "redis"))]
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
-
-#[cfg(all(feature = "mock", feature = "rustls", feature = "redis"))]
 mod on_redis {
     use std::{sync::Arc, time::Duration};
 
@@ -163,8 +154,8 @@ mod on_redis {
 
     use super::{
         LONG_LEASE,
-        redis_server::RedisServer,
-        replicas::{Issued, blocking, login_key, replica, server},
+        support::redis::RedisServer,
+        support::replicas::{Issued, blocking, login_key, replica, server},
         support::stores::{Call, Fault, Faulty},
     };
 

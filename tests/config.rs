@@ -2,7 +2,9 @@
 //! origin guard (the token goes to the configured API origins only, compared
 //! by scheme, host and port; relative URIs get it), the token endpoint that a
 //! store files the login under, and bad builder input, which is always a
-//! typed `BuildError`, never a panic.
+//! typed `BuildError`, never a panic. Extreme settings at work, under paused
+//! time: the largest neither panic nor hang, an endless backoff fails fast,
+//! and a zero refresh margin uses a token up to its expiry, not past it.
 #![cfg(feature = "rustls")]
 
 use std::{
@@ -12,7 +14,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use daxium_auth::{AuthLayer, AuthLayerBuilder, BuildError, HttpFetcher, MemoryStore, ReplayBody};
+use daxium_auth::{
+    AuthLayer, AuthLayerBuilder, BuildError, Credentials, HttpFetcher, MemoryStore, ReplayBody,
+    TokenError, TokenPair, fetcher,
+};
 use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::Full;
 use proptest::prelude::*;
@@ -22,7 +27,9 @@ mod support;
 
 use support::{
     fixed::FixedToken,
-    scripted::{Api, Endpoint, Step, credentials},
+    scripted::{
+        Api, Endpoint, Step, builder, credentials, get, in_time, seen_tokens, send, setup_with,
+    },
 };
 
 const TOKEN: &str = "tok-123";
@@ -708,4 +715,103 @@ proptest! {
             }
         }
     }
+}
+
+// === extreme settings at work ===
+
+#[test]
+fn a_zero_grant_timeout_is_refused_at_build_time() {
+    let err = builder()
+        .grant_timeout(Duration::ZERO)
+        .fetcher(fetcher::from_fn(|_grant| async {
+            Err::<TokenPair, _>(TokenError::timeout())
+        }))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("grant_timeout"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn huge_settings_neither_panic_nor_hang() {
+    let s = setup_with(|b| {
+        b.wait_budget(Duration::MAX)
+            .rejected_cooldown(Duration::MAX)
+            .refresh_margin(Duration::MAX)
+            .backoff(Duration::from_secs(1), Duration::MAX)
+            .grant_timeout(Duration::MAX)
+            .lease_ttl(Duration::MAX)
+    });
+    let svc = s.service();
+    for _ in 0..6 {
+        assert_eq!(
+            in_time("request", send(&svc, get()))
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_secs(1800)).await;
+    }
+    // A 3600 s token refreshed at about half its life.
+    assert!(
+        (3..=7).contains(&s.endpoint.grants()),
+        "{}",
+        s.endpoint.grants()
+    );
+    // A refused password holds for ever, until the credentials change.
+    s.api.revoke_all();
+    s.endpoint.push(Step::Reject);
+    s.endpoint.push(Step::Reject);
+    let err = in_time("refused", send(&svc, get())).await.unwrap_err();
+    assert!(err.token_error().unwrap().is_grant_rejected(), "{err:?}");
+    s.layer.set_credentials(Credentials::new(
+        "client",
+        "client-secret",
+        "user@example.com",
+        "new",
+    ));
+    assert_eq!(
+        in_time("new password", send(&svc, get()))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_endless_backoff_fails_fast_instead_of_hanging() {
+    let s = setup_with(|b| {
+        b.backoff(Duration::MAX, Duration::MAX)
+            .wait_budget(Duration::from_secs(5))
+    });
+    s.endpoint.push_n(10, Step::Fail);
+    let svc = s.service();
+    for _ in 0..3 {
+        let started = tokio::time::Instant::now();
+        let err = in_time("request", send(&svc, get())).await.unwrap_err();
+        assert!(err.token_error().unwrap().is_transient(), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert_eq!(s.endpoint.grants(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_refresh_margin_uses_a_token_to_its_expiry_and_not_past_it() {
+    let s = setup_with(|b| b.refresh_margin(Duration::ZERO));
+    *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
+    let svc = s.service();
+    let start = tokio::time::Instant::now();
+    send(&svc, get()).await.unwrap();
+    tokio::time::sleep_until(start + Duration::from_millis(59_900)).await;
+    send(&svc, get()).await.unwrap();
+    // Just past the expiry (at the instant itself, the timer and the request
+    // wake together).
+    tokio::time::sleep_until(start + Duration::from_millis(60_001)).await;
+    send(&svc, get()).await.unwrap();
+    let seen = seen_tokens(&s);
+    assert_eq!(
+        seen,
+        ["Bearer access-1", "Bearer access-1", "Bearer access-2"]
+    );
 }

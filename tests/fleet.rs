@@ -91,15 +91,6 @@ async fn a_fleet_stampede_on_an_empty_store_makes_one_grant() {
     );
 }
 
-#[cfg(all(feature = "mock", feature = "rustls"))]
-#[path = "support/replicas.rs"]
-mod replicas;
-
-#[cfg(all(feature = "mock", feature = "rustls", feature = "redis"))]
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
-
 /// The settings of the fleets in real time.
 #[cfg(all(feature = "mock", feature = "rustls"))]
 mod real {
@@ -138,8 +129,8 @@ mod on_redis {
 
     use super::{
         real::*,
-        redis_server::RedisServer,
-        replicas::{
+        support::redis::RedisServer,
+        support::replicas::{
             Issued, Replica, StoreWatch, Then, blocking, drive, eventually, login_key, replica,
             server, solo, spawn_drive,
         },
@@ -170,11 +161,7 @@ mod on_redis {
 
     /// A number from Redis's `INFO`.
     async fn info(url: &str, field: &str) -> u64 {
-        let mut raw = redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis-server answers");
+        let mut raw = super::support::redis::raw(url).await;
         let text: String = redis::cmd("INFO").query_async(&mut raw).await.unwrap();
         text.lines()
             .find_map(|line| line.strip_prefix(&format!("{field}:")))
@@ -718,7 +705,7 @@ mod on_files {
 
     use super::{
         real::*,
-        replicas::{Issued, Replica, drive, replica, server, solo},
+        support::replicas::{Issued, Replica, drive, replica, server, solo},
     };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -789,8 +776,8 @@ mod sealed {
 
     use super::{
         real::*,
-        redis_server::RedisServer,
-        replicas::{Issued, blocking, drive, eventually, replica, server},
+        support::redis::RedisServer,
+        support::replicas::{Issued, blocking, drive, eventually, replica, server},
     };
 
     /// Three lifetimes of four replicas on stores that `store` makes; every
@@ -856,11 +843,7 @@ mod sealed {
         })
         .await;
 
-        let mut raw = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis-server answers");
+        let mut raw = super::support::redis::raw(&url).await;
         let names: Vec<String> = raw.keys("*").await.unwrap();
         let mut envelopes = 0;
         for name in &names {

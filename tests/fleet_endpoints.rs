@@ -10,15 +10,9 @@ use std::sync::Arc;
 use daxium_auth::{MemoryStore, mock::MockServer, store::AnyStore};
 use http::StatusCode;
 
-#[path = "support/replicas.rs"]
-mod replicas;
+mod support;
 
-#[cfg(feature = "redis")]
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
-
-use replicas::{Issued, Replica, replica, server};
+use support::replicas::{Issued, Replica, replica, server};
 
 /// Tokens that outlive the test: only the test's `expire_all` retires them.
 const LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -96,7 +90,7 @@ async fn two_endpoints_on_one_file_store_keep_their_own_tokens() {
 async fn two_endpoints_on_one_redis_keep_their_own_tokens() {
     use daxium_auth::store::RedisStore;
 
-    let redis = replicas::blocking(redis_server::RedisServer::start).await;
+    let redis = support::replicas::blocking(support::redis::RedisServer::start).await;
     // The default key prefix for both: nothing but the key tells them apart.
     let store = || AnyStore::new(RedisStore::new(&redis.url()).expect("a valid URL"));
     each_endpoint_keeps_its_own_tokens(store(), store()).await;

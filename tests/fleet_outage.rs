@@ -1,19 +1,24 @@
-//! A fleet whose token store goes away and comes back, under paused time: the
-//! replicas go on alone with grants of their own (never the shared refresh
-//! token), count the store's failures, and share one record again once it
-//! answers. A store whose calls never answer is down once the store timeout
-//! has passed.
+//! A fleet whose token store goes away and comes back: the replicas go on
+//! alone with grants of their own (never the shared refresh token), count the
+//! store's failures, and share one record again once it answers. A store
+//! whose calls never answer is down once the store timeout has passed; one
+//! that fails every other call never gets a refresh token sent twice. Under
+//! paused time with a memory store, and in real time with a directory that
+//! vanishes and a Redis frozen with SIGSTOP.
 
 use std::{
     collections::HashSet,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
     },
     time::Duration,
 };
 
-use daxium_auth::{AuthLayer, MemoryStore, StoreError};
+use daxium_auth::{
+    AuthLayer, MemoryStore, StoreError, TokenStore,
+    store::{FileStore, RedisStore},
+};
 use http::StatusCode;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
@@ -21,8 +26,10 @@ use tower::{Layer, ServiceExt};
 mod support;
 
 use support::{
-    scripted::{Api, Endpoint, api_service, get, layer_with},
-    stores::{Call, Fault, Faulty, bounded, ok},
+    redis::RedisServer,
+    scripted::{Api, Endpoint, api_service, get, layer_with, send},
+    store_contract as contract,
+    stores::{Call, Fault, Faulty, Svc, bounded, login, ok},
 };
 
 /// The store timeout's documented default.
@@ -165,4 +172,149 @@ async fn the_store_timeout_bounds_how_long_a_silent_store_holds_a_request() {
         assert_eq!(started.elapsed(), timeout);
         assert_eq!(layer.stats().store_errors, 1);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flapping_store_never_gets_a_refresh_token_sent_twice_and_everyone_recovers() {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.lifetime.lock().unwrap() = Duration::from_secs(20);
+    // Two calls in three fail while it flaps; a write that "fails" lands all
+    // the same half of the time: the caller cannot tell.
+    let flapping = Arc::new(AtomicBool::new(true));
+    let (on, calls) = (Arc::clone(&flapping), AtomicU64::new(0));
+    let store = Faulty::new(MemoryStore::new(), move |call| {
+        let n = calls.fetch_add(1, SeqCst);
+        if !on.load(SeqCst) || n.is_multiple_of(3) {
+            return Fault::Pass;
+        }
+        let reset = StoreError::unavailable("flapping", std::io::Error::other("connection reset"));
+        if call == Call::Write && n.is_multiple_of(2) {
+            Fault::LandThenFail(reset)
+        } else {
+            Fault::Fail(reset)
+        }
+    });
+    // A lease shorter than the wait budget: a lease left behind by a release
+    // that failed holds the others off for less than their budget (see
+    // a_lease_left_by_a_failed_release_does_not_fail_the_other_replicas).
+    let layers: Vec<AuthLayer> = (0..4)
+        .map(|_| {
+            layer_with(&endpoint, |b| {
+                b.store(store.clone()).lease_ttl(Duration::from_secs(5))
+            })
+        })
+        .collect();
+    let services: Vec<Svc> = layers.iter().map(|l| l.layer(api_service(&api))).collect();
+    // Five minutes of flapping, with a revocation of every token now and then.
+    for second in 0..300u64 {
+        if second % 45 == 44 {
+            api.revoke_all();
+        }
+        for svc in &services {
+            let res = send(svc, get()).await;
+            assert!(ok(&res), "at {second} s: {res:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    endpoint.assert_no_refresh_token_sent_twice();
+
+    // The faults stop: every replica still answers, and they share again.
+    flapping.store(false, SeqCst);
+    for second in 0..60 {
+        for svc in &services {
+            let res = send(svc, get()).await;
+            assert!(ok(&res), "{second} s after the faults stopped: {res:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let before = endpoint.grants();
+    for _ in 0..100 {
+        for svc in &services {
+            assert!(ok(&send(svc, get()).await));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let grants = endpoint.grants() - before;
+    // One replica alone refreshes 20 s tokens at 50-60% of their life: at
+    // most ten grants in 100 s; four alone would make 40.
+    assert!(
+        grants <= 12,
+        "{grants} grants in 100 s after the store healed"
+    );
+    endpoint.assert_no_refresh_token_sent_twice();
+}
+
+#[tokio::test]
+async fn a_file_store_whose_directory_vanishes_fails_and_the_replica_goes_on() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("store");
+    let store = FileStore::new(&dir).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    let key = contract::key("vanished");
+    let err = store
+        .write(&key, None, &contract::record("x"))
+        .await
+        .unwrap_err();
+    assert!(err.is_io(), "{err:?}");
+
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let layer = layer_with(&endpoint, |b| b.store(store.clone()));
+    let svc = layer.layer(api_service(&api));
+    assert!(ok(&bounded(&svc, Duration::from_secs(5)).await.unwrap()));
+    assert!(layer.stats().store_errors > 0);
+    // The directory comes back: the next grant is shared again.
+    std::fs::create_dir(&dir).unwrap();
+    layer.cache().refresh_now();
+    let mut shared = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if store.read(&login()).await.unwrap().is_some() {
+            shared = true;
+            break;
+        }
+    }
+    assert!(shared, "the record was written once the directory was back");
+}
+
+#[tokio::test]
+async fn a_frozen_redis_costs_a_cold_replica_a_short_timeout_then_the_fleet_shares_again() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let make = || {
+        layer_with(&endpoint, |b| {
+            // The default call timeout: 250 ms.
+            b.store(RedisStore::new(&url).unwrap())
+        })
+    };
+    let a = make();
+    let sa = a.layer(api_service(&api));
+    {
+        let _frozen = server.freeze();
+        let started = std::time::Instant::now();
+        let res = bounded(&sa, Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        assert!(ok(&res), "{:?}", res.err());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(a.stats().store_errors > 0);
+    }
+    // Redis answers again: the next replica logs in and shares, the one
+    // after adopts.
+    let b = make();
+    let sb = b.layer(api_service(&api));
+    assert!(ok(&bounded(&sb, Duration::from_secs(5)).await.unwrap()));
+    let grants = endpoint.grants();
+    let c = make();
+    let sc = c.layer(api_service(&api));
+    assert!(ok(&bounded(&sc, Duration::from_secs(5)).await.unwrap()));
+    assert_eq!(endpoint.grants(), grants, "{:?}", endpoint.log());
+    endpoint.assert_no_refresh_token_sent_twice();
 }

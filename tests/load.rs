@@ -40,6 +40,8 @@ use secrecy::SecretString;
 use serde_json::Value;
 use summary::Target;
 
+mod support;
+
 // === in-process ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,12 +312,8 @@ struct Ran {
 
 impl Ran {
     fn assert_no_secret(&self) {
-        for secret in SECRET_SENTINELS {
-            assert!(
-                !self.stdout.contains(secret) && !self.stderr.contains(secret),
-                "{secret} printed: {self:#?}"
-            );
-        }
+        let printed = format!("{}\n{}", self.stdout, self.stderr);
+        support::secrets::assert_no_secret(&printed, &SECRET_SENTINELS, "what the program printed");
     }
 
     /// stdout as its one JSON object.
@@ -907,10 +905,6 @@ fn rust_log_shows_the_layers_spans_and_events_on_stderr_only() {
 
 // === a fleet ===
 
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
-
 /// The Daxium-compatible server that every `load` process of a test shares,
 /// on a runtime of its own that serves it while the test waits for the
 /// processes.
@@ -1117,19 +1111,19 @@ fn load_processes_on_one_file_store_log_in_once_and_a_second_run_not_at_all() {
 
 #[test]
 fn load_processes_on_one_redis_log_in_once() {
-    let redis = redis_server::RedisServer::start();
+    let redis = support::redis::RedisServer::start();
     processes_on_one_store_log_in_once(&redis.url(), "redis");
 }
 
 #[test]
 fn load_processes_on_one_redis_cluster_log_in_once() {
-    let cluster = redis_server::RedisCluster::start(3, 0);
+    let cluster = support::redis::RedisCluster::start(3, 0);
     processes_on_one_store_log_in_once(&cluster.url(), "redis+cluster");
 }
 
 #[test]
 fn load_processes_on_one_sentinel_watched_redis_log_in_once() {
-    let sentinels = redis_server::Sentinels::start();
+    let sentinels = support::redis::Sentinels::start();
     processes_on_one_store_log_in_once(&sentinels.url(), "redis+sentinel");
 }
 
@@ -1169,7 +1163,7 @@ fn an_interrupted_run_closes_its_replicas_and_the_next_run_adopts_the_pair() {
     use daxium_auth::store::{Lease, LeaseOwner, LoginKey, RedisStore, TokenStore};
 
     let shared = Shared::start();
-    let redis = redis_server::RedisServer::start();
+    let redis = support::redis::RedisServer::start();
     let url = redis.url();
     let mut args = shared.args();
     args.extend(
@@ -1277,7 +1271,7 @@ fn store_urls_that_cannot_work_are_refused_without_their_password() {
 
     // A Redis that refuses the password: the run cannot start, and says so
     // without the password.
-    let redis = redis_server::RedisServer::with_password("the-right-one");
+    let redis = support::redis::RedisServer::with_password("the-right-one");
     let url = redis.url_with(":pw-sentinel-91c2@");
     let ran = load(&["--json", "--requests", "10"], &[("DAXIUM_STORE", &url)]);
     assert_eq!(ran.status, Some(1), "{ran:#?}");

@@ -4,14 +4,15 @@
 //! TRACE level, and every public type and error is formatted with `{:?}`,
 //! `{:#?}` and `{}`: no sentinel appears anywhere. The `Authorization` header
 //! the inner service receives is marked sensitive, so `http`'s own `Debug`
-//! hides it too.
+//! hides it too. The same holds for a fleet whose Redis refuses its
+//! password, and for the seal key of its records.
 #![cfg(all(feature = "mock", feature = "rustls"))]
 
 use std::{
     error::Error as StdError,
     fmt::Write as _,
     io,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -25,11 +26,13 @@ use http::{Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
-use tracing_subscriber::fmt::format::FmtSpan;
 
 mod support;
 
-use support::scripted::{Api, Endpoint, Step, api_service};
+use support::{
+    scripted::{Api, Endpoint, Step, api_service},
+    secrets::{assert_no_secret, capture_logs, log_text},
+};
 
 const CLIENT_SECRET: &str = "SENTINEL-client-secret-4f1e";
 const PASSWORD: &str = "SENTINEL-password-93ab";
@@ -39,47 +42,6 @@ const MARK: &str = "SENTINEL";
 
 fn credentials(password: &str) -> Credentials {
     Credentials::new("client-id", CLIENT_SECRET, "user@example.com", password)
-}
-
-// === capturing every log line ===
-
-type Buffer = Arc<Mutex<Vec<u8>>>;
-
-struct Capture(Buffer);
-
-impl io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The process-wide subscriber: TRACE for every target, spans on open and
-/// close with their fields, into one buffer. Global, so that tasks on any
-/// thread (hyper's connection tasks, the grant task) are captured.
-fn logs() -> &'static Buffer {
-    static LOGS: OnceLock<Buffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Buffer::default();
-        let writer = Arc::clone(&buffer);
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_span_events(FmtSpan::FULL)
-            .with_ansi(false)
-            .with_target(true)
-            .with_writer(move || Capture(Arc::clone(&writer)))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
-        buffer
-    })
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
 }
 
 /// Everything formatted during a test, to be searched at the end.
@@ -103,31 +65,11 @@ impl Seen {
     }
 }
 
-/// Fails with every place a secret showed up.
-fn assert_no_secret(text: &str, secrets: &[String], what: &str) {
-    assert!(!secrets.is_empty());
-    let mut found = Vec::new();
-    for secret in secrets {
-        if let Some(at) = text.find(secret.as_str()) {
-            let start = text[..at]
-                .char_indices()
-                .rev()
-                .nth(80)
-                .map_or(0, |(i, _)| i);
-            found.push(format!(
-                "{secret}: ...{}...",
-                &text[start..(at + secret.len()).min(text.len())]
-            ));
-        }
-    }
-    assert!(found.is_empty(), "secrets in {what}:\n{}", found.join("\n"));
-}
-
 // === the cache level: the scripted endpoint, issuing sentinel tokens ===
 
 #[tokio::test(start_paused = true)]
 async fn the_cache_and_the_layer_never_show_a_secret() {
-    logs();
+    capture_logs();
     let mut seen = Seen::default();
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
@@ -348,7 +290,7 @@ fn tapped_client(
 
 #[tokio::test]
 async fn http_grants_and_failures_never_show_a_secret() {
-    logs();
+    capture_logs();
     let mut seen = Seen::default();
     let server = MockServer::builder()
         .credentials(credentials(PASSWORD))
@@ -627,4 +569,74 @@ fn the_builder_debug_hides_user_info_and_query_of_urls() {
         &[MARK.to_owned(), CLIENT_SECRET.to_owned()],
         "the builder's Debug",
     );
+}
+
+// === a fleet on a Redis that refuses its password ===
+
+#[cfg(all(feature = "redis", feature = "sealed"))]
+#[tokio::test]
+async fn no_secret_shows_in_debug_errors_or_logs_of_a_fleet_with_a_wrong_redis_password() {
+    use daxium_auth::store::{RedisStore, SealKey, TokenStore};
+    use support::{
+        redis::RedisServer,
+        stores::{bounded, login, ok},
+    };
+
+    let server = RedisServer::with_password("right-sentinel-pass");
+    capture_logs();
+
+    let url = server.url_with(":wrong-sentinel-pass@");
+    let store = RedisStore::builder(&url)
+        .seal(SealKey::new([0x5e; 32]))
+        .build()
+        .unwrap();
+    let err = store.read(&login()).await.unwrap_err();
+    assert!(err.is_auth_failed(), "{err:?}");
+    let mut seen = Seen::default();
+    seen.error(&err);
+    seen.debug(&store);
+
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.prefix.lock().unwrap() = "tok-sentinel-".into();
+    let layer = support::scripted::layer_with(&endpoint, |b| {
+        b.store(store.clone()).credentials(Credentials::new(
+            "client",
+            "secret-sentinel",
+            "user@example.com",
+            "password-sentinel",
+        ))
+    });
+    let svc = layer.layer(api_service(&api));
+    assert!(ok(&bounded(&svc, Duration::from_secs(5)).await.unwrap()));
+    layer.cache().refresh_now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(ok(&bounded(&svc, Duration::from_secs(5)).await.unwrap()));
+    assert!(layer.stats().store_errors > 0);
+    seen.debug(&layer);
+    seen.debug(&svc);
+    seen.debug(&layer.stats());
+    let builder = AuthLayer::builder()
+        .store(store.clone())
+        .credentials(Credentials::new(
+            "c",
+            "secret-sentinel",
+            "u",
+            "password-sentinel",
+        ));
+    seen.debug(&builder);
+
+    let logs = log_text();
+    assert!(logs.contains("token store unavailable"), "{logs}");
+    let mut secrets = vec![
+        "right-sentinel-pass".to_owned(),
+        "wrong-sentinel-pass".to_owned(),
+        "secret-sentinel".to_owned(),
+        "password-sentinel".to_owned(),
+        // The seal key's bytes, as Debug of an array would print them.
+        "94, 94, 94".to_owned(),
+    ];
+    secrets.extend(endpoint.issued_tokens());
+    assert_no_secret(&seen.0, &secrets, "formatted values");
+    assert_no_secret(&logs, &secrets, "logs");
 }

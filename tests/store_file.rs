@@ -1,6 +1,8 @@
 //! The file token store on a real directory: the store contract, private
 //! files, atomic and version-checked writes under contention, a lease held by
-//! another process until it dies, restarts, and sealed records.
+//! another process until it dies, restarts, and sealed records; a loose
+//! record file made private by the next write, a symlinked lock file that
+//! is not followed, and a missing directory created private.
 #![cfg(feature = "file")]
 
 use std::{
@@ -9,20 +11,27 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{
+            AtomicBool, AtomicUsize,
+            Ordering::{self},
+        },
         mpsc,
     },
     time::Duration,
 };
 
 use daxium_auth::{
-    AccessToken,
-    store::{AnyStore, FileStore, Lease, LeaseOwner, LoginKey, TokenStore, WriteOutcome},
+    AccessToken, TokenStore,
+    store::{AnyStore, FileStore, Lease, LeaseOwner, LoginKey, WriteOutcome},
 };
 use tempfile::TempDir;
 
-#[path = "support/store_contract.rs"]
-mod contract;
+mod support;
+
+use support::{
+    store_contract as contract,
+    stores::{file_store, record_file},
+};
 
 fn dir() -> TempDir {
     tempfile::tempdir().expect("a temporary directory")
@@ -463,4 +472,58 @@ mod sealed {
                 .is_none()
         );
     }
+}
+
+// === the directory and its files ===
+
+#[tokio::test]
+async fn a_loose_record_file_is_read_and_the_next_write_makes_it_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir);
+    let key = contract::key("loose");
+    contract::put(&store, &key, None, "first").await;
+    let path = record_file(&dir, &key);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(store.read(&key).await.unwrap().unwrap().version(), 1);
+    contract::put(&store, &key, Some(1), "second").await;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}
+
+#[tokio::test]
+async fn a_symlinked_lock_file_does_not_clobber_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let store = file_store(&dir);
+    let key = contract::key("lock-link");
+    let victim = elsewhere.path().join("victim");
+    std::fs::write(&victim, b"precious data that is not a lease").unwrap();
+    let lock = dir.path().join(format!("{}.lock", key.id()));
+    std::os::unix::fs::symlink(&victim, &lock).unwrap();
+    let owner = LeaseOwner::random();
+    let taken = store
+        .acquire_lease(&key, &owner, Duration::from_secs(1))
+        .await;
+    assert!(taken.is_err(), "a symlinked lock file is refused");
+    let _ = store.release_lease(&key, &owner).await;
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious data that is not a lease"
+    );
+}
+
+#[tokio::test]
+async fn a_file_store_in_a_missing_directory_creates_it_private() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a/b/c");
+    let store = FileStore::new(&dir).unwrap();
+    let key = contract::key("missing");
+    assert!(store.read(&key).await.unwrap().is_none());
+    contract::put(&store, &key, None, "made").await;
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
 }

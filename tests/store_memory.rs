@@ -6,8 +6,9 @@ use std::time::Duration;
 use daxium_auth::store::{AnyStore, Lease, LeaseOwner, MemoryStore, TokenStore};
 use tokio::time::Instant;
 
-#[path = "support/store_contract.rs"]
-mod contract;
+mod support;
+
+use support::store_contract as contract;
 
 #[tokio::test(start_paused = true)]
 async fn compare_and_set_writes_only_over_the_expected_version() {

@@ -1,36 +1,36 @@
 //! The Redis token store against a real `redis-server` on 127.0.0.1: the
 //! store contract, the documented layout, a server killed and restarted, AUTH,
 //! TLS with a private authority, bad URLs, a store that never answers, and
-//! sealed records.
+//! sealed records; readers and writers racing on one record, a server that
+//! closes every connection, and replicas on two runtimes sharing one grant.
 #![cfg(feature = "redis")]
 
-use std::{error::Error as _, time::Duration};
-
-use daxium_auth::store::{
-    AnyStore, Lease, LeaseOwner, LoginKey, RedisStore, StoreError, TokenStore,
+use std::{
+    error::Error as _,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
+
+use daxium_auth::{
+    StoreError, TokenStore,
+    store::{AnyStore, Lease, LeaseOwner, LoginKey, RedisStore},
+};
+use http::StatusCode;
 use redis::AsyncCommands;
 use tokio::time::Instant;
+use tower::Layer;
 
-#[path = "support/store_contract.rs"]
-mod contract;
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
+mod support;
 
-use redis_server::RedisServer;
+use support::{
+    redis::{RedisServer, raw, redis_store},
+    scripted::{Api, Endpoint, api_service, layer_with},
+    store_contract as contract,
+    stores::bounded,
+};
 
 fn store(server: &RedisServer) -> RedisStore {
     RedisStore::new(&server.url()).expect("a valid URL")
-}
-
-/// A plain connection to the server, to look at what the store wrote.
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis-server answers")
 }
 
 /// Everything an error shows: Display, Debug, and its causes'.
@@ -529,4 +529,157 @@ fn a_store_outlives_the_runtime_that_first_used_it() {
         second.block_on(contract::put(&store, &key, Some(1), "second")),
         2
     );
+}
+
+// === races, dropped connections and runtimes ===
+
+#[tokio::test]
+async fn racing_readers_and_writers_never_see_a_valid_redis_record_vanish() {
+    let server = RedisServer::start();
+    let store = redis_store(&server);
+    let key = contract::key("race");
+    assert_eq!(contract::put(&store, &key, None, "first").await, 1);
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    assert!(store.read(&key).await.unwrap().is_some(), "vanished");
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    let expected = if w == 0 {
+                        // A writer that believes there is none: never lands.
+                        None
+                    } else {
+                        store.read(&key).await.unwrap().map(|r| r.version())
+                    };
+                    let outcome = store
+                        .write(&key, expected, &contract::record("w"))
+                        .await
+                        .unwrap();
+                    assert!(
+                        expected.is_some() || !outcome.is_written(),
+                        "a write expecting none landed over a valid record"
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in readers.into_iter().chain(writers) {
+        task.await.unwrap();
+    }
+    assert!(store.read(&key).await.unwrap().unwrap().version() > 1);
+}
+
+#[tokio::test]
+async fn redis_closing_every_connection_is_survived() {
+    let server = RedisServer::start();
+    let store = redis_store(&server);
+    let key = contract::key("killed-clients");
+    contract::put(&store, &key, None, "before").await;
+    let mut admin = raw(&server.url()).await;
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _ = id;
+    let mut failures = 0;
+    let mut read = None;
+    for _ in 0..20 {
+        match store.read(&key).await {
+            Ok(record) => {
+                read = record;
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_unavailable() || e.is_timeout(), "{e:?}");
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(failures <= 2, "{failures} failed calls after the kill");
+    let read = read.expect("the record after the kill");
+    assert_eq!(
+        read.record().access_token().expose_secret(),
+        "access-before"
+    );
+    // A lease and a write work too.
+    let owner = LeaseOwner::random();
+    assert!(contract::takes(&store, &key, &owner, Duration::from_secs(1)).await);
+    contract::put(&store, &key, Some(1), "after").await;
+}
+
+#[test]
+fn replicas_on_two_runtimes_share_one_grant_through_redis() {
+    let server = RedisServer::start();
+    let store = redis_store(&server);
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.latency.lock().unwrap() = Duration::from_millis(200);
+    // Both runtimes stay up until both replicas are done: a runtime that stops
+    // just after its callers have their token leaves the record unwritten and
+    // the lease to its time to live (as documented).
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, api, endpoint) = (store.clone(), Arc::clone(&api), Arc::clone(&endpoint));
+            let (barrier, answered) = (Arc::clone(&barrier), Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let layer = layer_with(&endpoint, |b| b.store(store));
+                    let svc = layer.layer(api_service(&api));
+                    barrier.wait();
+                    let calls: Vec<_> = (0..20)
+                        .map(|_| {
+                            let svc = svc.clone();
+                            tokio::spawn(
+                                async move { bounded(&svc, Duration::from_secs(10)).await },
+                            )
+                        })
+                        .collect();
+                    for call in calls {
+                        let res = call.await.unwrap();
+                        let shown = match &res {
+                            Some(Ok(r)) if r.status() == StatusCode::OK => None,
+                            other => Some(format!("{other:?}")),
+                        };
+                        answered.lock().unwrap().push(shown);
+                    }
+                    barrier.wait();
+                });
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let answered = answered.lock().unwrap();
+    assert_eq!(answered.len(), 40);
+    let failed: Vec<_> = answered.iter().flatten().collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(endpoint.grants(), 1, "{:?}", endpoint.log());
 }

@@ -17,15 +17,9 @@ use std::time::Duration;
 
 use daxium_auth::store::{RedisStore, TokenStore, WriteOutcome};
 
-#[path = "support/store_contract.rs"]
-mod contract;
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
-#[path = "support/replicas.rs"]
-mod replicas;
+mod support;
 
-use redis_server::RedisServer;
+use support::{redis::RedisServer, store_contract as contract};
 
 /// One call's timeout: above the default, for a loaded test machine.
 const STORE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -39,11 +33,7 @@ fn store(url: &str) -> RedisStore {
 
 /// Sends one command to the server at `url`.
 async fn command<T: redis::FromRedisValue>(url: &str, args: &[&str]) -> T {
-    let mut connection = redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis-server answers");
+    let mut connection = support::redis::raw(url).await;
     let mut cmd = redis::cmd(args[0]);
     for arg in &args[1..] {
         cmd.arg(*arg);
@@ -146,7 +136,7 @@ mod fleets {
 
     use super::{
         STORE_TIMEOUT,
-        replicas::{
+        support::replicas::{
             Issued, Replica, StoreWatch, blocking, login_key, replica, server, solo, spawn_drive,
         },
     };
@@ -283,9 +273,9 @@ mod cluster {
     use super::{
         contract,
         fleets::ride_out,
-        redis_server::{RedisCluster, command},
-        replicas::blocking,
         store,
+        support::redis::{RedisCluster, command},
+        support::replicas::blocking,
     };
 
     async fn cluster() -> &'static RedisCluster {
@@ -440,7 +430,9 @@ mod cluster {
 mod sentinel {
     use daxium_auth::store::TokenStore;
 
-    use super::{contract, fleets::ride_out, redis_server::Sentinels, replicas::blocking, store};
+    use super::{
+        contract, fleets::ride_out, store, support::redis::Sentinels, support::replicas::blocking,
+    };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn eight_replicas_follow_the_sentinels_to_the_new_primary_when_theirs_is_killed() {

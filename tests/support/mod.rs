@@ -1,14 +1,23 @@
-//! The one test harness of the integration tests. `scripted`: a token
-//! endpoint and a protected API in memory, for the layer's logic under paused
-//! time; `fixed`: a fetcher that always issues one token; `stores`: a token
-//! store whose calls go through a hook, and what the store tests share; and
-//! here, the
+//! The one test harness of the integration tests: each test file declares
+//! `mod support;` and uses a part of it. `scripted`: a token endpoint and a
+//! protected API in memory, for the layer's logic under paused time; `fixed`:
+//! a fetcher that always issues one token; `stores`: a token store whose
+//! calls go through a hook, and what the store tests share; `store_contract`:
+//! what every token store promises; `redis`: real `redis-server` processes;
+//! `replicas`: replicas of a service against the crate's server in real time;
+//! `secrets`: captured logs and the search for secrets in them; and here, the
 //! crate's Daxium-compatible server on 127.0.0.1 with a layer pointed at it.
-//! Each test file uses a part of it.
+// A test binary uses a part of the harness: the rest is dead code there.
 #![allow(dead_code)]
 
 pub(crate) mod fixed;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
+#[cfg(all(feature = "mock", feature = "rustls"))]
+pub(crate) mod replicas;
 pub(crate) mod scripted;
+pub(crate) mod secrets;
+pub(crate) mod store_contract;
 pub(crate) mod stores;
 
 use std::time::Duration;

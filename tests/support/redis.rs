@@ -357,6 +357,59 @@ impl RedisServer {
     pub(crate) fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Stops the server with SIGSTOP until the guard is dropped: it keeps
+    /// its connections and answers nothing, as a server cut off would.
+    pub(crate) fn freeze(&self) -> Frozen {
+        signal(self.pid, "-STOP");
+        Frozen(self.pid)
+    }
+}
+
+/// A server stopped with SIGSTOP, continued when this is dropped.
+pub(crate) struct Frozen(u32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+}
+
+// === what a store keeps in a server ===
+
+/// A plain connection to the server at `url`, to look at what a store wrote
+/// or to leave something else in its place.
+pub(crate) async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis-server answers")
+}
+
+/// The key of `login`'s record, with the default prefix.
+pub(crate) fn record_key(login: &daxium_auth::store::LoginKey) -> String {
+    format!("daxium-auth:{{{}}}", login.id())
+}
+
+/// The key of `login`'s lease, with the default prefix.
+pub(crate) fn lease_key(login: &daxium_auth::store::LoginKey) -> String {
+    format!("daxium-auth:{{{}}}:lease", login.id())
+}
+
+/// A store on `server` whose calls time out after 500 ms.
+pub(crate) fn redis_store(server: &RedisServer) -> daxium_auth::store::RedisStore {
+    daxium_auth::store::RedisStore::builder(&server.url())
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
 }
 
 // === commands to a node ===
@@ -774,10 +827,7 @@ impl Sentinels {
     /// the Sentinels name the replica and it answers as a primary. SIGKILL
     /// ends it when it is dropped.
     pub(crate) fn freeze_primary(&mut self) {
-        let stopped = Command::new("kill")
-            .args(["-STOP", &self.primary.pid.to_string()])
-            .status();
-        assert!(stopped.is_ok_and(|s| s.success()), "SIGSTOP the primary");
+        signal(self.primary.pid, "-STOP");
         self.wait_promoted();
     }
 

@@ -8,9 +8,6 @@
 //! drive the replicas for a bounded time, and watch which tokens the store
 //! held.
 
-// Each test binary uses the parts that apply to it.
-#![allow(dead_code)]
-
 use std::{
     collections::HashSet,
     future::Future,

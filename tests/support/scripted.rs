@@ -225,7 +225,9 @@ pub(crate) fn answer(valid: bool, body: Bytes) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
-pub(crate) type Inner<B> =
+/// The scripted API as the layer's inner service, for request bodies `B`
+/// (a `Full<Bytes>` unless told otherwise).
+pub(crate) type Inner<B = Full<Bytes>> =
     tower::util::BoxCloneSyncService<Request<ReplayBody<B>>, Response<Full<Bytes>>, Infallible>;
 
 pub(crate) fn api_service<B>(api: &Arc<Api>) -> Inner<B>
@@ -257,7 +259,12 @@ where
 }
 
 pub(crate) fn credentials() -> Credentials {
-    Credentials::new("client", "client-secret", "user@example.com", "password")
+    credentials_for("user@example.com", "password")
+}
+
+/// The test client's credentials for `user` with `password`.
+pub(crate) fn credentials_for(user: &str, password: &str) -> Credentials {
+    Credentials::new("client", "client-secret", user, password)
 }
 
 /// A builder for the API at 127.0.0.1:9 with the test credentials and the
@@ -343,4 +350,38 @@ pub(crate) async fn send(
 pub(crate) async fn assert_rejected(svc: &AuthService<Inner<Full<Bytes>>>) {
     let err = send(svc, get()).await.unwrap_err();
     assert!(err.token_error().unwrap().is_grant_rejected(), "{err:?}");
+}
+
+/// How long a test waits for anything: a hang is a failure, not a stuck run.
+pub(crate) const BOUND: Duration = Duration::from_secs(60);
+
+/// `fut`'s output, or a failure naming `what` when it takes over [`BOUND`].
+pub(crate) async fn in_time<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(BOUND, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: no answer within {BOUND:?}"),
+    }
+}
+
+/// The `Authorization` header of each request the API saw, in order (empty
+/// for none).
+pub(crate) fn seen_tokens(s: &Setup) -> Vec<String> {
+    (s.api.seen.lock().unwrap().iter())
+        .map(|v| {
+            v.as_ref()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The bearer token the API saw last.
+pub(crate) fn last_token(api: &Api) -> Option<String> {
+    let seen = api.seen.lock().unwrap();
+    let value = seen.last()?.as_ref()?;
+    value
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
 }

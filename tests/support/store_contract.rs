@@ -3,9 +3,6 @@
 //! Time goes through tokio, so the memory store runs it under paused time and
 //! the real stores on the real clock.
 
-// Each store's tests use the parts that apply to it.
-#![allow(dead_code)]
-
 use std::time::{Duration, SystemTime};
 
 use daxium_auth::{

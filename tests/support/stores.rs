@@ -1,10 +1,16 @@
 //! What the token store tests share: a store that puts each call of another
 //! through a hook first (to count calls, fail them as an outage would, let a
 //! write land and still report a failure, as a timed-out write may, slow them
-//! down, or never answer, as a store behind a dead connection may), the
-//! scripted login's key, and requests bounded in time.
+//! down, never answer, as a store behind a dead connection may, or report a
+//! lease held by a holder that never lets go), the scripted login's key,
+//! requests bounded in time, replicas that log in through one store, and
+//! file stores on a temporary directory.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    sync::{Arc, atomic::Ordering::SeqCst},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use daxium_auth::{
@@ -14,7 +20,11 @@ use daxium_auth::{
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use super::scripted::{Inner, TOKEN_URL, credentials, get, send};
+use tower::Layer;
+
+use super::scripted::{
+    Api, Endpoint, Inner, TOKEN_URL, api_service, credentials, get, layer_with, send,
+};
 
 pub(crate) type Svc = AuthService<Inner<Full<Bytes>>>;
 pub(crate) type Answered = Result<Response<Full<Bytes>>, daxium_auth::Error<Infallible>>;
@@ -55,6 +65,9 @@ pub(crate) enum Fault {
     Delay(Duration),
     /// The call never answers, and does not reach the inner store.
     Hang,
+    /// For a lease: held by another owner, with this much left, without
+    /// reaching the inner store. Any other call passes.
+    Held(Option<Duration>),
 }
 
 type Hook = Arc<dyn Fn(Call) -> Fault + Send + Sync>;
@@ -81,7 +94,15 @@ impl<S> Faulty<S> {
         kind: Call,
         call: impl Future<Output = Result<T, StoreError>> + Send,
     ) -> Result<T, StoreError> {
-        match (self.hook)(kind) {
+        Self::run((self.hook)(kind), call).await
+    }
+
+    /// Runs `call` as `fault` says.
+    async fn run<T>(
+        fault: Fault,
+        call: impl Future<Output = Result<T, StoreError>> + Send,
+    ) -> Result<T, StoreError> {
+        match fault {
             Fault::Pass => call.await,
             Fault::Fail(err) => Err(err),
             Fault::LandThenFail(err) => {
@@ -93,6 +114,7 @@ impl<S> Faulty<S> {
                 call.await
             }
             Fault::Hang => std::future::pending().await,
+            Fault::Held(_) => call.await,
         }
     }
 }
@@ -118,12 +140,44 @@ impl<S: TokenStore + Clone> TokenStore for Faulty<S> {
         owner: &LeaseOwner,
         ttl: Duration,
     ) -> Result<Lease, StoreError> {
-        let call = self.inner.acquire_lease(key, owner, ttl);
-        self.through(Call::Lease, call).await
+        match (self.hook)(Call::Lease) {
+            Fault::Held(remaining) => Ok(Lease::Held { remaining }),
+            fault => Self::run(fault, self.inner.acquire_lease(key, owner, ttl)).await,
+        }
     }
 
     async fn release_lease(&self, key: &LoginKey, owner: &LeaseOwner) -> Result<bool, StoreError> {
         let call = self.inner.release_lease(key, owner);
         self.through(Call::Release, call).await
     }
+}
+
+/// Three replicas on the stores `store` makes each get a token, with one
+/// login between them: they share the record.
+pub(crate) async fn three_replicas_log_in_once<S: TokenStore + Clone>(store: impl Fn() -> S) {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let services: Vec<Svc> = (0..3)
+        .map(|_| layer_with(&endpoint, |b| b.store(store())).layer(api_service(&api)))
+        .collect();
+    for svc in &services {
+        assert!(ok(&bounded(svc, Duration::from_secs(5)).await.unwrap()));
+    }
+    assert_eq!(
+        endpoint.password.load(SeqCst),
+        1,
+        "three replicas, one login: {:?}",
+        endpoint.log()
+    );
+}
+
+/// A file store on `dir`, with the default timeout.
+#[cfg(feature = "file")]
+pub(crate) fn file_store(dir: &tempfile::TempDir) -> daxium_auth::store::FileStore {
+    daxium_auth::store::FileStore::new(dir.path()).expect("a file store")
+}
+
+/// The file of `key`'s record in `dir`.
+pub(crate) fn record_file(dir: &tempfile::TempDir, key: &LoginKey) -> std::path::PathBuf {
+    dir.path().join(format!("{}.json", key.id()))
 }

@@ -1,12 +1,12 @@
-//! Attacks on the replacement of unreadable records, the pace of lease
-//! retries, the 5 s lease and the stores' handling of what they did not write
-//! at a record's name, through the public API: two fleets under different
-//! seal keys on one store, a record made readable between a conflict and the
-//! write over it, a store that reports a new unreadable version on every
-//! write, a lease that lapses within a short wait budget, a grant slower than
-//! the lease, Redis versions at the edge of the range or not in canonical
-//! form, a key of another type met by a write that expects a version, and
-//! symlinks, directories and FIFOs at a file record's name.
+//! What the stores and a fleet make of a record that they did not write, or
+//! cannot use: one sealed under another key, unreadable at a new version on
+//! every write, or made readable again meanwhile; one whose expiry is past or
+//! absurd; one at the last version there is; in Redis, garbage, huge or
+//! mismatched envelopes, versions of 20 digits or with leading zeros, and keys
+//! of another type; in a directory, huge or damaged files, symlinks,
+//! directories and FIFOs at the record's name. Such a record reads as absent
+//! and is written over at its version; what it points to is never followed,
+//! emptied or used.
 #![cfg(all(
     feature = "redis",
     feature = "file",
@@ -24,28 +24,24 @@ use std::{
 };
 
 use daxium_auth::{
-    AccessToken, MemoryStore, StoreError, TokenStore,
+    AccessToken, MemoryStore, RefreshToken, StoreError, TokenStore,
     store::{
-        Conflict, FileStore, Lease, LeaseOwner, LoginKey, Record, RedisStore, StoredRecord,
-        WriteOutcome,
+        Conflict, FileStore, Lease, LeaseOwner, LoginKey, Record, RedisStore, SealKey,
+        StoredRecord, WriteOutcome,
     },
 };
-use tempfile::TempDir;
 use tower::Layer;
 
 mod support;
 
-#[path = "support/store_contract.rs"]
-mod contract;
-#[allow(dead_code)]
-#[path = "support/redis.rs"]
-mod redis_server;
-
-use redis_server::RedisServer;
 use support::{
-    scripted::{Api, Endpoint, api_service, layer_with},
-    stores::{Svc, bounded, login, ok},
+    redis::{RedisServer, raw, record_key, redis_store},
+    scripted::{Api, Endpoint, api_service, get, last_token, layer_with, send},
+    store_contract as contract,
+    stores::{bounded, file_store, login, ok, record_file, three_replicas_log_in_once},
 };
+
+// === records a fleet cannot read (memory store, paused time) ===
 
 fn record(token: &str) -> Record {
     Record::new(
@@ -58,11 +54,6 @@ fn record(token: &str) -> Record {
 fn token_of(stored: &StoredRecord) -> String {
     stored.record().access_token().expose_secret().to_owned()
 }
-
-// ---------------------------------------------------------------------------
-// A fleet's view of a shared store: what another fleet wrote does not open,
-// as under another seal key. Memory store, paused time.
-// ---------------------------------------------------------------------------
 
 /// A hook run on a write whose conflict this fleet cannot read, before the
 /// conflict is returned.
@@ -296,157 +287,172 @@ async fn a_record_unreadable_at_a_new_version_each_time_is_written_over_a_bounde
     );
 }
 
-// ---------------------------------------------------------------------------
-// The lease: its retry floor and its 5 s default.
-// ---------------------------------------------------------------------------
+// === expiries and versions at the edge (memory store, paused time) ===
+
+fn access(token: &str) -> AccessToken {
+    AccessToken::new(token).unwrap()
+}
+
+/// A record of the scripted login expiring `in_` from now (wall clock).
+fn planted(token: &str, refresh: Option<&str>, expires_at: SystemTime) -> Record {
+    Record::new(
+        access(token),
+        refresh.map(|r| RefreshToken::new(r).unwrap()),
+        expires_at,
+    )
+}
 
 #[tokio::test(start_paused = true)]
-async fn a_lease_that_lapses_soon_is_taken_within_a_short_wait_budget() {
+async fn a_stored_token_is_never_served_past_its_records_expiry() {
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
-    *endpoint.latency.lock().unwrap() = Duration::from_millis(10);
     let store = MemoryStore::new();
-    // Another process holds the lease for 20 ms more and then goes away.
-    let other = LeaseOwner::random();
-    let held = store
-        .acquire_lease(&login(), &other, Duration::from_millis(20))
+    // Valid at the API: only its expiry may keep it from being served.
+    api.valid.lock().unwrap().insert("planted".into());
+    let expires = SystemTime::now() + Duration::from_secs(120);
+    let written = store
+        .write(&login(), None, &planted("planted", None, expires))
         .await
         .unwrap();
-    assert!(held.is_acquired());
-    let layer = layer_with(&endpoint, |b| {
-        b.store(store.clone())
-            .wait_budget(Duration::from_millis(80))
-    });
+    assert!(written.is_written());
+
+    let layer = layer_with(&endpoint, |b| b.store(store.clone()));
     let svc = layer.layer(api_service(&api));
-    let started = tokio::time::Instant::now();
-    let res = bounded(&svc, Duration::from_secs(5)).await.unwrap();
+    assert!(ok(&send(&svc, get()).await));
+    assert_eq!(last_token(&api).as_deref(), Some("planted"));
+    assert_eq!(endpoint.grants(), 0, "the stored record is adopted");
+
+    // Past its expiry (the record's own, not 24 h or never): a new token.
+    for _ in 0..130 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(ok(&send(&svc, get()).await));
+    }
+    assert_ne!(last_token(&api).as_deref(), Some("planted"));
+    assert!(endpoint.grants() >= 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_record_that_expired_already_is_not_adopted() {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let store = MemoryStore::new();
+    api.valid.lock().unwrap().insert("stale".into());
+    let past = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+    let _ = store
+        .write(&login(), None, &planted("stale", None, past))
+        .await
+        .unwrap();
+    let layer = layer_with(&endpoint, |b| b.store(store.clone()));
+    let svc = layer.layer(api_service(&api));
+    assert!(ok(&send(&svc, get()).await));
+    assert_eq!(last_token(&api).as_deref(), Some("access-1"));
+    assert_eq!(endpoint.log(), ["password:user@example.com"]);
+    // The fresh pair replaced the expired record.
+    let stored = store.read(&login()).await.unwrap().unwrap();
+    assert_eq!(stored.record().access_token().expose_secret(), "access-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_record_with_an_absurd_expiry_is_not_served_for_ever() {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let store = MemoryStore::new();
+    api.valid.lock().unwrap().insert("for-ever".into());
+    // A century: what no grant can make (expires_in is clamped to 24 h).
+    let far = SystemTime::now() + Duration::from_secs(100 * 365 * 86_400);
+    let _ = store
+        .write(&login(), None, &planted("for-ever", None, far))
+        .await
+        .unwrap();
+    let layer = layer_with(&endpoint, |b| b.store(store.clone()));
+    let svc = layer.layer(api_service(&api));
+    assert!(ok(&send(&svc, get()).await));
+    assert_eq!(last_token(&api).as_deref(), Some("for-ever"));
+    // Two days later (paused time), hourly traffic.
+    for _ in 0..48 {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(ok(&send(&svc, get()).await));
+    }
     assert!(
-        ok(&res),
-        "the lease was free after 20 ms, the budget 80 ms, the grant 10 ms; after {:?}: {:?}",
-        started.elapsed(),
-        res.err()
+        endpoint.grants() >= 1,
+        "the token of a record said to live a century was served for two days"
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_lease_whose_holder_said_nothing_left_is_asked_for_at_a_pace() {
-    // A holder frozen past its expiry: the store says it is held, 0 left.
-    #[derive(Clone, Default)]
-    struct Frozen {
-        leases: Arc<AtomicU64>,
-        inner: MemoryStore,
+/// A store whose record is at the last version there is: every write over it
+/// fails, as the file and Redis stores' writes do.
+#[derive(Clone)]
+struct AtTheEnd;
+
+impl TokenStore for AtTheEnd {
+    async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
+        let expired = planted("end", None, SystemTime::UNIX_EPOCH);
+        Ok(Some(StoredRecord::new(key.clone(), u64::MAX, expired)))
     }
-    impl TokenStore for Frozen {
-        async fn read(&self, key: &LoginKey) -> Result<Option<StoredRecord>, StoreError> {
-            self.inner.read(key).await
-        }
-        async fn write(
-            &self,
-            key: &LoginKey,
-            expected: Option<u64>,
-            record: &Record,
-        ) -> Result<WriteOutcome, StoreError> {
-            self.inner.write(key, expected, record).await
-        }
-        async fn acquire_lease(
-            &self,
-            _key: &LoginKey,
-            _owner: &LeaseOwner,
-            _ttl: Duration,
-        ) -> Result<Lease, StoreError> {
-            self.leases.fetch_add(1, SeqCst);
-            Ok(Lease::Held {
-                remaining: Some(Duration::ZERO),
-            })
-        }
-        async fn release_lease(&self, _: &LoginKey, _: &LeaseOwner) -> Result<bool, StoreError> {
-            Ok(false)
-        }
+
+    async fn write(
+        &self,
+        _: &LoginKey,
+        _: Option<u64>,
+        _: &Record,
+    ) -> Result<WriteOutcome, StoreError> {
+        Err(StoreError::server(
+            "end",
+            std::io::Error::other("record version at its maximum"),
+        ))
     }
-    let api = Arc::new(Api::default());
-    let endpoint = Endpoint::new(&api);
-    let store = Frozen::default();
-    let layer = layer_with(&endpoint, |b| {
-        b.store(store.clone()).wait_budget(Duration::from_secs(1))
-    });
-    let svc = layer.layer(api_service(&api));
-    let _ = bounded(&svc, Duration::from_secs(5)).await;
-    let asked = store.leases.load(SeqCst);
-    assert!(asked <= 15, "{asked} leases asked within a 1 s budget");
+
+    async fn acquire_lease(
+        &self,
+        _: &LoginKey,
+        _: &LeaseOwner,
+        _: Duration,
+    ) -> Result<Lease, StoreError> {
+        Ok(Lease::Acquired)
+    }
+
+    async fn release_lease(&self, _: &LoginKey, _: &LeaseOwner) -> Result<bool, StoreError> {
+        Ok(true)
+    }
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_grant_slower_than_the_lease_costs_a_password_grant_never_a_reused_refresh_token() {
+async fn a_record_at_the_last_version_does_not_wedge_the_cache() {
     let api = Arc::new(Api::default());
     let endpoint = Endpoint::new(&api);
-    *endpoint.lifetime.lock().unwrap() = Duration::from_secs(120);
-    let store = MemoryStore::new();
-    let services: Vec<Svc> = (0..4)
-        .map(|_| {
-            layer_with(&endpoint, |b| {
-                b.store(store.clone())
-                    .refresh_margin(Duration::from_secs(60))
-            })
-            .layer(api_service(&api))
-        })
-        .collect();
-    for svc in &services {
-        assert!(ok(&bounded(svc, Duration::from_secs(5)).await.unwrap()));
-    }
-    assert_eq!(endpoint.log(), ["password:user@example.com"]);
-    // Every grant from now on takes 7 s: past the 5 s lease.
-    *endpoint.latency.lock().unwrap() = Duration::from_secs(7);
-    tokio::time::sleep(Duration::from_secs(61)).await;
-    // Stale everywhere at once; a minute of traffic on every replica.
-    for second in 0..60 {
-        let answers = futures_util::future::join_all(
-            services
-                .iter()
-                .map(|svc| bounded(svc, Duration::from_secs(15))),
-        )
-        .await;
-        for (i, res) in answers.iter().enumerate() {
-            assert!(
-                res.as_ref().is_some_and(ok),
-                "replica {i} at {second} s: {:?}",
-                res.as_ref().map(|r| r.as_ref().err())
-            );
-        }
+    *endpoint.lifetime.lock().unwrap() = Duration::from_secs(10);
+    let layer = layer_with(&endpoint, |b| b.store(AtTheEnd));
+    let svc = layer.layer(api_service(&api));
+    // Three lifetimes: every token must be followed by another.
+    for second in 0..30 {
+        let res = bounded(&svc, Duration::from_secs(20)).await;
+        assert!(
+            res.as_ref().is_some_and(ok),
+            "no token at {second} s: {:?}",
+            res.map(|r| r.err())
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    endpoint.assert_no_refresh_token_sent_twice();
-    let log = endpoint.log();
-    assert!(
-        log.iter().any(|g| g == "refresh:refresh-1"),
-        "the shared refresh token was used: {log:?}"
-    );
-    // The lease lapsed mid-grant: the next holder found the token spent and
-    // logged in; no more than that.
-    let passwords = endpoint.password.load(SeqCst);
-    assert!((2..=3).contains(&passwords), "{log:?}");
+    assert!(endpoint.grants() >= 3);
 }
 
-// ---------------------------------------------------------------------------
-// Redis, on a real redis-server of 127.0.0.1.
-// ---------------------------------------------------------------------------
+// === in Redis ===
 
-fn record_key(key: &LoginKey) -> String {
-    format!("daxium-auth:{{{}}}", key.id())
-}
-
-async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis-server answers")
-}
-
-fn redis_store(server: &RedisServer) -> RedisStore {
-    RedisStore::builder(&server.url())
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap()
+/// The envelope of a record in clear, as the file and Redis stores keep it,
+/// with every field chosen by the caller.
+fn envelope(
+    key: &LoginKey,
+    format: u32,
+    version: &str,
+    token: &str,
+    expires_at_ms: &str,
+) -> String {
+    format!(
+        r#"{{"format":{format},"login":"{id}","version":{version},"record":{{"client_id":"{cid}","username":"{user}","access_token":"{token}","refresh_token":null,"refresh_spent":false,"expires_at_ms":{expires_at_ms},"scope":null}}}}"#,
+        id = key.id(),
+        cid = key.client_id(),
+        user = key.username(),
+    )
 }
 
 /// The envelope a clear store writes for `key` at version 1, restated at
@@ -503,37 +509,6 @@ async fn a_redis_record_at_a_20_digit_version_stays_readable_and_is_not_replaced
 }
 
 #[tokio::test]
-async fn a_write_expecting_a_version_over_a_redis_key_of_another_type_conflicts() {
-    let server = RedisServer::start();
-    let store = redis_store(&server);
-    let key = contract::key("other-type");
-    let mut c = raw(&server.url()).await;
-    for kind in ["SET", "LPUSH"] {
-        let _: () = redis::cmd("DEL")
-            .arg(record_key(&key))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let _: () = redis::cmd(kind)
-            .arg(record_key(&key))
-            .arg("left here by something else")
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        let outcome = store.write(&key, Some(3), &record("x")).await;
-        match outcome {
-            Ok(WriteOutcome::Conflict(conflict)) => {
-                assert_eq!(conflict.version(), None, "{kind}");
-                assert!(conflict.record().is_none(), "{kind}");
-            }
-            other => panic!("{kind}: {other:?}"),
-        }
-        // And the write that expects none replaces it.
-        assert_eq!(contract::put(&store, &key, None, "mine").await, 1);
-    }
-}
-
-#[tokio::test]
 async fn a_redis_version_with_leading_zeros_does_not_wedge_the_record() {
     let server = RedisServer::start();
     let store = redis_store(&server);
@@ -559,10 +534,16 @@ async fn redis_hashes_without_a_usable_version_read_as_absent_and_are_replaced_o
     let store = redis_store(&server);
     let key = contract::key("no-version");
     let mut c = raw(&server.url()).await;
-    let cases: [&[&str]; 3] = [
+    let cases: [&[&str]; 4] = [
         &["version", "", "envelope", "{}"],
         &["envelope", "{}"],
         &["version", "-1", "other", "x"],
+        &[
+            "version",
+            "\u{fffd}not a number",
+            "envelope",
+            "\u{0}\u{ff} garbage",
+        ],
     ];
     for fields in cases {
         let _: () = redis::cmd("DEL")
@@ -596,60 +577,222 @@ async fn redis_hashes_without_a_usable_version_read_as_absent_and_are_replaced_o
 }
 
 #[tokio::test]
-async fn racing_readers_and_writers_never_see_a_valid_redis_record_vanish() {
+async fn a_garbage_or_huge_redis_envelope_reads_as_absent_and_is_replaced() {
     let server = RedisServer::start();
     let store = redis_store(&server);
-    let key = contract::key("race");
-    assert_eq!(contract::put(&store, &key, None, "first").await, 1);
-    let readers: Vec<_> = (0..4)
-        .map(|_| {
-            let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move {
-                for _ in 0..200 {
-                    assert!(store.read(&key).await.unwrap().is_some(), "vanished");
-                }
-            })
-        })
-        .collect();
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move {
-                for _ in 0..100 {
-                    let expected = if w == 0 {
-                        // A writer that believes there is none: never lands.
-                        None
-                    } else {
-                        store.read(&key).await.unwrap().map(|r| r.version())
-                    };
-                    let outcome = store.write(&key, expected, &record("w")).await.unwrap();
-                    assert!(
-                        expected.is_some() || !outcome.is_written(),
-                        "a write expecting none landed over a valid record"
-                    );
-                }
-            })
-        })
-        .collect();
-    for task in readers.into_iter().chain(writers) {
-        task.await.unwrap();
+    let mut c = raw(&server.url()).await;
+    for (name, envelope) in [
+        ("bytes", b"\x00\xff\xfe garbage".to_vec()),
+        ("huge", vec![b'{'; 1 << 20]),
+        ("empty", Vec::new()),
+    ] {
+        let key = contract::key(name);
+        let _: () = redis::cmd("HSET")
+            .arg(record_key(&key))
+            .arg("version")
+            .arg("5")
+            .arg("envelope")
+            .arg(envelope)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        contract::an_unreadable_record_is_replaced_over_its_version(&store, &key, 5).await;
     }
-    assert!(store.read(&key).await.unwrap().unwrap().version() > 1);
 }
 
-// ---------------------------------------------------------------------------
-// File store, on a temporary directory.
-// ---------------------------------------------------------------------------
-
-fn record_file(dir: &TempDir, key: &LoginKey) -> PathBuf {
-    dir.path().join(format!("{}.json", key.id()))
+#[tokio::test]
+async fn a_redis_record_of_another_version_or_login_is_not_read() {
+    let server = RedisServer::start();
+    let store = redis_store(&server);
+    let key = contract::key("mismatch");
+    let other = contract::key("someone-else");
+    let mut c = raw(&server.url()).await;
+    for (version, text) in [
+        // The envelope says 3, the hash 4: a replayed older envelope.
+        ("4", envelope(&key, 1, "3", "replayed", "99999999999999")),
+        // Another login's envelope under this login's key.
+        ("4", envelope(&other, 1, "4", "theirs", "99999999999999")),
+    ] {
+        let _: () = redis::cmd("HSET")
+            .arg(record_key(&key))
+            .arg("version")
+            .arg(version)
+            .arg("envelope")
+            .arg(&text)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(store.read(&key).await.unwrap().is_none(), "{text}");
+    }
 }
 
-fn file_store(dir: &TempDir) -> FileStore {
-    FileStore::builder(dir.path())
-        .timeout(Duration::from_millis(300))
+#[tokio::test]
+async fn a_write_expecting_a_version_over_a_redis_key_of_another_type_conflicts() {
+    let server = RedisServer::start();
+    let store = redis_store(&server);
+    let key = contract::key("other-type");
+    let mut c = raw(&server.url()).await;
+    for kind in ["SET", "LPUSH"] {
+        let _: () = redis::cmd("DEL")
+            .arg(record_key(&key))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = redis::cmd(kind)
+            .arg(record_key(&key))
+            .arg("left here by something else")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let outcome = store.write(&key, Some(3), &record("x")).await;
+        match outcome {
+            Ok(WriteOutcome::Conflict(conflict)) => {
+                assert_eq!(conflict.version(), None, "{kind}");
+                assert!(conflict.record().is_none(), "{kind}");
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+        // And the write that expects none replaces it.
+        assert_eq!(contract::put(&store, &key, None, "mine").await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_redis_key_of_another_type_does_not_split_the_fleet() {
+    let server = RedisServer::start();
+    let key = login();
+    let mut c = raw(&server.url()).await;
+    let _: () = redis::cmd("SET")
+        .arg(record_key(&key))
+        .arg("left here by something else")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    three_replicas_log_in_once(|| redis_store(&server)).await;
+}
+
+// === in a directory ===
+
+#[tokio::test]
+async fn a_file_record_at_the_last_version_does_not_wedge_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = login();
+    std::fs::write(
+        record_file(&dir, &key),
+        envelope(&key, 1, &u64::MAX.to_string(), "end", "1000"),
+    )
+    .unwrap();
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    *endpoint.lifetime.lock().unwrap() = Duration::from_secs(1);
+    let layer = layer_with(&endpoint, |b| {
+        b.store(file_store(&dir))
+            .wait_budget(Duration::from_secs(2))
+    });
+    let svc = layer.layer(api_service(&api));
+    assert!(ok(&bounded(&svc, Duration::from_secs(5)).await.unwrap()));
+    // Past the first token's expiry: a second one.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let res = bounded(&svc, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert!(ok(&res), "{:?}", res.err());
+    assert_eq!(endpoint.grants(), 2);
+}
+
+#[tokio::test]
+async fn a_huge_record_file_reads_as_absent_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir);
+    let key = contract::key("huge");
+    // 8 MiB of a valid-looking start: the store reads no more than 64 KiB.
+    let mut huge = envelope(&key, 1, "3", "big", "99999999999999").into_bytes();
+    huge.resize(8 << 20, b' ');
+    std::fs::write(record_file(&dir, &key), &huge).unwrap();
+    assert!(store.read(&key).await.unwrap().is_none());
+    assert_eq!(contract::put(&store, &key, None, "small").await, 1);
+    let len = std::fs::metadata(record_file(&dir, &key)).unwrap().len();
+    assert!(len < 4096, "{len} bytes");
+}
+
+#[tokio::test]
+async fn negative_absurd_and_future_file_records_read_as_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = file_store(&dir);
+    let key = contract::key("odd");
+    let cases = [
+        // A negative expiry and a negative version do not parse at all.
+        (envelope(&key, 1, "4", "neg", "-5"), None),
+        (envelope(&key, 1, "-1", "neg", "5"), None),
+        // An expiry past u64 does not parse either.
+        (envelope(&key, 1, "4", "big", "1e30"), None),
+        // A future format names its version: a write over it replaces it.
+        (envelope(&key, 2, "9", "future", "5"), Some(9)),
+        // A version as a string is not a version.
+        (envelope(&key, 1, "\"9\"", "str", "5"), None),
+    ];
+    for (text, version) in cases {
+        std::fs::write(record_file(&dir, &key), &text).unwrap();
+        assert!(store.read(&key).await.unwrap().is_none(), "{text}");
+        let outcome = store
+            .write(&key, None, &contract::record("x"))
+            .await
+            .unwrap();
+        match version {
+            None => assert!(outcome.is_written(), "{text}"),
+            Some(v) => {
+                let WriteOutcome::Conflict(conflict) = outcome else {
+                    panic!("written over a record it did not expect: {text}");
+                };
+                assert_eq!(conflict.version(), Some(v));
+                assert!(conflict.record().is_none());
+            }
+        }
+    }
+    // The largest expiry there is parses, and does not panic anyone.
+    std::fs::write(
+        record_file(&dir, &key),
+        envelope(&key, 1, "4", "max", &u64::MAX.to_string()),
+    )
+    .unwrap();
+    let read = store.read(&key).await.unwrap().unwrap();
+    assert_eq!(read.record().expires_at_unix_ms(), u64::MAX);
+    assert!(read.record().remaining_at(SystemTime::now()) > Duration::from_secs(1 << 40));
+}
+
+#[tokio::test]
+async fn an_unreadable_record_is_replaced_by_the_next_grant_and_shared_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = login();
+    // Written under the seal key the fleet used before a rotation.
+    let old = FileStore::builder(dir.path())
+        .seal(SealKey::new([1; 32]))
         .build()
-        .unwrap()
+        .unwrap();
+    contract::put(&old, &key, None, "old").await;
+    contract::put(&old, &key, Some(1), "old").await;
+
+    let new_store = || {
+        FileStore::builder(dir.path())
+            .seal(SealKey::new([2; 32]))
+            .build()
+            .unwrap()
+    };
+    three_replicas_log_in_once(new_store).await;
+}
+
+#[tokio::test]
+async fn a_symlinked_record_file_is_replaced_not_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let store = file_store(&dir);
+    let key = contract::key("linked");
+    let victim = elsewhere.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, record_file(&dir, &key)).unwrap();
+    assert!(store.read(&key).await.unwrap().is_none());
+    assert_eq!(contract::put(&store, &key, None, "new").await, 1);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
 
 #[tokio::test]
@@ -697,6 +840,13 @@ async fn a_full_directory_at_the_record_name_is_never_emptied() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_directory_in_place_of_the_record_file_does_not_split_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(record_file(&dir, &login())).unwrap();
+    three_replicas_log_in_once(|| file_store(&dir)).await;
 }
 
 /// Opens the FIFO for writing when dropped, so that a reader blocked on it
