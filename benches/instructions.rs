@@ -16,7 +16,9 @@
 //! - `auth_replay_on`: `AuthLayer` with its defaults;
 //! - with the `redis` feature, `auth_replay_off_redis` / `auth_replay_on_redis`:
 //!   the two `AuthLayer` variants sharing their login through a `RedisStore`
-//!   on a real `redis-server`, which the parent starts on 127.0.0.1.
+//!   on a real `redis-server`, which the parent starts on 127.0.0.1; and
+//!   `auth_replay_off_cluster` / `auth_replay_on_cluster`: the same through a
+//!   Redis Cluster of three primaries that the parent starts there too.
 //!
 //! Run as a bench (`cargo bench --bench instructions`), the binary runs itself
 //! under `valgrind --tool=callgrind` once per variant and per request count,
@@ -63,9 +65,14 @@ const VARIANTS: [&str; 7] = [
 ];
 
 /// With the `redis` feature: the two `AuthLayer` variants sharing their login
-/// through a `RedisStore`.
+/// through a `RedisStore` on one server, and on a Redis Cluster.
 #[cfg(feature = "redis")]
-const REDIS_VARIANTS: [&str; 2] = ["auth_replay_off_redis", "auth_replay_on_redis"];
+const REDIS_VARIANTS: [&str; 4] = [
+    "auth_replay_off_redis",
+    "auth_replay_on_redis",
+    "auth_replay_off_cluster",
+    "auth_replay_on_cluster",
+];
 #[cfg(not(feature = "redis"))]
 const REDIS_VARIANTS: [&str; 0] = [];
 
@@ -135,9 +142,12 @@ fn child(variant: &str, n: u32) {
         "reference" => run(&mut Reference::new(TOKEN).layer(Inner), n, false),
         "auth_replay_on" => run(&mut auth_layer(&rt, true).layer(Inner), n, false),
         #[cfg(feature = "redis")]
-        "auth_replay_off_redis" | "auth_replay_on_redis" => {
+        "auth_replay_off_redis"
+        | "auth_replay_on_redis"
+        | "auth_replay_off_cluster"
+        | "auth_replay_on_cluster" => {
             let url = env::var(REDIS_VAR).expect("the Redis URL");
-            let replay = variant == "auth_replay_on_redis";
+            let replay = variant.starts_with("auth_replay_on");
             let layer = support::auth_layer_redis(&rt, replay, &url);
             run(&mut layer.layer(Inner), n, false)
         }
@@ -190,11 +200,18 @@ fn parent() -> Result<(), String> {
     #[cfg(feature = "redis")]
     let server = support::redis::RedisServer::start();
     #[cfg(feature = "redis")]
-    let redis = Some(server.url());
+    let cluster = support::redis::RedisCluster::start(3, 0);
+    #[cfg(feature = "redis")]
+    let (redis, cluster) = (Some(server.url()), Some(cluster.url()));
     #[cfg(not(feature = "redis"))]
-    let redis: Option<String> = None;
+    let (redis, cluster): (Option<String>, Option<String>) = (None, None);
     let mut per_request = Vec::new();
     for variant in VARIANTS.into_iter().chain(REDIS_VARIANTS) {
+        let redis = if variant.ends_with("_cluster") {
+            &cluster
+        } else {
+            &redis
+        };
         let short = count(&valgrind, &dir, redis.as_deref(), variant, SHORT, "short")?;
         let long = count(&valgrind, &dir, redis.as_deref(), variant, LONG, "long")?;
         let per = long.saturating_sub(short) as f64 / f64::from(LONG - SHORT);
@@ -228,9 +245,12 @@ fn parent() -> Result<(), String> {
     );
     if !REDIS_VARIANTS.is_empty() {
         println!(
-            "  with a RedisStore: replay off {:.3}, replay on {:.3} (against the same without)",
+            "  with a RedisStore: replay off {:.3}, replay on {:.3}; on a cluster: replay off \
+             {:.3}, replay on {:.3} (against the same without)",
             of("auth_replay_off_redis") / of("auth_replay_off"),
             of("auth_replay_on_redis") / of("auth_replay_on"),
+            of("auth_replay_off_cluster") / of("auth_replay_off"),
+            of("auth_replay_on_cluster") / of("auth_replay_on"),
         );
     }
     Ok(())
