@@ -24,12 +24,14 @@ use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower_service::Service;
 
-use crate::{
+use super::{
     body::{Replay, ReplayBody},
-    cache::{Answer, Event, Live, LiveSlot, Resend, Shared, Ticket},
-    error::{Error, TokenError},
     refusal::{Refusal, accepts},
     service::{CacheNumber, Link, failure, send},
+};
+use crate::{
+    cache::{Answer, Event, Live, LiveSlot, Resend, Shared, Ticket},
+    error::{Error, TokenError},
 };
 
 type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;

@@ -1,20 +1,34 @@
 //! [`AuthLayer`] and its builder: the settings of one token cache and of the
 //! services that share it.
 
+pub(crate) mod body;
+pub(crate) mod future;
+pub(crate) mod origin;
+pub(crate) mod refusal;
+pub(crate) mod service;
+
+pub use self::{
+    body::{NoReplay, ReplayBody},
+    future::ResponseFuture,
+    refusal::Refusal,
+    service::AuthService,
+};
+
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use tokio::sync::watch;
 use tower_layer::Layer;
 
+use self::{
+    origin::{Origin, ShownUrl, check_url},
+    service::CacheNumber,
+};
 use crate::{
     cache::{CacheConfig, TokenCache},
     credentials::Credentials,
     error::{BuildError, TokenError},
     fetcher::{DynFetcher, TokenFetcher},
     login::LoginState,
-    origin::{Origin, ShownUrl, check_url},
-    refusal::Refusal,
-    service::{AuthService, CacheNumber},
     stats::Stats,
     store::{AnyStore, TokenStore},
 };

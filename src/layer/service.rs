@@ -22,14 +22,16 @@ use http::{HeaderValue, Request, Response, header::AUTHORIZATION};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::{
+use super::{
+    AuthLayer,
     body::{NoReplay, Replay, ReplayBody},
-    cache::{Answer, Live, LiveSlot, Phase, Shared, View},
-    error::{Error, TokenError},
     future::{After, Check, Pending, ResponseFuture, Retry},
-    layer::AuthLayer,
     origin::LastOrigin,
     refusal::Refusal,
+};
+use crate::{
+    cache::{Answer, Live, LiveSlot, Phase, Shared, View},
+    error::{Error, TokenError},
 };
 
 /// Adds `Authorization: Bearer …` (marked sensitive) to each request for the
