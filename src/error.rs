@@ -85,6 +85,12 @@ impl TokenError {
         Self::new(Kind::Closed)
     }
 
+    /// A field of the token endpoint's answer, or a token handed to a public
+    /// constructor, that is unusable.
+    pub(crate) fn invalid_field(field: &'static str, reason: &'static str) -> Self {
+        Self::new(Kind::InvalidResponse).with_detail(format!("`{field}` {reason}"))
+    }
+
     /// Copy-on-write: an error built by a fetcher may be a clone of one it
     /// handed out before, so its inner part is copied rather than assumed unique.
     fn inner_mut(&mut self) -> &mut Inner {

@@ -18,7 +18,10 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version, header::AUTHORIZATION};
+use http::{
+    Extensions, HeaderMap, HeaderValue, Method, Request, Response, Uri, Version,
+    header::AUTHORIZATION,
+};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::util::Oneshot;
@@ -26,11 +29,11 @@ use tower_service::Service;
 
 use super::{
     body::{Replay, ReplayBody},
+    link::{Link, failure},
     refusal::{Refusal, accepts},
-    service::{CacheNumber, Link, failure, send},
 };
 use crate::{
-    cache::{Answer, Event, Live, LiveSlot, Resend, Shared, Ticket},
+    cache::{Answer, CacheNumber, Event, Live, LiveSlot, Resend, Shared, Ticket},
     error::{Error, TokenError},
 };
 
@@ -248,6 +251,89 @@ where
             state: State::Sent { fut, check, after },
         }
     }
+}
+
+/// The request's `Content-Length`, if it has one that parses.
+#[cold]
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sends `req` with the token of `slot`, keeping what a replay needs when
+/// `replay` (`link` then holds a spare service).
+pub(super) fn send<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    slot: &LiveSlot,
+    link: Arc<Link<S>>,
+    replay: bool,
+    limit: usize,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    let config = link.layer.config();
+    let check = Check {
+        refusal: config.refusal,
+        confirm: !slot.accepted,
+    };
+    let (id, header) = (slot.id, slot.access.clone());
+    if !replay {
+        let mut req = req.map(ReplayBody::new);
+        req.headers_mut().insert(AUTHORIZATION, header);
+        let cache = config.cache;
+        return ResponseFuture::sent(inner.call(req), check, After::Report { id, cache });
+    }
+    dispatch(inner, req, (id, header, check), link, limit)
+}
+
+/// Sends `req` with the token `id` (its header, and what its answer is
+/// checked for), keeping what a replay needs.
+#[inline]
+pub(super) fn dispatch<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    (id, header, check): (u64, HeaderValue, Check),
+    link: Arc<Link<S>>,
+    limit: usize,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    // The request stays whole here too: taking it apart into `Parts` and back
+    // moves more bytes than the rest of this function touches.
+    //
+    // A streamed body of unknown size may still have a declared length: the
+    // recording is complete once that much has gone out. A body whose size is
+    // known (the usual case) costs no header lookup.
+    let declared = if req.body().size_hint().exact().is_none() {
+        declared_length(req.headers())
+    } else {
+        None
+    };
+    let mut kind = Replay::Never;
+    let mut req = req.map(|body| {
+        let (body, how) = ReplayBody::first(body, limit, declared);
+        kind = how;
+        body
+    });
+    if let Replay::Never = kind {
+        req.headers_mut().insert(AUTHORIZATION, header);
+        let cache = link.layer.config().cache;
+        return ResponseFuture::sent(inner.call(req), check, After::Report { id, cache });
+    }
+    // The copy for a replay is taken before the header goes in.
+    let retry = Retry::new(&req, kind, id, link);
+    req.headers_mut().insert(AUTHORIZATION, header);
+    ResponseFuture::sent(inner.call(req), check, After::Replay(retry))
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>

@@ -1,8 +1,16 @@
-//! [`AuthLayer`] and its builder: the settings of one token cache and of the
-//! services that share it.
+//! The tower middleware. [`AuthLayer`] holds one token cache and the settings
+//! of the services that share it; [`AuthService`] (`service`) attaches the
+//! token to each request, and its [`ResponseFuture`] (`future`) waits for a
+//! grant and sends a refused request again. `link` is what the two share,
+//! `body` records a request body for a replay, `origin` says which requests
+//! get the token, and `refusal` which answers refuse it.
+//!
+//! The modules form no cycle: `future` uses `link`, `body` and `refusal`;
+//! `service` uses those and `future`; nothing uses `service` but the layer.
 
 pub(crate) mod body;
 pub(crate) mod future;
+pub(crate) mod link;
 pub(crate) mod origin;
 pub(crate) mod refusal;
 pub(crate) mod service;
@@ -19,12 +27,9 @@ use std::{fmt, future::Future, sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tower_layer::Layer;
 
-use self::{
-    origin::{Origin, ShownUrl, check_url},
-    service::CacheNumber,
-};
+use self::origin::{Origin, ShownUrl, check_url};
 use crate::{
-    cache::{CacheConfig, TokenCache},
+    cache::{CacheConfig, CacheNumber, TokenCache},
     credentials::Credentials,
     error::{BuildError, TokenError},
     fetcher::{DynFetcher, TokenFetcher},
@@ -369,7 +374,8 @@ impl AuthLayerBuilder {
         self
     }
 
-    /// Shares the login with other replicas through `store` (DESIGN §7): a
+    /// Shares the login with other replicas through `store` (the protocol is
+    /// in the [`store`](crate::store) module): a
     /// [`RedisStore`](crate::store) for a fleet, a `FileStore` for the
     /// processes of one host, or a [`MemoryStore`](crate::MemoryStore) for
     /// layers of one process. Grants then take the store's lease: the replica

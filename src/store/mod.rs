@@ -5,7 +5,7 @@
 //! `file`) in a directory shared by the processes of a host, `RedisStore`
 //! (feature `redis`) in Redis for a fleet.
 //!
-//! The protocol a replica follows with a store (DESIGN §7):
+//! The protocol a replica follows with a store:
 //!
 //! 1. Take the lease ([`TokenStore::acquire_lease`]) with a fresh
 //!    [`LeaseOwner`]. Without it, wait for a new record

@@ -1,4 +1,4 @@
-//! The core's side of a token store shared by a fleet (DESIGN §7): a flight
+//! The core's side of a token store shared by a fleet (see `crate::store`): a flight
 //! takes the lease, reads the record again and adopts a newer one, marks the
 //! refresh token spent before sending it, writes the new pair under the
 //! version check and releases the lease. Without the lease it waits for a new

@@ -79,7 +79,8 @@ struct Running<R> {
     replaced: bool,
 }
 
-/// The steps of a flight with a token store (DESIGN §7).
+/// The steps of a flight with a token store, in the order of the `store`
+/// module's protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Lease,
