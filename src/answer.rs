@@ -1,6 +1,5 @@
 //! What the token endpoint answers, read: [`parse_token_response`] for the body
-//! of a 2xx and [`ErrorBody::parse`] for an error body, side by side, with the
-//! public constructors of the tokens, which report a [`TokenError`]. Parsing
+//! of a 2xx and [`ErrorBody::parse`] for an error body, side by side. Parsing
 //! accepts what real OAuth2 servers send (RFC 6749 §5.1, §5.2) and refuses what
 //! would be unsafe to put in a header; no error quotes a token or a 2xx body.
 
@@ -16,25 +15,6 @@ use crate::{
 
 /// The longest text kept from an error body, in bytes.
 const TEXT_CAP: usize = 256;
-
-// === impl AccessToken, RefreshToken ===
-
-impl AccessToken {
-    /// Checks that `token` is an RFC 6750 `b64token` of at most
-    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes, and makes its header value.
-    pub fn new(token: &str) -> Result<Self, TokenError> {
-        Self::checked(token).map_err(|reason| invalid_field("access_token", reason))
-    }
-}
-
-impl RefreshToken {
-    /// Checks that `token` is non-empty, at most
-    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes, and free of control
-    /// characters.
-    pub fn new(token: &str) -> Result<Self, TokenError> {
-        Self::checked(token).map_err(|reason| invalid_field("refresh_token", reason))
-    }
-}
 
 // === the 2xx body ===
 
@@ -96,7 +76,7 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
     let refresh = match raw.refresh_token {
         Some(serde_json::Value::String(s)) => RefreshToken::new(&s).map(Some),
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(_) => Err(invalid_field("refresh_token", "not a string")),
+        Some(_) => Err(TokenError::invalid_field("refresh_token", "not a string")),
     };
     let salvage = |err: TokenError| match &refresh {
         Ok(Some(rotated)) => err.with_refresh_token(rotated.clone()),
@@ -110,18 +90,34 @@ pub fn parse_token_response(body: &[u8]) -> Result<TokenPair, TokenError> {
     let access = match raw.access_token {
         Some(serde_json::Value::String(s)) => AccessToken::new(&s).map_err(salvage)?,
         Some(serde_json::Value::Null) | None => {
-            return Err(salvage(invalid_field("access_token", "missing")));
+            return Err(salvage(TokenError::invalid_field(
+                "access_token",
+                "missing",
+            )));
         }
-        Some(_) => return Err(salvage(invalid_field("access_token", "not a string"))),
+        Some(_) => {
+            return Err(salvage(TokenError::invalid_field(
+                "access_token",
+                "not a string",
+            )));
+        }
     };
 
     match raw.token_type {
         None | Some(serde_json::Value::Null) => {}
         Some(serde_json::Value::String(t)) if t.trim().eq_ignore_ascii_case("bearer") => {}
         Some(serde_json::Value::String(_)) => {
-            return Err(salvage(invalid_field("token_type", "not bearer")));
+            return Err(salvage(TokenError::invalid_field(
+                "token_type",
+                "not bearer",
+            )));
         }
-        Some(_) => return Err(salvage(invalid_field("token_type", "not a string"))),
+        Some(_) => {
+            return Err(salvage(TokenError::invalid_field(
+                "token_type",
+                "not a string",
+            )));
+        }
     }
 
     let scope = match raw.scope {
@@ -168,10 +164,6 @@ fn seconds(value: Option<&serde_json::Value>) -> Option<Duration> {
     // NaN fails the comparison too. Capping in f64 first keeps
     // `from_secs_f64` away from its panics.
     (whole >= 1.0).then(|| Duration::from_secs_f64(whole.min(MAX_REFRESH_LIFETIME.as_secs_f64())))
-}
-
-fn invalid_field(field: &'static str, reason: &'static str) -> TokenError {
-    TokenError::new(Kind::InvalidResponse).with_detail(format!("`{field}` {reason}"))
 }
 
 // === the error body ===

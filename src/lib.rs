@@ -164,19 +164,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod answer;
-mod body;
 mod cache;
 mod credentials;
 mod error;
 pub mod fetcher;
-mod future;
 mod grant;
 pub mod guide;
 mod layer;
 mod login;
-mod origin;
-mod refusal;
-mod service;
 mod stats;
 pub mod store;
 mod token;
@@ -197,17 +192,15 @@ struct ReadmeDoctests;
 
 pub use crate::{
     answer::parse_token_response,
-    body::{NoReplay, ReplayBody},
     cache::TokenCache,
     credentials::Credentials,
     error::{BoxError, BuildError, Error, ErrorBody, TokenError},
     fetcher::{HttpFetcher, TokenFetcher},
-    future::ResponseFuture,
     grant::{GrantRequest, GrantType},
-    layer::{AuthLayer, AuthLayerBuilder},
+    layer::{
+        AuthLayer, AuthLayerBuilder, AuthService, NoReplay, Refusal, ReplayBody, ResponseFuture,
+    },
     login::{LoginState, LoginStatus, TokenSource},
-    refusal::Refusal,
-    service::AuthService,
     stats::Stats,
     store::{MemoryStore, StoreError, TokenStore},
     token::{

@@ -33,9 +33,7 @@ use reqwest_middleware::{Middleware, Next};
 use crate::{
     AuthLayer, NoReplay, TokenCache, TokenError,
     cache::{Answer, LiveSlot, Resend, Shared},
-    future::MAX_SENDS,
-    refusal::accepts,
-    service::failure,
+    layer::{future::MAX_SENDS, link::failure, refusal::accepts},
 };
 
 /// A [`reqwest_middleware::Middleware`] that adds `Authorization: Bearer …`

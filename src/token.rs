@@ -1,13 +1,14 @@
 //! The tokens: [`AccessToken`], [`RefreshToken`], [`TokenPair`] and the limits
 //! they are held to. No token is ever shown by `Debug`, and none has `Display`.
-//! A leaf, since errors and grants hold tokens: the public constructors, which
-//! report a `TokenError`, live with the parsing of the endpoint's answer in
-//! `answer`.
+//! The public constructors check a token as the parsing of the endpoint's
+//! answer does, and report a [`TokenError`] naming the field.
 
 use std::{fmt, time::Duration};
 
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::TokenError;
 
 /// The longest access or refresh token accepted, in bytes.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -45,6 +46,12 @@ impl AccessToken {
             .map_err(|_| "not a valid header value")?;
         header.set_sensitive(true);
         Ok(Self { header })
+    }
+
+    /// Checks that `token` is an RFC 6750 `b64token` of at most
+    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes, and makes its header value.
+    pub fn new(token: &str) -> Result<Self, TokenError> {
+        Self::checked(token).map_err(|reason| TokenError::invalid_field("access_token", reason))
     }
 
     pub(crate) fn from_header_value(header: HeaderValue) -> Self {
@@ -92,6 +99,13 @@ impl RefreshToken {
             return Err("holds a control character");
         }
         Ok(Self(SecretString::from(token)))
+    }
+
+    /// Checks that `token` is non-empty, at most
+    /// [`MAX_TOKEN_LEN`](crate::MAX_TOKEN_LEN) bytes, and free of control
+    /// characters.
+    pub fn new(token: &str) -> Result<Self, TokenError> {
+        Self::checked(token).map_err(|reason| TokenError::invalid_field("refresh_token", reason))
     }
 
     /// The token itself.

@@ -2,7 +2,9 @@
 //! service it makes. Its decisions live in a pure state machine (`core`),
 //! proven over arbitrary interleavings of events by a property test; a thin
 //! driver (`driver`) runs it: the lock-free publication readers load, the
-//! grant task, the timer and the waiters.
+//! grant task, the timer and the waiters. A process-wide registry
+//! (`registry`) numbers the caches, so that a request's future finds its
+//! cache when an answer refuses its token.
 
 use std::{fmt, future::Future, sync::Arc};
 
@@ -10,9 +12,11 @@ use tokio::sync::watch;
 
 mod core;
 mod driver;
+mod registry;
 
 pub(crate) use self::core::{Answer, CacheConfig, Event, Phase, View};
 pub(crate) use self::driver::{Live, LiveSlot, Resend, Shared, Ticket};
+pub(crate) use self::registry::CacheNumber;
 use crate::{
     credentials::Credentials,
     error::{Kind, TokenError},

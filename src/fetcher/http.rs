@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     error::{BoxError, BuildError, Kind, TokenError},
-    origin::{ShownUrl, check_url},
+    layer::origin::{ShownUrl, check_url},
     token::TokenPair,
 };
 

@@ -8,21 +8,23 @@ use std::{fmt, time::Duration};
 
 use futures_util::StreamExt;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{
     Conflict, Lease, LeaseOwner, LoginKey, Record, StoreError, StoredRecord, TokenStore,
-    WriteOutcome, check_call_timeout,
+    WriteOutcome,
     codec::{Codec, MAX_ENVELOPE},
     error::Kind,
     lease_ttl, next_version, poll_for_change, wait_deadline,
 };
 
+mod builder;
 mod link;
 mod target;
 
+pub use self::builder::RedisStoreBuilder;
 use link::{Conn, Link};
 
 const STORE: &str = "redis";
@@ -101,100 +103,6 @@ struct Inner {
     /// `host:port` of the nodes named, and whether TLS is on, for `Debug`.
     address: String,
     tls: bool,
-}
-
-/// Settings of a [`RedisStore`].
-#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub struct RedisStoreBuilder {
-    url: SecretString,
-    timeout: Duration,
-    prefix: String,
-    root_certificates: Option<Vec<u8>>,
-    codec: Codec,
-}
-
-impl RedisStoreBuilder {
-    /// How long one call may take, connecting included: 1 ms ..= 60 s
-    /// (default [`RedisStore::DEFAULT_TIMEOUT`]).
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The prefix of every key and channel (default `daxium-auth:`). Logins
-    /// of different token endpoints are kept apart by their keys already. A
-    /// prefix with `{` or `}` is refused by [`build`](Self::build): it would
-    /// change the keys' cluster hash tag.
-    #[must_use]
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Trusts these PEM certificates, and only them, for a `rediss` URL: for
-    /// a Redis whose certificate a private authority signed.
-    #[must_use]
-    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.root_certificates = Some(pem.into());
-        self
-    }
-
-    /// Seals every record with `key`; records that do not open under it read
-    /// as absent.
-    #[cfg(feature = "sealed")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "sealed")))]
-    #[must_use]
-    pub fn seal(mut self, key: super::SealKey) -> Self {
-        self.codec = Codec::sealed(STORE, key);
-        self
-    }
-
-    /// The store. Fails on a URL that does not parse or has another scheme,
-    /// on a key prefix with a brace, and on root certificates without TLS; it
-    /// does not connect.
-    ///
-    /// For a `rediss` URL, the ring crypto provider becomes rustls's process
-    /// default unless one is installed already.
-    pub fn build(self) -> Result<RedisStore, StoreError> {
-        check_call_timeout(self.timeout, STORE)?;
-        if self.prefix.contains(['{', '}']) {
-            return Err(StoreError::config(
-                STORE,
-                "the key prefix must not hold a brace: the login's id is the keys' hash tag",
-            ));
-        }
-        let parsed = target::parse(self.url.expose_secret())?;
-        let (address, tls) = (parsed.address.clone(), parsed.tls);
-        let link = Link::new(parsed, self.root_certificates, self.timeout)?;
-        let script = |body: &str| Script::new(&format!("{LIB}{body}"));
-        Ok(RedisStore {
-            inner: std::sync::Arc::new(Inner {
-                link,
-                timeout: self.timeout,
-                prefix: self.prefix,
-                codec: self.codec,
-                read: script(include_str!("read.lua")),
-                compare_and_set: script(include_str!("compare_and_set.lua")),
-                acquire: Script::new(include_str!("acquire.lua")),
-                release: Script::new(include_str!("release.lua")),
-                address,
-                tls,
-            }),
-        })
-    }
-}
-
-impl fmt::Debug for RedisStoreBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStoreBuilder")
-            .field("url", &"[redacted]")
-            .field("timeout", &self.timeout)
-            .field("prefix", &self.prefix)
-            .field("root_certificates", &self.root_certificates.is_some())
-            .field("sealed", &self.codec.is_sealed())
-            .finish()
-    }
 }
 
 impl RedisStore {
@@ -513,101 +421,4 @@ impl TokenStore for RedisStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use redis::cluster_routing::Slot;
-
-    use super::*;
-
-    /// Every key a login's scripts touch, and its channel.
-    fn names(store: &RedisStore, key: &LoginKey) -> [String; 3] {
-        [
-            store.record_key(key),
-            store.lease_key(key),
-            store.channel(key),
-        ]
-    }
-
-    #[test]
-    fn every_key_of_a_login_hashes_to_one_cluster_slot() {
-        let logins = [
-            LoginKey::new("cid", "me@example.com"),
-            LoginKey::new("", ""),
-            LoginKey::new("{weird}", "user}{name"),
-        ];
-        let mut slots = std::collections::HashSet::new();
-        for prefix in ["daxium-auth:", "", "staging:daxium:", "a:b:c"] {
-            let store = RedisStore::builder("redis+cluster://127.0.0.1:7000")
-                .key_prefix(prefix)
-                .build()
-                .unwrap();
-            for login in &logins {
-                let names = names(&store, login);
-                let slot = Slot::for_key(&names[0]);
-                for name in &names {
-                    assert_eq!(Slot::for_key(name), slot, "{name}");
-                    // The hash tag is the login's id, whatever the prefix.
-                    assert_eq!(slot, Slot::for_key(login.id()), "{name}");
-                }
-                slots.insert(format!("{slot:?}"));
-            }
-        }
-        // Logins spread over the slots: the tag is not a constant.
-        assert_eq!(slots.len(), logins.len());
-    }
-
-    #[test]
-    fn debug_names_the_deployment_and_its_nodes_but_no_password() {
-        for (url, kind, address) in [
-            ("redis://:hunter2@10.0.0.1:6379/", "single", "10.0.0.1:6379"),
-            (
-                "redis+cluster://u:hunter2@h1:7000,h2:7001/",
-                "cluster",
-                "h1:7000,h2:7001",
-            ),
-            (
-                "rediss+sentinel://u:hunter2@s1:26379,s2/master",
-                "sentinel",
-                "s1:26379,s2:26379",
-            ),
-        ] {
-            let store = RedisStore::new(url).unwrap();
-            let text = format!("{store:?} {:?}", RedisStore::builder(url));
-            assert!(!text.contains("hunter2"), "{text}");
-            assert!(text.contains(kind) && text.contains(address), "{text}");
-        }
-    }
-
-    #[test]
-    fn a_prefix_that_could_move_the_hash_tag_is_refused() {
-        for prefix in ["{}", "env{", "env}", "{env}:"] {
-            let built = RedisStore::builder("redis://127.0.0.1/")
-                .key_prefix(prefix)
-                .build();
-            assert!(built.is_err_and(|e| e.is_config()), "{prefix}");
-        }
-    }
-
-    #[test]
-    fn every_script_names_the_keys_it_touches_in_keys() {
-        // A script touches keys only through KEYS[n]: a key built from ARGV or
-        // a string would escape the slot check of a cluster.
-        for script in [
-            include_str!("read.lua"),
-            include_str!("compare_and_set.lua"),
-            include_str!("acquire.lua"),
-            include_str!("release.lua"),
-            LIB,
-        ] {
-            for call in script.split("redis.call(").skip(1) {
-                let (command, rest) = call.split_once(',').unwrap_or((call, ""));
-                let command = command.trim_matches(|c| c == '\'' || c == ')');
-                let keyless = ["INFO", "PUBLISH"].contains(&command);
-                let first = rest.trim_start();
-                assert!(
-                    keyless || first.starts_with("KEYS["),
-                    "{command} touches a key not in KEYS: {call}"
-                );
-            }
-        }
-    }
-}
+mod tests;

@@ -4,11 +4,8 @@
 //! only they allocate (besides the copy of a request's headers kept for a
 //! replay, when it has any).
 //!
-//! A refused request is sent again with the current token when the token it
-//! carried had been replaced while it was in flight (the layer's own refresh,
-//! an adopted fleet record, a change of login): that is not its replay. A
-//! refusal of the current token drops it and uses the request's one replay.
-//! No request is sent more than three times.
+//! Sending a request with a token starts here ([`send`], [`dispatch`]); what
+//! follows a refusal, the request sent again, is in `resend`.
 
 use std::{
     fmt,
@@ -18,26 +15,27 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version, header::AUTHORIZATION};
+use http::{HeaderValue, Request, Response, header::AUTHORIZATION};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::util::Oneshot;
 use tower_service::Service;
 
-use crate::{
+use super::{
     body::{Replay, ReplayBody},
-    cache::{Answer, Event, Live, LiveSlot, Resend, Shared, Ticket},
-    error::{Error, TokenError},
+    link::{Link, failure},
     refusal::{Refusal, accepts},
-    service::{CacheNumber, Link, failure, send},
+};
+use crate::{
+    cache::{Answer, CacheNumber, Live, LiveSlot, Ticket},
+    error::{Error, TokenError},
 };
 
-type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
+mod resend;
 
-/// How long a refusal that came before the request's body was all sent (a
-/// gRPC interceptor answers on the request's head) waits for the body to
-/// finish, so that it can be replayed. A body still streaming then is not.
-const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+use self::resend::{Resending, Retry, after_refusal, again, confirm, refused, settle_limit};
+
+type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
 
 /// The most times one request is sent: the first attempt, a resend after its
 /// token was replaced in flight, and its one replay after a refusal of the
@@ -114,18 +112,6 @@ pub(crate) enum After<S, B> {
     Replay(Retry<S, B>),
 }
 
-/// A refused request waiting for the token to send it again with.
-struct Resending<S, B>
-where
-    S: Service<Request<ReplayBody<B>>>,
-{
-    retry: Retry<S, B>,
-    refused: S::Response,
-    /// Whether this send is the request's one replay (not a resend after
-    /// its token was replaced in flight).
-    replay: bool,
-}
-
 /// A request that waits for a token, with the service made ready for it.
 pub(crate) struct Pending<S, B> {
     pub(crate) inner: S,
@@ -133,76 +119,6 @@ pub(crate) struct Pending<S, B> {
     pub(crate) link: Arc<Link<S>>,
     pub(crate) replay: bool,
     pub(crate) limit: usize,
-}
-
-/// What sending a request again needs: the request without its body, how to
-/// replay the body, the link to the cache and to the service's spare clone
-/// (cloned again for each send, and driven ready by `Oneshot` before the
-/// call), and how many sends it has had.
-pub(crate) struct Retry<S, B> {
-    /// The token the last send carried.
-    id: u64,
-    link: Arc<Link<S>>,
-    method: Method,
-    uri: Uri,
-    version: Version,
-    /// `None` for a request with no header before the token (most): no map
-    /// to make and drop for each request.
-    headers: Option<Box<HeaderMap>>,
-    extensions: Extensions,
-    body: Replay<B>,
-    sends: u8,
-    /// Whether the request had its one replay after a refusal of the
-    /// current token.
-    replayed: bool,
-    _body: std::marker::PhantomData<fn() -> B>,
-}
-
-impl<S, B> Retry<S, B> {
-    #[inline]
-    pub(crate) fn new<T>(req: &Request<T>, body: Replay<B>, id: u64, link: Arc<Link<S>>) -> Self {
-        Self {
-            id,
-            link,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: (!req.headers().is_empty()).then(|| Box::new(req.headers().clone())),
-            extensions: req.extensions().clone(),
-            body,
-            sends: 1,
-            replayed: false,
-            _body: std::marker::PhantomData,
-        }
-    }
-
-    /// Whether the request may be sent again: its body was recorded whole,
-    /// or is still being sent and may yet be, and a spare service is there
-    /// to send it.
-    fn replayable(&self) -> bool {
-        (self.body.is_replayable() || self.body.is_settling()) && self.link.has_spare()
-    }
-
-    /// The request to send again with `slot`'s token, on a clone of the
-    /// spare service; `None` when the body cannot be sent again.
-    fn request(&mut self, slot: &LiveSlot) -> Option<(S, Request<ReplayBody<B>>)>
-    where
-        S: Clone,
-    {
-        let (Some(body), Some(service)) = (self.body.body(), self.link.spare()) else {
-            return None;
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        if let Some(headers) = &self.headers {
-            *req.headers_mut() = (**headers).clone();
-        }
-        *req.extensions_mut() = self.extensions.clone();
-        req.headers_mut().insert(AUTHORIZATION, slot.access.clone());
-        Some((service, req))
-    }
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -246,6 +162,89 @@ where
             state: State::Sent { fut, check, after },
         }
     }
+}
+
+/// The request's `Content-Length`, if it has one that parses.
+#[cold]
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sends `req` with the token of `slot`, keeping what a replay needs when
+/// `replay` (`link` then holds a spare service).
+pub(super) fn send<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    slot: &LiveSlot,
+    link: Arc<Link<S>>,
+    replay: bool,
+    limit: usize,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    let config = link.layer.config();
+    let check = Check {
+        refusal: config.refusal,
+        confirm: !slot.accepted,
+    };
+    let (id, header) = (slot.id, slot.access.clone());
+    if !replay {
+        let mut req = req.map(ReplayBody::new);
+        req.headers_mut().insert(AUTHORIZATION, header);
+        let cache = config.cache;
+        return ResponseFuture::sent(inner.call(req), check, After::Report { id, cache });
+    }
+    dispatch(inner, req, (id, header, check), link, limit)
+}
+
+/// Sends `req` with the token `id` (its header, and what its answer is
+/// checked for), keeping what a replay needs.
+#[inline]
+pub(super) fn dispatch<S, B, ResBody>(
+    inner: &mut S,
+    req: Request<B>,
+    (id, header, check): (u64, HeaderValue, Check),
+    link: Arc<Link<S>>,
+    limit: usize,
+) -> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
+    B: Body,
+{
+    // The request stays whole here too: taking it apart into `Parts` and back
+    // moves more bytes than the rest of this function touches.
+    //
+    // A streamed body of unknown size may still have a declared length: the
+    // recording is complete once that much has gone out. A body whose size is
+    // known (the usual case) costs no header lookup.
+    let declared = if req.body().size_hint().exact().is_none() {
+        declared_length(req.headers())
+    } else {
+        None
+    };
+    let mut kind = Replay::Never;
+    let mut req = req.map(|body| {
+        let (body, how) = ReplayBody::first(body, limit, declared);
+        kind = how;
+        body
+    });
+    if let Replay::Never = kind {
+        req.headers_mut().insert(AUTHORIZATION, header);
+        let cache = link.layer.config().cache;
+        return ResponseFuture::sent(inner.call(req), check, After::Report { id, cache });
+    }
+    // The copy for a replay is taken before the header goes in.
+    let retry = Retry::new(&req, kind, id, link);
+    req.headers_mut().insert(AUTHORIZATION, header);
+    ResponseFuture::sent(inner.call(req), check, After::Replay(retry))
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>
@@ -316,179 +315,6 @@ where
 {
     Done(Result<Response<ResBody>, Error<S::Error>>),
     Next(State<S, B, S::Future>),
-}
-
-/// The first answer that shows the token works: the cache learns it once.
-#[cold]
-#[inline(never)]
-fn confirm<S, B, ResBody>(after: &After<S, B>, res: &Response<ResBody>) {
-    if !accepts(res.status()) {
-        return;
-    }
-    match after {
-        After::Report { id: 0, .. } => {}
-        After::Report { id, cache } => {
-            if let Some(shared) = cache.find() {
-                shared.accepted(*id);
-            }
-        }
-        After::Replay(retry) => retry.link.shared().accepted(retry.id),
-    }
-}
-
-/// After a refusal of the first attempt: the answer to return, or the state
-/// that sends the request again.
-#[cold]
-#[inline(never)]
-fn after_refusal<S, B, F, ResBody>(
-    after: &mut After<S, B>,
-    res: Response<ResBody>,
-) -> Result<State<S, B, F>, Response<ResBody>>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
-{
-    let spent = After::Report {
-        id: 0,
-        cache: CacheNumber::NONE,
-    };
-    match std::mem::replace(after, spent) {
-        // Another origin's refusal says nothing about the token.
-        After::Report { id: 0, .. } => Err(res),
-        After::Report { id, cache } => {
-            // Not sent again, but the cache drops the token if it is current.
-            if let Some(shared) = cache.find() {
-                refused_without_resend(&shared, id);
-            }
-            Err(res)
-        }
-        After::Replay(retry) => refused(retry, res),
-    }
-}
-
-/// A send carrying `retry.id` was refused: the state that sends it again, or
-/// the refusal to return.
-fn refused<S, B, F, ResBody>(
-    mut retry: Retry<S, B>,
-    res: Response<ResBody>,
-) -> Result<State<S, B, F>, Response<ResBody>>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
-{
-    let shared = Arc::clone(retry.link.shared());
-    if !retry.replayable() {
-        refused_without_resend(&shared, retry.id);
-        return Err(res);
-    }
-    let more = retry.sends < MAX_SENDS;
-    let (replay, answer) = match shared.refused(retry.id, more && !retry.replayed, more) {
-        Resend::Send { replay, answer } => (replay, answer),
-        Resend::No => {
-            shared.counters.replay_skipped();
-            return Err(res);
-        }
-    };
-    let answer = match answer {
-        // The body is still being sent: its recording settles first.
-        Ok(Answer::Token(slot)) if retry.body.is_settling() => {
-            Err(ready_answer(Answer::Token(slot)))
-        }
-        Ok(answer) => Ok(answer),
-        Err(ticket) => Err(Box::pin(Arc::clone(&shared).wait(ticket)) as Acquire),
-    };
-    match answer {
-        Ok(Answer::Token(slot)) => match retry.request(&slot) {
-            Some((service, req)) => Ok(again(retry, service, req, &slot, replay)),
-            None => {
-                shared.counters.replay_skipped();
-                Err(res)
-            }
-        },
-        Ok(Answer::Failed(err)) => Ok(rare_state(Rare::Failed { err: Some(err) })),
-        Ok(Answer::NoReplay | Answer::Retry) => {
-            shared.counters.replay_skipped();
-            Err(res)
-        }
-        Err(token) => Ok(rare_state(Rare::Reacquire {
-            token,
-            resend: Some(Resending {
-                retry,
-                refused: res,
-                replay,
-            }),
-            settle: None,
-        })),
-    }
-}
-
-/// An answer the cache gave already, as the future a wait for one is.
-fn ready_answer(answer: Answer<Live>) -> Acquire {
-    Box::pin(std::future::ready(answer))
-}
-
-/// Tells the cache that token `id` was refused, for a request that is not
-/// sent again.
-fn refused_without_resend(shared: &Arc<Shared>, id: u64) {
-    shared.run(Event::Refused { id, waiter: None });
-    shared.counters.replay_skipped();
-}
-
-fn rare_state<S, B, F>(rare: Rare<S, B>) -> State<S, B, F>
-where
-    S: Service<Request<ReplayBody<B>>>,
-{
-    State::Rare {
-        rare: Box::pin(rare),
-    }
-}
-
-/// Sends the request again with `slot`'s token.
-fn again<S, B, F>(
-    mut retry: Retry<S, B>,
-    service: S,
-    req: Request<ReplayBody<B>>,
-    slot: &LiveSlot,
-    replay: bool,
-) -> State<S, B, F>
-where
-    S: Service<Request<ReplayBody<B>>>,
-{
-    let shared = retry.link.shared();
-    if replay {
-        shared.counters.replayed();
-        tracing::debug!(target: "daxium_auth", method = %req.method(), "token refused: replaying the request once with a new token");
-    } else {
-        shared.counters.resent();
-        tracing::debug!(target: "daxium_auth", method = %req.method(), "token replaced while the request was in flight: sending it again with the current one");
-    }
-    let check = Check {
-        refusal: retry.link.layer.config().refusal,
-        confirm: !slot.accepted,
-    };
-    retry.id = slot.id;
-    retry.sends = retry.sends.saturating_add(1);
-    retry.replayed |= replay;
-    rare_state(Rare::Again {
-        fut: Oneshot::new(service, req),
-        check,
-        retry: Some(retry),
-    })
-}
-
-/// Polls the limit on waiting for a request body to settle, armed at the
-/// first poll; without a runtime to time it, the limit has passed.
-fn settle_limit(
-    settle: &mut Option<Pin<Box<tokio::time::Sleep>>>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    if settle.is_none() {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Poll::Ready(());
-        }
-        *settle = Some(Box::pin(tokio::time::sleep(SETTLE_LIMIT)));
-    }
-    settle
-        .as_mut()
-        .map_or(Poll::Ready(()), |sleep| sleep.as_mut().poll(cx))
 }
 
 /// Every state but the common path's.

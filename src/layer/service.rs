@@ -6,14 +6,9 @@
 //! by number when a 401 comes.
 
 use std::{
-    collections::BTreeMap,
     fmt,
-    num::NonZeroU64,
     ops::Deref,
-    sync::{
-        Arc, Mutex, OnceLock, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -22,14 +17,17 @@ use http::{HeaderValue, Request, Response, header::AUTHORIZATION};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::{
-    body::{NoReplay, Replay, ReplayBody},
-    cache::{Answer, Live, LiveSlot, Phase, Shared, View},
-    error::{Error, TokenError},
-    future::{After, Check, Pending, ResponseFuture, Retry},
-    layer::AuthLayer,
+use super::{
+    AuthLayer,
+    body::{NoReplay, ReplayBody},
+    future::{After, Check, Pending, ResponseFuture, dispatch, send},
+    link::{Link, failure},
     origin::LastOrigin,
     refusal::Refusal,
+};
+use crate::{
+    cache::{Answer, CacheNumber, Live, LiveSlot, Phase, Shared, View},
+    error::Error,
 };
 
 /// Adds `Authorization: Bearer …` (marked sensitive) to each request for the
@@ -62,91 +60,6 @@ pub struct AuthService<S> {
     replay_limit: usize,
     refusal: Refusal,
     last_origin: LastOrigin,
-}
-
-/// What a future that may replay keeps: the layer, whose token cache it keeps
-/// alive until the future is done, and a spare clone of the inner service,
-/// cloned again only for a replay. Sharing the spare costs a request one count
-/// of the service's own, where a clone of the inner service would write to
-/// what all its clones share (a client's pool, say).
-pub(crate) struct Link<S> {
-    pub(crate) layer: AuthLayer,
-    /// Made once, at the first request that may be replayed (checking costs a
-    /// load); behind a lock only so that the future stays `Send` for an inner
-    /// service that is not `Sync`, taken only for a replay.
-    spare: OnceLock<Mutex<S>>,
-}
-
-impl<S> Link<S> {
-    fn new(layer: AuthLayer) -> Self {
-        Self {
-            layer,
-            spare: OnceLock::new(),
-        }
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        self.layer.cache().shared()
-    }
-
-    /// Keeps a clone of `inner` for replays, if none is kept yet.
-    #[inline]
-    fn keep_spare(&self, inner: &S)
-    where
-        S: Clone,
-    {
-        self.spare.get_or_init(|| Mutex::new(inner.clone()));
-    }
-
-    /// Whether a spare is kept, to send a request again with.
-    pub(crate) fn has_spare(&self) -> bool {
-        self.spare.get().is_some()
-    }
-
-    /// A clone of the spare, for a replay.
-    pub(crate) fn spare(&self) -> Option<S>
-    where
-        S: Clone,
-    {
-        let spare = self.spare.get()?;
-        Some(spare.lock().unwrap_or_else(|e| e.into_inner()).clone())
-    }
-}
-
-// === impl CacheNumber ===
-
-/// The number of a token cache in the registry where a future finds it at
-/// 401 time. A request's future keeps this number rather than a handle, which
-/// would cost every request a reference count on memory that every service of
-/// the cache writes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct CacheNumber(NonZeroU64);
-
-/// The caches by number; the entries of dropped caches go at the next
-/// registration.
-static CACHES: Mutex<BTreeMap<CacheNumber, Weak<Shared>>> = Mutex::new(BTreeMap::new());
-static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
-
-impl CacheNumber {
-    /// A number no cache has.
-    pub(crate) const NONE: Self = Self(NonZeroU64::MAX);
-
-    /// Registers `shared` under a new number.
-    pub(crate) fn register(shared: &Arc<Shared>) -> Self {
-        let n = NEXT_CACHE.fetch_add(1, Ordering::Relaxed);
-        let number = Self(NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN));
-        let mut caches = CACHES.lock().unwrap_or_else(|e| e.into_inner());
-        caches.retain(|_, cache| cache.strong_count() > 0);
-        caches.insert(number, Arc::downgrade(shared));
-        number
-    }
-
-    /// The cache, if it is still there.
-    #[cold]
-    pub(crate) fn find(self) -> Option<Arc<Shared>> {
-        let caches = CACHES.lock().unwrap_or_else(|e| e.into_inner());
-        caches.get(&self)?.upgrade()
-    }
 }
 
 /// The cache's `ArcSwap`, as `arc_swap::cache::Cache` wants it.
@@ -446,135 +359,9 @@ where
     }
 }
 
-/// The request's `Content-Length`, if it has one that parses.
-#[cold]
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The error of an answer that holds no token.
-pub(crate) fn failure(answer: Answer<Live>) -> TokenError {
-    match answer {
-        Answer::Failed(err) => err,
-        Answer::Token(_) | Answer::NoReplay | Answer::Retry => TokenError::closed(),
-    }
-}
-
 /// A copy of the header that shares no reference count with other services.
 fn own_copy(header: &HeaderValue) -> HeaderValue {
     let mut own = HeaderValue::from_bytes(header.as_bytes()).unwrap_or_else(|_| header.clone());
     own.set_sensitive(true);
     own
-}
-
-/// Sends `req` with the token of `slot`, keeping what a replay needs when
-/// `replay` (`link` then holds a spare service).
-pub(crate) fn send<S, B, ResBody>(
-    inner: &mut S,
-    req: Request<B>,
-    slot: &LiveSlot,
-    link: Arc<Link<S>>,
-    replay: bool,
-    limit: usize,
-) -> ResponseFuture<S, B>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
-    B: Body,
-{
-    let config = link.layer.config();
-    let check = Check {
-        refusal: config.refusal,
-        confirm: !slot.accepted,
-    };
-    let (id, header) = (slot.id, slot.access.clone());
-    if !replay {
-        let mut req = req.map(ReplayBody::new);
-        req.headers_mut().insert(AUTHORIZATION, header);
-        let cache = config.cache;
-        return ResponseFuture::sent(inner.call(req), check, After::Report { id, cache });
-    }
-    dispatch(inner, req, (id, header, check), link, limit)
-}
-
-/// Sends `req` with the token `id` (its header, and what its answer is
-/// checked for), keeping what a replay needs.
-#[inline]
-fn dispatch<S, B, ResBody>(
-    inner: &mut S,
-    req: Request<B>,
-    (id, header, check): (u64, HeaderValue, Check),
-    link: Arc<Link<S>>,
-    limit: usize,
-) -> ResponseFuture<S, B>
-where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
-    B: Body,
-{
-    // The request stays whole here too: taking it apart into `Parts` and back
-    // moves more bytes than the rest of this function touches.
-    //
-    // A streamed body of unknown size may still have a declared length: the
-    // recording is complete once that much has gone out. A body whose size is
-    // known (the usual case) costs no header lookup.
-    let declared = if req.body().size_hint().exact().is_none() {
-        declared_length(req.headers())
-    } else {
-        None
-    };
-    let mut kind = Replay::Never;
-    let mut req = req.map(|body| {
-        let (body, how) = ReplayBody::first(body, limit, declared);
-        kind = how;
-        body
-    });
-    if let Replay::Never = kind {
-        req.headers_mut().insert(AUTHORIZATION, header);
-        let cache = link.layer.config().cache;
-        return ResponseFuture::sent(inner.call(req), check, After::Report { id, cache });
-    }
-    // The copy for a replay is taken before the header goes in.
-    let retry = Retry::new(&req, kind, id, link);
-    req.headers_mut().insert(AUTHORIZATION, header);
-    ResponseFuture::sent(inner.call(req), check, After::Replay(retry))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{AccessToken, Credentials, TokenPair, fetcher};
-
-    fn layer() -> AuthLayer {
-        AuthLayer::builder()
-            .credentials(Credentials::new("id", "secret", "user", "password"))
-            .api_origin("https://api.example.com")
-            .fetcher(fetcher::from_fn(|_grant| async {
-                let token = AccessToken::new("tok")?;
-                Ok(TokenPair::new(
-                    token,
-                    None,
-                    std::time::Duration::from_secs(60),
-                ))
-            }))
-            .build()
-            .expect("valid layer")
-    }
-
-    #[test]
-    fn a_future_finds_its_cache_by_number_while_the_cache_lives() {
-        let (a, b) = (layer(), layer());
-        let (na, nb) = (a.config().cache, b.config().cache);
-        assert_ne!(na, nb);
-        assert!(Arc::ptr_eq(&na.find().expect("a"), a.cache().shared()));
-        assert!(Arc::ptr_eq(&nb.find().expect("b"), b.cache().shared()));
-        drop(a);
-        assert!(na.find().is_none());
-        assert!(nb.find().is_some());
-        assert!(CacheNumber::NONE.find().is_none());
-    }
 }
