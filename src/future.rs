@@ -6,9 +6,11 @@
 //!
 //! A refused request is sent again with the current token when the token it
 //! carried had been replaced while it was in flight (the layer's own refresh,
-//! an adopted fleet record, a change of login): that is not its replay. A
-//! refusal of the current token drops it and uses the request's one replay.
-//! No request is sent more than three times.
+//! an adopted fleet record, a change of login), or had worked and was revoked
+//! (the API accepted it before): that is a resend, not its replay. A refusal
+//! of a token that never worked uses the request's one replay. A refusal of
+//! the current token drops it either way. No request is sent more than three
+//! times.
 
 use std::{
     fmt,
@@ -39,9 +41,10 @@ type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
 /// finish, so that it can be replayed. A body still streaming then is not.
 const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The most times one request is sent: the first attempt, a resend after its
-/// token was replaced in flight, and its one replay after a refusal of the
-/// current token. Nothing can loop.
+/// The most times one request is sent: the first attempt and two more,
+/// resends after a refusal of a token replaced in flight or revoked after it
+/// worked, or the one replay after a refusal of a token that never worked.
+/// Nothing can loop.
 pub(crate) const MAX_SENDS: u8 = 3;
 
 pin_project! {
@@ -86,8 +89,9 @@ pin_project! {
         // cannot be sent again.
         Reacquire { token: Acquire, resend: Option<Resending<S, B>>, settle: Option<Pin<Box<tokio::time::Sleep>>> },
         // The request sent again; a refusal of it may send it once more,
-        // within `MAX_SENDS`.
-        Again { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, check: Check, retry: Option<Retry<S, B>> },
+        // within `MAX_SENDS`. `replayed`: the token whose refusal its one
+        // replay was spent on, if it was.
+        Again { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, check: Check, retry: Option<Retry<S, B>>, replayed: Option<u64> },
     }
 }
 
@@ -121,8 +125,10 @@ where
 {
     retry: Retry<S, B>,
     refused: S::Response,
-    /// Whether this send is the request's one replay (not a resend after
-    /// its token was replaced in flight).
+    /// The token whose refusal the request's one replay was spent on, if
+    /// it was (by this send, or an earlier one).
+    replayed: Option<u64>,
+    /// Whether this send is the request's one replay (not a resend).
     replay: bool,
 }
 
@@ -138,7 +144,8 @@ pub(crate) struct Pending<S, B> {
 /// What sending a request again needs: the request without its body, how to
 /// replay the body, the link to the cache and to the service's spare clone
 /// (cloned again for each send, and driven ready by `Oneshot` before the
-/// call), and how many sends it has had.
+/// call), and how many sends it has had. Which token its replay was spent
+/// on, if it was, the rare states keep: the first attempt has had none.
 pub(crate) struct Retry<S, B> {
     /// The token the last send carried.
     id: u64,
@@ -152,9 +159,6 @@ pub(crate) struct Retry<S, B> {
     extensions: Extensions,
     body: Replay<B>,
     sends: u8,
-    /// Whether the request had its one replay after a refusal of the
-    /// current token.
-    replayed: bool,
     _body: std::marker::PhantomData<fn() -> B>,
 }
 
@@ -171,7 +175,6 @@ impl<S, B> Retry<S, B> {
             extensions: req.extensions().clone(),
             body,
             sends: 1,
-            replayed: false,
             _body: std::marker::PhantomData,
         }
     }
@@ -361,15 +364,17 @@ where
             }
             Err(res)
         }
-        After::Replay(retry) => refused(retry, res),
+        After::Replay(retry) => refused(retry, res, None),
     }
 }
 
-/// A send carrying `retry.id` was refused: the state that sends it again, or
-/// the refusal to return.
+/// A send carrying `retry.id` was refused, after a replay spent on the
+/// refusal of token `replayed` if any: the state that sends it again, or the
+/// refusal to return.
 fn refused<S, B, F, ResBody>(
     mut retry: Retry<S, B>,
     res: Response<ResBody>,
+    replayed: Option<u64>,
 ) -> Result<State<S, B, F>, Response<ResBody>>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
@@ -380,7 +385,7 @@ where
         return Err(res);
     }
     let more = retry.sends < MAX_SENDS;
-    let (replay, answer) = match shared.refused(retry.id, more && !retry.replayed, more) {
+    let (replay, answer) = match shared.refused(retry.id, replayed, more) {
         Resend::Send { replay, answer } => (replay, answer),
         Resend::No => {
             shared.counters.replay_skipped();
@@ -395,9 +400,10 @@ where
         Ok(answer) => Ok(answer),
         Err(ticket) => Err(Box::pin(Arc::clone(&shared).wait(ticket)) as Acquire),
     };
+    let replayed = if replay { Some(retry.id) } else { replayed };
     match answer {
         Ok(Answer::Token(slot)) => match retry.request(&slot) {
-            Some((service, req)) => Ok(again(retry, service, req, &slot, replay)),
+            Some((service, req)) => Ok(again(retry, service, req, &slot, replay, replayed)),
             None => {
                 shared.counters.replay_skipped();
                 Err(res)
@@ -413,6 +419,7 @@ where
             resend: Some(Resending {
                 retry,
                 refused: res,
+                replayed,
                 replay,
             }),
             settle: None,
@@ -441,13 +448,15 @@ where
     }
 }
 
-/// Sends the request again with `slot`'s token.
+/// Sends the request again with `slot`'s token; `replay` when this send is
+/// its replay, spent on the refusal of token `replayed`.
 fn again<S, B, F>(
     mut retry: Retry<S, B>,
     service: S,
     req: Request<ReplayBody<B>>,
     slot: &LiveSlot,
     replay: bool,
+    replayed: Option<u64>,
 ) -> State<S, B, F>
 where
     S: Service<Request<ReplayBody<B>>>,
@@ -458,7 +467,7 @@ where
         tracing::debug!(target: "daxium_auth", method = %req.method(), "token refused: replaying the request once with a new token");
     } else {
         shared.counters.resent();
-        tracing::debug!(target: "daxium_auth", method = %req.method(), "token replaced while the request was in flight: sending it again with the current one");
+        tracing::debug!(target: "daxium_auth", method = %req.method(), "token replaced or revoked while the request was in flight: sending it again with the current one");
     }
     let check = Check {
         refusal: retry.link.layer.config().refusal,
@@ -466,11 +475,11 @@ where
     };
     retry.id = slot.id;
     retry.sends = retry.sends.saturating_add(1);
-    retry.replayed |= replay;
     rare_state(Rare::Again {
         fut: Oneshot::new(service, req),
         check,
         retry: Some(retry),
+        replayed,
     })
 }
 
@@ -544,12 +553,13 @@ where
             let Resending {
                 mut retry,
                 refused,
+                replayed,
                 replay,
             } = resend.take().expect("polled after completion");
             let shared = Arc::clone(retry.link.shared());
             match answer {
                 Answer::Token(slot) => match retry.request(&slot) {
-                    Some((service, req)) => again(retry, service, req, &slot, replay),
+                    Some((service, req)) => again(retry, service, req, &slot, replay, replayed),
                     None => {
                         shared.counters.replay_skipped();
                         return Poll::Ready(Step::Done(Ok(refused)));
@@ -562,7 +572,12 @@ where
                 Answer::Failed(err) => return Poll::Ready(Step::Done(Err(Error::Token(err)))),
             }
         }
-        RareProj::Again { fut, check, retry } => {
+        RareProj::Again {
+            fut,
+            check,
+            retry,
+            replayed,
+        } => {
             let res = match ready!(fut.poll(cx)) {
                 Ok(res) => res,
                 Err(err) => return Poll::Ready(Step::Done(Err(Error::Inner(err)))),
@@ -574,7 +589,7 @@ where
                 }
                 return Poll::Ready(Step::Done(Ok(res)));
             }
-            match refused(retry, res) {
+            match refused(retry, res, *replayed) {
                 Ok(next) => next,
                 Err(res) => return Poll::Ready(Step::Done(Ok(res))),
             }

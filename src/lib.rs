@@ -61,8 +61,8 @@
 //! |---|---|---|---|
 //! | `daxium_auth_grants_total` | counter | `grant_type`, `outcome` | grants made at the token endpoint |
 //! | `daxium_auth_grant_duration_seconds` | histogram | `grant_type`, `outcome` | time from a grant's request to its answer, in seconds |
-//! | `daxium_auth_replays_total` | counter | | requests replayed once after the API refused the current token |
-//! | `daxium_auth_resends_total` | counter | | requests sent again after a refusal of a token replaced while they were in flight |
+//! | `daxium_auth_replays_total` | counter | | requests replayed once after the API refused a token it had never accepted |
+//! | `daxium_auth_resends_total` | counter | | requests sent again after a refusal of a token replaced while they were in flight or revoked after it worked |
 //! | `daxium_auth_replays_skipped_total` | counter | | refusals not followed by a resend: replay off, body over the cap, sends used up, or every new token refused |
 //! | `daxium_auth_waited_total` | counter | | requests that waited for a grant, having no valid token |
 //! | `daxium_auth_store_errors_total` | counter | | calls to the token store that failed (down, timed out, refused) |
