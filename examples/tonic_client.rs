@@ -92,11 +92,12 @@ async fn main() -> Result<(), BoxError> {
     println!("after revoke_all: {:?}", response.into_inner().status());
     let stats = auth.stats();
     println!(
-        "{} password grants, {} refresh grants ({} refused), {} replays",
+        "{} password grants, {} refresh grants ({} refused), {} replays, {} resends",
         stats.password_ok,
         stats.refresh_ok + stats.refresh_rejected,
         stats.refresh_rejected,
-        stats.replays
+        stats.replays,
+        stats.resends
     );
     // A clean close before the process exits: with a token store, the last
     // pair is written and the lease released for the next process.

@@ -5,7 +5,7 @@
 //! reqwest-middleware), adds one [`AuthLayer`], and never touches a token again:
 //! the layer logs in with the OAuth2 password grant, keeps the token pair fresh
 //! with the refresh grant before it expires, collapses concurrent refreshes into
-//! one, survives token endpoint outages with backoff, and replays once the
+//! one, survives token endpoint outages with backoff, and sends again the
 //! request that met a revoked token. Doing this by hand means a lock around the
 //! token, a timer, a retry loop and a copy of every request body; done wrong it
 //! means a stampede of logins when the token expires, a refresh token spent
@@ -78,14 +78,14 @@
 //!   no request that starts afterwards carries it, and requests wait for the
 //!   next token. A token that had worked was revoked: one refresh starts at
 //!   once, shared by every request that carried it, with no rate bound.
-//! - **A refused request is sent again.** A refusal of the current token uses
-//!   the request's one replay, with the newest token (after the refresh in
-//!   flight, if there is one: servers revoke the previous token when they
-//!   process a refresh). A refusal of a token that had been replaced while the
-//!   request was in flight (the layer's own refresh, a fleet's record, a new
-//!   login, an expiry) sends it again with the current one without counting as
-//!   its replay. No request is sent more than three times; a refusal that is not
-//!   followed by a resend goes back to the caller unchanged.
+//! - **A refused request is sent again**, with the newest token (after the
+//!   refresh in flight, if there is one: servers revoke the previous token
+//!   when they process a refresh). A refusal of a token that had been replaced
+//!   while the request was in flight (the layer's own refresh, a fleet's
+//!   record, a new login, an expiry), or that had worked before (the API
+//!   revoked it), is a resend; a refusal of a token that never worked uses the
+//!   request's one replay. No request is sent more than three times; a refusal
+//!   that is not followed by a resend goes back to the caller unchanged.
 //! - **An API that refuses every token is not hammered.** Three or more new
 //!   tokens in a row refused before they ever worked mean the API refuses every
 //!   token (a permissions problem behind a bare 401, a gateway in trouble): the

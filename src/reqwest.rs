@@ -51,11 +51,12 @@ use crate::{
 /// - Refusals follow the layer's rule
 ///   ([`refused_when`](crate::AuthLayerBuilder::refused_when)) and its
 ///   rules: a refusal of the current token drops it (one refresh, shared by
-///   every request that carried it) and the request is replayed once with
-///   the next token; a refusal of a token replaced while the request was in
-///   flight sends it again with the current one without counting as its
-///   replay; no request is sent more than three times. A refusal that is not
-///   followed by a resend is returned as it is.
+///   every request that carried it), and the request is sent again with the
+///   next token; a refusal of a token replaced while the request was in
+///   flight, or of one the API had accepted before (revoked), is a resend;
+///   a refusal of a token that never worked is the request's one replay; no
+///   request is sent more than three times. A refusal that is not followed
+///   by a resend is returned as it is.
 /// - A request is replayed only if reqwest can clone it
 ///   ([`reqwest::Request::try_clone`]: not for streaming bodies), its body is
 ///   within the layer's [`replay_limit`](crate::AuthLayerBuilder::replay_limit),
@@ -171,7 +172,8 @@ impl Middleware for AuthMiddleware {
         let mut res = next.clone().run(req, extensions).await?;
         let shared: &Arc<Shared> = self.layer.cache().shared();
         let refusal = self.layer.config().refusal;
-        let (mut sends, mut replayed) = (1u8, false);
+        // `replayed`: the token whose refusal the one replay was spent on.
+        let (mut sends, mut replayed) = (1u8, None);
         // Bounded: each pass sends once more, and `refused` says no once the
         // request has had `MAX_SENDS`.
         loop {
@@ -191,13 +193,16 @@ impl Middleware for AuthMiddleware {
                 return Ok(res);
             };
             let more = sends < MAX_SENDS;
-            let (replay, answer) = match shared.refused(slot.id, more && !replayed, more) {
+            let (replay, answer) = match shared.refused(slot.id, replayed, more) {
                 Resend::Send { replay, answer } => (replay, answer),
                 Resend::No => {
                     shared.counters.replay_skipped();
                     return Ok(res);
                 }
             };
+            if replay {
+                replayed = Some(slot.id);
+            }
             let answer = match answer {
                 Ok(answer) => answer,
                 Err(ticket) => Arc::clone(shared).wait(ticket).await,
@@ -219,7 +224,7 @@ impl Middleware for AuthMiddleware {
                 tracing::debug!(target: "daxium_auth", method = %again.method(), "token refused: replaying the request once with a new token");
             } else {
                 shared.counters.resent();
-                tracing::debug!(target: "daxium_auth", method = %again.method(), "token replaced while the request was in flight: sending it again with the current one");
+                tracing::debug!(target: "daxium_auth", method = %again.method(), "token replaced or revoked while the request was in flight: sending it again with the current one");
             }
             // The refused answer is not needed any more; dropping it frees its
             // connection before the resend asks for one.
@@ -227,7 +232,6 @@ impl Middleware for AuthMiddleware {
             authorize(&mut again, &slot.access);
             res = next.clone().run(again, extensions).await?;
             sends += 1;
-            replayed |= replay;
         }
     }
 }

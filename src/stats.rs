@@ -157,11 +157,13 @@ pub struct Stats {
     pub refresh_rejected: u64,
     /// Refresh grants that failed otherwise.
     pub refresh_failed: u64,
-    /// Requests replayed once after the API refused the current token.
+    /// Requests replayed once after the API refused a token it had never
+    /// accepted (a new token refused on first use).
     pub replays: u64,
     /// Requests sent again after a refusal of a token that had been
     /// replaced while they were in flight (the layer's own refresh, an
-    /// adopted fleet record, a change of login): not their replay.
+    /// adopted fleet record, a change of login), or that the API had
+    /// accepted before (revoked): not their replay.
     pub resends: u64,
     /// Refusals not followed by a resend: replay off, a body over the cap or
     /// not fully sent, the request's sends used up, or an API that refuses
@@ -228,12 +230,12 @@ mod export {
         metrics::describe_counter!(
             REPLAYS,
             Unit::Count,
-            "Requests replayed once after the API refused the current token"
+            "Requests replayed once after the API refused a token it had never accepted"
         );
         metrics::describe_counter!(
             RESENDS,
             Unit::Count,
-            "Requests sent again after a refusal of a token replaced while they were in flight"
+            "Requests sent again after a refusal of a token replaced while they were in flight or revoked after it worked"
         );
         metrics::describe_counter!(
             REPLAYS_SKIPPED,

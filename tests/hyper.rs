@@ -201,7 +201,7 @@ async fn a_401_is_replayed_once_with_a_new_token() {
 
     // Revoked on the server (refresh token too): 401, the refresh grant is
     // refused, the password grant succeeds, and the request goes again with
-    // its body.
+    // its body. The token had worked: a resend, not the request's replay.
     server.revoke_all();
     let (status, body) = text(&api, post(&url, "{\"n\":1}")).await;
     assert_eq!(status, StatusCode::OK);
@@ -210,25 +210,32 @@ async fn a_401_is_replayed_once_with_a_new_token() {
     assert_eq!(counters.api_revoked, 1);
     assert_eq!(counters.refresh_rejected, 1);
     assert_eq!(counters.password_ok, 2);
-    assert_eq!(layer.stats().replays, 1);
+    let stats = layer.stats();
+    assert_eq!((stats.replays, stats.resends), (0, 1));
 
     // Expired on the server before the client thought so: 401, a refresh
-    // grant, the replay.
+    // grant, the resend (that token had worked too).
     server.expire_all();
     let (status, body) = text(&api, post(&url, "again")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"again"[..]));
     let counters = server.counters();
     assert_eq!(counters.api_expired, 1);
     assert!(counters.refresh_ok >= 1);
-    assert_eq!(layer.stats().replays, 2);
-
-    // A second 401 goes back as it is: one replay, not a loop.
-    server.fail_next_api(2, StatusCode::UNAUTHORIZED);
-    let (status, _) = text(&api, post(&url, "twice")).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert_eq!(server.counters().api_injected, 2);
     let stats = layer.stats();
-    assert_eq!((stats.replays, stats.replays_skipped), (3, 1));
+    assert_eq!((stats.replays, stats.resends), (0, 2));
+
+    // A refusal of the token that had worked, then of the new one, which
+    // never did (the replay), then of the next: the third 401 goes back as
+    // it is, not a loop.
+    server.fail_next_api(3, StatusCode::UNAUTHORIZED);
+    let (status, _) = text(&api, post(&url, "thrice")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(server.counters().api_injected, 3);
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.replays, stats.resends, stats.replays_skipped),
+        (1, 3, 1)
+    );
 
     // `NoReplay`: the 401 goes back without a second attempt.
     server.fail_next_api(1, StatusCode::UNAUTHORIZED);
@@ -237,9 +244,9 @@ async fn a_401_is_replayed_once_with_a_new_token() {
     let (status, _) = text(&api, req).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let stats = layer.stats();
-    assert_eq!(stats.replays, 3);
+    assert_eq!((stats.replays, stats.resends), (1, 3));
     assert_eq!(stats.replays_skipped, 2);
-    assert_eq!(server.counters().api_injected, 3);
+    assert_eq!(server.counters().api_injected, 4);
 }
 
 #[tokio::test]
@@ -257,7 +264,9 @@ async fn a_revoked_login_falls_back_to_the_password_grant_in_the_same_call() {
         (c.password_ok, c.refresh_rejected, c.api_revoked, c.api_ok),
         (2, 1, 1, 2)
     );
-    assert_eq!(layer.stats().replays, 1);
+    // The token had worked: sent again as a resend, not the replay.
+    let stats = layer.stats();
+    assert_eq!((stats.replays, stats.resends), (0, 1));
 }
 
 #[tokio::test]
@@ -275,7 +284,9 @@ async fn a_post_is_replayed_byte_for_byte_after_a_401() {
     let res = send(&svc, req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), body);
-    assert_eq!(layer.stats().replays, 1);
+    // The token had worked: a refusal of it is a revocation, resent.
+    let stats = layer.stats();
+    assert_eq!((stats.replays, stats.resends), (0, 1));
     assert_eq!(server.counters().api_injected, 1);
 }
 

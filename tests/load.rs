@@ -70,9 +70,12 @@ async fn every_request_succeeds_across_refreshes_and_a_revocation() {
     // The revocation: the refresh token is refused, one new login.
     assert_eq!(stats.refresh_rejected, 1, "{stats:?}");
     assert_eq!(stats.password_ok, 2, "{stats:?}");
+    // The token had worked: the requests that met its revocation were sent
+    // again as resends (or replays, for a refusal that came before the
+    // layer heard of an answer).
     assert!(
-        stats.replays >= 1,
-        "the requests that met the revoked token were replayed"
+        stats.replays + stats.resends >= 1,
+        "the requests that met the revoked token were sent again"
     );
     let latency = &summary.latency;
     assert!(latency.percentile_ms(50.0) > 0.0);
@@ -753,9 +756,12 @@ fn count(json: &Value, path: &[&str]) -> u64 {
 fn revocations_at_a_rate_show_in_the_json() {
     let (json, server) = embedded_run(&["--duration", "1.5", "--revoke-rate", "0.002"]);
     assert!(count(&server, &["api_revoked_in_use"]) > 0, "{json}");
-    assert!(count(&json, &["retries_401"]) >= 1, "{json}");
-    // Each revocation is a 401 that the layer replayed, or (a replay revoked
-    // too) one that reached its caller.
+    assert!(
+        count(&json, &["retries_401"]) + count(&json, &["resends"]) >= 1,
+        "{json}"
+    );
+    // Each revocation is a 401 that the layer sent again, or (the sends
+    // used up) one that reached its caller.
     assert!(
         count(&json, &["status", "401"]) <= count(&server, &["api_revoked"]),
         "only refusals of the server: {json}"
@@ -814,16 +820,19 @@ fn grpc_refusals_are_seen_by_the_layer_and_replayed() {
     ]);
     assert!(count(&server, &["api_revoked_in_use"]) > 0, "{json}");
     // No 401: every refusal is a 200 with grpc-status 16, which the layer
-    // knows (`Refusal::grpc`): it refreshes and replays. A caller sees one
-    // only when its replay's new token was revoked too (5% of the time).
+    // knows (`Refusal::grpc`): it refreshes and sends the call again, as a
+    // resend when the refused token had worked (revoked), as the one replay
+    // when it never had. A caller sees one only when all three sends were
+    // refused: 0 to 5 of the 300 in 110 runs, 1 in the median (the bound was
+    // 15 when a revocation used the replay, and 18 were seen).
     assert_eq!(json["status"].as_object().unwrap().len(), 1, "{json}");
     assert_eq!(count(&json, &["status", "200"]), 300, "{json}");
     let refused = count(&json, &["grpc_status", "16"]);
-    let replays = count(&json, &["retries_401"]);
+    let again = count(&json, &["retries_401"]) + count(&json, &["resends"]);
     assert_eq!(count(&json, &["ok"]) + refused, 300, "{json}");
-    assert!(replays > 0, "{json}");
-    assert!(refused <= replays, "{json}");
-    assert!(refused <= 15, "{json}");
+    assert!(again > 0, "{json}");
+    assert!(refused <= again, "{json}");
+    assert!(refused <= 10, "{json}");
 }
 
 #[test]

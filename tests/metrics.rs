@@ -1,6 +1,6 @@
 //! The `metrics` feature through the public API: a scripted run (three
 //! callers on a cold start who wait for one password grant, a 401 and its
-//! replay after a refresh, a refused refresh that falls back to the password
+//! resend after a refresh, a refused refresh that falls back to the password
 //! grant, and a 401 that is not replayed) recorded by `metrics-util`'s
 //! debugging recorder, whose snapshot must hold the documented names, labels
 //! and values, the same counts as `AuthLayer::stats`, and no secret. The
@@ -66,10 +66,12 @@ fn scripted_run(recorder: &DebuggingRecorder) -> (Stats, Vec<String>) {
             for res in join_all(first).await {
                 assert_eq!(res.unwrap().status(), StatusCode::OK);
             }
-            // A 401: one refresh grant, one replay.
+            // A 401 of a token that had worked: one refresh grant, one
+            // resend.
             s.api.revoke_all();
             assert_eq!(send(&svc, get()).await.unwrap().status(), StatusCode::OK);
-            // A 401 whose refresh is refused: the password grant, one replay.
+            // A 401 whose refresh is refused: the password grant, one
+            // resend.
             s.api.revoke_all();
             s.endpoint.push(Step::Reject);
             assert_eq!(send(&svc, get()).await.unwrap().status(), StatusCode::OK);
@@ -143,7 +145,7 @@ fn the_counters_reach_the_recorder_with_their_names_and_labels() {
         (grants("password", "ok"), 2),
         (grants("refresh_token", "ok"), 2),
         (grants("refresh_token", "rejected"), 1),
-        (series("daxium_auth_replays_total", &[]), 2),
+        (series("daxium_auth_resends_total", &[]), 2),
         (series("daxium_auth_replays_skipped_total", &[]), 1),
         // The three callers of the cold start, and the request after the
         // refusal that was not replayed, whose token was dropped.
@@ -170,6 +172,10 @@ fn the_counters_reach_the_recorder_with_their_names_and_labels() {
     assert_eq!(
         counter(series("daxium_auth_replays_total", &[])),
         stats.replays
+    );
+    assert_eq!(
+        counter(series("daxium_auth_resends_total", &[])),
+        stats.resends
     );
     assert_eq!(
         counter(series("daxium_auth_replays_skipped_total", &[])),
@@ -215,6 +221,7 @@ fn names_and_labels_are_the_documented_ones_and_hold_no_secret() {
         "daxium_auth_grants_total",
         "daxium_auth_grant_duration_seconds",
         "daxium_auth_replays_total",
+        "daxium_auth_resends_total",
         "daxium_auth_replays_skipped_total",
         "daxium_auth_waited_total",
         "daxium_auth_store_errors_total",

@@ -1,10 +1,13 @@
 //! The refusal path under load, against the crate's Daxium-compatible server
 //! on 127.0.0.1 through hyper-util's legacy client. An API that revokes a
 //! random 1% of the tokens presented is never taken for one that refuses
-//! every token: no caller is turned away, and a request fails only when its
-//! replay is revoked too. An API that revokes the old access token on every
-//! refresh, with a slow tail, fails no request: the refusals of tokens the
-//! layer had replaced itself are resent without using the request's replay.
+//! every token: no caller is turned away, and a request fails only when all
+//! three of its sends were refused (a refusal of a token that had worked is
+//! a revocation, resent without using the request's replay). An API that
+//! revokes the old access token on every refresh, with a slow tail, fails no
+//! request: the refusals of tokens the layer had replaced itself, or that
+//! had worked before the refresh revoked them, are resent without using the
+//! request's replay.
 //! An API that refuses every token gets a bounded, slowing series of grants,
 //! and every caller a prompt answer; once it recovers, requests succeed
 //! again and a revocation is handled as usual. No request is sent more than
@@ -86,6 +89,8 @@ struct Tally {
     sends: u64,
     /// The requests that did not succeed, by how many times they were sent.
     failed_after: [u64; 4],
+    /// The requests that succeeded, by how many times they were sent.
+    ok_after: [u64; 4],
     most_sends: u8,
     slowest: Duration,
 }
@@ -112,6 +117,9 @@ impl Tally {
         }
         self.sends += other.sends;
         for (mine, theirs) in self.failed_after.iter_mut().zip(other.failed_after) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.ok_after.iter_mut().zip(other.ok_after) {
             *mine += theirs;
         }
         self.most_sends = self.most_sends.max(other.most_sends);
@@ -187,7 +195,9 @@ async fn one(svc: &Svc, uri: &Uri, timeout: Duration, tally: &mut Tally) -> bool
     let sent = sends.0.load(Relaxed);
     tally.sends += u64::from(sent);
     tally.most_sends = tally.most_sends.max(sent);
-    if !matches!(answer, Ok(Ok(status)) if status.is_success()) {
+    if matches!(answer, Ok(Ok(status)) if status.is_success()) {
+        tally.ok_after[usize::from(sent.min(3))] += 1;
+    } else {
         tally.failed_after[usize::from(sent.min(3))] += 1;
     }
     match answer {
@@ -232,15 +242,29 @@ const ROUND: u64 = 2_500;
 const ROUNDS: usize = 8;
 
 /// What a revocation of one token in a hundred costs at 32 in flight. Each
-/// revocation meets the ~20 other requests in flight with that token: they
-/// are replayed together with the next token, which the API revokes within
-/// that burst one time in four, and the replays behind it are refused a
-/// second time (~17% of replays): such a request has had its one replay
-/// and gets the API's refusal. So ~96% succeed, and the run makes ~22% more
-/// sends than requests; what the layer adds beyond those sends (the
-/// refreshes, the waits for them) is bounded by comparing sends per second.
+/// revocation meets the other requests in flight with that token: 22% of
+/// the first sends are refused (215 revocations, ~21 refusals each). The
+/// token had worked, so each is resent (not its replay) with the next
+/// token, which goes out to all of them at once; the API revokes that token
+/// within such a burst of ~25 presentations about one time in five, and the
+/// sends behind the revoking one are refused again: 16-20% of the second
+/// sends, 14-21% of the third, measured in six runs. A request fails only when all three
+/// sends were refused: 0.22 x 0.18 x 0.18, some 0.7%.
+///
+/// So the 99.9% that an API revoking 1% of tokens in use would call for is
+/// out of reach of three sends: measured, 99.22-99.49% succeed (102-155
+/// failures of 20,000, six runs), each failure after three refused sends.
+/// The later sends fail nearly as often as the first, because they travel
+/// together with the next token; 99.9% would take five sends (four give
+/// ~0.13% failures), which would loosen the bound on what one request can
+/// cost an API that refuses it. And requests per second cannot reach 0.8 of
+/// the run without revocations: 22% of first sends are refused whatever the
+/// client does (they are in flight when the token is revoked), so each
+/// request takes ~1.26 sends, and at the same cost per send the ratio is
+/// 0.79 at best; measured 0.70-0.77, with 0.88-0.98 of the sends per second.
+/// The assertions hold what is reached, with a margin for a shared machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_one_token_in_a_hundred_fails_only_requests_whose_replay_is_revoked_too() {
+async fn revoking_one_token_in_a_hundred_fails_only_requests_refused_three_times() {
     let plain = MockServer::builder().seed(7).start().await.unwrap();
     let revoking = (MockServer::builder().seed(7))
         .revoke_presented(0.01)
@@ -272,9 +296,22 @@ async fn revoking_one_token_in_a_hundred_fails_only_requests_whose_replay_is_rev
     let ratio = (tally.requests() as f64 / secs) / (base.requests() as f64 / base_secs);
     let sends_ratio = (tally.sends as f64 / secs) / (base.sends as f64 / base_secs);
     let success = tally.ok as f64 / tally.requests() as f64;
+    // The share of each send that the API refused: of the first sends, of
+    // the second ones, of the third ones.
+    let (ok, failed) = (tally.ok_after, tally.failed_after);
+    let firsts = tally.requests();
+    let seconds = ok[2] + failed[2] + ok[3] + failed[3];
+    let thirds = ok[3] + failed[3];
+    let share = |refused: u64, of: u64| refused as f64 / of.max(1) as f64;
+    let refused_shares = [
+        share(firsts - ok[1], firsts),
+        share(seconds - ok[2], seconds),
+        share(failed[3], thirds),
+    ];
     let (stats, c) = (layer.stats(), revoking.counters());
     eprintln!(
         "revocations: {} requests at 32 in flight, {:.2}% ok, {} failed (by sends {:?}; other {:?}); \
+         ok by sends {:?}; refused: {:.1}% of first sends, {:.1}% of second, {:.1}% of third; \
          {:.0} req/s vs {:.0} req/s without revocations: ratio {ratio:.3} \
          (rounds {rounds:?} vs {base_rounds:?}), sends per second ratio {sends_ratio:.3}; \
          {} tokens revoked in use, {} grants, {} sends, {} replays, {} resends, \
@@ -284,6 +321,10 @@ async fn revoking_one_token_in_a_hundred_fails_only_requests_whose_replay_is_rev
         tally.failed(),
         tally.failed_after,
         tally.other,
+        tally.ok_after,
+        refused_shares[0] * 100.0,
+        refused_shares[1] * 100.0,
+        refused_shares[2] * 100.0,
         tally.requests() as f64 / secs,
         base.requests() as f64 / base_secs,
         c.api_revoked_in_use,
@@ -297,17 +338,22 @@ async fn revoking_one_token_in_a_hundred_fails_only_requests_whose_replay_is_rev
     assert!(tally.requests() >= ROUND * ROUNDS as u64);
     assert_eq!(base.ok, base.requests(), "{base:?}");
     assert!(c.api_revoked_in_use > 0, "{c:?}");
-    assert!(stats.replays > 0, "{stats:?}");
+    assert!(stats.resends > 0, "{stats:?}");
     // Never taken for an API that refuses every token: no caller turned
-    // away, and each failure is a request refused on its replay as well.
+    // away, and each failure is a request refused on every send it had: a
+    // revoked token is resent, so no request fails after one send.
     assert_eq!(tally.turned_away, 0, "{tally:?}");
     assert!(tally.other.is_empty(), "{tally:?}");
-    assert_eq!(tally.failed(), tally.failed_after[2], "{tally:?}");
-    assert!(success >= 0.95, "{tally:?}");
+    assert_eq!(tally.failed_after[..2], [0, 0], "{tally:?}");
+    // Measured 99.22-99.49% (see above); 99.9% is out of reach of three sends.
+    assert!(success >= 0.985, "{tally:?}");
+    // The layer's own cost (refreshes, waits) is bounded per send; the
+    // requests per second follow from the API's refusals (0.79 at best).
     assert!(
         sends_ratio >= 0.8,
         "sends per second ratio {sends_ratio:.3}"
     );
+    assert!(ratio >= 0.6, "requests per second ratio {ratio:.3}");
     // No request sent more than three times, and no send beyond the first
     // ones, the replays and the resends (the login's request is the 1).
     assert!(tally.most_sends <= 3, "{tally:?}");
@@ -368,9 +414,12 @@ async fn a_refresh_that_revokes_the_old_token_fails_no_request() {
     assert!(tally.requests() >= 10_000, "{tally:?}");
     assert_eq!(tally.failed(), 0, "{tally:?} {stats:?} {c:?}");
     assert!(c.refresh_revoked_access >= 2, "{c:?}");
-    // Refusals of a token the layer itself had replaced: sent again without
-    // using the request's one replay.
+    // Refusals of a token that had worked before the refresh revoked it,
+    // whether they come before the new token is in (a revocation) or after
+    // (a token the layer had replaced): sent again without using the
+    // request's one replay, by construction.
     assert!(stats.resends > 0, "{stats:?}");
+    assert_eq!((stats.replays, stats.resends), (0, c.api_revoked), "{c:?}");
     assert!(tally.most_sends <= 3, "{tally:?}");
     assert_eq!(
         tally.sends + 1,
@@ -455,7 +504,8 @@ async fn after_an_api_refusing_every_token_recovers_a_revocation_is_handled_as_u
 
     // A revocation of the token in use, halfway through 1.5 s of load: the
     // token had worked, so it is refreshed at once, whatever the streak of
-    // refused tokens before.
+    // refused tokens before, and the requests it met are resent, none
+    // replayed.
     let token = layer.cache().access_token().await.unwrap();
     let before = layer.stats();
     let load = drive(
@@ -483,5 +533,6 @@ async fn after_an_api_refusing_every_token_recovers_a_revocation_is_handled_as_u
     );
     assert_eq!(run.tally.failed(), 0, "{:?}", run.tally);
     assert_eq!(grants, 1, "one refresh");
-    assert!(replays > 0);
+    assert!(resends > 0);
+    assert_eq!(replays, 0);
 }

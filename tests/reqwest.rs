@@ -80,7 +80,8 @@ async fn a_401_is_replayed_once_with_a_new_token() {
         StatusCode::OK
     );
 
-    // Revoked: 401, refresh refused, password grant, replay with the body.
+    // Revoked: 401, refresh refused, password grant, sent again with the
+    // body; the token had worked, so that is a resend, not the replay.
     server.revoke_all();
     let res = client.post(&url).body("{\"n\":1}").send().await.unwrap();
     assert_eq!(text(res).await, (StatusCode::OK, "{\"n\":1}".to_owned()));
@@ -88,23 +89,30 @@ async fn a_401_is_replayed_once_with_a_new_token() {
     assert_eq!(counters.api_revoked, 1);
     assert_eq!(counters.refresh_rejected, 1);
     assert_eq!(counters.password_ok, 2);
-    assert_eq!(layer.stats().replays, 1);
-    assert_eq!(layer.stats().grants(), 3);
+    let stats = layer.stats();
+    assert_eq!((stats.replays, stats.resends), (0, 1));
+    assert_eq!(stats.grants(), 3);
 
-    // Expired on the server: 401, a refresh grant, the replay.
+    // Expired on the server: 401, a refresh grant, a resend.
     server.expire_all();
     let res = client.put(&url).body("x").send().await.unwrap();
     assert_eq!(text(res).await, (StatusCode::OK, "x".to_owned()));
     assert_eq!(server.counters().api_expired, 1);
     assert!(server.counters().refresh_ok >= 1);
-    assert_eq!(layer.stats().replays, 2);
+    let stats = layer.stats();
+    assert_eq!((stats.replays, stats.resends), (0, 2));
 
-    // A second 401 goes back as it is.
-    server.fail_next_api(2, StatusCode::UNAUTHORIZED);
+    // The token that had worked, then the new one before it worked (the
+    // replay), then the next: the third 401 goes back as it is.
+    server.fail_next_api(3, StatusCode::UNAUTHORIZED);
     let res = client.get(&url).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(server.counters().api_injected, 2);
-    assert_eq!(layer.stats().replays, 3);
+    assert_eq!(server.counters().api_injected, 3);
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.replays, stats.resends, stats.replays_skipped),
+        (1, 3, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,11 +174,12 @@ async fn what_is_not_replayed() {
     // a token that worked (a revocation), not a streak of new tokens refused
     // on first use, which would slow the grants down.
     accepted(&client, &url).await;
-    // At the limit it is replayed.
+    // At the limit it is sent again (a resend: the token had worked).
     server.fail_next_api(1, StatusCode::UNAUTHORIZED);
     let res = client.post(&url).body("y".repeat(16)).send().await.unwrap();
     assert_eq!(text(res).await, (StatusCode::OK, "y".repeat(16)));
-    assert_eq!(layer.stats().replays, 1);
+    let stats = layer.stats();
+    assert_eq!((stats.replays, stats.resends), (0, 1));
 
     // Replay off for the layer.
     let layer = AuthLayer::builder()

@@ -328,8 +328,9 @@ async fn unary_calls_are_replayed_after_a_revocation_and_an_expiry() {
     assert_eq!(check(&mut client).await.unwrap(), ServingStatus::Serving);
 
     // Revoked: the interceptor answers UNAUTHENTICATED in a trailers-only
-    // response; the layer logs in again and replays the call (its body
-    // recorded on the way, or read on if the refusal came first).
+    // response; the layer logs in again and sends the call again (its body
+    // recorded on the way, or read on if the refusal came first): a resend,
+    // since the token had worked.
     mock.revoke_all();
     let answer = check(&mut client).await;
     assert!(
@@ -340,9 +341,10 @@ async fn unary_calls_are_replayed_after_a_revocation_and_an_expiry() {
     let counters = mock.counters();
     assert_eq!(counters.api_revoked, 1);
     assert_eq!(counters.password_ok, 2);
-    assert_eq!(layer.stats().replays, 1);
+    let stats = layer.stats();
+    assert_eq!((stats.replays, stats.resends), (0, 1));
 
-    // Expired on the server: refused, a refresh grant, the replay.
+    // Expired on the server: refused, a refresh grant, a resend.
     let refreshes = counters.refresh_ok;
     mock.expire_all();
     let answer = check(&mut client).await;
@@ -353,7 +355,8 @@ async fn unary_calls_are_replayed_after_a_revocation_and_an_expiry() {
     );
     assert_eq!(mock.counters().api_expired, 1);
     assert!(mock.counters().refresh_ok > refreshes);
-    assert_eq!(layer.stats().replays, 2);
+    let stats = layer.stats();
+    assert_eq!((stats.replays, stats.resends), (0, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,7 +379,11 @@ async fn a_client_streaming_call_is_replayed_whole_after_a_refusal() {
     assert_eq!(counters.api_revoked, 1, "{counters:?}");
     assert_eq!(counters.api_ok, 2);
     let stats = layer.stats();
-    assert_eq!((stats.replays, stats.replays_skipped), (1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.replays, stats.resends, stats.replays_skipped),
+        (0, 1, 0),
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -497,7 +497,7 @@ impl Summary {
         row(
             "resends",
             format!(
-                "{} (refused with a token replaced in flight)",
+                "{} (refused with a token replaced in flight or revoked)",
                 group(s.resends)
             ),
         );

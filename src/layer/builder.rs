@@ -144,10 +144,11 @@ impl AuthLayerBuilder {
     /// is replaced at once; new tokens refused on first use, three or more in
     /// a row, slow the grants down (see
     /// [`TokenError::is_refused`](crate::TokenError::is_refused)). The
-    /// refused request is sent again with the next token: that is its one
-    /// replay, unless its token had been replaced while it was in flight, in
-    /// which case it is sent again with the current one without counting as
-    /// its replay. No request is sent more than three times.
+    /// refused request is sent again with the next token. When its token had
+    /// been replaced while it was in flight, or had worked before (the API
+    /// revoked it), that is a resend, which does not count as its one
+    /// replay; a refusal of a token that never worked uses the replay. No
+    /// request is sent more than three times.
     pub fn refused_when(mut self, refusal: Refusal) -> Self {
         self.refusal = refusal;
         self

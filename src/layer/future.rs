@@ -6,6 +6,14 @@
 //!
 //! Sending a request with a token starts here ([`send`], [`dispatch`]); what
 //! follows a refusal, the request sent again, is in `resend`.
+//!
+//! A refused request is sent again with the current token when the token it
+//! carried had been replaced while it was in flight (the layer's own refresh,
+//! an adopted fleet record, a change of login), or had worked and was revoked
+//! (the API accepted it before): that is a resend, not its replay. A refusal
+//! of a token that never worked uses the request's one replay. A refusal of
+//! the current token drops it either way. No request is sent more than three
+//! times.
 
 use std::{
     fmt,
@@ -37,9 +45,10 @@ use self::resend::{Resending, Retry, after_refusal, again, confirm, refused, set
 
 type Acquire = Pin<Box<dyn Future<Output = Answer<Live>> + Send>>;
 
-/// The most times one request is sent: the first attempt, a resend after its
-/// token was replaced in flight, and its one replay after a refusal of the
-/// current token. Nothing can loop.
+/// The most times one request is sent: the first attempt and two more,
+/// resends after a refusal of a token replaced in flight or revoked after it
+/// worked, or the one replay after a refusal of a token that never worked.
+/// Nothing can loop.
 pub(crate) const MAX_SENDS: u8 = 3;
 
 pin_project! {
@@ -84,8 +93,9 @@ pin_project! {
         // cannot be sent again.
         Reacquire { token: Acquire, resend: Option<Resending<S, B>>, settle: Option<Pin<Box<tokio::time::Sleep>>> },
         // The request sent again; a refusal of it may send it once more,
-        // within `MAX_SENDS`.
-        Again { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, check: Check, retry: Option<Retry<S, B>> },
+        // within `MAX_SENDS`. `replayed`: the token whose refusal its one
+        // replay was spent on, if it was.
+        Again { #[pin] fut: Oneshot<S, Request<ReplayBody<B>>>, check: Check, retry: Option<Retry<S, B>>, replayed: Option<u64> },
     }
 }
 
@@ -370,12 +380,13 @@ where
             let Resending {
                 mut retry,
                 refused,
+                replayed,
                 replay,
             } = resend.take().expect("polled after completion");
             let shared = Arc::clone(retry.link.shared());
             match answer {
                 Answer::Token(slot) => match retry.request(&slot) {
-                    Some((service, req)) => again(retry, service, req, &slot, replay),
+                    Some((service, req)) => again(retry, service, req, &slot, replay, replayed),
                     None => {
                         shared.counters.replay_skipped();
                         return Poll::Ready(Step::Done(Ok(refused)));
@@ -388,7 +399,12 @@ where
                 Answer::Failed(err) => return Poll::Ready(Step::Done(Err(Error::Token(err)))),
             }
         }
-        RareProj::Again { fut, check, retry } => {
+        RareProj::Again {
+            fut,
+            check,
+            retry,
+            replayed,
+        } => {
             let res = match ready!(fut.poll(cx)) {
                 Ok(res) => res,
                 Err(err) => return Poll::Ready(Step::Done(Err(Error::Inner(err)))),
@@ -400,7 +416,7 @@ where
                 }
                 return Poll::Ready(Step::Done(Ok(res)));
             }
-            match refused(retry, res) {
+            match refused(retry, res, *replayed) {
                 Ok(next) => next,
                 Err(res) => return Poll::Ready(Step::Done(Ok(res))),
             }

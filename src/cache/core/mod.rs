@@ -45,6 +45,16 @@ const UNPROVEN_BEFORE_PAUSE: u32 = 3;
 /// that was refused already from one of a token that was replaced.
 const REFUSED_KEPT: usize = 4;
 
+/// A token dropped because the API refused it, and whether the API had
+/// accepted it before (told while it was current, or late): then it was
+/// revoked, and the requests still in flight with it are sent again as
+/// resends when their refusals come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RefusedId {
+    id: u64,
+    worked: bool,
+}
+
 #[cfg_attr(test, derive(Clone))]
 enum Flight<R> {
     Idle,
@@ -144,7 +154,7 @@ pub(crate) struct Core<P: Payload> {
     /// `UNPROVEN_BEFORE_PAUSE` or more).
     refusal_hold: Option<Time>,
     /// The ids of the last tokens dropped because the API refused them.
-    refused_ids: std::collections::VecDeque<u64>,
+    refused_ids: std::collections::VecDeque<RefusedId>,
     waiters: Waiters,
     /// Bumped by every change of credentials.
     credentials: u64,
@@ -330,7 +340,28 @@ impl<P: Payload> Core<P> {
     pub(crate) fn superseded(&self, id: u64, now: Time) -> bool {
         let current = (self.token.as_ref())
             .is_some_and(|t| t.slot.id == id && now.max(self.now) < t.expires_at);
-        id != 0 && id < self.next_token && !current && !self.refused_ids.contains(&id)
+        let refused = self.refused_ids.iter().any(|r| r.id == id);
+        id != 0 && id < self.next_token && !current && !refused
+    }
+
+    /// Whether the API is known to have accepted token `id`: the current
+    /// token once an answer said so, or a refused one that an answer showed
+    /// to have worked, before its refusal or after it (answers of the
+    /// requests in flight with it come in any order).
+    pub(crate) fn worked(&self, id: u64) -> bool {
+        match &self.token {
+            Some(t) if t.slot.id == id => t.slot.accepted,
+            _ => (self.refused_ids.iter()).any(|r| r.id == id && r.worked),
+        }
+    }
+
+    /// Whether a request refused with token `id` at `now` is sent again as
+    /// a resend, which does not count as its one replay: the token had been
+    /// superseded, or it had worked and the API revoked it. Only a refusal
+    /// of a token that never worked (a new token refused on first use, as
+    /// an API that refuses every token refuses them) is the replay.
+    pub(crate) fn resends(&self, id: u64, now: Time) -> bool {
+        self.superseded(id, now) || self.worked(id)
     }
 
     fn need(&mut self, id: WaiterId, deadline: Time, not: Option<u64>, out: &mut Vec<Action<P>>) {
@@ -421,7 +452,10 @@ impl<P: Payload> Core<P> {
             if self.refused_ids.len() == REFUSED_KEPT {
                 self.refused_ids.pop_front();
             }
-            self.refused_ids.push_back(id);
+            self.refused_ids.push_back(RefusedId {
+                id,
+                worked: token.slot.accepted,
+            });
             self.refused_access = Some(token.slot.access);
             self.refused = true;
         }
@@ -436,8 +470,13 @@ impl<P: Payload> Core<P> {
     /// token goes out on many requests at once, and the answers of those the
     /// API accepted before it revoked the token can arrive after the
     /// refusal. That token had worked: it was revoked, not refused on first
-    /// use, and a pause the streak began is over.
+    /// use, and a pause the streak began is over; and the refusals of the
+    /// requests still in flight with it are revocations, sent again as
+    /// resends.
     fn accepted(&mut self, id: u64) {
+        if let Some(refused) = self.refused_ids.iter_mut().find(|r| r.id == id) {
+            refused.worked = true;
+        }
         if let Some(token) = self.token.as_mut().filter(|t| t.slot.id == id) {
             token.slot.accepted = true;
         } else if self.unproven == 0 || id < self.streak_from || id >= self.next_token {

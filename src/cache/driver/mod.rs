@@ -379,11 +379,14 @@ impl Shared {
     /// Only answers until the current token is known to work reach the core:
     /// the first one for that token, and those for earlier tokens, which may
     /// show that a token refused before its answers came had worked (the
-    /// core ends a streak of tokens refused on first use then). Once the
-    /// published view says the current token works, no request asks again.
+    /// core ends a streak of tokens refused on first use then, and the
+    /// refusals still to come of a refused one count as revocations). Once
+    /// the published view says the current token works, no request with
+    /// that token asks again.
     #[cold]
     pub(crate) fn accepted(self: &Arc<Self>, id: u64) {
-        let unconfirmed = (self.view.load().slot()).is_none_or(|slot| !slot.accepted);
+        let unconfirmed =
+            (self.view.load().slot()).is_none_or(|slot| !slot.accepted || slot.id != id);
         if unconfirmed {
             self.run(Event::Accepted { id });
         }

@@ -84,12 +84,16 @@ impl Shared {
     }
 
     /// The API refused a request carrying token `id`. Whether the request is
-    /// sent again depends on why: a token replaced while the request was in
-    /// flight (superseded) allows a resend while `may_resend`; a refusal of
-    /// the current token is the request's one replay, allowed while
-    /// `may_replay`. Either way the cache learns of the refusal (and drops
-    /// the token if it is current), under the same lock that decides.
-    pub(crate) fn refused(self: &Arc<Self>, id: u64, may_replay: bool, may_resend: bool) -> Resend {
+    /// sent again depends on why, while `more` sends are allowed: a token
+    /// replaced while the request was in flight (superseded), or one that
+    /// had worked and was revoked, makes a resend; a refusal of a token that
+    /// never worked is the request's one replay, allowed unless `replayed`
+    /// names the token a replay was spent on already, and the API is not
+    /// known to have accepted that one since (then it was a revocation, told
+    /// late, and the replay is the request's again). Either way the cache
+    /// learns of the refusal (and drops the token if it is current), under
+    /// the same lock that decides.
+    pub(crate) fn refused(self: &Arc<Self>, id: u64, replayed: Option<u64>, more: bool) -> Resend {
         if let Some(answer) = no_runtime() {
             return Resend::Send {
                 replay: true,
@@ -102,8 +106,8 @@ impl Shared {
         let mut tx = Some(tx);
         let mut registered = None;
         self.run_with(|driver| {
-            let superseded = driver.core.superseded(id, now);
-            let send = if superseded { may_resend } else { may_replay };
+            let resend = driver.core.resends(id, now);
+            let send = more && (resend || replayed.is_none_or(|t| driver.core.worked(t)));
             let tx = tx.take().filter(|_| send);
             let Some(tx) = tx else {
                 return Some(Event::Refused { id, waiter: None });
@@ -111,7 +115,7 @@ impl Shared {
             let waiter = WaiterId(driver.next_waiter);
             driver.next_waiter += 1;
             driver.waiters.insert(waiter, tx);
-            registered = Some((waiter, !superseded));
+            registered = Some((waiter, !resend));
             Some(Event::Refused {
                 id,
                 waiter: Some((waiter, deadline)),
@@ -218,7 +222,8 @@ impl Want {
 pub(crate) enum Resend {
     /// It is sent again with the token of `answer` (at once, or when the
     /// ticket's answer comes); `replay` when this is the request's one
-    /// replay, not a resend after a token was replaced in flight.
+    /// replay, not a resend after its token was replaced in flight or
+    /// revoked after it worked.
     Send {
         replay: bool,
         answer: Result<Answer<Live>, Ticket>,

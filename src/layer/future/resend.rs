@@ -40,15 +40,18 @@ where
 {
     pub(super) retry: Retry<S, B>,
     pub(super) refused: S::Response,
-    /// Whether this send is the request's one replay (not a resend after
-    /// its token was replaced in flight).
+    /// The token whose refusal the request's one replay was spent on, if
+    /// it was (by this send, or an earlier one).
+    pub(super) replayed: Option<u64>,
+    /// Whether this send is the request's one replay (not a resend).
     pub(super) replay: bool,
 }
 
 /// What sending a request again needs: the request without its body, how to
 /// replay the body, the link to the cache and to the service's spare clone
 /// (cloned again for each send, and driven ready by `Oneshot` before the
-/// call), and how many sends it has had.
+/// call), and how many sends it has had. Which token its replay was spent
+/// on, if it was, the rare states keep: the first attempt has had none.
 pub(crate) struct Retry<S, B> {
     /// The token the last send carried.
     pub(super) id: u64,
@@ -62,9 +65,6 @@ pub(crate) struct Retry<S, B> {
     extensions: Extensions,
     pub(super) body: Replay<B>,
     sends: u8,
-    /// Whether the request had its one replay after a refusal of the
-    /// current token.
-    replayed: bool,
     _body: std::marker::PhantomData<fn() -> B>,
 }
 
@@ -81,7 +81,6 @@ impl<S, B> Retry<S, B> {
             extensions: req.extensions().clone(),
             body,
             sends: 1,
-            replayed: false,
             _body: std::marker::PhantomData,
         }
     }
@@ -158,15 +157,17 @@ where
             }
             Err(res)
         }
-        After::Replay(retry) => refused(retry, res),
+        After::Replay(retry) => refused(retry, res, None),
     }
 }
 
-/// A send carrying `retry.id` was refused: the state that sends it again, or
-/// the refusal to return.
+/// A send carrying `retry.id` was refused, after a replay spent on the
+/// refusal of token `replayed` if any: the state that sends it again, or the
+/// refusal to return.
 pub(super) fn refused<S, B, F, ResBody>(
     mut retry: Retry<S, B>,
     res: Response<ResBody>,
+    replayed: Option<u64>,
 ) -> Result<State<S, B, F>, Response<ResBody>>
 where
     S: Service<Request<ReplayBody<B>>, Response = Response<ResBody>> + Clone,
@@ -177,7 +178,7 @@ where
         return Err(res);
     }
     let more = retry.sends < MAX_SENDS;
-    let (replay, answer) = match shared.refused(retry.id, more && !retry.replayed, more) {
+    let (replay, answer) = match shared.refused(retry.id, replayed, more) {
         Resend::Send { replay, answer } => (replay, answer),
         Resend::No => {
             shared.counters.replay_skipped();
@@ -192,9 +193,10 @@ where
         Ok(answer) => Ok(answer),
         Err(ticket) => Err(Box::pin(Arc::clone(&shared).wait(ticket)) as Acquire),
     };
+    let replayed = if replay { Some(retry.id) } else { replayed };
     match answer {
         Ok(Answer::Token(slot)) => match retry.request(&slot) {
-            Some((service, req)) => Ok(again(retry, service, req, &slot, replay)),
+            Some((service, req)) => Ok(again(retry, service, req, &slot, replay, replayed)),
             None => {
                 shared.counters.replay_skipped();
                 Err(res)
@@ -210,6 +212,7 @@ where
             resend: Some(Resending {
                 retry,
                 refused: res,
+                replayed,
                 replay,
             }),
             settle: None,
@@ -238,13 +241,15 @@ where
     }
 }
 
-/// Sends the request again with `slot`'s token.
+/// Sends the request again with `slot`'s token; `replay` when this send is
+/// its replay, spent on the refusal of token `replayed`.
 pub(super) fn again<S, B, F>(
     mut retry: Retry<S, B>,
     service: S,
     req: Request<ReplayBody<B>>,
     slot: &LiveSlot,
     replay: bool,
+    replayed: Option<u64>,
 ) -> State<S, B, F>
 where
     S: Service<Request<ReplayBody<B>>>,
@@ -255,7 +260,7 @@ where
         tracing::debug!(target: "daxium_auth", method = %req.method(), "token refused: replaying the request once with a new token");
     } else {
         shared.counters.resent();
-        tracing::debug!(target: "daxium_auth", method = %req.method(), "token replaced while the request was in flight: sending it again with the current one");
+        tracing::debug!(target: "daxium_auth", method = %req.method(), "token replaced or revoked while the request was in flight: sending it again with the current one");
     }
     let check = Check {
         refusal: retry.link.layer.config().refusal,
@@ -263,11 +268,11 @@ where
     };
     retry.id = slot.id;
     retry.sends = retry.sends.saturating_add(1);
-    retry.replayed |= replay;
     rare_state(Rare::Again {
         fut: Oneshot::new(service, req),
         check,
         retry: Some(retry),
+        replayed,
     })
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use super::super::{
     Action, Answer, Event, FlightId, Grant, LoginStatus, MIN_AGE_TO_FORCE, Phase, Reason, Slot,
-    Time, View, WaiterId,
+    Time, View, WaiterId, Why,
 };
 use super::harness::{FlightInfo, FlightState, Harness, T, TErr, WaiterInfo};
 
@@ -78,6 +78,15 @@ impl Harness {
                         .waiters
                         .remove(&waiter)
                         .expect("a waiter is answered once");
+                    if info.revoked {
+                        assert!(
+                            !matches!(
+                                answer,
+                                Answer::NoReplay | Answer::Failed(TErr::Core(Why::Refused))
+                            ),
+                            "a request refused with a token that had worked turned away for the refusal"
+                        );
+                    }
                     match &answer {
                         Answer::Token(slot) => {
                             self.check_token(slot, info.not);

@@ -74,6 +74,9 @@ pub(super) struct WaiterInfo {
     /// A forced refresh: the token current when it asked, and whether that
     /// token was too young to replace.
     pub(super) forced: Option<(u64, bool)>,
+    /// It waits to send again a request refused with a token the API had
+    /// accepted (revoked): it is never turned away for the refusal.
+    pub(super) revoked: bool,
 }
 
 /// Drives a core and checks it.
@@ -109,6 +112,9 @@ pub(super) struct Harness {
     pub(super) attempt: u32,
     /// Token ids the API accepted while they were current.
     pub(super) accepted: BTreeSet<u64>,
+    /// Token ids the API refused while they were current and is known to
+    /// have accepted, before the refusal or after it (an answer told late).
+    pub(super) revoked: BTreeSet<u64>,
     /// Token ids the API refused while they were current: never handed out
     /// or published again.
     pub(super) refused: BTreeSet<u64>,
@@ -154,6 +160,7 @@ impl Harness {
             not_before: None,
             attempt: 0,
             accepted: BTreeSet::new(),
+            revoked: BTreeSet::new(),
             refused: BTreeSet::new(),
             unproven: 0,
             streak_from: 0,
@@ -280,8 +287,32 @@ impl Harness {
             "token {id} (current {current:?}) told superseded wrongly"
         );
         let revoked = current == Some(id) && self.accepted.contains(&id);
+        // A token the API had accepted and now refuses was revoked: the
+        // request is sent again as a resend, also when it has had its replay
+        // (the driver asks `resends` for that), while sends remain. One that
+        // never worked is the replay: an API that refuses every token gets
+        // no more than that.
+        let worked = revoked || self.revoked.contains(&id);
+        if worked && !self.closed {
+            assert!(
+                self.core.resends(id, self.now),
+                "a refusal of token {id}, which the API had accepted, would fail a request that had its replay"
+            );
+        }
+        if !superseded && !worked {
+            assert!(
+                !self.core.resends(id, self.now),
+                "a refusal of token {id}, which never worked, taken for a resend"
+            );
+        }
+        if let Some(w) = waiter {
+            self.waiters.get_mut(&w).expect("just made").revoked = worked && !self.closed;
+        }
         if current == Some(id) && !self.closed {
             self.refused.insert(id);
+            if revoked {
+                self.revoked.insert(id);
+            }
             if revoked {
                 self.unproven = 0;
             } else {
@@ -334,6 +365,7 @@ impl Harness {
             deadline,
             not,
             forced: None,
+            revoked: false,
         };
         self.waiters.insert(waiter, info);
         waiter
@@ -500,6 +532,12 @@ impl Harness {
             && id >= self.streak_from
             && id < self.next_token_id()
             && !self.closed;
+        // A refused token's late answer shows it had worked: the refusals
+        // still to come of requests that carried it are revocations. (The
+        // core keeps the last few refused tokens, which the ops refuse.)
+        if self.refused.contains(&id) && !self.closed {
+            self.revoked.insert(id);
+        }
         if self.token().is_some_and(|(slot, _)| slot.id == id) {
             self.accepted.insert(id);
             self.unproven = 0;

@@ -13,7 +13,11 @@
 //! gets the current one); a refused token is replaced at once, revoked ones
 //! always and tokens refused on first use until a streak of three (which an
 //! answer showing that one of them worked, late, ends); and no grant for a
-//! refusal starts before the pause such a streak calls for.
+//! refusal starts before the pause such a streak calls for; and a refusal of
+//! a token the API had accepted (told before the refusal or after it) is a
+//! revocation, which never fails the request while sends remain: it is sent
+//! again as a resend, with a newer token, also after its replay, and is
+//! never turned away for the refusal.
 //! Each was checked to fail when its rule is taken out of the core.
 
 use std::time::Duration;

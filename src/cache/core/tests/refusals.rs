@@ -97,6 +97,78 @@ fn a_revoked_token_that_had_worked_is_replaced_at_once_every_time() {
 }
 
 #[test]
+fn a_refusal_of_a_token_that_had_worked_is_a_resend_for_every_request_that_carried_it() {
+    let mut h = with_token(HOUR);
+    let id = token_id(&h);
+    h.accepted(id);
+    assert!(
+        h.core.resends(id, h.now),
+        "revoked: a resend, not the replay"
+    );
+    let first = h.refused(id, Some(BUDGET)).unwrap();
+    // The other requests in flight with it: their refusals come after the
+    // token was dropped, and are revocations too.
+    let others: Vec<_> = (0..5)
+        .map(|_| {
+            assert!(h.core.resends(id, h.now));
+            h.refused(id, Some(BUDGET)).unwrap()
+        })
+        .collect();
+    assert_eq!(h.grants, 2, "one refresh for them all");
+    h.grant_ok(h.running().unwrap());
+    let new = token_id(&h);
+    for w in std::iter::once(first).chain(others) {
+        assert!(matches!(&h.answers[&w], Answer::Token(slot) if slot.id == new));
+    }
+    // The new token is refused on first use: that is a replay, for the
+    // requests that carried it all.
+    assert!(!h.core.resends(new, h.now));
+    h.refused(new, None);
+    assert!(!h.core.resends(new, h.now));
+}
+
+#[test]
+fn an_answer_told_after_the_refusal_makes_the_refusals_still_to_come_resends() {
+    let mut h = with_token(HOUR);
+    let id = token_id(&h);
+    // Refused before any answer showed it worked: taken for a refusal on
+    // first use.
+    h.refused(id, None);
+    assert!(!h.core.resends(id, h.now) && !h.core.worked(id));
+    // A request the API accepted before it revoked the token answers now.
+    h.accepted(id);
+    assert!(h.core.worked(id), "it had worked");
+    assert!(
+        h.core.resends(id, h.now),
+        "the refusals still to come are revocations"
+    );
+    h.grant_ok(h.running().unwrap());
+    let w = h.refused(id, Some(BUDGET)).unwrap();
+    assert!(matches!(&h.answers[&w], Answer::Token(slot) if slot.id > id));
+}
+
+#[test]
+fn a_token_replaced_before_it_worked_is_a_resend_and_one_refused_long_ago_too() {
+    let mut h = with_token(HOUR);
+    let old = token_id(&h);
+    h.step(h.now, super::super::Event::Refresh);
+    h.grant_ok(h.running().unwrap());
+    assert!(h.core.resends(old, h.now) && !h.core.worked(old));
+    // Refused on first use, then forgotten behind four more refusals: a
+    // refusal of it is taken for one of a replaced token again.
+    let refused = token_id(&h);
+    h.refused(refused, None);
+    assert!(!h.core.resends(refused, h.now));
+    for _ in 0..4 {
+        h.grant_ok(h.running().unwrap());
+        let id = token_id(&h);
+        h.accepted(id);
+        h.refused(id, None);
+    }
+    assert!(h.core.resends(refused, h.now));
+}
+
+#[test]
 fn new_tokens_refused_on_first_use_slow_the_grants_down_and_callers_hear_it_at_once() {
     let mut h = with_token(HOUR);
     // Two tokens in a row refused before they worked: a revocation at random
