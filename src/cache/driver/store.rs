@@ -144,7 +144,7 @@ impl Shared {
                 None => StoreReply::Down,
             },
             StoreCall::Read => match answer(timeout, store.read(&key)).await {
-                Some(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
+                Some(record) => StoreReply::Record(record.map(|r| self.adopted(r, &key))),
                 None => StoreReply::Down,
             },
             StoreCall::Watch { since, until } => {
@@ -153,7 +153,7 @@ impl Shared {
                 let wait = until.saturating_sub(self.time(Instant::now()));
                 let within = wait.saturating_add(timeout);
                 match answer(within, store.wait_for_change(&key, since, wait)).await {
-                    Some(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
+                    Some(record) => StoreReply::Record(record.map(|r| self.adopted(r, &key))),
                     None => StoreReply::Down,
                 }
             }
@@ -188,14 +188,32 @@ impl Shared {
             Some(WriteOutcome::Conflict(conflict)) => match (conflict.version(), conflict.record())
             {
                 (Some(version), None) => StoreReply::Unreadable(version),
-                _ => StoreReply::Conflict(conflict.into_record().map(|r| self.adopted(r))),
+                _ => StoreReply::Conflict(conflict.into_record().map(|r| self.adopted(r, key))),
             },
             None => StoreReply::Down,
         }
     }
 
     /// A stored record in the core's terms: its expiry on the core's clock.
-    fn adopted(&self, stored: StoredRecord) -> Record<Live> {
+    /// A record of another login than `key` (another endpoint's, from a
+    /// store that files logins under less than the whole key) keeps only its
+    /// version: its tokens were issued elsewhere, and are never taken nor
+    /// sent here.
+    fn adopted(&self, stored: StoredRecord, key: &LoginKey) -> Record<Live> {
+        if stored.login() != key {
+            tracing::warn!(
+                target: "daxium_auth",
+                "token store returned a record of another login; its tokens are ignored"
+            );
+            return Record {
+                version: stored.version(),
+                access: HeaderValue::from_static(""),
+                refresh: None,
+                expires_at: Time::ZERO,
+                refresh_until: None,
+                spent: true,
+            };
+        }
         let version = stored.version();
         let record = stored.into_record();
         // A stored expiry beyond what any grant is given (expires_in is
