@@ -276,8 +276,9 @@ impl Shared {
                 }
             }
             Action::Store { flight, call } => {
-                if let Some(fleet) = &driver.fleet {
-                    after.store.push((flight, call, fleet.clone()));
+                if let Some(fleet) = &mut driver.fleet {
+                    let fleet = fleet.for_call(&call);
+                    after.store.push((flight, call, fleet));
                     driver.unspawned += 1;
                 }
             }
@@ -410,7 +411,7 @@ impl Shared {
             driver.timer = None;
             let release = (after.store.iter())
                 .find(|(_, call, _)| matches!(call, StoreCall::Release))
-                .map(|(_, _, fleet)| fleet.clone());
+                .map(|(_, _, fleet)| fleet.clone().uncounted());
             driver.unspawned = driver.unspawned.saturating_sub(after.store.len());
             after.store.clear();
             (release, driver.fleet.as_ref().map(|fleet| fleet.timeout))
