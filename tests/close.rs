@@ -246,3 +246,40 @@ mod on_redis {
         assert_eq!(server.counters().grant_requests, 1);
     }
 }
+
+/// A forced refresh waiting for a slow grant when the layer closes learns of
+/// the close at once, as do the login's handles called afterwards: none
+/// waits, the grant is stopped, and subscribers see the close.
+#[tokio::test(start_paused = true)]
+async fn the_logins_handles_get_closed_errors_at_once_during_and_after_the_close() {
+    use daxium_auth::LoginStatus;
+
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let layer = layer_with(&endpoint, |b| b);
+    layer.login().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    *endpoint.latency.lock().unwrap() = Duration::from_secs(30);
+    let forced = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.refresh().await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(endpoint.grants(), 2, "the refresh grant is in flight");
+
+    let started = Instant::now();
+    layer.close().await;
+    let err = forced.await.unwrap().unwrap_err();
+    assert!(err.is_closed(), "{err:?}");
+    for err in [
+        layer.refresh().await.unwrap_err(),
+        layer.login().await.unwrap_err(),
+    ] {
+        assert!(err.is_closed(), "{err:?}");
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert!(!layer.is_ready());
+    assert_eq!(layer.subscribe().borrow().status(), LoginStatus::Closed);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(endpoint.grants(), 2, "no grant after the close");
+}
