@@ -128,6 +128,41 @@ async fn close_while_the_lease_is_asked_for_releases_it_once_granted() {
     assert_eq!(endpoint.grants(), 0);
 }
 
+/// Two shutdown paths (a signal handler and the end of `main`, say) may each
+/// close the layer: the second close returns no sooner than the first, once
+/// the pair's write has landed and the lease is free.
+#[tokio::test(start_paused = true)]
+async fn a_second_close_during_the_first_returns_once_the_store_is_done_with() {
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let memory = MemoryStore::new();
+    let store = Faulty::new(memory.clone(), |call| match call {
+        Call::Write => Fault::Delay(SLOW_WRITE),
+        _ => Fault::Pass,
+    });
+    let layer = layer_with(&endpoint, |b| b.store(store).lease_ttl(LONG_LEASE));
+    layer.login().await.unwrap();
+    assert!(
+        memory.read(&login()).await.unwrap().is_none(),
+        "write begun"
+    );
+
+    let first = tokio::spawn(layer.close());
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    layer.close().await;
+    assert!(
+        started.elapsed() >= SLOW_WRITE / 2,
+        "the second close returned before the pair's write had landed"
+    );
+    assert!(memory.read(&login()).await.unwrap().is_some(), "the pair");
+    let other = LeaseOwner::random();
+    let lease = memory.acquire_lease(&login(), &other, LONG_LEASE).await;
+    assert_eq!(lease.unwrap(), Lease::Acquired, "the lease is free");
+    first.await.unwrap();
+    assert_eq!(endpoint.grants(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn close_without_a_store_only_closes() {
     let api = Arc::new(Api::default());
@@ -201,4 +236,41 @@ mod on_redis {
         assert_eq!(server.counters().password_ok, 1);
         assert_eq!(server.counters().grant_requests, 1);
     }
+}
+
+/// A forced refresh waiting for a slow grant when the layer closes learns of
+/// the close at once, as do the login's handles called afterwards: none
+/// waits, the grant is stopped, and subscribers see the close.
+#[tokio::test(start_paused = true)]
+async fn the_logins_handles_get_closed_errors_at_once_during_and_after_the_close() {
+    use daxium_auth::LoginStatus;
+
+    let api = Arc::new(Api::default());
+    let endpoint = Endpoint::new(&api);
+    let layer = layer_with(&endpoint, |b| b);
+    layer.login().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    *endpoint.latency.lock().unwrap() = Duration::from_secs(30);
+    let forced = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.refresh().await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(endpoint.grants(), 2, "the refresh grant is in flight");
+
+    let started = Instant::now();
+    layer.close().await;
+    let err = forced.await.unwrap().unwrap_err();
+    assert!(err.is_closed(), "{err:?}");
+    for err in [
+        layer.refresh().await.unwrap_err(),
+        layer.login().await.unwrap_err(),
+    ] {
+        assert!(err.is_closed(), "{err:?}");
+    }
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert!(!layer.is_ready());
+    assert_eq!(layer.subscribe().borrow().status(), LoginStatus::Closed);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(endpoint.grants(), 2, "no grant after the close");
 }

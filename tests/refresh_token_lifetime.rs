@@ -98,3 +98,42 @@ async fn an_expired_refresh_token_is_never_sent_the_password_grant_is_used_inste
     assert_eq!(counters.api_expired, 0);
     server.shutdown().await;
 }
+
+/// Through a store: the refresh token's lifetime travels with the record
+/// (as wall-clock time), and a replica that adopted the pair never sends
+/// the shared refresh token past it. Its forced refresh logs in instead.
+#[tokio::test]
+async fn a_shared_refresh_token_past_its_expiry_is_never_sent_by_the_replica_that_adopted_it() {
+    use daxium_auth::{MemoryStore, TokenSource};
+
+    // Refresh tokens of one second, the shortest lifetime a token is given.
+    let server = MockServer::builder()
+        .token_lifetime(Duration::from_secs(1))
+        .refresh_token_lifetime(Duration::from_secs(1))
+        .start()
+        .await
+        .expect("bind 127.0.0.1");
+    let store = MemoryStore::new();
+    let first = support::layer_for(&server, |b| b.store(store.clone()));
+    let second = support::layer_for(&server, |b| b.store(store.clone()));
+    first.login().await.unwrap();
+    second.login().await.unwrap();
+    assert_eq!(
+        second.subscribe().borrow().source(),
+        Some(TokenSource::Store)
+    );
+
+    // Past the refresh token's second: the access token (as long) is stale,
+    // so a forced refresh makes a grant, and it is a password grant.
+    sleep(Duration::from_millis(1200)).await;
+    second.refresh().await.unwrap();
+    let counters = server.counters();
+    assert_eq!(counters.password_ok, 2, "{counters:?}");
+    assert_eq!(counters.refresh_expired, 0, "no expired refresh token sent");
+    assert_eq!(counters.refresh_ok + counters.refresh_rejected, 0);
+    assert_eq!(
+        second.subscribe().borrow().source(),
+        Some(TokenSource::PasswordGrant)
+    );
+    server.shutdown().await;
+}

@@ -84,6 +84,9 @@ pub(crate) struct Shared {
     grant_timeout: Duration,
     /// Told whenever store tasks join the driver's list.
     store_spawned: Notify,
+    /// Held by a clean close while it runs: a second close waits for the
+    /// first to be done with the store, instead of returning at once.
+    closing: tokio::sync::Mutex<()>,
     pub(crate) counters: Counters,
 }
 
@@ -147,6 +150,7 @@ impl Shared {
             }),
             fetcher,
             store_spawned: Notify::new(),
+            closing: tokio::sync::Mutex::new(()),
             origin: Instant::now(),
             counters: Counters::default(),
         }
@@ -272,8 +276,9 @@ impl Shared {
                 }
             }
             Action::Store { flight, call } => {
-                if let Some(fleet) = &driver.fleet {
-                    after.store.push((flight, call, fleet.clone()));
+                if let Some(fleet) = &mut driver.fleet {
+                    let fleet = fleet.for_call(&call);
+                    after.store.push((flight, call, fleet));
                     driver.unspawned += 1;
                 }
             }
@@ -398,6 +403,9 @@ impl Shared {
     /// is released after them, so that the release cannot overtake the write.
     /// Reads and waits, whose answers no one needs now, are stopped.
     pub(crate) async fn close_cleanly(self: &Arc<Self>) {
+        // Another close may have taken the store calls to wait for already:
+        // this one returns when that one is done.
+        let _closing = self.closing.lock().await;
         let mut after = After::default();
         let (release, timeout) = {
             let mut driver = self.lock();
@@ -406,7 +414,7 @@ impl Shared {
             driver.timer = None;
             let release = (after.store.iter())
                 .find(|(_, call, _)| matches!(call, StoreCall::Release))
-                .map(|(_, _, fleet)| fleet.clone());
+                .map(|(_, _, fleet)| fleet.clone().uncounted());
             driver.unspawned = driver.unspawned.saturating_sub(after.store.len());
             after.store.clear();
             (release, driver.fleet.as_ref().map(|fleet| fleet.timeout))

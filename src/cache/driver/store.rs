@@ -5,12 +5,15 @@
 
 use std::{
     future::Future,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
 use http::{HeaderValue, Uri};
-use tokio::{task::JoinHandle, time::Instant};
+use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 
 use super::{Live, Shared, tasks::Lost};
 use crate::{
@@ -36,6 +39,29 @@ pub(crate) struct Fleet {
     pub(crate) lease_ttl: Duration,
     /// How long one call may take, past its own wait for a change.
     pub(crate) timeout: Duration,
+    /// This replica's releases of the lease on their way, shared by the
+    /// clones: a flight asks for the lease once they are done.
+    releases: Arc<Releases>,
+    /// On the clone a release runs with: counts it until the clone goes.
+    releasing: Option<Arc<Releasing>>,
+}
+
+/// How many releases of the lease a replica has on their way.
+#[derive(Default)]
+struct Releases {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+/// One release on its way, counted until it is dropped.
+struct Releasing(Arc<Releases>);
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.done.notify_waiters();
+        }
+    }
 }
 
 impl Fleet {
@@ -52,7 +78,53 @@ impl Fleet {
             owner: LeaseOwner::random(),
             lease_ttl: config.lease_ttl,
             timeout: config.store_timeout,
+            releases: Arc::default(),
+            releasing: None,
         }
+    }
+
+    /// The fleet a store call runs with. Each taking of the lease has an
+    /// owner of its own, and waits for the releases on their way: a release
+    /// of an earlier flight that lands late frees that flight's lease only,
+    /// and does not make this one wait for its own earlier lease to lapse.
+    pub(crate) fn for_call(&mut self, call: &StoreCall<Live>) -> Self {
+        match call {
+            StoreCall::Lease => self.owner = LeaseOwner::random(),
+            StoreCall::Release => {
+                self.releases.count.fetch_add(1, Ordering::AcqRel);
+                let releasing = Releasing(Arc::clone(&self.releases));
+                return Self {
+                    releasing: Some(Arc::new(releasing)),
+                    ..self.clone()
+                };
+            }
+            _ => {}
+        }
+        self.clone()
+    }
+
+    /// The fleet of a release that a clean close makes itself, after the
+    /// calls it waits for: a lease being asked for does not wait for it.
+    pub(crate) fn uncounted(mut self) -> Self {
+        self.releasing = None;
+        self
+    }
+
+    /// Until no release of this replica is on its way, or `timeout`.
+    async fn released(&self, timeout: Duration) {
+        let releases = &self.releases;
+        let settled = async {
+            loop {
+                let done = releases.done.notified();
+                tokio::pin!(done);
+                done.as_mut().enable();
+                if releases.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, settled).await;
     }
 
     /// Files the store's calls under the login of `credentials` from now on.
@@ -128,6 +200,9 @@ impl Shared {
             lost.event = None;
             return self.release(fleet).await;
         }
+        if let StoreCall::Lease = call {
+            fleet.released(fleet.timeout).await;
+        }
         let Fleet {
             store,
             key,
@@ -144,7 +219,7 @@ impl Shared {
                 None => StoreReply::Down,
             },
             StoreCall::Read => match answer(timeout, store.read(&key)).await {
-                Some(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
+                Some(record) => StoreReply::Record(record.map(|r| self.adopted(r, &key))),
                 None => StoreReply::Down,
             },
             StoreCall::Watch { since, until } => {
@@ -153,7 +228,7 @@ impl Shared {
                 let wait = until.saturating_sub(self.time(Instant::now()));
                 let within = wait.saturating_add(timeout);
                 match answer(within, store.wait_for_change(&key, since, wait)).await {
-                    Some(record) => StoreReply::Record(record.map(|r| self.adopted(r))),
+                    Some(record) => StoreReply::Record(record.map(|r| self.adopted(r, &key))),
                     None => StoreReply::Down,
                 }
             }
@@ -188,14 +263,32 @@ impl Shared {
             Some(WriteOutcome::Conflict(conflict)) => match (conflict.version(), conflict.record())
             {
                 (Some(version), None) => StoreReply::Unreadable(version),
-                _ => StoreReply::Conflict(conflict.into_record().map(|r| self.adopted(r))),
+                _ => StoreReply::Conflict(conflict.into_record().map(|r| self.adopted(r, key))),
             },
             None => StoreReply::Down,
         }
     }
 
     /// A stored record in the core's terms: its expiry on the core's clock.
-    fn adopted(&self, stored: StoredRecord) -> Record<Live> {
+    /// A record of another login than `key` (another endpoint's, from a
+    /// store that files logins under less than the whole key) keeps only its
+    /// version: its tokens were issued elsewhere, and are never taken nor
+    /// sent here.
+    fn adopted(&self, stored: StoredRecord, key: &LoginKey) -> Record<Live> {
+        if stored.login() != key {
+            tracing::warn!(
+                target: "daxium_auth",
+                "token store returned a record of another login; its tokens are ignored"
+            );
+            return Record {
+                version: stored.version(),
+                access: HeaderValue::from_static(""),
+                refresh: None,
+                expires_at: Time::ZERO,
+                refresh_until: None,
+                spent: true,
+            };
+        }
         let version = stored.version();
         let record = stored.into_record();
         // A stored expiry beyond what any grant is given (expires_in is
