@@ -84,7 +84,7 @@
 //!   while the request was in flight (the layer's own refresh, a fleet's
 //!   record, a new login, an expiry), or that had worked before (the API
 //!   revoked it), is a resend; a refusal of a token that never worked uses the
-//!   request's one replay. No request is sent more than three times; a refusal
+//!   request's one replay. No request is sent more than five times; a refusal
 //!   that is not followed by a resend goes back to the caller unchanged.
 //! - **An API that refuses every token is not hammered.** Three or more new
 //!   tokens in a row refused before they ever worked mean the API refuses every

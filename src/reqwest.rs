@@ -55,7 +55,7 @@ use crate::{
 ///   next token; a refusal of a token replaced while the request was in
 ///   flight, or of one the API had accepted before (revoked), is a resend;
 ///   a refusal of a token that never worked is the request's one replay; no
-///   request is sent more than three times. A refusal that is not followed
+///   request is sent more than five times. A refusal that is not followed
 ///   by a resend is returned as it is.
 /// - A request is replayed only if reqwest can clone it
 ///   ([`reqwest::Request::try_clone`]: not for streaming bodies), its body is

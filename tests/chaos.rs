@@ -443,8 +443,9 @@ async fn chaos_soak_keeps_every_promise() {
     assert_eq!(attempts.without_token.load(SeqCst), 0);
     assert_eq!(attempts.not_sensitive.load(SeqCst), 0);
 
-    // At most three API attempts per request: the first, and two more
-    // (resends after a token replaced in flight or revoked, or the replay).
+    // At most five API attempts per request: the first, and four more
+    // (resends after a token replaced in flight or revoked, and at most one
+    // replay).
     let most = attempts
         .per_request
         .iter()
@@ -452,9 +453,9 @@ async fn chaos_soak_keeps_every_promise() {
         .map(|a| a.load(SeqCst))
         .max()
         .unwrap_or(0);
-    assert!(most <= 3, "a request was attempted {most} times");
+    assert!(most <= 5, "a request was attempted {most} times");
     let total_attempts = attempts.total.load(SeqCst);
-    assert!(total_attempts <= 3 * sent);
+    assert!(total_attempts <= 5 * sent);
     assert!(
         api_at_server <= total_attempts,
         "{api_at_server} > {total_attempts}"

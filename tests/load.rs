@@ -822,9 +822,10 @@ fn grpc_refusals_are_seen_by_the_layer_and_replayed() {
     // No 401: every refusal is a 200 with grpc-status 16, which the layer
     // knows (`Refusal::grpc`): it refreshes and sends the call again, as a
     // resend when the refused token had worked (revoked), as the one replay
-    // when it never had. A caller sees one only when all three sends were
-    // refused: 0 to 5 of the 300 in 110 runs, 1 in the median (the bound was
-    // 15 when a revocation used the replay, and 18 were seen).
+    // when it never had. A caller sees one only when all five sends were
+    // refused (with three sends: 0 to 5 of the 300 in 110 runs, 1 in the
+    // median; the bound was 15 when a revocation used the replay, and 18
+    // were seen).
     assert_eq!(json["status"].as_object().unwrap().len(), 1, "{json}");
     assert_eq!(count(&json, &["status", "200"]), 300, "{json}");
     let refused = count(&json, &["grpc_status", "16"]);

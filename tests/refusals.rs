@@ -2,7 +2,7 @@
 //! on 127.0.0.1 through hyper-util's legacy client. An API that revokes a
 //! random 1% of the tokens presented is never taken for one that refuses
 //! every token: no caller is turned away, and a request fails only when all
-//! three of its sends were refused (a refusal of a token that had worked is
+//! five of its sends were refused (a refusal of a token that had worked is
 //! a revocation, resent without using the request's replay). An API that
 //! revokes the old access token on every refresh, with a slow tail, fails no
 //! request: the refusals of tokens the layer had replaced itself, or that
@@ -11,7 +11,7 @@
 //! An API that refuses every token gets a bounded, slowing series of grants,
 //! and every caller a prompt answer; once it recovers, requests succeed
 //! again and a revocation is handled as usual. No request is sent more than
-//! three times, which a counter beneath the layer checks.
+//! five times, which a counter beneath the layer checks.
 //!
 //! These run in real time (the server is real), each bounded in requests and
 //! time, the whole file within a minute on two cores. Run with `--nocapture`
@@ -44,6 +44,10 @@ type Body = ReplayBody<Empty<Bytes>>;
 type Http = Client<HttpConnector, Body>;
 type Counted = MapRequest<Http, fn(Request<Body>) -> Request<Body>>;
 type Svc = AuthService<Counted>;
+
+/// The most sends of one request: the first, and up to four resends, one of
+/// which may be its replay.
+const MOST: usize = 5;
 
 /// How many times one request went to the wire: the layer keeps a request's
 /// extensions on every send, so each send bumps the one counter.
@@ -88,9 +92,9 @@ struct Tally {
     /// Every send of every request, as the counter beneath the layer saw it.
     sends: u64,
     /// The requests that did not succeed, by how many times they were sent.
-    failed_after: [u64; 4],
+    failed_after: [u64; MOST + 1],
     /// The requests that succeeded, by how many times they were sent.
-    ok_after: [u64; 4],
+    ok_after: [u64; MOST + 1],
     most_sends: u8,
     slowest: Duration,
 }
@@ -196,9 +200,9 @@ async fn one(svc: &Svc, uri: &Uri, timeout: Duration, tally: &mut Tally) -> bool
     tally.sends += u64::from(sent);
     tally.most_sends = tally.most_sends.max(sent);
     if matches!(answer, Ok(Ok(status)) if status.is_success()) {
-        tally.ok_after[usize::from(sent.min(3))] += 1;
+        tally.ok_after[usize::from(sent).min(MOST)] += 1;
     } else {
-        tally.failed_after[usize::from(sent.min(3))] += 1;
+        tally.failed_after[usize::from(sent).min(MOST)] += 1;
     }
     match answer {
         Ok(Ok(status)) if status.is_success() => tally.ok += 1,
@@ -242,29 +246,26 @@ const ROUND: u64 = 2_500;
 const ROUNDS: usize = 8;
 
 /// What a revocation of one token in a hundred costs at 32 in flight. Each
-/// revocation meets the other requests in flight with that token: 22% of
-/// the first sends are refused (215 revocations, ~21 refusals each). The
+/// revocation meets the other requests in flight with that token: about a
+/// fifth of the first sends are refused (~21 refusals a revocation). The
 /// token had worked, so each is resent (not its replay) with the next
 /// token, which goes out to all of them at once; the API revokes that token
 /// within such a burst of ~25 presentations about one time in five, and the
-/// sends behind the revoking one are refused again: 16-20% of the second
-/// sends, 14-21% of the third, measured in six runs. A request fails only when all three
-/// sends were refused: 0.22 x 0.18 x 0.18, some 0.7%.
+/// sends behind the revoking one are refused again: 15-20% of the later
+/// sends. With three sends, 0.22 x 0.18 x 0.18, some 0.7% of the requests
+/// failed (99.22-99.49% succeeded in six runs); with five, 0.22 x 0.18^4,
+/// some 0.02%, so the 99.9% that an API revoking 1% of the tokens in use
+/// calls for holds with a margin.
 ///
-/// So the 99.9% that an API revoking 1% of tokens in use would call for is
-/// out of reach of three sends: measured, 99.22-99.49% succeed (102-155
-/// failures of 20,000, six runs), each failure after three refused sends.
-/// The later sends fail nearly as often as the first, because they travel
-/// together with the next token; 99.9% would take five sends (four give
-/// ~0.13% failures), which would loosen the bound on what one request can
-/// cost an API that refuses it. And requests per second cannot reach 0.8 of
-/// the run without revocations: 22% of first sends are refused whatever the
-/// client does (they are in flight when the token is revoked), so each
-/// request takes ~1.26 sends, and at the same cost per send the ratio is
-/// 0.79 at best; measured 0.70-0.77, with 0.88-0.98 of the sends per second.
-/// The assertions hold what is reached, with a margin for a shared machine.
+/// Requests per second are bounded by the sends the API refuses whatever
+/// the client does: ~22% of the first sends are in flight when their token
+/// is revoked, so each request takes ~1.27 sends, and at the same cost per
+/// send the ratio to the run without revocations is ~0.79 at best. The
+/// layer's own cost shows in the sends per second, which stay within 0.8
+/// of the run without revocations; the requests per second are asserted at
+/// 0.6, with a margin for a shared machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revoking_one_token_in_a_hundred_fails_only_requests_refused_three_times() {
+async fn revoking_one_token_in_a_hundred_fails_under_one_request_in_a_thousand() {
     let plain = MockServer::builder().seed(7).start().await.unwrap();
     let revoking = (MockServer::builder().seed(7))
         .revoke_presented(0.01)
@@ -296,22 +297,21 @@ async fn revoking_one_token_in_a_hundred_fails_only_requests_refused_three_times
     let ratio = (tally.requests() as f64 / secs) / (base.requests() as f64 / base_secs);
     let sends_ratio = (tally.sends as f64 / secs) / (base.sends as f64 / base_secs);
     let success = tally.ok as f64 / tally.requests() as f64;
-    // The share of each send that the API refused: of the first sends, of
-    // the second ones, of the third ones.
+    // The share of the k-th sends that the API refused, for k = 1..=MOST:
+    // of the requests sent k times or more, those not answered 2xx on the
+    // k-th send.
     let (ok, failed) = (tally.ok_after, tally.failed_after);
-    let firsts = tally.requests();
-    let seconds = ok[2] + failed[2] + ok[3] + failed[3];
-    let thirds = ok[3] + failed[3];
-    let share = |refused: u64, of: u64| refused as f64 / of.max(1) as f64;
-    let refused_shares = [
-        share(firsts - ok[1], firsts),
-        share(seconds - ok[2], seconds),
-        share(failed[3], thirds),
-    ];
+    let refused_shares: Vec<String> = (1..=MOST)
+        .map(|k| {
+            let reached: u64 = (k..=MOST).map(|n| ok[n] + failed[n]).sum();
+            let share = (reached - ok[k]) as f64 / reached.max(1) as f64;
+            format!("{:.1}% of {reached}", share * 100.0)
+        })
+        .collect();
     let (stats, c) = (layer.stats(), revoking.counters());
     eprintln!(
-        "revocations: {} requests at 32 in flight, {:.2}% ok, {} failed (by sends {:?}; other {:?}); \
-         ok by sends {:?}; refused: {:.1}% of first sends, {:.1}% of second, {:.1}% of third; \
+        "revocations: {} requests at 32 in flight, {:.3}% ok, {} failed (by sends {:?}; other {:?}); \
+         ok by sends {:?}; refused, by send: {refused_shares:?}; \
          {:.0} req/s vs {:.0} req/s without revocations: ratio {ratio:.3} \
          (rounds {rounds:?} vs {base_rounds:?}), sends per second ratio {sends_ratio:.3}; \
          {} tokens revoked in use, {} grants, {} sends, {} replays, {} resends, \
@@ -322,9 +322,6 @@ async fn revoking_one_token_in_a_hundred_fails_only_requests_refused_three_times
         tally.failed_after,
         tally.other,
         tally.ok_after,
-        refused_shares[0] * 100.0,
-        refused_shares[1] * 100.0,
-        refused_shares[2] * 100.0,
         tally.requests() as f64 / secs,
         base.requests() as f64 / base_secs,
         c.api_revoked_in_use,
@@ -341,12 +338,11 @@ async fn revoking_one_token_in_a_hundred_fails_only_requests_refused_three_times
     assert!(stats.resends > 0, "{stats:?}");
     // Never taken for an API that refuses every token: no caller turned
     // away, and each failure is a request refused on every send it had: a
-    // revoked token is resent, so no request fails after one send.
+    // revoked token is resent, so no request fails before its last send.
     assert_eq!(tally.turned_away, 0, "{tally:?}");
     assert!(tally.other.is_empty(), "{tally:?}");
-    assert_eq!(tally.failed_after[..2], [0, 0], "{tally:?}");
-    // Measured 99.22-99.49% (see above); 99.9% is out of reach of three sends.
-    assert!(success >= 0.985, "{tally:?}");
+    assert_eq!(tally.failed_after[..MOST], [0; MOST], "{tally:?}");
+    assert!(success >= 0.999, "{:.4}% ok: {tally:?}", success * 100.0);
     // The layer's own cost (refreshes, waits) is bounded per send; the
     // requests per second follow from the API's refusals (0.79 at best).
     assert!(
@@ -354,9 +350,9 @@ async fn revoking_one_token_in_a_hundred_fails_only_requests_refused_three_times
         "sends per second ratio {sends_ratio:.3}"
     );
     assert!(ratio >= 0.6, "requests per second ratio {ratio:.3}");
-    // No request sent more than three times, and no send beyond the first
+    // No request sent more than MOST times, and no send beyond the first
     // ones, the replays and the resends (the login's request is the 1).
-    assert!(tally.most_sends <= 3, "{tally:?}");
+    assert!(usize::from(tally.most_sends) <= MOST, "{tally:?}");
     assert_eq!(
         tally.sends + 1,
         c.api_requests,
@@ -420,7 +416,7 @@ async fn a_refresh_that_revokes_the_old_token_fails_no_request() {
     // request's one replay, by construction.
     assert!(stats.resends > 0, "{stats:?}");
     assert_eq!((stats.replays, stats.resends), (0, c.api_revoked), "{c:?}");
-    assert!(tally.most_sends <= 3, "{tally:?}");
+    assert!(usize::from(tally.most_sends) <= MOST, "{tally:?}");
     assert_eq!(
         tally.sends + 1,
         c.api_requests,
@@ -472,7 +468,7 @@ async fn an_api_refusing_every_token_gets_few_grants_and_prompt_answers() {
     );
     assert_eq!(tally.ok, 0);
     assert!(tally.refused > 0 && tally.turned_away > 0, "{tally:?}");
-    assert!(tally.most_sends <= 3, "{tally:?}");
+    assert!(usize::from(tally.most_sends) <= MOST, "{tally:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

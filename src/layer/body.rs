@@ -205,7 +205,7 @@ impl<B> Replay<B> {
 
     /// The body for the next send, if the last one's can be sent again. A
     /// body that was let go of before its end is read on from where it was
-    /// left, under a new recording (a third send may need it).
+    /// left, under a new recording (a later send may need it).
     pub(crate) fn body(&mut self) -> Option<ReplayBody<B>> {
         let recorder = match self {
             Self::Empty => return Some(ReplayBody::empty()),

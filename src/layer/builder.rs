@@ -148,7 +148,7 @@ impl AuthLayerBuilder {
     /// been replaced while it was in flight, or had worked before (the API
     /// revoked it), that is a resend, which does not count as its one
     /// replay; a refusal of a token that never worked uses the replay. No
-    /// request is sent more than three times.
+    /// request is sent more than five times.
     pub fn refused_when(mut self, refusal: Refusal) -> Self {
         self.refusal = refusal;
         self

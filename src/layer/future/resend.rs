@@ -5,7 +5,7 @@
 //! carried had been replaced while it was in flight (the layer's own refresh,
 //! an adopted fleet record, a change of login): that is not its replay. A
 //! refusal of the current token drops it and uses the request's one replay.
-//! No request is sent more than three times.
+//! No request is sent more than five times (`MAX_SENDS`).
 
 use std::{
     future::Future,
