@@ -254,6 +254,9 @@ impl<B> Replay<B> {
 }
 
 impl<B> Drop for Replay<B> {
+    /// Inline: for the usual empty body, one test; what a recording needs
+    /// is out of line.
+    #[inline]
     fn drop(&mut self) {
         if let Self::Recorded(recorder) = self
             && Arc::strong_count(recorder) > 1
@@ -261,9 +264,15 @@ impl<B> Drop for Replay<B> {
             // The body may stream on (an HTTP/2 upload answered at once): with
             // nothing left to replay it, keeping its chunks, or the body
             // itself, is waste.
-            lock(recorder).abandon();
+            abandon(recorder);
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn abandon<B>(recorder: &Mutex<Recorder<B>>) {
+    lock(recorder).abandon();
 }
 
 fn lock<B>(recorder: &Mutex<Recorder<B>>) -> std::sync::MutexGuard<'_, Recorder<B>> {
