@@ -137,7 +137,7 @@ impl<B: Body> ReplayBody<B> {
         }));
         let tap = Tap {
             body: Some(Box::pin(body)),
-            prefix: Vec::new().into_iter(),
+            prefix: None,
             recorder: Arc::clone(&recorder),
         };
         let body = Self {
@@ -236,9 +236,10 @@ impl<B> Replay<B> {
                     settled: None,
                     rest: None,
                 }));
+                let prefix = std::mem::take(&mut recorder.chunks);
                 let tap = Tap {
                     body: Some(rest),
-                    prefix: std::mem::take(&mut recorder.chunks).into_iter(),
+                    prefix: (!prefix.is_empty()).then(|| Box::new(prefix.into_iter())),
                     recorder: Arc::clone(&resumed),
                 };
                 drop(recorder);
@@ -253,6 +254,9 @@ impl<B> Replay<B> {
 }
 
 impl<B> Drop for Replay<B> {
+    /// Inline: for the usual empty body, one test; what a recording needs
+    /// is out of line.
+    #[inline]
     fn drop(&mut self) {
         if let Self::Recorded(recorder) = self
             && Arc::strong_count(recorder) > 1
@@ -260,9 +264,15 @@ impl<B> Drop for Replay<B> {
             // The body may stream on (an HTTP/2 upload answered at once): with
             // nothing left to replay it, keeping its chunks, or the body
             // itself, is waste.
-            lock(recorder).abandon();
+            abandon(recorder);
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn abandon<B>(recorder: &Mutex<Recorder<B>>) {
+    lock(recorder).abandon();
 }
 
 fn lock<B>(recorder: &Mutex<Recorder<B>>) -> std::sync::MutexGuard<'_, Recorder<B>> {
@@ -297,7 +307,9 @@ pub(crate) struct Recorder<B> {
 /// body. Dropped before its end, it leaves the body to the recording.
 pub(crate) struct Tap<B> {
     body: Option<Pin<Box<B>>>,
-    prefix: std::vec::IntoIter<Bytes>,
+    /// Boxed, and only for a body read on: every request's body is moved
+    /// with the request, and a request over 256 bytes costs more to move.
+    prefix: Option<Box<std::vec::IntoIter<Bytes>>>,
     recorder: Arc<Mutex<Recorder<B>>>,
 }
 
@@ -412,7 +424,7 @@ where
                 Poll::Ready(frame.map(|r| r.map(|f| f.map_data(to_bytes))))
             }
             KindProj::Recording { tap } => {
-                if let Some(chunk) = tap.prefix.next() {
+                if let Some(chunk) = tap.prefix.as_mut().and_then(|prefix| prefix.next()) {
                     // Recorded by the send before, already.
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
@@ -452,7 +464,8 @@ where
         match &self.kind {
             KindBody::Plain { body } => body.is_end_stream(),
             KindBody::Recording { tap } => {
-                tap.prefix.len() == 0 && tap.body.as_ref().is_none_or(|b| b.is_end_stream())
+                tap.prefix.as_ref().is_none_or(|prefix| prefix.len() == 0)
+                    && tap.body.as_ref().is_none_or(|b| b.is_end_stream())
             }
             KindBody::Replay { replayed } => {
                 replayed.chunks.len() == 0 && replayed.trailers.is_none()
@@ -465,7 +478,9 @@ where
         match &self.kind {
             KindBody::Plain { body } => body.size_hint(),
             KindBody::Recording { tap } => {
-                let prefix: u64 = tap.prefix.as_slice().iter().map(|c| c.len() as u64).sum();
+                let prefix: u64 = tap.prefix.as_ref().map_or(0, |prefix| {
+                    prefix.as_slice().iter().map(|c| c.len() as u64).sum()
+                });
                 let rest = tap
                     .body
                     .as_ref()

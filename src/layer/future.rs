@@ -246,12 +246,17 @@ where
     } else {
         None
     };
-    let mut kind = Replay::Never;
+    // `None` until the closure runs: assigning over a `Replay` would drop
+    // one.
+    let mut kind = None;
     let mut req = req.map(|body| {
         let (body, how) = ReplayBody::first(body, limit, declared);
-        kind = how;
+        kind = Some(how);
         body
     });
+    let Some(kind) = kind else {
+        unreachable!("`Request::map` calls its closure")
+    };
     if let Replay::Never = kind {
         req.headers_mut().insert(AUTHORIZATION, header);
         let cache = link.layer.config().cache;
