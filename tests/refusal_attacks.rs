@@ -1,6 +1,7 @@
 //! Attacks on the refusal path and the body replay, through the public API:
 //! futures dropped at every state, bodies let go of, stalled, failed and read
-//! on over three sends, inner services that are not ready for a resend,
+//! on over three and five sends, requests sent five times against tokens
+//! revoked after one use, inner services that are not ready for a resend,
 //! refusals that race acceptances, and the reqwest middleware under an API
 //! that refuses every token.
 //!
@@ -28,7 +29,7 @@ use tower::{Layer, Service, ServiceExt};
 
 mod support;
 
-use support::scripted::{self, API, Setup, bearer, setup, setup_with};
+use support::scripted::{self, API, Setup, bearer, in_time, setup, setup_with};
 
 // === helpers ===
 
@@ -148,6 +149,13 @@ struct Api {
     delays: Arc<Mutex<VecDeque<Duration>>>,
     /// What each send carried: its token, and the bytes it read.
     sends: Arc<Mutex<Vec<Sent>>>,
+    /// The trailers each send read, in order (`None` for none).
+    trailers: Arc<Mutex<Vec<Option<HeaderMap>>>>,
+    /// Whether each send's body is kept after the answer (as an HTTP/2
+    /// upload goes on after the answer), in order; dropped when empty.
+    hold: Arc<Mutex<VecDeque<bool>>>,
+    /// The bodies kept.
+    held: Arc<Mutex<Vec<ReplayBody<Script>>>>,
 }
 
 impl Api {
@@ -162,6 +170,7 @@ impl Api {
                     let reads = api.reads.lock().unwrap().pop_front();
                     let mut body = req.into_body();
                     let mut got = Vec::new();
+                    let mut trailers = None;
                     let mut frames = 0;
                     while reads.is_none_or(|r| frames < r) {
                         match body.frame().await {
@@ -169,13 +178,21 @@ impl Api {
                                 if let Some(data) = frame.data_ref() {
                                     got.extend_from_slice(data);
                                 }
+                                if let Some(t) = frame.trailers_ref() {
+                                    trailers = Some(t.clone());
+                                }
                                 frames += 1;
                             }
                             Some(Err(_)) | None => break,
                         }
                     }
-                    drop(body);
+                    if api.hold.lock().unwrap().pop_front().unwrap_or(false) {
+                        api.held.lock().unwrap().push(body);
+                    } else {
+                        drop(body);
+                    }
                     api.sends.lock().unwrap().push((token, got.clone()));
+                    api.trailers.lock().unwrap().push(trailers);
                     let hook = api.before.lock().unwrap().remove(&n);
                     if let Some(hook) = hook {
                         hook();
@@ -251,6 +268,185 @@ async fn a_body_let_go_of_at_each_send_is_read_on_over_three_sends() {
     assert_eq!(&body[..], b"<0><1><2><3>");
     drop(body);
     assert_eq!(live.count(), 0, "the body's chunks outlive the request");
+    assert_eq!(dropped.load(SeqCst), 1);
+}
+
+/// Has the token of each of the first `n` sends replaced while it is in
+/// flight: the send answers 100 ms later, after the refresh (20 ms) is in, so
+/// that its refusal is a resend.
+fn replaced_in_flight(api: &Api, s: &Setup, n: usize) {
+    let mut before = api.before.lock().unwrap();
+    for i in 0..n {
+        let cache = s.layer.cache().clone();
+        before.insert(i, Box::new(move || cache.refresh_now()));
+    }
+    *api.delays.lock().unwrap() = std::iter::repeat_n(Duration::from_millis(100), n).collect();
+}
+
+/// The number `N` of each token `access-N` the sends carried, in order.
+fn token_numbers(api: &Api) -> Vec<usize> {
+    (api.sends.lock().unwrap().iter())
+        .map(|(token, _)| {
+            let token = token.as_deref().expect("a send without a token");
+            token.strip_prefix("access-").unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// A body the API lets go of at each of four sends, each refused with a
+/// token replaced while it was in flight (four resends), is read on at each
+/// and arrives whole on the fifth; every send carries a newer token, and the
+/// recording and the body are freed once the answer is in.
+#[tokio::test(start_paused = true)]
+async fn a_body_let_go_of_at_each_of_four_sends_arrives_whole_on_the_fifth() {
+    let s = setup();
+    let (api, live, dropped) = scripted_api(&[1, 2, 3, 4], &[true, true, true, true, false]);
+    replaced_in_flight(&api, &s, 4);
+    let svc = s.layer.layer(api.service());
+    let acts = (0..6).map(|i| Act::Data(live.chunk(format!("<{i}>").as_bytes())));
+    let res = svc
+        .oneshot(post(Script::new(acts, &dropped)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let read: Vec<_> = api
+        .sends
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    let expected: Vec<Vec<u8>> = [1, 2, 3, 4, 6]
+        .iter()
+        .map(|&n| (0..n).flat_map(|i| format!("<{i}>").into_bytes()).collect())
+        .collect();
+    assert_eq!(read, expected);
+    let tokens = token_numbers(&api);
+    assert_eq!(tokens, [1, 2, 3, 4, 5]);
+    let stats = s.layer.stats();
+    assert_eq!((stats.resends, stats.replays), (4, 0), "{stats:?}");
+    drop(res);
+    assert_eq!(live.count(), 0, "the body's chunks outlive the request");
+    assert_eq!(dropped.load(SeqCst), 1);
+}
+
+/// Five sends in a row refused, each with a token replaced while it was in
+/// flight: the request is not sent a sixth time, the fifth refusal comes
+/// back as the API gave it (its body is what the fifth send read), and the
+/// recording of the body is freed with it.
+#[tokio::test(start_paused = true)]
+async fn the_fifth_refusal_goes_back_unchanged_and_frees_the_recording() {
+    let s = setup();
+    let (api, live, dropped) = scripted_api(&[1, 2, 3, 4], &[true; 6]);
+    // The fifth send's token is replaced too: only the bound stops a sixth.
+    replaced_in_flight(&api, &s, 5);
+    let svc = s.layer.layer(api.service());
+    let acts = (0..6).map(|i| Act::Data(live.chunk(format!("<{i}>").as_bytes())));
+    let res = svc
+        .oneshot(post(Script::new(acts, &dropped)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(token_numbers(&api), [1, 2, 3, 4, 5]);
+    let stats = s.layer.stats();
+    assert_eq!(
+        (stats.resends, stats.replays, stats.replays_skipped),
+        (4, 0, 1),
+        "{stats:?}"
+    );
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"<0><1><2><3><4><5>", "not the fifth answer");
+    assert_eq!(live.count(), 0, "the recording outlives the final answer");
+    assert_eq!(dropped.load(SeqCst), 1);
+    // The refused tokens are gone; the next token works.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    warm(&s).await;
+}
+
+/// A body with trailers, let go of at its first two sends and read whole
+/// from the third on, keeps its trailers over five sends (a resend after
+/// each of four tokens replaced in flight): the recorded body is replayed
+/// with them, and arrives whole on the fifth.
+#[tokio::test(start_paused = true)]
+async fn a_body_with_trailers_keeps_them_over_five_sends() {
+    let s = setup();
+    let (api, live, dropped) = scripted_api(&[1, 2], &[true, true, true, true, false]);
+    replaced_in_flight(&api, &s, 4);
+    let svc = s.layer.layer(api.service());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let acts = [
+        Act::Data(live.chunk(b"a")),
+        Act::Data(live.chunk(b"b")),
+        Act::Data(live.chunk(b"c")),
+        Act::Trailers(trailers.clone()),
+    ];
+    let res = svc
+        .oneshot(post(Script::new(acts, &dropped)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let read: Vec<_> = api
+        .sends
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(read, [&b"a"[..], b"ab", b"abc", b"abc", b"abc"]);
+    let seen = api.trailers.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            None,
+            None,
+            Some(trailers.clone()),
+            Some(trailers.clone()),
+            Some(trailers)
+        ]
+    );
+    assert_eq!(token_numbers(&api), [1, 2, 3, 4, 5]);
+    drop(res);
+    assert_eq!(live.count(), 0);
+    assert_eq!(dropped.load(SeqCst), 1);
+}
+
+/// A body let go of after one frame at each of four sends (a resend after
+/// each token replaced in flight), answered at the fifth while the inner
+/// service still holds the body, whose rest stalls: the recording is freed
+/// with the answer, though the body is not done, and the body with it when
+/// the inner service lets go.
+#[tokio::test(start_paused = true)]
+async fn the_recording_is_freed_with_the_final_answer_while_the_body_is_held() {
+    let s = setup();
+    let (api, live, dropped) = scripted_api(&[1, 1, 1, 1, 2], &[true, true, true, true, false]);
+    *api.hold.lock().unwrap() = [false, false, false, false, true].into();
+    replaced_in_flight(&api, &s, 4);
+    let svc = s.layer.layer(api.service());
+    let acts = [
+        Act::Data(live.chunk(b"a")),
+        Act::Data(live.chunk(b"b")),
+        Act::Stall,
+    ];
+    let res = svc
+        .oneshot(post(Script::new(acts, &dropped)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(token_numbers(&api), [1, 2, 3, 4, 5]);
+    let read: Vec<_> = api
+        .sends
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(read, [&b"a"[..], b"a", b"a", b"a", b"ab"]);
+    // The body is held, its rest unread: nothing of it is kept besides.
+    assert_eq!(api.held.lock().unwrap().len(), 1);
+    assert_eq!(dropped.load(SeqCst), 0);
+    assert_eq!(live.count(), 0, "the recording outlives the final answer");
+    api.held.lock().unwrap().clear();
     assert_eq!(dropped.load(SeqCst), 1);
 }
 
@@ -514,6 +710,58 @@ async fn a_future_dropped_at_any_state_frees_the_body_and_leaves_no_waiter() {
     }
 }
 
+/// A request refused three times with a token replaced while it was in
+/// flight, dropped while its fourth send waits for its answer: the body and
+/// its recording are freed, no waiter is left behind, and the cache answers
+/// the next callers at once with the current token.
+#[tokio::test(start_paused = true)]
+async fn a_future_dropped_during_the_fourth_send_leaves_nothing_behind() {
+    let s = setup();
+    warm(&s).await;
+    let (gate, answers) = Gate::new();
+    let svc = s.layer.layer(gate.clone());
+    let live = Live::default();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let acts = [
+        Act::Data(live.chunk(b"a")),
+        Act::Data(live.chunk(b"b")),
+        Act::Data(live.chunk(b"c")),
+    ];
+    let task = tokio::spawn(svc.oneshot(post(Script::new(acts, &dropped))));
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    for sent in 1..4 {
+        assert_eq!(gate.calls.load(SeqCst), sent);
+        // The token is replaced (20 ms) before the refusal comes, which
+        // reads one frame and lets go of the body.
+        s.layer.cache().refresh_now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answers.send((StatusCode::UNAUTHORIZED, 1)).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gate.calls.load(SeqCst), 4, "the fourth send");
+    assert!(!task.is_finished());
+    let stats = s.layer.stats();
+    assert_eq!((stats.resends, stats.replays), (3, 0), "{stats:?}");
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(live.count(), 0, "chunks kept");
+    assert_eq!(dropped.load(SeqCst), 1, "body not dropped");
+    let grants = s.endpoint.grants();
+    for _ in 0..3 {
+        let next = tokio::time::timeout(
+            Duration::from_millis(1),
+            scripted::send(&s.service(), scripted::get()),
+        )
+        .await
+        .expect("the cache answers at once")
+        .unwrap();
+        assert_eq!(next.status(), StatusCode::OK);
+    }
+    assert_eq!(s.endpoint.grants(), grants, "a grant for a dropped request");
+    assert_eq!(scripted::last_token(&s.api).as_deref(), Some("access-4"));
+    drop(answers);
+}
+
 // === the tower contract ===
 
 /// A service whose clones (the spare a resend uses) fail in `poll_ready`:
@@ -712,6 +960,120 @@ async fn tokens_revoked_after_one_slow_acceptance_never_pause_the_grants() {
         "requests told the API refuses every token: {:?}",
         s.layer.stats()
     );
+}
+
+/// Which request a send belongs to: the layer keeps a request's extensions
+/// on every send.
+#[derive(Clone, Copy)]
+struct Tag(usize);
+
+/// An API that accepts each token once and revokes it then, against seven
+/// requests in flight together: at each round one is accepted and the
+/// others are refused with a token that worked (revoked), and are resent
+/// together with the next token. Each request is sent at most five times,
+/// each send with a newer token than the last; the two requests refused at
+/// their fifth send get that refusal back as the API gave it, and the grants
+/// are one a round.
+#[tokio::test(start_paused = true)]
+async fn tokens_accepted_once_then_revoked_send_a_request_at_most_five_times() {
+    accepted_once_then_revoked(false).await;
+}
+
+/// The same under [`Refusal::grpc`], whose refusals are gRPC's
+/// UNAUTHENTICATED (status 16) in trailers-only answers: the same bound.
+#[tokio::test(start_paused = true)]
+async fn grpc_refusals_of_tokens_accepted_once_send_a_call_at_most_five_times() {
+    accepted_once_then_revoked(true).await;
+}
+
+async fn accepted_once_then_revoked(grpc: bool) {
+    let s = if grpc {
+        setup_with(|b| b.refused_when(Refusal::grpc()))
+    } else {
+        setup()
+    };
+    let refused_status = if grpc {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    let api = Arc::clone(&s.api);
+    let sends: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
+    let log = Arc::clone(&sends);
+    let inner: Plain = tower::util::BoxCloneSyncService::new(tower::service_fn(
+        move |req: Request<ReplayBody<Full<Bytes>>>| {
+            let token = bearer(&req).unwrap();
+            let n: usize = token.strip_prefix("access-").unwrap().parse().unwrap();
+            log.lock()
+                .unwrap()
+                .push((req.extensions().get::<Tag>().unwrap().0, n));
+            // The acceptance comes before the refusals: each refused token
+            // is known to have worked.
+            let fresh = api.valid.lock().unwrap().remove(&token);
+            let after = if fresh {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(5)
+            };
+            async move {
+                tokio::time::sleep(after).await;
+                let res = Response::builder().header("x-refused", token);
+                let res = match (fresh, grpc) {
+                    (true, _) => res.status(StatusCode::OK),
+                    (false, false) => res.status(StatusCode::UNAUTHORIZED),
+                    (false, true) => res
+                        .status(StatusCode::OK)
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", "16"),
+                };
+                Ok(res.body(Full::default()).unwrap())
+            }
+        },
+    ));
+    let svc = s.layer.layer(inner);
+    let tasks: Vec<_> = (0..7)
+        .map(|i| {
+            let mut req = Request::get(API).body(Full::default()).unwrap();
+            req.extensions_mut().insert(Tag(i));
+            tokio::spawn(svc.clone().oneshot(req))
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(in_time("a request", task).await.unwrap().unwrap());
+    }
+    let sends = sends.lock().unwrap().clone();
+    for (i, answer) in answers.iter().enumerate() {
+        let tokens: Vec<usize> = (sends.iter())
+            .filter(|(tag, _)| *tag == i)
+            .map(|&(_, n)| n)
+            .collect();
+        assert!(tokens.len() <= 5, "request {i}: {tokens:?}");
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "request {i} sent a token that is not newer: {tokens:?}"
+        );
+        if answer.headers().contains_key("grpc-status") || !answer.status().is_success() {
+            assert_eq!(answer.status(), refused_status);
+            assert_eq!(tokens.len(), 5, "request {i}: {tokens:?}");
+            // The fifth refusal, as it was.
+            assert_eq!(answer.headers()["x-refused"], "access-5");
+        }
+    }
+    let refused = answers
+        .iter()
+        .filter(|a| a.headers().contains_key("grpc-status") || !a.status().is_success())
+        .count();
+    assert_eq!(refused, 2, "{sends:?}");
+    assert_eq!(sends.len(), 7 + 6 + 5 + 4 + 3, "{sends:?}");
+    let stats = s.layer.stats();
+    assert_eq!(
+        (stats.resends, stats.replays, stats.replays_skipped),
+        (6 + 5 + 4 + 3, 0, 2),
+        "{stats:?}"
+    );
+    // One token a round, and the one that replaces the last revoked.
+    assert_eq!(s.endpoint.grants(), 6, "{:?}", s.endpoint.log());
 }
 
 /// Exactly three new tokens refused on first use, then an API that accepts:
@@ -995,4 +1357,102 @@ async fn reqwest_follows_the_layer_rules_against_an_api_refusing_every_token() {
         "{stats:?}"
     );
     assert!(layer.stats().grants() <= 5, "{stats:?}");
+}
+
+/// The API of `tokens_accepted_once_then_revoked_send_a_request_at_most_five_times`
+/// as the last middleware of a reqwest-middleware client: each token is
+/// accepted once and revoked then; the refusals come 5 ms after the
+/// acceptance. Logs each send's request tag and token number.
+#[cfg(feature = "reqwest")]
+struct AcceptedOnce {
+    api: Arc<scripted::Api>,
+    sends: Arc<Mutex<Vec<(usize, usize)>>>,
+}
+
+#[cfg(feature = "reqwest")]
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for AcceptedOnce {
+    async fn handle(
+        &self,
+        req: reqwest::Request,
+        extensions: &mut http::Extensions,
+        _next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let value = req.headers()[AUTHORIZATION].to_str().unwrap();
+        let token = value.strip_prefix("Bearer ").unwrap().to_owned();
+        let n: usize = token.strip_prefix("access-").unwrap().parse().unwrap();
+        let tag = extensions.get::<Tag>().unwrap().0;
+        self.sends.lock().unwrap().push((tag, n));
+        let fresh = self.api.valid.lock().unwrap().remove(&token);
+        let status = if fresh {
+            StatusCode::OK
+        } else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            StatusCode::UNAUTHORIZED
+        };
+        let res = Response::builder()
+            .status(status)
+            .header("x-refused", token)
+            .body(String::new())
+            .unwrap();
+        Ok(reqwest::Response::from(res))
+    }
+}
+
+/// reqwest-middleware against an API that accepts each token once and
+/// revokes it then, seven requests in flight together: the same bound as
+/// the layer's. Each request is sent at most five times, each send with a
+/// newer token, and the two refused at their fifth send get that refusal.
+#[cfg(feature = "reqwest")]
+#[tokio::test(start_paused = true)]
+async fn reqwest_sends_a_request_at_most_five_times_against_tokens_revoked_after_one_use() {
+    let s = setup();
+    let sends: Arc<Mutex<Vec<(usize, usize)>>> = Arc::default();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(daxium_auth::reqwest::AuthMiddleware::new(&s.layer))
+        .with(AcceptedOnce {
+            api: Arc::clone(&s.api),
+            sends: Arc::clone(&sends),
+        })
+        .build();
+    let tasks: Vec<_> = (0..7)
+        .map(|i| {
+            let req = client.get(API).with_extension(Tag(i));
+            tokio::spawn(async move { req.send().await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(in_time("a request", task).await.unwrap().unwrap());
+    }
+    let sends = sends.lock().unwrap().clone();
+    for (i, answer) in answers.iter().enumerate() {
+        let tokens: Vec<usize> = (sends.iter())
+            .filter(|(tag, _)| *tag == i)
+            .map(|&(_, n)| n)
+            .collect();
+        assert!(tokens.len() <= 5, "request {i}: {tokens:?}");
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]),
+            "request {i} sent a token that is not newer: {tokens:?}"
+        );
+        if answer.status() == StatusCode::UNAUTHORIZED {
+            assert_eq!(tokens.len(), 5, "request {i}: {tokens:?}");
+            assert_eq!(answer.headers()["x-refused"], "access-5");
+        }
+    }
+    let refused = answers
+        .iter()
+        .filter(|a| a.status() == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(refused, 2, "{sends:?}");
+    assert_eq!(sends.len(), 7 + 6 + 5 + 4 + 3, "{sends:?}");
+    let stats = s.layer.stats();
+    assert_eq!(
+        (stats.resends, stats.replays, stats.replays_skipped),
+        (6 + 5 + 4 + 3, 0, 2),
+        "{stats:?}"
+    );
+    // One token a round, and the one that replaces the last revoked.
+    assert_eq!(s.endpoint.grants(), 6, "{:?}", s.endpoint.log());
 }

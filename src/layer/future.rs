@@ -12,8 +12,8 @@
 //! an adopted fleet record, a change of login), or had worked and was revoked
 //! (the API accepted it before): that is a resend, not its replay. A refusal
 //! of a token that never worked uses the request's one replay. A refusal of
-//! the current token drops it either way. No request is sent more than three
-//! times.
+//! the current token drops it either way. No request is sent more than five
+//! times (`MAX_SENDS`).
 
 use std::{
     fmt,
