@@ -42,8 +42,10 @@ pub(crate) const MIN_AGE_TO_FORCE: Time = Time::from_secs(5);
 const UNPROVEN_BEFORE_PAUSE: u32 = 3;
 
 /// How many refused token ids are remembered, to tell a refusal of a token
-/// that was refused already from one of a token that was replaced.
-const REFUSED_KEPT: usize = 4;
+/// that was refused already from one of a token that was replaced. More
+/// than the tokens one request can carry (five sends), so that a late
+/// refusal of any of them is still known.
+const REFUSED_KEPT: usize = 8;
 
 /// A token dropped because the API refused it, and whether the API had
 /// accepted it before (told while it was current, or late): then it was

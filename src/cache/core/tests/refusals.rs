@@ -154,16 +154,23 @@ fn a_token_replaced_before_it_worked_is_a_resend_and_one_refused_long_ago_too() 
     h.step(h.now, super::super::Event::Refresh);
     h.grant_ok(h.running().unwrap());
     assert!(h.core.resends(old, h.now) && !h.core.worked(old));
-    // Refused on first use, then forgotten behind four more refusals: a
-    // refusal of it is taken for one of a replaced token again.
+    // Refused on first use, then forgotten behind as many more refusals as
+    // the core keeps: a refusal of it is taken for one of a replaced token
+    // again.
     let refused = token_id(&h);
     h.refused(refused, None);
     assert!(!h.core.resends(refused, h.now));
-    for _ in 0..4 {
+    let kept = super::super::REFUSED_KEPT;
+    for more in 1..=kept {
         h.grant_ok(h.running().unwrap());
         let id = token_id(&h);
         h.accepted(id);
         h.refused(id, None);
+        if more == 4 {
+            // Still known after the four later tokens one request of five
+            // sends can carry: its late refusal is not taken for a resend.
+            assert!(!h.core.resends(refused, h.now));
+        }
     }
     assert!(h.core.resends(refused, h.now));
 }
