@@ -36,7 +36,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use daxium_auth::{AccessToken, AuthLayer, Credentials, TokenPair, fetcher};
+use daxium_auth::{AuthLayer, fetcher};
 use http::{Request, Response};
 use http_body_util::Empty;
 use tower::{Layer, Service};
@@ -128,19 +128,10 @@ fn median(mut xs: Vec<f64>) -> f64 {
 /// A layer whose fetcher answers at once with a new token each time.
 fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool, issued: &Arc<AtomicU64>) -> AuthLayer {
     let counter = Arc::clone(issued);
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new(
-            "client-id",
-            "client-secret",
-            "user",
-            "password",
-        ))
+    let layer = support::builder()
         .fetcher(fetcher::from_fn(move |_grant| {
             let n = counter.fetch_add(1, Ordering::Relaxed);
-            async move {
-                let token = AccessToken::new(&format!("{TOKEN}{n}"))?;
-                Ok(TokenPair::new(token, None, Duration::from_secs(3600)))
-            }
+            async move { support::hour_pair(&format!("{TOKEN}{n}")) }
         }))
         .api_origin(ORIGIN)
         .replay(replay)

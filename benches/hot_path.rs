@@ -45,7 +45,9 @@ use tower_http::auth::AddAuthorization;
 
 mod support;
 
-use support::{Inner, Reference, TOKEN, auth_layer, drive, request, request_no_replay};
+use support::{
+    Inner, Reference, TOKEN, auth_layer, drive, request, request_no_replay, request_with,
+};
 
 /// Nanoseconds per request over `n` requests through `svc`.
 fn round<S>(svc: &mut S, n: u32, no_replay: bool) -> f64
@@ -55,12 +57,7 @@ where
 {
     let start = Instant::now();
     for _ in 0..n {
-        let req = if no_replay {
-            request_no_replay()
-        } else {
-            request()
-        };
-        black_box(drive(svc, req));
+        black_box(drive(svc, request_with(no_replay)));
     }
     start.elapsed().as_nanos() as f64 / f64::from(n)
 }

@@ -51,7 +51,9 @@ use tower_http::auth::AddAuthorization;
 
 mod support;
 
-use support::{Inner, Reference, TOKEN, auth_layer, drive, request, request_no_replay};
+use support::{
+    Inner, Reference, TOKEN, auth_layer, drive, request, request_no_replay, request_with,
+};
 
 /// The variants, in the order of the table.
 const VARIANTS: [&str; 7] = [
@@ -97,12 +99,7 @@ where
     S::Error: fmt::Debug,
 {
     for _ in 0..n {
-        let req = if no_replay {
-            request_no_replay()
-        } else {
-            request()
-        };
-        black_box(drive(svc, req));
+        black_box(drive(svc, request_with(no_replay)));
     }
 }
 

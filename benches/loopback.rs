@@ -26,7 +26,7 @@ use std::{
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use daxium_auth::{AccessToken, AuthLayer, Credentials, ReplayBody, TokenPair, fetcher};
+use daxium_auth::{ReplayBody, fetcher};
 use http::{HeaderValue, Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -38,8 +38,10 @@ use hyper_util::{
 use tower::{Layer, Service, ServiceExt};
 use tower_http::auth::AddAuthorization;
 
-const TOKEN: &str =
-    "NjQ2ZDJjOTRmM2Q4YzE1ZTA0NzFhYjU3ZjAxYjNkNGI5ZDQ0MjE3NjNmMmNlNmQ5MGUwYjEwYmQ3OGI4ZjU2Mg";
+mod support;
+
+use support::TOKEN;
+
 const IN_FLIGHT: usize = 64;
 
 /// What the server saw.
@@ -213,19 +215,9 @@ fn loopback(c: &mut Criterion) {
         TOKEN,
     )
     .as_sensitive(true);
-    let layer = AuthLayer::builder()
-        .credentials(Credentials::new(
-            "client-id",
-            "client-secret",
-            "user",
-            "password",
-        ))
+    let layer = support::builder()
         .fetcher(fetcher::from_fn(|_grant| async {
-            Ok(TokenPair::new(
-                AccessToken::new(TOKEN)?,
-                None,
-                Duration::from_secs(3600),
-            ))
+            support::hour_pair(TOKEN)
         }))
         .api_origin(origin.as_str())
         .build()

@@ -24,7 +24,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use daxium_auth::{AccessToken, AuthLayer, AuthService, Credentials, TokenPair, fetcher};
+use daxium_auth::{AuthLayer, AuthService, fetcher};
 use http::{HeaderValue, Request, Response, StatusCode, header::AUTHORIZATION};
 use http_body_util::Empty;
 use tokio::sync::{Notify, watch};
@@ -118,26 +118,13 @@ impl Client {
             return (Self::Reference(Arc::new(reference)), None);
         }
         let endpoint = Arc::clone(endpoint);
-        let layer = AuthLayer::builder()
-            .credentials(Credentials::new(
-                "client-id",
-                "client-secret",
-                "user",
-                "password",
-            ))
+        let layer = support::builder()
             .fetcher(fetcher::from_fn(move |_grant| {
                 let endpoint = Arc::clone(&endpoint);
                 async move {
                     let header = endpoint.grant().await;
-                    let token = header
-                        .to_str()
-                        .expect("ascii")
-                        .trim_start_matches("Bearer ");
-                    Ok(TokenPair::new(
-                        AccessToken::new(token)?,
-                        None,
-                        Duration::from_secs(3600),
-                    ))
+                    let token = header.to_str().expect("ascii");
+                    support::hour_pair(token.trim_start_matches("Bearer "))
                 }
             }))
             .api_origin(ORIGIN)

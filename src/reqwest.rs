@@ -219,13 +219,7 @@ impl Middleware for AuthMiddleware {
                 shared.counters.replay_skipped();
                 return Ok(res);
             };
-            if replay {
-                shared.counters.replayed();
-                tracing::debug!(target: "daxium_auth", method = %again.method(), "token refused: replaying the request once with a new token");
-            } else {
-                shared.counters.resent();
-                tracing::debug!(target: "daxium_auth", method = %again.method(), "token replaced or revoked while the request was in flight: sending it again with the current one");
-            }
+            shared.counters.sent_again(replay, again.method());
             // The refused answer is not needed any more; dropping it frees its
             // connection before the resend asks for one.
             drop(res);

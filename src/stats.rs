@@ -9,6 +9,7 @@
 //! metrics to the recorder in place when it is made.
 
 use std::{
+    fmt,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
@@ -93,16 +94,21 @@ impl Counters {
         let _ = latency;
     }
 
-    pub(crate) fn replayed(&self) {
-        #[cfg(feature = "metrics")]
-        metrics::counter!(export::REPLAYS).increment(1);
-        self.replays.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn resent(&self) {
-        #[cfg(feature = "metrics")]
-        metrics::counter!(export::RESENDS).increment(1);
-        self.resends.fetch_add(1, Relaxed);
+    /// A request with this `method` sent again: its one replay after a
+    /// refusal (`replay`), or a resend after its token was replaced or
+    /// revoked in flight. Counted and logged.
+    pub(crate) fn sent_again(&self, replay: bool, method: &http::Method) {
+        if replay {
+            #[cfg(feature = "metrics")]
+            metrics::counter!(export::REPLAYS).increment(1);
+            self.replays.fetch_add(1, Relaxed);
+            tracing::debug!(target: "daxium_auth", %method, "token refused: replaying the request once with a new token");
+        } else {
+            #[cfg(feature = "metrics")]
+            metrics::counter!(export::RESENDS).increment(1);
+            self.resends.fetch_add(1, Relaxed);
+            tracing::debug!(target: "daxium_auth", %method, "token replaced or revoked while the request was in flight: sending it again with the current one");
+        }
     }
 
     pub(crate) fn replay_skipped(&self) {
@@ -197,6 +203,33 @@ impl Stats {
     }
 }
 
+/// Every count on one line, for a log or a program's last words:
+///
+/// ```text
+/// password grants 1 ok, 0 rejected, 0 failed; refresh grants 6 ok, 0 rejected, 0 failed; 1 replays, 0 resends, 0 skipped; 3 waited; 0 store errors
+/// ```
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "password grants {} ok, {} rejected, {} failed; \
+             refresh grants {} ok, {} rejected, {} failed; \
+             {} replays, {} resends, {} skipped; {} waited; {} store errors",
+            self.password_ok,
+            self.password_rejected,
+            self.password_failed,
+            self.refresh_ok,
+            self.refresh_rejected,
+            self.refresh_failed,
+            self.replays,
+            self.resends,
+            self.replays_skipped,
+            self.waited,
+            self.store_errors
+        )
+    }
+}
+
 /// The counts as `metrics` series. The label values are the grant type and
 /// the outcome, never anything a caller or the endpoint supplied.
 #[cfg(feature = "metrics")]
@@ -273,8 +306,35 @@ mod export {
 mod tests {
     use std::time::Duration;
 
-    use super::{Counters, Outcome};
+    use super::{Counters, Outcome, Stats};
     use crate::fetcher::GrantType;
+
+    #[test]
+    fn the_display_shows_every_count_in_its_place() {
+        let mut stats = Stats::default();
+        let counts = [
+            &mut stats.password_ok,
+            &mut stats.password_rejected,
+            &mut stats.password_failed,
+            &mut stats.refresh_ok,
+            &mut stats.refresh_rejected,
+            &mut stats.refresh_failed,
+            &mut stats.replays,
+            &mut stats.resends,
+            &mut stats.replays_skipped,
+            &mut stats.waited,
+            &mut stats.store_errors,
+        ];
+        for (count, value) in counts.into_iter().zip(1..) {
+            *count = value;
+        }
+        assert_eq!(
+            stats.to_string(),
+            "password grants 1 ok, 2 rejected, 3 failed; \
+             refresh grants 4 ok, 5 rejected, 6 failed; \
+             7 replays, 8 resends, 9 skipped; 10 waited; 11 store errors"
+        );
+    }
 
     #[test]
     fn grant_timed_counts_as_grant_does() {
@@ -366,16 +426,19 @@ mod tests {
 
     #[cfg(feature = "metrics")]
     #[test]
-    fn replays_skips_waits_and_store_errors_go_to_their_counters() {
+    fn replays_resends_skips_waits_and_store_errors_go_to_their_counters() {
         use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
-        use super::export::{REPLAYS, REPLAYS_SKIPPED, STORE_ERRORS, WAITED};
+        use super::export::{REPLAYS, REPLAYS_SKIPPED, RESENDS, STORE_ERRORS, WAITED};
 
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
         let stats = metrics::with_local_recorder(&recorder, || {
             let counters = Counters::default();
-            counters.replayed();
+            counters.sent_again(true, &http::Method::GET);
+            for _ in 0..5 {
+                counters.sent_again(false, &http::Method::POST);
+            }
             counters.replay_skipped();
             counters.replay_skipped();
             for _ in 0..3 {
@@ -402,6 +465,7 @@ mod tests {
             [
                 counter(REPLAYS_SKIPPED, stats.replays_skipped),
                 counter(REPLAYS, stats.replays),
+                counter(RESENDS, stats.resends),
                 counter(STORE_ERRORS, stats.store_errors),
                 counter(WAITED, stats.waited),
             ]
@@ -409,11 +473,12 @@ mod tests {
         assert_eq!(
             (
                 stats.replays,
+                stats.resends,
                 stats.replays_skipped,
                 stats.waited,
                 stats.store_errors
             ),
-            (1, 2, 3, 4)
+            (1, 5, 2, 3, 4)
         );
     }
 }

@@ -22,7 +22,7 @@ use tower_http::auth::AddAuthorization;
 #[path = "../benches/support/mod.rs"]
 mod bench;
 
-use bench::{Authorized as Inner, TOKEN, auth_layer, auth_layer_with, request, request_no_replay};
+use bench::{TOKEN, auth_layer, auth_layer_with, authorized, request, request_no_replay};
 
 type Body = Empty<bytes::Bytes>;
 
@@ -72,7 +72,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn floor(no_replay: bool) -> u64 {
     allocations(
-        &mut AddAuthorization::bearer(Inner, TOKEN).as_sensitive(true),
+        &mut AddAuthorization::bearer(authorized(), TOKEN).as_sensitive(true),
         no_replay,
     )
 }
@@ -89,7 +89,7 @@ fn replay_off_adds_no_allocation() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(false);
-    let auth = allocations(&mut auth_layer(&rt, false).layer(Inner), false);
+    let auth = allocations(&mut auth_layer(&rt, false).layer(authorized()), false);
     eprintln!("replay off (layer setting): floor {floor}, AuthLayer {auth} allocations");
     assert_eq!(
         auth, floor,
@@ -102,7 +102,7 @@ fn no_replay_extension_adds_no_allocation() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(true);
-    let auth = allocations(&mut auth_layer(&rt, true).layer(Inner), true);
+    let auth = allocations(&mut auth_layer(&rt, true).layer(authorized()), true);
     eprintln!("replay off (NoReplay extension): floor {floor}, AuthLayer {auth} allocations");
     assert_eq!(
         auth, floor,
@@ -120,10 +120,10 @@ fn a_token_store_adds_no_allocation_to_the_hot_path() {
     let memory = auth_layer_with(&rt, |b| {
         b.replay(false).store(daxium_auth::MemoryStore::new())
     });
-    let auth = allocations(&mut memory.layer(Inner), false);
+    let auth = allocations(&mut memory.layer(authorized()), false);
     assert_eq!(auth, floor, "replay off with a MemoryStore");
     let replay = auth_layer_with(&rt, |b| b.store(daxium_auth::MemoryStore::new()));
-    let auth = allocations(&mut replay.layer(Inner), false);
+    let auth = allocations(&mut replay.layer(authorized()), false);
     assert!(
         auth <= floor + 2,
         "replay on with a MemoryStore: {auth} against {floor}"
@@ -136,9 +136,9 @@ fn a_token_store_adds_no_allocation_to_the_hot_path() {
         let cluster = bench::redis::RedisCluster::start(3, 0);
         for (deployment, url) in [("one server", server.url()), ("a cluster", cluster.url())] {
             for replay in [false, true] {
-                let without = allocations(&mut auth_layer(&rt, replay).layer(Inner), false);
+                let without = allocations(&mut auth_layer(&rt, replay).layer(authorized()), false);
                 let shared = bench::auth_layer_redis(&rt, replay, &url);
-                let auth = allocations(&mut shared.layer(Inner), false);
+                let auth = allocations(&mut shared.layer(authorized()), false);
                 eprintln!(
                     "a RedisStore on {deployment}, replay {replay}: without {without}, with {auth} allocations"
                 );
@@ -151,7 +151,7 @@ fn a_token_store_adds_no_allocation_to_the_hot_path() {
         // A Redis that does not answer: the token is this replica's own.
         let store = daxium_auth::store::RedisStore::new("redis://127.0.0.1:1/").expect("a URL");
         let alone = auth_layer_with(&rt, |b| b.replay(false).store(store));
-        let auth = allocations(&mut alone.layer(Inner), false);
+        let auth = allocations(&mut alone.layer(authorized()), false);
         assert_eq!(
             auth, floor,
             "replay off with a RedisStore that does not answer"
@@ -164,7 +164,7 @@ fn replay_on_adds_at_most_two_allocations() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(false);
-    let auth = allocations(&mut auth_layer(&rt, true).layer(Inner), false);
+    let auth = allocations(&mut auth_layer(&rt, true).layer(authorized()), false);
     eprintln!("replay on: floor {floor}, AuthLayer {auth} allocations");
     assert!(
         auth <= floor + 2,
@@ -179,7 +179,7 @@ fn clones_of_a_service_add_no_allocation_either() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = floor(false);
-    let service = auth_layer(&rt, false).layer(Inner);
+    let service = auth_layer(&rt, false).layer(authorized());
     let mut clone = service.clone();
     let auth = allocations(&mut clone, false);
     assert_eq!(auth, floor);
@@ -215,10 +215,11 @@ fn a_clone_for_each_request_adds_no_allocation() {
     let rt = runtime();
     let _guard = rt.enter();
     let floor = allocations_through_a_clone_each(
-        &mut AddAuthorization::bearer(Inner, TOKEN).as_sensitive(true),
+        &mut AddAuthorization::bearer(authorized(), TOKEN).as_sensitive(true),
     );
     for replay in [false, true] {
-        let auth = allocations_through_a_clone_each(&mut auth_layer(&rt, replay).layer(Inner));
+        let auth =
+            allocations_through_a_clone_each(&mut auth_layer(&rt, replay).layer(authorized()));
         eprintln!(
             "a clone for each request, replay {replay}: floor {floor}, AuthLayer {auth} allocations"
         );

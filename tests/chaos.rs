@@ -103,24 +103,22 @@ impl Tally {
 }
 
 fn token_error_kind(err: &TokenError) -> String {
-    let kind = if err.is_grant_rejected() {
-        "rejected".to_owned()
-    } else if err.is_closed() {
-        "closed".to_owned()
-    } else if err.is_timeout() {
-        "timeout".to_owned()
-    } else if err.is_redirect() {
-        "redirect".to_owned()
-    } else if err.is_body_too_large() {
-        "body_too_large".to_owned()
-    } else if err.is_invalid_response() {
-        "invalid_response".to_owned()
-    } else if err.is_connect() {
-        "connect".to_owned()
-    } else if let Some(status) = err.status() {
-        format!("status_{}", status.as_u16())
-    } else {
-        "transport".to_owned()
+    type Is = fn(&TokenError) -> bool;
+    let kinds: [(Is, &str); 7] = [
+        (TokenError::is_grant_rejected, "rejected"),
+        (TokenError::is_closed, "closed"),
+        (TokenError::is_timeout, "timeout"),
+        (TokenError::is_redirect, "redirect"),
+        (TokenError::is_body_too_large, "body_too_large"),
+        (TokenError::is_invalid_response, "invalid_response"),
+        (TokenError::is_connect, "connect"),
+    ];
+    let kind = match kinds.iter().find(|(is, _)| is(err)) {
+        Some((_, kind)) => (*kind).to_owned(),
+        None => match err.status() {
+            Some(status) => format!("status_{}", status.as_u16()),
+            None => "transport".to_owned(),
+        },
     };
     let grant = err.grant_type().map_or("none", |g| g.as_str());
     format!("{grant}/{kind}")

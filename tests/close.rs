@@ -11,7 +11,7 @@ use std::{
 };
 
 use daxium_auth::{
-    MemoryStore, TokenStore,
+    AuthLayer, MemoryStore, TokenStore,
     store::{Lease, LeaseOwner},
 };
 use tokio::time::Instant;
@@ -29,6 +29,29 @@ const SLOW_WRITE: Duration = Duration::from_secs(1);
 
 /// A lease far longer than the test: one left held would show.
 const LONG_LEASE: Duration = Duration::from_secs(60);
+
+/// A layer on a memory store whose calls of kind `slow` take [`SLOW_WRITE`]:
+/// its endpoint, the store, and the layer.
+fn slow_at(slow: Call) -> (Arc<Endpoint>, MemoryStore, AuthLayer) {
+    let endpoint = Endpoint::new(&Arc::new(Api::default()));
+    let memory = MemoryStore::new();
+    let store = Faulty::new(memory.clone(), move |call| {
+        if call == slow {
+            Fault::Delay(SLOW_WRITE)
+        } else {
+            Fault::Pass
+        }
+    });
+    let layer = layer_with(&endpoint, |b| b.store(store).lease_ttl(LONG_LEASE));
+    (endpoint, memory, layer)
+}
+
+/// Another owner gets the lease of the scripted login in `memory`.
+async fn assert_lease_free(memory: &MemoryStore) {
+    let other = LeaseOwner::random();
+    let lease = memory.acquire_lease(&login(), &other, LONG_LEASE).await;
+    assert_eq!(lease.unwrap(), Lease::Acquired, "the lease is free");
+}
 
 #[tokio::test(start_paused = true)]
 async fn close_finishes_the_pairs_write_then_releases_the_lease_and_stops_the_cache() {
@@ -64,9 +87,7 @@ async fn close_finishes_the_pairs_write_then_releases_the_lease_and_stops_the_ca
 
     let stored = memory.read(&login()).await.unwrap().expect("the pair");
     assert_eq!(stored.record().access_token().expose_secret(), "access-1");
-    let other = LeaseOwner::random();
-    let lease = memory.acquire_lease(&login(), &other, LONG_LEASE).await;
-    assert_eq!(lease.unwrap(), Lease::Acquired, "the lease is free");
+    assert_lease_free(&memory).await;
     let calls = calls.lock().unwrap().clone();
     let at = |kind| {
         calls
@@ -107,14 +128,7 @@ async fn close_finishes_the_pairs_write_then_releases_the_lease_and_stops_the_ca
 
 #[tokio::test(start_paused = true)]
 async fn close_while_the_lease_is_asked_for_releases_it_once_granted() {
-    let api = Arc::new(Api::default());
-    let endpoint = Endpoint::new(&api);
-    let memory = MemoryStore::new();
-    let store = Faulty::new(memory.clone(), |call| match call {
-        Call::Lease => Fault::Delay(SLOW_WRITE),
-        _ => Fault::Pass,
-    });
-    let layer = layer_with(&endpoint, |b| b.store(store).lease_ttl(LONG_LEASE));
+    let (endpoint, memory, layer) = slow_at(Call::Lease);
     let cache = layer.cache().clone();
     let waiting = tokio::spawn(async move { cache.access_token().await });
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -122,9 +136,7 @@ async fn close_while_the_lease_is_asked_for_releases_it_once_granted() {
     layer.close().await;
     let err = waiting.await.unwrap().unwrap_err();
     assert!(err.is_closed(), "{err:?}");
-    let other = LeaseOwner::random();
-    let lease = memory.acquire_lease(&login(), &other, LONG_LEASE).await;
-    assert_eq!(lease.unwrap(), Lease::Acquired, "the lease is free");
+    assert_lease_free(&memory).await;
     assert_eq!(endpoint.grants(), 0);
 }
 
@@ -133,14 +145,7 @@ async fn close_while_the_lease_is_asked_for_releases_it_once_granted() {
 /// the pair's write has landed and the lease is free.
 #[tokio::test(start_paused = true)]
 async fn a_second_close_during_the_first_returns_once_the_store_is_done_with() {
-    let api = Arc::new(Api::default());
-    let endpoint = Endpoint::new(&api);
-    let memory = MemoryStore::new();
-    let store = Faulty::new(memory.clone(), |call| match call {
-        Call::Write => Fault::Delay(SLOW_WRITE),
-        _ => Fault::Pass,
-    });
-    let layer = layer_with(&endpoint, |b| b.store(store).lease_ttl(LONG_LEASE));
+    let (endpoint, memory, layer) = slow_at(Call::Write);
     layer.login().await.unwrap();
     assert!(
         memory.read(&login()).await.unwrap().is_none(),
@@ -156,9 +161,7 @@ async fn a_second_close_during_the_first_returns_once_the_store_is_done_with() {
         "the second close returned before the pair's write had landed"
     );
     assert!(memory.read(&login()).await.unwrap().is_some(), "the pair");
-    let other = LeaseOwner::random();
-    let lease = memory.acquire_lease(&login(), &other, LONG_LEASE).await;
-    assert_eq!(lease.unwrap(), Lease::Acquired, "the lease is free");
+    assert_lease_free(&memory).await;
     first.await.unwrap();
     assert_eq!(endpoint.grants(), 1);
 }

@@ -16,11 +16,10 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, Credentials, GrantType, MemoryStore, RefreshToken, ReplayBody,
-    TokenPair, TokenStore, fetcher,
+    AccessToken, AuthLayer, Credentials, GrantType, MemoryStore, TokenStore, fetcher,
 };
 use futures_util::future::join_all;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
@@ -28,8 +27,8 @@ mod support;
 
 use support::{
     scripted::{
-        self, Api, Endpoint, Inner, Step, api_service, bearer, builder, credentials_for, get,
-        in_time, last_token, layer_with, send, setup, setup_with,
+        self, Api, Endpoint, Step, api_fn, api_service, bearer, builder, credentials_for, get,
+        in_time, last_token, layer_with, pair, send, setup, setup_with,
     },
     stores::{bounded, login, ok},
 };
@@ -76,23 +75,21 @@ async fn a_grant_in_flight_for_the_previous_login_is_dropped_whole() {
                     .lock()
                     .unwrap()
                     .insert(refresh.clone(), user.clone());
-                Ok(TokenPair::new(
-                    AccessToken::new(&format!("tok-{user}-{n}"))?,
-                    Some(RefreshToken::new(&refresh)?),
+                pair(
+                    &format!("tok-{user}-{n}"),
+                    &refresh,
                     Duration::from_secs(60),
-                ))
+                )
             }
         }))
         .build()
         .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let api_seen = Arc::clone(&seen);
-    let api: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
-        move |req: Request<ReplayBody<Full<Bytes>>>| {
-            api_seen.lock().unwrap().push(bearer(&req));
-            async { Ok(Response::new(Full::default())) }
-        },
-    ));
+    let api = api_fn(move |req| {
+        api_seen.lock().unwrap().push(bearer(&req));
+        async { Ok(Response::new(Full::default())) }
+    });
     let svc = layer.layer(api);
     // Alice's login is in flight when the application switches to Bob.
     let alice = tokio::spawn(svc.clone().oneshot(get()));
@@ -145,11 +142,11 @@ async fn waiting_requests_carry_the_new_login_after_set_credentials_from_outside
             let n = n.fetch_add(1, SeqCst);
             async move {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok(TokenPair::new(
-                    AccessToken::new(&format!("tok-{user}-{n}"))?,
-                    Some(RefreshToken::new(&format!("ref-{user}-{n}"))?),
+                pair(
+                    &format!("tok-{user}-{n}"),
+                    &format!("ref-{user}-{n}"),
                     Duration::from_secs(3600),
-                ))
+                )
             }
         }))
         .build()
@@ -162,25 +159,23 @@ async fn waiting_requests_carry_the_new_login_after_set_credentials_from_outside
         Arc::clone(&after),
         Arc::clone(&refused),
     );
-    let api: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
-        move |req: Request<ReplayBody<Full<Bytes>>>| {
-            let token = bearer(&req).unwrap_or_default();
-            if sw.load(SeqCst) {
-                seen.lock().unwrap().push(token.clone());
-            }
-            let status = if no.lock().unwrap().contains(&token) {
-                StatusCode::UNAUTHORIZED
-            } else {
-                StatusCode::OK
-            };
-            async move {
-                Ok(Response::builder()
-                    .status(status)
-                    .body(Full::default())
-                    .unwrap())
-            }
-        },
-    ));
+    let api = api_fn(move |req| {
+        let token = bearer(&req).unwrap_or_default();
+        if sw.load(SeqCst) {
+            seen.lock().unwrap().push(token.clone());
+        }
+        let status = if no.lock().unwrap().contains(&token) {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        async move {
+            Ok(Response::builder()
+                .status(status)
+                .body(Full::default())
+                .unwrap())
+        }
+    });
     let svc = layer.layer(api);
     // Alice logs in; the API refuses her first token, the replay gets a new one.
     let first = in_time("first", send(&svc, get())).await.unwrap();

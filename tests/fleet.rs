@@ -94,7 +94,14 @@ async fn a_fleet_stampede_on_an_empty_store_makes_one_grant() {
 /// The settings of the fleets in real time.
 #[cfg(all(feature = "mock", feature = "rustls"))]
 mod real {
-    use std::time::Duration;
+    use std::{sync::Arc, time::Duration};
+
+    use daxium_auth::mock::{MockCounters, MockServer};
+    use tokio::time::Instant;
+
+    use super::support::replicas::{
+        Replica, assert_grants_of_one, assert_sound, drive, grants, solo,
+    };
 
     /// The server's token lifetime: the cache refreshes at half-life (plus up
     /// to a fifth of it at random), so one replica alone makes about two
@@ -110,6 +117,37 @@ mod real {
     pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(1);
     /// The slack over a single replica's grants that a fleet may make.
     pub(crate) const SLACK: u64 = 4;
+
+    /// Drives the replicas of `shared` for `run` and, side by side, one
+    /// replica alone against a server of its own; checks that every request
+    /// was answered, no refresh token was sent twice, the fleet logged in
+    /// once (twice at the most), and made the grants of the replica alone,
+    /// which made at least `at_least`. The fleet's server's counters.
+    pub(crate) async fn beside_one(
+        what: &str,
+        shared: &MockServer,
+        replicas: &[Arc<Replica>],
+        run: Duration,
+        at_least: u64,
+    ) -> MockCounters {
+        let (alone, solo) = solo(LIFETIME).await;
+        let until = Instant::now() + run;
+        let (driven, driven_alone) = tokio::join!(
+            drive(replicas, shared.api_url("v1/items"), CALLERS, PACE, until),
+            drive(&solo, alone.api_url("v1/items"), CALLERS, PACE, until),
+        );
+        let (fleet, one) = (shared.counters(), alone.counters());
+        eprintln!(
+            "{what}: {} requests; fleet: {}; one replica alone: {}",
+            driven.requests,
+            grants(&fleet),
+            grants(&one)
+        );
+        assert_sound(&driven, &driven_alone, &fleet, 2);
+        let (fleet_grants, one_grants) = (fleet.grant_requests, one.grant_requests);
+        assert_grants_of_one(what, fleet_grants, one_grants, at_least, SLACK);
+        fleet
+    }
 }
 
 #[cfg(all(feature = "mock", feature = "rustls", feature = "redis"))]
@@ -120,7 +158,7 @@ mod on_redis {
     use daxium_auth::{
         ReplayBody,
         mock::MockServer,
-        store::{AnyStore, RedisStore, TokenStore},
+        store::{AnyStore, LoginKey, RedisStore, TokenStore},
     };
     use http::{Request, Response, StatusCode, header::AUTHORIZATION};
     use http_body_util::Empty;
@@ -131,10 +169,12 @@ mod on_redis {
         real::*,
         support::redis::RedisServer,
         support::replicas::{
-            Issued, Replica, StoreWatch, Then, blocking, drive, eventually, login_key, replica,
-            server, solo, spawn_drive,
+            Issued, Replica, StoreWatch, Then, assert_grants_of_one, assert_sound, blocking, drive,
+            eventually, login_key, replica, server, solo, spawn_drive,
         },
     };
+
+    type Fleet = Vec<Arc<Replica>>;
 
     fn store(url: &str) -> AnyStore {
         AnyStore::new(
@@ -159,6 +199,17 @@ mod on_redis {
             .collect()
     }
 
+    /// Eight replicas of a new server's login, each with a Redis store of
+    /// its own on `url`, beside one replica alone against a server of its
+    /// own: the server, the replicas, the replica alone's, and the login's
+    /// key in the store.
+    async fn eight_beside_one(url: &str) -> (MockServer, Fleet, (MockServer, Fleet), LoginKey) {
+        let shared = server(LIFETIME).await;
+        let replicas = fleet(&shared, url, 8, &Arc::new(Issued::default()), |b| b);
+        let key = login_key(&shared);
+        (shared, replicas, solo(LIFETIME).await, key)
+    }
+
     /// A number from Redis's `INFO`.
     async fn info(url: &str, field: &str) -> u64 {
         let mut raw = super::support::redis::raw(url).await;
@@ -175,40 +226,7 @@ mod on_redis {
         let shared = server(LIFETIME).await;
         let issued = Arc::new(Issued::default());
         let replicas = fleet(&shared, &redis.url(), 8, &issued, |b| b);
-        let (alone, solo) = solo(LIFETIME).await;
-
-        let until = Instant::now() + RUN;
-        let (driven, driven_alone) = tokio::join!(
-            drive(&replicas, shared.api_url("v1/items"), CALLERS, PACE, until),
-            drive(&solo, alone.api_url("v1/items"), CALLERS, PACE, until),
-        );
-
-        let (fleet, one) = (shared.counters(), alone.counters());
-        eprintln!(
-            "redis fleet: {} requests; fleet grants {} (password {}, refresh {}), \
-             one replica alone {} (password {}, refresh {}), reuse {}",
-            driven.requests,
-            fleet.grant_requests,
-            fleet.password_ok,
-            fleet.refresh_ok,
-            one.grant_requests,
-            one.password_ok,
-            one.refresh_ok,
-            fleet.refresh_reuse
-        );
-        driven.assert_all_ok();
-        driven_alone.assert_all_ok();
-        assert_eq!(fleet.refresh_reuse, 0, "{fleet:?}");
-        assert_eq!(fleet.refresh_rejected + fleet.password_rejected, 0);
-        assert!(fleet.password_ok <= 2, "{fleet:?}");
-        // The comparison means something: the replica alone refreshed all along.
-        assert!(one.grant_requests >= 10, "{one:?}");
-        assert!(
-            fleet.grant_requests <= one.grant_requests + SLACK,
-            "8 replicas made {} grants, one alone {}",
-            fleet.grant_requests,
-            one.grant_requests
-        );
+        let fleet = beside_one("redis fleet", &shared, &replicas, RUN, 10).await;
         assert_eq!(issued.pairs(), fleet.password_ok + fleet.refresh_ok);
     }
 
@@ -216,11 +234,7 @@ mod on_redis {
     async fn eight_replicas_ride_out_a_redis_restart_and_share_one_record_again() {
         let mut redis = blocking(RedisServer::start).await;
         let url = redis.url();
-        let shared = server(LIFETIME).await;
-        let issued = Arc::new(Issued::default());
-        let replicas = fleet(&shared, &url, 8, &issued, |b| b);
-        let (alone, solo) = solo(LIFETIME).await;
-        let key = login_key(&shared);
+        let (shared, replicas, (alone, solo), key) = eight_beside_one(&url).await;
 
         let started = Instant::now();
         let until = started + RUN;
@@ -230,18 +244,10 @@ mod on_redis {
         // Killed at 6 s, back at 9 s on the same port, with nothing stored.
         sleep_until(started + Duration::from_secs(6)).await;
         let before_outage = shared.counters();
-        redis = blocking(move || {
-            redis.stop();
-            redis
-        })
-        .await;
+        tokio::task::block_in_place(|| redis.stop());
         sleep_until(started + Duration::from_secs(9)).await;
         let after_outage = shared.counters();
-        redis = blocking(move || {
-            redis.restart();
-            redis
-        })
-        .await;
+        tokio::task::block_in_place(|| redis.restart());
 
         // Every access token the store holds from the restart on.
         let watch = StoreWatch::start(store(&url), key.clone(), RUN);
@@ -271,18 +277,10 @@ mod on_redis {
             fleet.refresh_reuse,
             last.version()
         );
-        driven.assert_all_ok();
-        driven_alone.assert_all_ok();
-        assert_eq!(fleet.refresh_reuse, 0, "{fleet:?}");
-        assert_eq!(fleet.refresh_rejected + fleet.password_rejected, 0);
         // One login, and at most one of its own per replica while Redis was away.
-        assert!(fleet.password_ok <= 1 + 8, "{fleet:?}");
+        assert_sound(&driven, &driven_alone, &fleet, 1 + 8);
         // Rejoined: the fleet makes the grants of one replica again.
-        assert!(one_window >= 3, "{one:?}");
-        assert!(
-            fleet_window <= one_window + 2,
-            "after the restart the fleet made {fleet_window} grants in 7 s, one replica alone {one_window}"
-        );
+        assert_grants_of_one("the 7 s after the restart", fleet_window, one_window, 3, 2);
         assert!(
             last.version() >= 3,
             "the record moved on: {}",
@@ -295,11 +293,7 @@ mod on_redis {
     async fn after_a_quick_restart_that_lost_the_record_the_fleet_shares_the_new_one() {
         let redis = blocking(RedisServer::start).await;
         let url = redis.url();
-        let shared = server(LIFETIME).await;
-        let issued = Arc::new(Issued::default());
-        let replicas = fleet(&shared, &url, 8, &issued, |b| b);
-        let (alone, solo) = solo(LIFETIME).await;
-        let key = login_key(&shared);
+        let (shared, replicas, (alone, solo), key) = eight_beside_one(&url).await;
 
         let started = Instant::now();
         let until = started + Duration::from_secs(16);
@@ -701,11 +695,10 @@ mod on_files {
     use std::{sync::Arc, time::Duration};
 
     use daxium_auth::store::{AnyStore, FileStore};
-    use tokio::time::Instant;
 
     use super::{
         real::*,
-        support::replicas::{Issued, Replica, drive, replica, server, solo},
+        support::replicas::{Issued, Replica, replica, server},
     };
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,36 +717,7 @@ mod on_files {
                 Arc::new(replica(&shared, Some(AnyStore::new(store)), &issued, |b| b))
             })
             .collect();
-        let (alone, solo) = solo(LIFETIME).await;
-
-        let until = Instant::now() + RUN_FILES;
-        let (driven, driven_alone) = tokio::join!(
-            drive(&replicas, shared.api_url("v1/items"), CALLERS, PACE, until),
-            drive(&solo, alone.api_url("v1/items"), CALLERS, PACE, until),
-        );
-        let (fleet, one) = (shared.counters(), alone.counters());
-        eprintln!(
-            "file fleet: {} requests; fleet grants {} (password {}, refresh {}), \
-             one replica alone {}, reuse {}",
-            driven.requests,
-            fleet.grant_requests,
-            fleet.password_ok,
-            fleet.refresh_ok,
-            one.grant_requests,
-            fleet.refresh_reuse
-        );
-        driven.assert_all_ok();
-        driven_alone.assert_all_ok();
-        assert_eq!(fleet.refresh_reuse, 0, "{fleet:?}");
-        assert_eq!(fleet.refresh_rejected + fleet.password_rejected, 0);
-        assert!(fleet.password_ok <= 2, "{fleet:?}");
-        assert!(one.grant_requests >= 5, "{one:?}");
-        assert!(
-            fleet.grant_requests <= one.grant_requests + SLACK,
-            "8 replicas made {} grants, one alone {}",
-            fleet.grant_requests,
-            one.grant_requests
-        );
+        beside_one("file fleet", &shared, &replicas, RUN_FILES, 5).await;
     }
 }
 

@@ -44,6 +44,20 @@ mod support;
 
 // === in-process ===
 
+/// A run against `server` (started by the test) rather than the embedded one.
+fn against(server: &daxium_auth::mock::MockServer) -> Config {
+    let credentials = server.credentials();
+    Config {
+        token_url: Some(server.token_url()),
+        api_url: Some(server.api_url("v1/structures")),
+        client_id: Some(credentials.client_id().to_owned()),
+        client_secret: Some(credentials.client_secret().clone()),
+        username: Some(credentials.username().to_owned()),
+        password: Some(credentials.password().clone()),
+        ..Config::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_succeeds_across_refreshes_and_a_revocation() {
     let config = Config {
@@ -103,16 +117,9 @@ async fn a_transient_failure_at_the_first_login_is_ridden_out() {
         .await
         .expect("bind 127.0.0.1");
     server.fail_next_grants(1, daxium_auth::mock::Fault::ServerError);
-    let credentials = server.credentials();
     let config = Config {
-        token_url: Some(server.token_url()),
-        api_url: Some(server.api_url("v1/structures")),
-        client_id: Some(credentials.client_id().to_owned()),
-        client_secret: Some(credentials.client_secret().clone()),
-        username: Some(credentials.username().to_owned()),
-        password: Some(credentials.password().clone()),
         stop: Stop::Requests(50),
-        ..Config::default()
+        ..against(&server)
     };
     let summary = run::run(config)
         .await
@@ -1045,18 +1052,11 @@ async fn replicas_in_one_process_share_one_login_through_a_memory_store() {
         .start()
         .await
         .expect("bind 127.0.0.1");
-    let credentials = server.credentials();
     let config = Config {
-        token_url: Some(server.token_url()),
-        api_url: Some(server.api_url("v1/structures")),
-        client_id: Some(credentials.client_id().to_owned()),
-        client_secret: Some(credentials.client_secret().clone()),
-        username: Some(credentials.username().to_owned()),
-        password: Some(credentials.password().clone()),
         concurrency: 8,
         replicas: 4,
         stop: Stop::Requests(400),
-        ..Config::default()
+        ..against(&server)
     };
     let summary = run::run(config).await.expect("the run starts");
     assert!(summary.all_ok(), "{}", summary.table());

@@ -11,17 +11,16 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
-use daxium_auth::{AccessToken, AuthLayer, ReplayBody, TokenError, TokenPair, fetcher};
+use daxium_auth::{AccessToken, AuthLayer, TokenError, TokenPair, fetcher};
 use futures_util::future::join_all;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
 mod support;
 
 use support::scripted::{
-    self, Inner, Step, bearer, builder, get, in_time, paused_runtime, seen_tokens, send, setup,
+    self, Step, api_fn, bearer, builder, get, in_time, paused_runtime, seen_tokens, send, setup,
 };
 
 #[tokio::test(start_paused = true)]
@@ -158,16 +157,14 @@ async fn no_request_carries_an_expired_token_with_a_slow_flaky_endpoint() {
         .unwrap();
     let late = Arc::new(AtomicUsize::new(0));
     let (issued, late_api) = (Arc::clone(&issued_at), Arc::clone(&late));
-    let api: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
-        move |req: Request<ReplayBody<Full<Bytes>>>| {
-            let token = bearer(&req).unwrap();
-            let sent = issued.lock().unwrap()[&token];
-            if tokio::time::Instant::now() >= sent + lifetime {
-                late_api.fetch_add(1, SeqCst);
-            }
-            async { Ok(Response::new(Full::default())) }
-        },
-    ));
+    let api = api_fn(move |req| {
+        let token = bearer(&req).unwrap();
+        let sent = issued.lock().unwrap()[&token];
+        if tokio::time::Instant::now() >= sent + lifetime {
+            late_api.fetch_add(1, SeqCst);
+        }
+        async { Ok(Response::new(Full::default())) }
+    });
     let svc = layer.layer(api);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let workers = (0..16).map(|i| {

@@ -169,22 +169,14 @@ fn the_counters_reach_the_recorder_with_their_names_and_labels() {
             "{grant_type} {outcome}"
         );
     }
-    assert_eq!(
-        counter(series("daxium_auth_replays_total", &[])),
-        stats.replays
-    );
-    assert_eq!(
-        counter(series("daxium_auth_resends_total", &[])),
-        stats.resends
-    );
-    assert_eq!(
-        counter(series("daxium_auth_replays_skipped_total", &[])),
-        stats.replays_skipped
-    );
-    assert_eq!(
-        counter(series("daxium_auth_waited_total", &[])),
-        stats.waited
-    );
+    for (name, count) in [
+        ("daxium_auth_replays_total", stats.replays),
+        ("daxium_auth_resends_total", stats.resends),
+        ("daxium_auth_replays_skipped_total", stats.replays_skipped),
+        ("daxium_auth_waited_total", stats.waited),
+    ] {
+        assert_eq!(counter(series(name, &[])), count, "{name}");
+    }
 
     // Each metric is described, with its unit.
     for (name, unit) in &recorded.units {

@@ -18,8 +18,8 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, ErrorBody, GrantType, HttpFetcher, RefreshToken, ReplayBody,
-    TokenError, TokenPair, fetcher,
+    AccessToken, AuthLayer, ErrorBody, GrantType, HttpFetcher, ReplayBody, TokenError, TokenPair,
+    fetcher,
 };
 use futures_util::future::join_all;
 use http::{Request, Response, StatusCode};
@@ -28,7 +28,7 @@ use tower::{Layer, ServiceExt};
 
 mod support;
 
-use support::scripted::{Inner, answer, bearer, builder, credentials_for, get, in_time};
+use support::scripted::{answer, api_with, bearer, builder, credentials_for, get, in_time, pair};
 
 // === fetchers that fail oddly ===
 
@@ -144,11 +144,7 @@ async fn a_fetcher_that_never_answers_is_given_up_after_the_grant_timeout() {
                 if n == 1 || what == "refresh_token:r2" {
                     std::future::pending::<()>().await;
                 }
-                Ok(TokenPair::new(
-                    AccessToken::new(&format!("a{n}"))?,
-                    Some(RefreshToken::new(&format!("r{n}"))?),
-                    Duration::from_secs(120),
-                ))
+                pair(&format!("a{n}"), &format!("r{n}"), Duration::from_secs(120))
             }
         }))
         .build()
@@ -288,11 +284,7 @@ impl Strict {
         let (access, refresh) = (format!("access-{n}"), format!("refresh-{n}"));
         self.access_valid.lock().unwrap().insert(access.clone());
         self.refresh_valid.lock().unwrap().insert(refresh.clone());
-        Ok(TokenPair::new(
-            AccessToken::new(&access)?,
-            Some(RefreshToken::new(&refresh)?),
-            Duration::from_secs(4),
-        ))
+        pair(&access, &refresh, Duration::from_secs(4))
     }
 }
 
@@ -315,18 +307,11 @@ async fn no_refresh_token_reaches_the_endpoint_twice_through_faults_and_revocati
         }))
         .build()
         .unwrap();
-    let api_server = Arc::clone(&server);
-    let api: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
-        move |req: Request<ReplayBody<Full<Bytes>>>| {
-            let server = Arc::clone(&api_server);
-            async move {
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                let ok =
-                    bearer(&req).is_some_and(|t| server.access_valid.lock().unwrap().contains(&t));
-                Ok(answer(ok, Bytes::new()))
-            }
-        },
-    ));
+    let api = api_with(&server, |server, req| async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let ok = bearer(&req).is_some_and(|t| server.access_valid.lock().unwrap().contains(&t));
+        Ok(answer(ok, Bytes::new()))
+    });
     let svc = layer.layer(api);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let workers = (0..8).map(|_| {

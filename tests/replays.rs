@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use daxium_auth::{AccessToken, RefreshToken, ReplayBody, TokenPair, fetcher};
+use daxium_auth::{ReplayBody, fetcher};
 use futures_util::future::join_all;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -26,7 +26,8 @@ use tower::{Layer, Service, ServiceExt};
 mod support;
 
 use support::scripted::{
-    Inner, Setup, answer, api_service, bearer, builder, credentials_for, get, in_time, send, setup,
+    Inner, Setup, answer, api_fn, api_service, api_with, bearer, builder, credentials_for, get,
+    in_time, pair, send, setup,
 };
 
 // === one refresh, one replay ===
@@ -108,11 +109,7 @@ async fn a_late_401_for_an_old_token_replays_with_the_refresh_in_flight() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let token = format!("tok-{}", issued.fetch_add(1, SeqCst) + 1);
                 valid.lock().unwrap().insert(token.clone());
-                Ok(TokenPair::new(
-                    AccessToken::new(&token)?,
-                    Some(RefreshToken::new(&format!("ref-{token}"))?),
-                    Duration::from_secs(10),
-                ))
+                pair(&token, &format!("ref-{token}"), Duration::from_secs(10))
             }
         }))
         .build()
@@ -120,19 +117,17 @@ async fn a_late_401_for_an_old_token_replays_with_the_refresh_in_flight() {
     let hold = Arc::new(tokio::sync::Notify::new());
     let released = Arc::new(AtomicBool::new(false));
     let (v, h, r) = (Arc::clone(&valid), Arc::clone(&hold), Arc::clone(&released));
-    let api: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
-        move |req: Request<ReplayBody<Full<Bytes>>>| {
-            let (valid, hold, released) = (Arc::clone(&v), Arc::clone(&h), Arc::clone(&r));
-            async move {
-                // Only the first attempt is held: the replay keeps the header.
-                if req.headers().contains_key("x-hold") && !released.load(SeqCst) {
-                    hold.notified().await;
-                }
-                let ok = bearer(&req).is_some_and(|t| valid.lock().unwrap().contains(&t));
-                Ok(answer(ok, Bytes::new()))
+    let api = api_fn(move |req| {
+        let (valid, hold, released) = (Arc::clone(&v), Arc::clone(&h), Arc::clone(&r));
+        async move {
+            // Only the first attempt is held: the replay keeps the header.
+            if req.headers().contains_key("x-hold") && !released.load(SeqCst) {
+                hold.notified().await;
             }
-        },
-    ));
+            let ok = bearer(&req).is_some_and(|t| valid.lock().unwrap().contains(&t));
+            Ok(answer(ok, Bytes::new()))
+        }
+    });
     let svc = layer.layer(api);
     let start = tokio::time::Instant::now();
     assert_eq!(
@@ -200,33 +195,23 @@ async fn a_replay_waits_for_the_refresh_in_flight_of_a_server_that_revokes_on_re
                 let n = server.issued.fetch_add(1, SeqCst);
                 let access = format!("tok-{n}");
                 server.valid.lock().unwrap().insert(access.clone());
-                Ok(TokenPair::new(
-                    AccessToken::new(&access)?,
-                    Some(RefreshToken::new(&format!("ref-{n}"))?),
-                    Duration::from_secs(2),
-                ))
+                pair(&access, &format!("ref-{n}"), Duration::from_secs(2))
             }
         }))
         .build()
         .unwrap();
-    let api_server = Arc::clone(&server);
-    let api: Inner = tower::util::BoxCloneSyncService::new(tower::service_fn(
-        move |req: Request<ReplayBody<Full<Bytes>>>| {
-            let server = Arc::clone(&api_server);
-            async move {
-                let id: u64 = req.headers()["x-id"].to_str().unwrap().parse().unwrap();
-                let first = server.seen.lock().unwrap().insert(id);
-                let latency = if first && id.is_multiple_of(10) {
-                    1000
-                } else {
-                    5
-                };
-                tokio::time::sleep(Duration::from_millis(latency)).await;
-                let ok = bearer(&req).is_some_and(|t| server.valid.lock().unwrap().contains(&t));
-                Ok(answer(ok, Bytes::new()))
-            }
-        },
-    ));
+    let api = api_with(&server, |server, req| async move {
+        let id: u64 = req.headers()["x-id"].to_str().unwrap().parse().unwrap();
+        let first = server.seen.lock().unwrap().insert(id);
+        let latency = if first && id.is_multiple_of(10) {
+            1000
+        } else {
+            5
+        };
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+        let ok = bearer(&req).is_some_and(|t| server.valid.lock().unwrap().contains(&t));
+        Ok(answer(ok, Bytes::new()))
+    });
     let svc = layer.layer(api);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let ids = Arc::new(AtomicUsize::new(0));

@@ -18,15 +18,25 @@ use std::{
     time::Duration,
 };
 
-use daxium_auth::{AccessToken, TokenPair, fetcher};
+use daxium_auth::{AccessToken, AuthService, TokenPair, fetcher};
 use futures_util::FutureExt;
 use http::StatusCode;
 use tower::{Service, ServiceExt};
 
 mod support;
 
+/// A setup whose tokens live 60 s, and its service, which has answered one
+/// request on a runtime that is gone.
+fn served_on_a_runtime_now_gone() -> (Setup, AuthService<Inner>) {
+    let s = setup();
+    *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
+    let svc = s.service();
+    paused_runtime().block_on(async { send(&svc, get()).await.unwrap() });
+    (s, svc)
+}
+
 use support::scripted::{
-    Step, builder, get, in_time, paused_runtime, seen_tokens, send, setup, setup_with,
+    Inner, Setup, Step, builder, get, in_time, paused_runtime, seen_tokens, send, setup, setup_with,
 };
 
 #[test]
@@ -49,11 +59,8 @@ fn a_grant_spawned_just_before_its_runtime_shuts_down_is_restarted() {
 /// refresh's task ever ran. The next runtime's callers get a new token.
 #[test]
 fn a_background_refresh_kicked_just_before_shutdown_does_not_block_later_ones() {
-    let s = setup();
-    *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
-    let svc = s.service();
     // One runtime per unit of work, as sync code or per-test runtimes do.
-    paused_runtime().block_on(async { send(&svc, get()).await.unwrap() });
+    let (s, svc) = served_on_a_runtime_now_gone();
     // Inside the refresh margin: the request kicks a background refresh and
     // completes before the refresh's task runs; its runtime goes away.
     paused_runtime().block_on(async {
@@ -99,10 +106,7 @@ fn a_waiter_is_answered_after_a_runtime_took_an_unpolled_timer_and_grant_with_it
 
 #[test]
 fn a_timer_spawned_just_before_its_runtime_shuts_down_still_retires_the_token() {
-    let s = setup();
-    *s.endpoint.lifetime.lock().unwrap() = Duration::from_secs(60);
-    let svc = s.service();
-    paused_runtime().block_on(async { send(&svc, get()).await.unwrap() });
+    let (s, svc) = served_on_a_runtime_now_gone();
     // That runtime took its timer with it. The next request asks the core,
     // which arms a new timer on this runtime; the request completes before the
     // timer's task runs, and this runtime goes away too.
@@ -203,25 +207,13 @@ fn a_token_is_never_served_past_its_expiry_after_its_runtime_is_gone() {
 fn a_rejection_cooldown_lifts_after_its_runtime_is_gone() {
     let s = setup_with(|b| b.rejected_cooldown(Duration::from_secs(300)));
     s.endpoint.push(Step::Reject);
-    paused_runtime().block_on(async {
-        assert!(
-            s.layer
-                .cache()
-                .access_token()
-                .await
-                .unwrap_err()
-                .is_grant_rejected()
-        );
-    });
+    let rejected = || async {
+        let err = s.layer.cache().access_token().await.unwrap_err();
+        assert!(err.is_grant_rejected(), "{err:?}");
+    };
+    paused_runtime().block_on(rejected());
     let token = paused_runtime().block_on(async {
-        assert!(
-            s.layer
-                .cache()
-                .access_token()
-                .await
-                .unwrap_err()
-                .is_grant_rejected()
-        );
+        rejected().await;
         tokio::time::advance(Duration::from_secs(301)).await;
         s.layer.cache().access_token().await
     });

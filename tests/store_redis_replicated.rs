@@ -137,7 +137,8 @@ mod fleets {
     use super::{
         STORE_TIMEOUT,
         support::replicas::{
-            Issued, Replica, StoreWatch, blocking, login_key, replica, server, solo, spawn_drive,
+            Issued, Replica, StoreWatch, assert_grants_of_one, assert_sound, blocking, login_key,
+            replica, server, solo, spawn_drive,
         },
     };
 
@@ -234,31 +235,19 @@ mod fleets {
             fleet.refresh_reuse,
             last.version()
         );
-        driven.assert_all_ok();
-        driven_alone.assert_all_ok();
-        assert_eq!(fleet.refresh_reuse, 0, "{fleet:?}");
-        assert_eq!(
-            fleet.refresh_rejected + fleet.password_rejected,
-            0,
-            "{fleet:?}"
-        );
-        // One grant per refresh while the primary serves...
-        assert!(one_before.grant_requests >= 3, "{one_before:?}");
-        assert!(
-            fleet_before.grant_requests <= one_before.grant_requests + SLACK,
-            "before the fault the fleet made {} grants, one replica alone {}",
+        // One login, one more for the new epoch, and at most one of its own
+        // per replica while no primary answered.
+        assert_sound(&driven, &driven_alone, &fleet, 2 + 8);
+        // One grant per refresh while the primary serves, and again once the
+        // new primary serves.
+        assert_grants_of_one(
+            "before the fault",
             fleet_before.grant_requests,
-            one_before.grant_requests
+            one_before.grant_requests,
+            3,
+            SLACK,
         );
-        // ...one login, one more for the new epoch, and at most one of its
-        // own per replica while no primary answered...
-        assert!(fleet.password_ok <= 2 + 8, "{fleet:?}");
-        // ...and the grants of one replica again once the new primary serves.
-        assert!(one_window >= 3, "{one:?}");
-        assert!(
-            fleet_window <= one_window + 2,
-            "after the fault the fleet made {fleet_window} grants, one replica alone {one_window}"
-        );
+        assert_grants_of_one("after the fault", fleet_window, one_window, 3, 2);
         kept
     }
 }

@@ -25,7 +25,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 mod support;
 
@@ -92,6 +92,21 @@ async fn post(svc: &Svc, server: &MockServer, body: Known) -> Response<Incoming>
         .await
         .expect("no request hangs")
         .expect("the request is answered")
+}
+
+/// `req` through `svc`, bounded in time, answered 200 (replayed with a new
+/// token): the body the API echoed.
+async fn echoed<S, B>(svc: S, req: Request<B>) -> Bytes
+where
+    S: Service<Request<B>, Response = Response<Incoming>>,
+    S::Error: std::fmt::Debug,
+{
+    let res = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
+        .await
+        .expect("no request hangs")
+        .expect("the request is answered");
+    assert_eq!(res.status(), StatusCode::OK, "replayed with a new token");
+    res.into_body().collect().await.unwrap().to_bytes()
 }
 
 /// Three chunks of 20 KB, 60,000 bytes in all.
@@ -169,12 +184,7 @@ async fn a_plain_stream_with_a_content_length_header_is_replayed_after_a_401() {
         .header(http::header::CONTENT_LENGTH, whole.len())
         .body(StreamBody::new(stream::iter(frames)))
         .unwrap();
-    let res = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
-        .await
-        .expect("no request hangs")
-        .expect("the request is answered");
-    assert_eq!(res.status(), StatusCode::OK, "replayed with a new token");
-    let echoed = res.into_body().collect().await.unwrap().to_bytes();
+    let echoed = echoed(svc, req).await;
     assert_eq!(echoed, whole, "the replay sent the identical body");
     assert_eq!(layer.stats().replays, 1);
 }
@@ -205,12 +215,7 @@ async fn a_stream_that_ends_with_trailers_is_replayed_over_http1_and_http2() {
             .header(http::header::TE, "trailers")
             .body(with_trailers(&chunks))
             .unwrap();
-        let res = tokio::time::timeout(Duration::from_secs(10), svc.oneshot(req))
-            .await
-            .expect("no request hangs")
-            .expect("the request is answered");
-        assert_eq!(res.status(), StatusCode::OK, "http2 {http2}: replayed");
-        let echoed = res.into_body().collect().await.unwrap().to_bytes();
+        let echoed = echoed(svc, req).await;
         assert_eq!(
             echoed, whole,
             "http2 {http2}: the replay sent the identical body"

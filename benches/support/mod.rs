@@ -16,7 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use daxium_auth::{
-    AccessToken, AuthLayer, AuthLayerBuilder, Credentials, NoReplay, TokenPair, fetcher,
+    AccessToken, AuthLayer, AuthLayerBuilder, Credentials, NoReplay, TokenError, TokenPair, fetcher,
 };
 use http::{
     Extensions, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
@@ -24,7 +24,10 @@ use http::{
 };
 use http_body_util::Empty;
 use pin_project_lite::pin_project;
-use tower::{Layer, Service, util::Oneshot};
+use tower::{
+    Layer, Service, ServiceExt,
+    util::{MapRequest, Oneshot},
+};
 
 /// A real `redis-server` on 127.0.0.1, for the variants with a `RedisStore`.
 #[cfg(feature = "redis")]
@@ -61,24 +64,16 @@ impl<B> Service<Request<B>> for Inner {
     }
 }
 
-/// [`Inner`], checking that the request carries an `Authorization` header:
+/// What [`authorized`] makes.
+pub(crate) type Authorized<B> = MapRequest<Inner, fn(Request<B>) -> Request<B>>;
+
+/// [`Inner`], checking that each request carries an `Authorization` header:
 /// for comparisons between layers that must both attach it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Authorized;
-
-impl<B> Service<Request<B>> for Authorized {
-    type Response = Response<Empty<Bytes>>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+pub(crate) fn authorized<B>() -> Authorized<B> {
+    Inner.map_request(|req: Request<B>| {
         assert!(req.headers().contains_key(AUTHORIZATION));
-        Inner.call(req)
-    }
+        req
+    })
 }
 
 // === the reference layer ===
@@ -230,6 +225,16 @@ pub(crate) fn request_no_replay() -> Request<Empty<Bytes>> {
     req
 }
 
+/// [`request_no_replay`] if `no_replay`, else [`request`].
+#[inline]
+pub(crate) fn request_with(no_replay: bool) -> Request<Empty<Bytes>> {
+    if no_replay {
+        request_no_replay()
+    } else {
+        request()
+    }
+}
+
 /// `poll_ready`, `call`, and one poll of the future with a no-op waker: the
 /// response must be there.
 #[inline]
@@ -256,26 +261,34 @@ pub(crate) fn auth_layer(rt: &tokio::runtime::Runtime, replay: bool) -> AuthLaye
     auth_layer_with(rt, |builder| builder.replay(replay))
 }
 
+/// A layer builder with the benches' login; each bench gives it a fetcher
+/// that grants without a server.
+pub(crate) fn builder() -> AuthLayerBuilder {
+    AuthLayer::builder().credentials(Credentials::new(
+        "client-id",
+        "client-secret",
+        "user",
+        "password",
+    ))
+}
+
+/// A token pair of `token` for an hour, with no refresh token.
+pub(crate) fn hour_pair(token: &str) -> Result<TokenPair, TokenError> {
+    Ok(TokenPair::new(
+        AccessToken::new(token)?,
+        None,
+        Duration::from_secs(3600),
+    ))
+}
+
 /// A layer for [`ORIGIN`] with a fetcher that grants a fresh one-hour token,
 /// set up further by `configure`, whose cache already holds its token.
 pub(crate) fn auth_layer_with(
     rt: &tokio::runtime::Runtime,
     configure: impl FnOnce(AuthLayerBuilder) -> AuthLayerBuilder,
 ) -> AuthLayer {
-    let builder = AuthLayer::builder()
-        .credentials(Credentials::new(
-            "client-id",
-            "client-secret",
-            "user",
-            "password",
-        ))
-        .fetcher(fetcher::from_fn(|_grant| async {
-            Ok(TokenPair::new(
-                AccessToken::new(TOKEN)?,
-                None,
-                Duration::from_secs(3600),
-            ))
-        }))
+    let builder = builder()
+        .fetcher(fetcher::from_fn(|_grant| async { hour_pair(TOKEN) }))
         .token_url(TOKEN_URL)
         .api_origin(ORIGIN);
     let layer = configure(builder).build().expect("valid layer");

@@ -21,7 +21,8 @@ use crate::Credentials;
 #[derive(Debug, Clone)]
 pub struct MockServerBuilder {
     credentials: Credentials,
-    config: Config,
+    /// The endpoint's settings; the defaults are the grant tests' too.
+    pub(super) config: Config,
     api: ApiConfig,
     seed: Option<u64>,
 }

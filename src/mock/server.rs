@@ -50,6 +50,9 @@ const SCOPE: &str = "api";
 #[derive(Debug)]
 pub(super) struct ResetConnection;
 
+/// What the server makes of a request: a response, or a dropped connection.
+type Answer = Result<Response<MockBody>, ResetConnection>;
+
 impl fmt::Display for ResetConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("connection reset by the mock server")
@@ -149,11 +152,7 @@ async fn read_capped(mut body: Incoming, cap: usize) -> Result<Bytes, ReadFailur
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    kill: Arc<Notify>,
-    request: Request<Incoming>,
-) -> Result<Response<MockBody>, ResetConnection> {
+async fn handle(shared: Arc<Shared>, kill: Arc<Notify>, request: Request<Incoming>) -> Answer {
     let path = request.uri().path();
     let response = if path == TOKEN_PATH {
         token_endpoint(&shared, request).await
@@ -175,10 +174,7 @@ async fn handle(
     response
 }
 
-async fn token_endpoint(
-    shared: &Shared,
-    request: Request<Incoming>,
-) -> Result<Response<MockBody>, ResetConnection> {
+async fn token_endpoint(shared: &Shared, request: Request<Incoming>) -> Answer {
     let (parts, body) = request.into_parts();
     let content_type = parts
         .headers
@@ -236,10 +232,7 @@ async fn token_endpoint(
     answer
 }
 
-async fn protected_resource(
-    shared: &Shared,
-    request: Request<Incoming>,
-) -> Result<Response<MockBody>, ResetConnection> {
+async fn protected_resource(shared: &Shared, request: Request<Incoming>) -> Answer {
     let (parts, body) = request.into_parts();
     // The body is read before anything is decided, so that a test never
     // depends on whether the client finished sending before the answer.

@@ -261,6 +261,11 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// The key of one login at the token endpoint `url`.
+    fn key(url: &str) -> LoginKey {
+        LoginKey::new("cid", "user").with_endpoint(&uri(url))
+    }
+
     #[test]
     fn the_id_follows_the_documented_scheme() {
         let key = LoginKey::new("cid", "u@example.com");
@@ -307,7 +312,6 @@ mod tests {
 
     #[test]
     fn spellings_of_one_endpoint_make_one_key() {
-        let key = |url: &str| LoginKey::new("cid", "user").with_endpoint(&uri(url));
         let canonical = key("https://api.example.com/oauth/v2/token");
         for url in [
             "HTTPS://API.Example.COM/oauth/v2/token",
@@ -333,7 +337,6 @@ mod tests {
 
     #[test]
     fn other_endpoints_make_other_keys() {
-        let key = |url: &str| LoginKey::new("cid", "user").with_endpoint(&uri(url));
         let canonical = key("https://api.example.com/oauth/v2/token");
         for url in [
             "http://api.example.com/oauth/v2/token",

@@ -205,7 +205,10 @@ impl fmt::Debug for Record {
 /// A record as read from a store: the [`Record`], its version, and the login
 /// it belongs to. A store returns a record under a [`LoginKey`] only when it
 /// was written for that very login.
-#[derive(Clone)]
+///
+/// `Debug` shows the login and the version; the record's tokens show as
+/// `Debug` of [`Record`] does, redacted.
+#[derive(Clone, Debug)]
 pub struct StoredRecord {
     login: LoginKey,
     version: u64,
@@ -241,16 +244,6 @@ impl StoredRecord {
     /// The token pair, by value.
     pub fn into_record(self) -> Record {
         self.record
-    }
-}
-
-impl fmt::Debug for StoredRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoredRecord")
-            .field("login", &self.login)
-            .field("version", &self.version)
-            .field("record", &self.record)
-            .finish()
     }
 }
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use daxium_auth::{
     AuthLayer, AuthLayerBuilder, AuthService, GrantRequest, GrantType, HttpFetcher, ReplayBody,
     TokenFetcher, fetcher,
-    mock::MockServer,
+    mock::{MockCounters, MockServer},
     store::{AnyStore, LoginKey, StoredRecord, TokenStore},
 };
 use http::{Request, StatusCode};
@@ -273,6 +273,44 @@ impl Driven {
         let room = 10usize.saturating_sub(self.failures.len());
         self.failures.extend(other.failures.into_iter().take(room));
     }
+}
+
+/// What a fleet run shows whatever befell its store: every request of the
+/// fleet (`driven`) and of the replica alone (`alone`) answered, no refresh
+/// token sent twice (the server's reuse detection would have revoked the
+/// login), no grant refused, and at most `logins` password grants.
+pub(crate) fn assert_sound(driven: &Driven, alone: &Driven, fleet: &MockCounters, logins: u64) {
+    driven.assert_all_ok();
+    alone.assert_all_ok();
+    assert_eq!(fleet.refresh_reuse, 0, "{fleet:?}");
+    assert_eq!(
+        fleet.refresh_rejected + fleet.password_rejected,
+        0,
+        "{fleet:?}"
+    );
+    assert!(fleet.password_ok <= logins, "{fleet:?}");
+}
+
+/// Over one window of a run (`when`), the fleet made the grants of one
+/// replica alone, `slack` more at the most, and the replica alone made at
+/// least `at_least` (the comparison means something: it refreshed all along).
+pub(crate) fn assert_grants_of_one(when: &str, fleet: u64, one: u64, at_least: u64, slack: u64) {
+    assert!(
+        one >= at_least,
+        "{when}: one replica alone made {one} grants"
+    );
+    assert!(
+        fleet <= one + slack,
+        "{when}: the fleet made {fleet} grants, one replica alone {one}"
+    );
+}
+
+/// A server's grants, for a test's log line.
+pub(crate) fn grants(server: &MockCounters) -> String {
+    format!(
+        "{} grants (password {}, refresh {}), reuse {}",
+        server.grant_requests, server.password_ok, server.refresh_ok, server.refresh_reuse
+    )
 }
 
 /// `callers` tasks per replica, each sending a GET of `url` every `every`

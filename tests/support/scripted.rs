@@ -183,11 +183,7 @@ impl Endpoint {
         let access = format!("{prefix}access-{n}");
         self.api.valid.lock().unwrap().insert(access.clone());
         let lifetime = *self.lifetime.lock().unwrap();
-        Ok(TokenPair::new(
-            AccessToken::new(&access)?,
-            Some(RefreshToken::new(&format!("{prefix}refresh-{n}"))?),
-            lifetime,
-        ))
+        pair(&access, &format!("{prefix}refresh-{n}"), lifetime)
     }
 }
 
@@ -229,6 +225,39 @@ pub(crate) fn answer(valid: bool, body: Bytes) -> Response<Full<Bytes>> {
 /// (a `Full<Bytes>` unless told otherwise).
 pub(crate) type Inner<B = Full<Bytes>> =
     tower::util::BoxCloneSyncService<Request<ReplayBody<B>>, Response<Full<Bytes>>, Infallible>;
+
+/// A pair of `access` and `refresh` tokens, the access token for `lifetime`.
+pub(crate) fn pair(
+    access: &str,
+    refresh: &str,
+    lifetime: Duration,
+) -> Result<TokenPair, TokenError> {
+    Ok(TokenPair::new(
+        AccessToken::new(access)?,
+        Some(RefreshToken::new(refresh)?),
+        lifetime,
+    ))
+}
+
+/// An API written as a function of each request.
+pub(crate) fn api_fn<F, Fut>(f: F) -> Inner
+where
+    F: Fn(Request<ReplayBody<Full<Bytes>>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    tower::util::BoxCloneSyncService::new(tower::service_fn(f))
+}
+
+/// An API written as a function of each request and of `state`.
+pub(crate) fn api_with<T, F, Fut>(state: &Arc<T>, f: F) -> Inner
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>, Request<ReplayBody<Full<Bytes>>>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let state = Arc::clone(state);
+    api_fn(move |req| f(Arc::clone(&state), req))
+}
 
 pub(crate) fn api_service<B>(api: &Arc<Api>) -> Inner<B>
 where

@@ -3,6 +3,7 @@
 
 use super::*;
 use http_body_util::{BodyExt, Full, StreamBody};
+use std::convert::Infallible;
 
 async fn collect<B: Body<Data = Bytes>>(body: B) -> (Bytes, Option<HeaderMap>)
 where
@@ -11,6 +12,18 @@ where
     let collected = body.collect().await.unwrap();
     let trailers = collected.trailers().cloned();
     (collected.to_bytes(), trailers)
+}
+
+/// "hello world" in two frames, then trailers; and the trailers.
+fn hello_world_with_trailers() -> (Vec<Result<Frame<Bytes>, Infallible>>, HeaderMap) {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-sum", "42".parse().unwrap());
+    let frames = vec![
+        Ok(Frame::data(Bytes::from_static(b"hello "))),
+        Ok(Frame::data(Bytes::from_static(b"world"))),
+        Ok(Frame::trailers(trailers.clone())),
+    ];
+    (frames, trailers)
 }
 
 #[tokio::test]
@@ -25,13 +38,7 @@ async fn empty_body_replays_for_free() {
 
 #[tokio::test]
 async fn recorded_body_replays_byte_for_byte_with_trailers() {
-    let mut trailers = HeaderMap::new();
-    trailers.insert("x-sum", "42".parse().unwrap());
-    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-        Ok(Frame::data(Bytes::from_static(b"hello "))),
-        Ok(Frame::data(Bytes::from_static(b"world"))),
-        Ok(Frame::trailers(trailers.clone())),
-    ];
+    let (frames, trailers) = hello_world_with_trailers();
     let stream = StreamBody::new(futures_stream(frames));
     let (body, mut replay) = ReplayBody::first(stream, 64, None);
     assert!(replay.body().is_none(), "not complete yet");
@@ -203,13 +210,7 @@ fn counted(text: &'static str, live: &Arc<std::sync::atomic::AtomicUsize>) -> By
 
 #[tokio::test]
 async fn trailers_end_the_recording_though_the_body_never_says_it_ended() {
-    let mut trailers = HeaderMap::new();
-    trailers.insert("x-sum", "42".parse().unwrap());
-    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
-        Ok(Frame::data(Bytes::from_static(b"hello "))),
-        Ok(Frame::data(Bytes::from_static(b"world"))),
-        Ok(Frame::trailers(trailers.clone())),
-    ];
+    let (frames, trailers) = hello_world_with_trailers();
     let (mut body, mut replay) =
         ReplayBody::first(StreamBody::new(futures_stream(frames)), 64, None);
     // As hyper does: three frames, and no poll after the trailers.

@@ -254,14 +254,11 @@ pub(super) fn again<S, B, F>(
 where
     S: Service<Request<ReplayBody<B>>>,
 {
-    let shared = retry.link.shared();
-    if replay {
-        shared.counters.replayed();
-        tracing::debug!(target: "daxium_auth", method = %req.method(), "token refused: replaying the request once with a new token");
-    } else {
-        shared.counters.resent();
-        tracing::debug!(target: "daxium_auth", method = %req.method(), "token replaced or revoked while the request was in flight: sending it again with the current one");
-    }
+    retry
+        .link
+        .shared()
+        .counters
+        .sent_again(replay, req.method());
     let check = Check {
         refusal: retry.link.layer.config().refusal,
         confirm: !slot.accepted,

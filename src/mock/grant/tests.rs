@@ -5,15 +5,9 @@
 use super::*;
 use crate::mock::books::{ApiDenial, Presented};
 
+/// The endpoint's default settings.
 fn config() -> Config {
-    Config {
-        token_lifetime: Duration::from_secs(3600),
-        refresh_lifetime: None,
-        rotation: true,
-        reuse_protection: false,
-        revoke_on_refresh: false,
-        grant_latency: Duration::ZERO,
-    }
+    crate::mock::MockServer::builder().config
 }
 
 /// The token books and the login the endpoint accepts.

@@ -13,6 +13,15 @@ fn told(h: &super::Harness) -> Login {
     h.told.expect("the login was told")
 }
 
+/// The login was last told as `status`, at `version`, without a token.
+fn assert_told_without_token(h: &super::Harness, status: LoginStatus, version: u64) {
+    let login = told(h);
+    assert_eq!(
+        (login.status, login.version, login.token),
+        (status, version, None)
+    );
+}
+
 #[test]
 fn each_token_bumps_the_version_and_says_which_grant_made_it() {
     let mut h = with_token(HOUR);
@@ -48,11 +57,7 @@ fn a_new_login_is_told_logged_out_until_its_first_token() {
     h.grant_ok(h.running().unwrap());
     assert_eq!(told(&h).status, LoginStatus::LoggedIn);
     h.credentials(true);
-    let login = told(&h);
-    assert_eq!(
-        (login.status, login.version, login.token),
-        (LoginStatus::LoggedOut, 1, None)
-    );
+    assert_told_without_token(&h, LoginStatus::LoggedOut, 1);
 }
 
 #[test]
@@ -100,20 +105,12 @@ fn an_api_refusing_every_token_is_told_as_refused() {
         h.grant_ok(h.running().unwrap());
         h.refused(token_id(&h), None);
     }
-    let login = told(&h);
-    assert_eq!(
-        (login.status, login.version, login.token),
-        (LoginStatus::Refused, 3, None)
-    );
+    assert_told_without_token(&h, LoginStatus::Refused, 3);
 }
 
 #[test]
 fn the_close_is_told_last() {
     let mut h = with_token(HOUR);
     h.close();
-    let login = told(&h);
-    assert_eq!(
-        (login.status, login.version, login.token),
-        (LoginStatus::Closed, 1, None)
-    );
+    assert_told_without_token(&h, LoginStatus::Closed, 1);
 }

@@ -185,6 +185,22 @@ fn refresh_lifetime() -> impl Strategy<Value = Option<Duration>> {
     proptest::option::of(prop_oneof![1..=10u64, 11..=7_200u64].prop_map(Duration::from_secs))
 }
 
+/// Up to `most` operations, and the lifetime of the refresh tokens.
+fn script(most: usize) -> impl Strategy<Value = (Vec<Op>, Option<Duration>)> {
+    (prop::collection::vec(op(), 1..most), refresh_lifetime())
+}
+
+/// A harness with the default settings, after `ops`.
+fn played(ops: &[Op], refresh_lifetime: Option<Duration>) -> Harness {
+    let mut h = Harness::new(CacheConfig::default());
+    h.refresh_lifetime = refresh_lifetime;
+    let mut outstanding = Vec::new();
+    for op in ops {
+        apply(&mut h, op, &mut outstanding);
+    }
+    h
+}
+
 pub(super) fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
@@ -192,25 +208,22 @@ pub(super) fn cases() -> u32 {
         .unwrap_or(10_000)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(),
+/// `cases` cases, shrunk for at most 20,000 steps, with no failure file.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
         max_shrink_iters: 20_000,
         failure_persistence: None,
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+proptest! {
+    #![proptest_config(config(cases()))]
 
     #[test]
-    fn every_interleaving_keeps_the_invariants(
-        ops in prop::collection::vec(op(), 1..80),
-        refresh_lifetime in refresh_lifetime(),
-    ) {
-        let mut h = Harness::new(CacheConfig::default());
-        h.refresh_lifetime = refresh_lifetime;
-        let mut outstanding = Vec::new();
-        for op in &ops {
-            apply(&mut h, op, &mut outstanding);
-        }
+    fn every_interleaving_keeps_the_invariants((ops, refresh_lifetime) in script(80)) {
+        let mut h = played(&ops, refresh_lifetime);
         // Once the faults stop and time passes, the waiters are answered; the
         // close answers whoever is left.
         h.close();
@@ -220,23 +233,11 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases() / 5,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(cases() / 5))]
 
     #[test]
-    fn a_healthy_endpoint_always_ends_with_every_waiter_served(
-        ops in prop::collection::vec(op(), 1..60),
-        refresh_lifetime in refresh_lifetime(),
-    ) {
-        let mut h = Harness::new(CacheConfig::default());
-        h.refresh_lifetime = refresh_lifetime;
-        let mut outstanding = Vec::new();
-        for op in &ops {
-            apply(&mut h, op, &mut outstanding);
-        }
+    fn a_healthy_endpoint_always_ends_with_every_waiter_served((ops, refresh_lifetime) in script(60)) {
+        let mut h = played(&ops, refresh_lifetime);
         // The faults stop, and a new login starts over: the server answers
         // every grant with a good pair, and every caller with a full budget
         // gets a token.
