@@ -117,9 +117,13 @@ impl AuthMiddleware {
                 .is_none_or(|bytes| bytes.len() <= config.replay_limit)
     }
 
-    /// The token to send with, as the cache hands it to a waiting caller.
+    /// The token to send with: the current one, as the layer takes it, or
+    /// the one the cache hands to a waiting caller.
     async fn slot(&self) -> Result<LiveSlot, TokenError> {
         let shared = self.layer.cache().shared();
+        if let Some(now) = shared.current() {
+            return now;
+        }
         let answer = match shared.ask(None) {
             Ok(answer) => answer,
             Err(ticket) => Arc::clone(shared).wait(ticket).await,

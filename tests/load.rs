@@ -249,7 +249,8 @@ const SECRET_ENV: [(&str, &str); 2] = [
 ];
 
 /// The `load` example's executable, built once by cargo with the features
-/// of this test (so that nothing else is rebuilt).
+/// of this test, every one of them (so that nothing is rebuilt: under
+/// `--all-features`, the one `cargo test` built already).
 fn load_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -259,6 +260,7 @@ fn load_binary() -> &'static PathBuf {
             (cfg!(feature = "file"), "file"),
             (cfg!(feature = "redis"), "redis"),
             (cfg!(feature = "sealed"), "sealed"),
+            (cfg!(feature = "metrics"), "metrics"),
         ] {
             if on {
                 features.push(feature);

@@ -69,6 +69,24 @@ async fn refreshes_across_token_lifetimes() {
     assert_eq!(server.counters().api_expired, 0);
 }
 
+/// A request with a valid token takes it as the layer does, at once and
+/// without the cache's lock: only the first, which waited for the login,
+/// counts as waiting; the cache's own `access_token` likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_a_valid_token_do_not_wait() {
+    let server = server(Duration::from_secs(3600)).await;
+    let layer = layer(&server);
+    let client = new_client(&layer);
+    let url = server.api_url("v1/items");
+    for _ in 0..10 {
+        let res = client.get(&url).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    layer.cache().access_token().await.unwrap();
+    let stats = layer.stats();
+    assert_eq!((stats.waited, stats.password_ok), (1, 1), "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_is_replayed_once_with_a_new_token() {
     let server = server(Duration::from_secs(2)).await;

@@ -178,6 +178,22 @@ impl Shared {
         }
     }
 
+    /// The token to send with now, from the view alone (one load, no lock),
+    /// as the layer's hot path takes it: a stale token starts its refresh.
+    /// `None` when only the core can answer (no token, or one whose timer
+    /// was lost): ask it then.
+    pub(crate) fn current(self: &Arc<Self>) -> Option<Result<LiveSlot, TokenError>> {
+        match &**self.view.load() {
+            View::Token(slot, Phase::Fresh | Phase::Refreshing) => Some(Ok(slot.clone())),
+            View::Token(slot, Phase::Stale) => {
+                self.kick();
+                Some(Ok(slot.clone()))
+            }
+            View::Failed(err) => Some(Err(err.clone())),
+            View::Token(_, Phase::Unchecked) | View::Empty => None,
+        }
+    }
+
     #[cold]
     fn recheck(self: &Arc<Self>) -> bool {
         self.run(Event::Tick);

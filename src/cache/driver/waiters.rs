@@ -40,11 +40,13 @@ impl Shared {
     /// Asks for a valid token. With `refused`, the API answered 401 to token
     /// `refused`, and the answer is the token to replay with. The answer comes
     /// at once when the core has it; otherwise the ticket is for [`wait`](Self::wait).
+    /// A caller without a refusal that gets a ticket counts as waiting.
     pub(crate) fn ask(self: &Arc<Self>, refused: Option<u64>) -> Result<Answer<Live>, Ticket> {
-        if refused.is_none() {
+        let asked = self.ask_for(Want::Token { refused });
+        if refused.is_none() && asked.is_err() {
             self.counters.waited();
         }
-        self.ask_for(Want::Token { refused })
+        asked
     }
 
     /// Asks for a valid token as [`ask`](Self::ask) does, for the
