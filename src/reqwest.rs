@@ -44,7 +44,7 @@ use crate::{
 /// hyper or tonic stack built from the same layer uses the same tokens, and
 /// [`AuthLayer::stats`] counts the grants and replays of both.
 ///
-/// - The token comes from the cache as for [`TokenCache::access_token`]:
+/// - The token comes from the cache as for the layer's own requests:
 ///   fresh tokens are used as they are, a token inside its refresh margin
 ///   starts a background refresh, and a request without a valid token waits
 ///   for the one grant in flight.
