@@ -95,3 +95,40 @@ async fn two_endpoints_on_one_redis_keep_their_own_tokens() {
     let store = || AnyStore::new(RedisStore::new(&redis.url()).expect("a valid URL"));
     each_endpoint_keeps_its_own_tokens(store(), store()).await;
 }
+
+/// Token URLs that differ in their query alone (Azure AD B2C's `?p=` picks a
+/// policy) are two logins on one store, each with tokens of its own; the same
+/// query again is the same login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_urls_that_differ_in_their_query_are_two_logins() {
+    let server = server(LIFETIME).await;
+    let store = AnyStore::new(MemoryStore::new());
+    let at_policy = |policy: &str| {
+        let url = format!("{}?p={policy}", server.token_url());
+        replica(
+            &server,
+            Some(store.clone()),
+            &Arc::new(Issued::default()),
+            |b| b.token_url(url),
+        )
+    };
+
+    let signin = at_policy("b2c_1_signin");
+    get_ok(&signin, &server).await;
+    // Closed, the layer has written its record.
+    signin.layer.close().await;
+    let admin = at_policy("b2c_1_admin");
+    get_ok(&admin, &server).await;
+    let seen = server.counters();
+    assert_eq!(seen.password_ok, 2, "the other policy logs in: {seen:?}");
+
+    let signin_again = at_policy("b2c_1_signin");
+    get_ok(&signin_again, &server).await;
+    let seen = server.counters();
+    assert_eq!(
+        seen.password_ok, 2,
+        "the same policy shares its login: {seen:?}"
+    );
+    assert_eq!(seen.grant_requests, 2, "{seen:?}");
+    assert_eq!(seen.api_ok, 3, "{seen:?}");
+}

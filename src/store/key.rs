@@ -93,8 +93,13 @@ impl LoginKey {
     /// The endpoint is kept normalised, so that two spellings of one URL make
     /// one key: scheme and host in lower case, the port spelled out (443 for
     /// `https`, 80 for `http` when the URL leaves it out), the path as given
-    /// (`/` when empty), without user info or query. Paths are compared as
-    /// written: `/oauth/v2/token` and `/oauth/v2/token/` are two endpoints.
+    /// (`/` when empty), without user info. A query makes another endpoint
+    /// (one token URL per policy, as Azure AD B2C's `?p=` has, are as many
+    /// logins): the key holds it as `?sha256=` and the lowercase hex SHA-256
+    /// of the query, so that a key in a query never shows in
+    /// [`endpoint`](Self::endpoint) or `Debug`. Paths and queries are compared
+    /// as written: `/oauth/v2/token` and `/oauth/v2/token/` are two endpoints,
+    /// and so are `?a=1&b=2` and `?b=2&a=1`.
     #[must_use]
     pub fn with_endpoint(self, endpoint: &Uri) -> Self {
         let (client_id, username) = match Arc::try_unwrap(self.inner) {
@@ -188,10 +193,17 @@ fn normalised(endpoint: &Uri) -> String {
         "" => "/",
         path => path,
     };
-    match port {
+    let mut normalised = match port {
         Some(port) => format!("{scheme}://{host}:{port}{path}"),
         None => format!("{scheme}://{host}{path}"),
+    };
+    // The query can pick the endpoint (Azure AD B2C's `?p=` names a policy),
+    // and can hold a key: it goes in as its digest, never spelled out.
+    if let Some(query) = endpoint.query().filter(|q| !q.is_empty()) {
+        normalised.push_str("?sha256=");
+        normalised.push_str(&hex(&Sha256::digest(query.as_bytes())));
     }
+    normalised
 }
 
 /// The name of one taker of a lease: 128 random bits as 32 hex digits.
@@ -316,7 +328,8 @@ mod tests {
         for url in [
             "HTTPS://API.Example.COM/oauth/v2/token",
             "https://api.example.com:443/oauth/v2/token",
-            "https://api.example.com/oauth/v2/token?client=x",
+            // An empty query is no query.
+            "https://api.example.com/oauth/v2/token?",
         ] {
             assert_eq!(key(url), canonical, "{url}");
             assert_eq!(key(url).id(), canonical.id(), "{url}");
@@ -357,6 +370,39 @@ mod tests {
             LoginKey::new("/x", "user").with_endpoint(&uri("https://a.example/")),
             LoginKey::new("x", "user").with_endpoint(&uri("https://a.example//"))
         );
+    }
+
+    #[test]
+    fn a_query_names_the_endpoint_by_its_digest() {
+        let bare = key("https://api.example.com/oauth/v2/token");
+        let signin = key("https://api.example.com/oauth/v2/token?p=b2c_1_signin");
+        let query_digest = hex(&Sha256::digest(b"p=b2c_1_signin"));
+        assert_eq!(
+            signin.endpoint(),
+            Some(
+                format!("https://api.example.com:443/oauth/v2/token?sha256={query_digest}")
+                    .as_str()
+            )
+        );
+        assert_eq!(
+            signin,
+            key("HTTPS://api.example.com:443/oauth/v2/token?p=b2c_1_signin")
+        );
+        for other in [
+            "https://api.example.com/oauth/v2/token?p=b2c_1_admin",
+            "https://api.example.com/oauth/v2/token?p=B2C_1_SIGNIN",
+            "https://api.example.com/oauth/v2/token?p=b2c_1_signin&",
+        ] {
+            assert_ne!(key(other), signin, "{other}");
+            assert_ne!(key(other).id(), signin.id(), "{other}");
+        }
+        assert_ne!(signin, bare);
+        assert_ne!(signin.id(), bare.id());
+
+        // A key in the query shows neither in the endpoint nor in `Debug`.
+        let keyed = key("https://api.example.com/token?subscription-key=sentinel-key-1");
+        assert!(!keyed.endpoint().unwrap().contains("sentinel-key"));
+        assert!(!format!("{keyed:?}").contains("sentinel-key"));
     }
 
     #[test]
