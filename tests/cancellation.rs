@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use tower::{Service, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::scripted::{Step, get, in_time, seen_tokens, send, setup, setup_with};
 

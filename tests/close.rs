@@ -17,7 +17,7 @@ use daxium_auth::{
 use tokio::time::Instant;
 use tower::Layer;
 
-mod support;
+use crate::support;
 
 use support::{
     scripted::{Api, Endpoint, api_service, layer_with},

@@ -23,7 +23,7 @@ use http_body_util::Full;
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::{
     fixed::FixedToken,

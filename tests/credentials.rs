@@ -23,7 +23,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::{
     scripted::{

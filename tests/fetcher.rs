@@ -19,7 +19,7 @@ use daxium_auth::{
 };
 use http::{Method, StatusCode};
 
-mod support;
+use crate::support;
 
 use support::secrets::assert_no_secret;
 

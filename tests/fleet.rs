@@ -16,7 +16,7 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::scripted::{Api, Endpoint, api_service, get, layer_with};
 

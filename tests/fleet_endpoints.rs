@@ -10,7 +10,7 @@ use std::sync::Arc;
 use daxium_auth::{MemoryStore, mock::MockServer, store::AnyStore};
 use http::StatusCode;
 
-mod support;
+use crate::support;
 
 use support::replicas::{Issued, Replica, replica, server};
 

@@ -23,7 +23,7 @@ use http::StatusCode;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::{
     redis::RedisServer,

@@ -27,7 +27,7 @@ use hyper_util::{
 };
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::{layer, layer_for, server};
 

@@ -16,7 +16,7 @@ use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_test::mock;
 
-mod support;
+use crate::support;
 
 use support::scripted::{get, send, setup, setup_with};
 

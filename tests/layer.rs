@@ -21,7 +21,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{Layer, Service, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::scripted::*;
 

@@ -28,7 +28,7 @@ use daxium_auth::{
 };
 use tower::Layer;
 
-mod support;
+use crate::support;
 
 use support::{
     redis::{RedisServer, lease_key, raw, redis_store},

@@ -18,7 +18,7 @@ use tokio::{
     time::{Instant, sleep},
 };
 
-mod support;
+use crate::support;
 
 use support::scripted::*;
 

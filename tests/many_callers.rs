@@ -17,7 +17,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::scripted::{
     self, Step, api_fn, bearer, builder, get, in_time, paused_runtime, seen_tokens, send, setup,

@@ -20,7 +20,7 @@ use metrics_util::{
 };
 use tower::ServiceExt;
 
-mod support;
+use crate::support;
 
 use support::scripted::{Step, get, send, setup_with};
 

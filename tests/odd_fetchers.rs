@@ -26,7 +26,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::scripted::{answer, api_with, bearer, builder, credentials_for, get, in_time, pair};
 

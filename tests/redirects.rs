@@ -35,7 +35,7 @@ use tower_http::{
     map_request_body::MapRequestBodyLayer,
 };
 
-mod support;
+use crate::support;
 
 use support::{fixed::FixedToken, scripted::credentials};
 

@@ -15,7 +15,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tokio::time::sleep;
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 async fn server() -> MockServer {
     MockServer::builder()

@@ -27,7 +27,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::scripted::{self, API, Setup, bearer, in_time, setup, setup_with};
 

@@ -38,7 +38,7 @@ use hyper_util::{
 use tokio::{task::JoinSet, time::Instant};
 use tower::{Layer, ServiceExt, util::MapRequest};
 
-mod support;
+use crate::support;
 
 type Body = ReplayBody<Empty<Bytes>>;
 type Http = Client<HttpConnector, Body>;

@@ -23,7 +23,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::scripted::{
     Inner, Setup, answer, api_fn, api_service, api_with, bearer, builder, credentials_for, get,

@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use tower::{Layer, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::{layer, server};
 

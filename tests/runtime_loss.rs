@@ -23,7 +23,7 @@ use futures_util::FutureExt;
 use http::StatusCode;
 use tower::{Service, ServiceExt};
 
-mod support;
+use crate::support;
 
 /// A setup whose tokens live 60 s, and its service, which has answered one
 /// request on a runtime that is gone.

@@ -26,7 +26,7 @@ use daxium_auth::{
 };
 use tempfile::TempDir;
 
-mod support;
+use crate::support;
 
 use support::{
     store_contract as contract,
@@ -298,9 +298,11 @@ async fn child_process_holds_the_lease() {
 #[tokio::test]
 async fn a_lease_held_by_another_process_lasts_until_it_dies() {
     let dir = dir();
+    // The test's name in this binary: its module path without the crate.
+    let module = module_path!().split_once("::").map_or("", |(_, path)| path);
     let child = Command::new(std::env::current_exe().unwrap())
         .args([
-            "child_process_holds_the_lease",
+            &format!("{module}::child_process_holds_the_lease"),
             "--exact",
             "--ignored",
             "--nocapture",

@@ -34,7 +34,7 @@ use daxium_auth::{
 };
 use tower::Layer;
 
-mod support;
+use crate::support;
 
 use support::{
     redis::{RedisServer, raw, record_key, redis_store},

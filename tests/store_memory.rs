@@ -6,7 +6,7 @@ use std::time::Duration;
 use daxium_auth::store::{AnyStore, Lease, LeaseOwner, MemoryStore, TokenStore};
 use tokio::time::Instant;
 
-mod support;
+use crate::support;
 
 use support::store_contract as contract;
 

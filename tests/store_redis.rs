@@ -20,7 +20,7 @@ use redis::AsyncCommands;
 use tokio::time::Instant;
 use tower::Layer;
 
-mod support;
+use crate::support;
 
 use support::{
     redis::{RedisServer, raw, redis_store},

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use daxium_auth::store::{RedisStore, TokenStore, WriteOutcome};
 
-mod support;
+use crate::support;
 
 use support::{redis::RedisServer, store_contract as contract};
 

@@ -27,7 +27,7 @@ use hyper_util::{
 };
 use tower::{Layer, Service, ServiceExt};
 
-mod support;
+use crate::support;
 
 use support::layer_for;
 

@@ -47,7 +47,7 @@ use tonic_health::{
 use tower::{Layer, Service, ServiceBuilder, util::BoxCloneService};
 use tower_http::map_request_body::MapRequestBodyLayer;
 
-mod support;
+use crate::support;
 
 // === the server ===
 

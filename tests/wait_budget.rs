@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 use http::StatusCode;
 use tower::ServiceExt;
 
-mod support;
+use crate::support;
 
 use support::scripted::{Step, builder, get, in_time, send, setup, setup_with};
 
