@@ -182,6 +182,7 @@ impl Shared {
     /// as the layer's hot path takes it: a stale token starts its refresh.
     /// `None` when only the core can answer (no token, or one whose timer
     /// was lost): ask it then.
+    #[cfg(feature = "reqwest")]
     pub(crate) fn current(self: &Arc<Self>) -> Option<Result<LiveSlot, TokenError>> {
         match &**self.view.load() {
             View::Token(slot, Phase::Fresh | Phase::Refreshing) => Some(Ok(slot.clone())),
