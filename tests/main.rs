@@ -31,7 +31,7 @@ mod odd_fetchers;
 mod proptest_parsers;
 mod redirects;
 mod refresh_token_lifetime;
-mod refusal_attacks;
+mod refusal_edge_cases;
 mod refusals;
 mod replays;
 mod reqwest;

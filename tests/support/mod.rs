@@ -1,5 +1,6 @@
-//! The one test harness of the integration tests: each test file declares
-//! `mod support;` and uses a part of it. `scripted`: a token endpoint and a
+//! The one test harness of the integration tests: the `behaviour` binary
+//! (`tests/main.rs`) declares `mod support;` and its modules use a part of it
+//! through `crate::support`, as do the binaries apart (`load`, `secrets`). `scripted`: a token endpoint and a
 //! protected API in memory, for the layer's logic under paused time; `fixed`:
 //! a fetcher that always issues one token; `stores`: a token store whose
 //! calls go through a hook, and what the store tests share; `store_contract`:

@@ -1,4 +1,4 @@
-//! Attacks on the refusal path and the body replay, through the public API:
+//! Edge cases of the refusal path and the body replay, through the public API:
 //! futures dropped at every state, bodies let go of, stalled, failed and read
 //! on over three and five sends, requests sent five times against tokens
 //! revoked after one use, inner services that are not ready for a resend,
